@@ -1,0 +1,126 @@
+//! Queue topology and the AMQP conventions both binaries share.
+//!
+//! The topology is declared idempotently by whichever process starts first, from this one
+//! definition, so api and dispatcher can never disagree about queue arguments (RabbitMQ refuses a
+//! redeclaration with different arguments).
+
+use anyhow::Context;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+/// Header carrying the API request id, so dispatcher logs can be joined to API logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Header the dispatcher sets on messages it dead-letters itself.
+pub const DEAD_REASON_HEADER: &str = "x-otp-dead-reason";
+/// A poison message is dead-lettered by RabbitMQ after this many deliveries, so a message that
+/// crashes every consumer cannot loop forever.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The names that make up the send-job topology for one SMS_QUEUE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Durable quorum queue the API publishes to (default exchange, routing key = name).
+    pub queue: String,
+    /// Direct exchange that receives dead letters.
+    pub dead_exchange: String,
+    /// Durable queue where dead letters rest for an operator to inspect.
+    pub dead_queue: String,
+}
+
+impl Topology {
+    pub fn new(queue: &str) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            dead_exchange: format!("{queue}.dlx"),
+            dead_queue: format!("{queue}.dead"),
+        }
+    }
+
+    /// Declares exchange, queues and binding; safe to call any number of times.
+    pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.dead_exchange.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring exchange {}", self.dead_exchange))?;
+
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), long_string("quorum"));
+        channel
+            .queue_declare(self.dead_queue.as_str().into(), durable, dead_args)
+            .await
+            .with_context(|| format!("declaring queue {}", self.dead_queue))?;
+        channel
+            .queue_bind(
+                self.dead_queue.as_str().into(),
+                self.dead_exchange.as_str().into(),
+                self.dead_queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("binding queue {}", self.dead_queue))?;
+
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.dead_exchange),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.dead_queue),
+        );
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        channel
+            .queue_declare(self.queue.as_str().into(), durable, args)
+            .await
+            .with_context(|| format!("declaring queue {}", self.queue))?;
+        Ok(())
+    }
+}
+
+/// Opens a connection named after the process, so operators can tell clients apart.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props)
+        .await
+        .context("connecting to RabbitMQ")
+}
+
+pub fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// Reads a string header, whichever AMQP string type the sender used.
+pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Properties for a send job: persistent JSON, with the given headers.
+pub fn job_properties(message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(message_id.into())
+        .with_headers(headers)
+}

@@ -1,0 +1,133 @@
+//! Configuration pieces both binaries read the same way.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Log output: JSON lines for machines (default) or human-readable text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            _ => Err(format!("'{s}' is not a log format (expected json or pretty)")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Json => "json",
+            Self::Pretty => "pretty",
+        })
+    }
+}
+
+/// Where Redis is: REDIS_URL, or the Node tutorial's REDIS_HOST / REDIS_PORT / REDIS_PASSWORD /
+/// REDIS_DB when REDIS_URL is unset.
+#[derive(Debug, Clone, Default)]
+pub struct RedisLocation {
+    pub url: Option<SecretString>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub password: Option<SecretString>,
+    pub db: Option<u32>,
+}
+
+impl RedisLocation {
+    /// The connection URL. It may hold a password, so it stays secret.
+    pub fn url(&self) -> SecretString {
+        if let Some(url) = &self.url {
+            return url.clone();
+        }
+        let host = self.host.as_deref().unwrap_or("127.0.0.1");
+        let port = self.port.unwrap_or(6379);
+        let db = self.db.unwrap_or(0);
+        let auth = match &self.password {
+            Some(p) if !p.expose_secret().is_empty() => {
+                format!(":{}@", percent_encode(p.expose_secret()))
+            }
+            _ => String::new(),
+        };
+        format!("redis://{auth}{host}:{port}/{db}").into()
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A Redis client that reconnects by itself after Redis restarts. It connects lazily, so a
+/// process can start (and report not-ready) while Redis is still down; a call made while Redis is
+/// unreachable fails within `timeout` instead of hanging.
+pub fn redis_manager(
+    url: &SecretString,
+    timeout: Duration,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url.expose_secret())
+        .context("REDIS_URL is not a valid Redis URL")?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        .context("creating the Redis connection manager")
+}
+
+/// Parses a base64 secret setting; used by clap value parsers.
+pub fn parse_job_key(value: &str) -> Result<crate::crypto::JobKey, String> {
+    crate::crypto::JobKey::from_base64(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_redis_settings_build_a_url() {
+        let loc = RedisLocation {
+            host: Some("cache".into()),
+            port: Some(6380),
+            password: Some("p@ss word".to_owned().into()),
+            db: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            loc.url().expose_secret(),
+            "redis://:p%40ss%20word@cache:6380/2"
+        );
+        let explicit = RedisLocation {
+            url: Some("redis://x:1/0".to_owned().into()),
+            ..loc
+        };
+        assert_eq!(explicit.url().expose_secret(), "redis://x:1/0");
+        assert_eq!(
+            RedisLocation::default().url().expose_secret(),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
+
+    #[test]
+    fn log_formats_parse() {
+        assert_eq!("JSON".parse::<LogFormat>().unwrap(), LogFormat::Json);
+        assert!("xml".parse::<LogFormat>().is_err());
+    }
+}

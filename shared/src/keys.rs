@@ -1,0 +1,78 @@
+//! The Redis keyspace, in one place so operators can see everything the service stores.
+//!
+//! Every key starts with REDIS_KEY_PREFIX (default `otp:`), which lets several deployments, or
+//! parallel tests, share one Redis without touching each other's data.
+
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash: the live code of a number (`vid`, `digest`). TTL: OTP validity.
+    pub fn code(&self, e164: &str) -> String {
+        format!("{}code:{e164}", self.prefix)
+    }
+
+    /// Counter of wrong guesses against a number's codes; survives code replacement.
+    pub fn failures(&self, e164: &str) -> String {
+        format!("{}fail:{e164}", self.prefix)
+    }
+
+    /// Holds the verification id that started a number's resend cooldown.
+    pub fn cooldown(&self, e164: &str) -> String {
+        format!("{}cool:{e164}", self.prefix)
+    }
+
+    /// Fixed-window counter of sends to a number in the current hour.
+    pub fn sends_per_hour(&self, e164: &str) -> String {
+        format!("{}sends:{e164}", self.prefix)
+    }
+
+    /// Fixed-window counter of requests from one client IP in the current minute.
+    pub fn requests_per_ip(&self, ip: &str) -> String {
+        format!("{}ip:{ip}", self.prefix)
+    }
+
+    /// Fixed-window counter of verify calls for a number in the current 15 minutes.
+    pub fn verifies(&self, e164: &str) -> String {
+        format!("{}verifies:{e164}", self.prefix)
+    }
+
+    /// Stored first response for an Idempotency-Key (the key is hashed, never stored raw).
+    pub fn idempotency(&self, key_digest: &str) -> String {
+        format!("{}idem:{key_digest}", self.prefix)
+    }
+
+    /// Hash: delivery state of one verification, shown by `GET /api/otp/status/{id}`.
+    pub fn status(&self, verification_id: Uuid) -> String {
+        format!("{}status:{verification_id}", self.prefix)
+    }
+
+    /// The final outcome of a send job, by job id: the dispatcher's idempotency record.
+    pub fn job_outcome(&self, job_id: Uuid) -> String {
+        format!("{}job:{job_id}", self.prefix)
+    }
+
+    /// Short-lived lease held by the dispatcher that is currently sending a job.
+    pub fn job_lease(&self, job_id: Uuid) -> String {
+        format!("{}lease:{job_id}", self.prefix)
+    }
+
+    /// The provider-wide token bucket shared by every dispatcher.
+    pub fn provider_bucket(&self) -> String {
+        format!("{}plivo:bucket", self.prefix)
+    }
+}

@@ -1,0 +1,20 @@
+//! What otp-api and otp-dispatcher must agree on.
+//!
+//! # Layout
+//! - [`phone`]: `PhoneNumber` (E.164, parsed once at the edge) and `CountryCode`.
+//! - [`crypto`]: base64 key decoding and the AES-256-GCM `JobKey`.
+//! - [`job`]: the send-job contract (`SendJob` envelope + sealed `JobContent`).
+//! - [`amqp`]: queue topology (`Topology`) and AMQP header conventions.
+//! - [`keys`]: the Redis keyspace of both binaries.
+//! - [`status`]: delivery state records (queued → sending → sent / failed / expired).
+//! - [`config`]: settings read the same way by both binaries (Redis location, log format).
+//! - [`telemetry`]: tracing setup and trace-context propagation through AMQP headers.
+
+pub mod amqp;
+pub mod config;
+pub mod crypto;
+pub mod job;
+pub mod keys;
+pub mod phone;
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,84 @@
+//! The one place that sets up tracing, and trace-context propagation through AMQP headers.
+
+use std::collections::HashMap;
+
+use lapin::types::FieldTable;
+use opentelemetry::{global, trace::TracerProvider as _};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::config::LogFormat;
+
+/// Flushes spans still buffered for export when dropped at the end of `main`.
+pub struct TelemetryGuard(SdkTracerProvider);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// Installs the global subscriber: logs to stdout in `format`, filtered by RUST_LOG (default
+/// `info`), and OpenTelemetry spans exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is
+/// set. Spans always carry W3C trace context, so it can travel with send jobs.
+pub fn init(service_name: &'static str, format: LogFormat) -> TelemetryGuard {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service_name).build());
+    let mut export_error = None;
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => export_error = Some(e.to_string()),
+        }
+    }
+    let provider = builder.build();
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+    };
+    // A second init (tests building several apps) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    if let Some(e) = export_error {
+        tracing::warn!(error = %e, "OTLP exporter could not be built; spans are not exported");
+    }
+    TelemetryGuard(provider)
+}
+
+/// Adds the current span's W3C trace context (`traceparent`) to outgoing AMQP headers.
+pub fn inject_trace_context(headers: &mut FieldTable) {
+    let context = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    for (k, v) in carrier {
+        headers.insert(k.into(), crate::amqp::long_string(&v));
+    }
+}
+
+/// Makes `span` a child of the trace context carried by an incoming message, if any.
+pub fn adopt_trace_context(span: &tracing::Span, properties: &lapin::BasicProperties) {
+    let mut carrier = HashMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = crate::amqp::header_str(properties, name) {
+            carrier.insert(name.to_owned(), v);
+        }
+    }
+    if carrier.is_empty() {
+        return;
+    }
+    let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
+    let _ = span.set_parent(parent);
+}
