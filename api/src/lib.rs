@@ -1,1 +1,24 @@
+//! otp-api: issues SMS one-time passwords and verifies them.
+//!
+//! # Layout
+//! - [`config`]: every setting, read from the environment by clap (`otp-api --help`).
+//! - [`startup`]: `Application::build` wires config into the service and the HTTP server.
+//! - [`routes`]: HTTP handlers (poem-openapi), thin translations to [`service`].
+//! - [`service`]: the use cases: request a code, verify it, read delivery state.
+//! - [`code`]: code generation, HMAC digests and constant-time checks.
+//! - [`store`]: the `OtpStore` trait and its Redis implementation (Lua scripts beside it).
+//! - [`queue`]: the `JobQueue` trait and the RabbitMQ publisher with confirms and reconnects.
+//! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
+//! - [`middleware`]: request ids, body limit, access log, framework-error mapping.
+//! - [`client_ip`]: the client address behind trusted proxies.
 
+pub mod client_ip;
+pub mod code;
+pub mod config;
+pub mod error;
+pub mod middleware;
+pub mod queue;
+pub mod routes;
+pub mod service;
+pub mod startup;
+pub mod store;

@@ -9,6 +9,8 @@
 //! - [`status`]: delivery state records (queued → sending → sent / failed / expired).
 //! - [`config`]: settings read the same way by both binaries (Redis location, log format).
 //! - [`telemetry`]: tracing setup and trace-context propagation through AMQP headers.
+//! - [`shutdown`]: SIGINT / SIGTERM handling.
+//! - `testing` (feature `test-support`): TCP proxy and cleanup helpers for integration tests.
 
 pub mod amqp;
 pub mod config;
@@ -16,5 +18,8 @@ pub mod crypto;
 pub mod job;
 pub mod keys;
 pub mod phone;
+pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;

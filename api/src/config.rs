@@ -1,0 +1,224 @@
+//! otp-api settings: read once from the environment (and `.env`), validated into domain types.
+//! `otp-api --help` lists every variable with its default.
+
+use std::{net::IpAddr, time::Duration};
+
+use clap::{Args, Parser};
+use ipnet::IpNet;
+use secrecy::{SecretSlice, SecretString};
+
+use otp_shared::{
+    config::{LogFormat, RedisLocation, parse_job_key},
+    crypto::{JobKey, decode_key},
+    phone::CountryCode,
+};
+
+use crate::code;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "otp-api", version, about = "Issues and verifies SMS one-time passwords.")]
+pub struct Config {
+    /// TCP port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub otp: OtpSettings,
+    #[command(flatten)]
+    pub limits: Limits,
+
+    /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+    /// Seconds that in-flight requests get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL. When unset, REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB are used
+    /// (default redis://127.0.0.1:6379/0).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretString>,
+    /// Legacy: Redis host, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Legacy: Redis port, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_PORT")]
+    pub redis_port: Option<u16>,
+    /// Legacy: Redis password, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<SecretString>,
+    /// Legacy: Redis database number, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_DB")]
+    pub redis_db: Option<u32>,
+    /// Prefix of every Redis key this service writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "otp:")]
+    pub redis_key_prefix: String,
+    /// Milliseconds a Redis command may take before the request fails with 503.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    pub fn location(&self) -> RedisLocation {
+        RedisLocation {
+            url: self.redis_url.clone(),
+            host: self.redis_host.clone(),
+            port: self.redis_port,
+            password: self.redis_password.clone(),
+            db: self.redis_db,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: SecretString,
+    /// Queue that send jobs are published to; its dead letters go to `<SMS_QUEUE>.dead`.
+    #[arg(long, env = "SMS_QUEUE", default_value = "otp.sms")]
+    pub sms_queue: String,
+    /// Milliseconds to wait for the broker to confirm a publish before answering 503.
+    #[arg(long, env = "PUBLISH_CONFIRM_TIMEOUT_MS", default_value_t = 2000)]
+    pub publish_confirm_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OtpSettings {
+    /// Digits per code (6 to 10).
+    #[arg(long, env = "OTP_LENGTH", default_value_t = 6,
+          value_parser = clap::value_parser!(u8).range(code::MIN_LENGTH as i64..=code::MAX_LENGTH as i64))]
+    pub otp_length: u8,
+    /// Seconds a code stays valid (1 to 600).
+    #[arg(long, env = "OTP_VALIDITY_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub otp_validity_seconds: u32,
+    /// Wrong guesses allowed per number before its code is void (at least 1).
+    #[arg(long, env = "OTP_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub otp_max_attempts: u32,
+    /// SMS text; `{code}` is replaced by the code.
+    #[arg(long, env = "SMS_TEMPLATE", default_value = "Your verification code is: {code}",
+          value_parser = parse_template)]
+    pub sms_template: String,
+    /// Base64 key (at least 32 bytes) for the HMAC-SHA256 digests of codes.
+    #[arg(long, env = "OTP_HMAC_KEY", hide_env_values = true, value_parser = parse_hmac_key)]
+    pub otp_hmac_key: HmacKey,
+    /// Base64 AES-256 key (exactly 32 bytes) sealing send jobs; the dispatcher needs the same.
+    #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_job_key)]
+    pub job_encryption_key: JobKey,
+    /// Comma-separated ISO 3166 codes (e.g. US,CA,GB). When set, other destinations get 403.
+    #[arg(long, env = "ALLOWED_COUNTRIES", value_delimiter = ',')]
+    pub allowed_countries: Vec<CountryCode>,
+}
+
+impl OtpSettings {
+    pub fn validity(&self) -> Duration {
+        Duration::from_secs(self.otp_validity_seconds.into())
+    }
+}
+
+/// Abuse limits, enforced in Redis so they hold across replicas. 0 disables a limit.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Seconds before the same number may request another code.
+    #[arg(long, env = "RESEND_COOLDOWN_SECONDS", default_value_t = 30)]
+    pub resend_cooldown_seconds: u32,
+    /// Codes sent to one number per hour.
+    #[arg(long, env = "MAX_SENDS_PER_NUMBER_PER_HOUR", default_value_t = 5)]
+    pub max_sends_per_number_per_hour: u32,
+    /// Code requests from one client IP per minute.
+    #[arg(long, env = "MAX_REQUESTS_PER_IP_PER_MINUTE", default_value_t = 20)]
+    pub max_requests_per_ip_per_minute: u32,
+    /// Verify calls for one number per 15 minutes, whether or not it has a code.
+    #[arg(long, env = "MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES", default_value_t = 10)]
+    pub max_verifies_per_number_per_15_minutes: u32,
+    /// Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For is believed.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// OTP_HMAC_KEY, decoded. Cheap to clone; never printed.
+#[derive(Clone)]
+pub struct HmacKey(pub std::sync::Arc<SecretSlice<u8>>);
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacKey([REDACTED])")
+    }
+}
+
+fn parse_hmac_key(value: &str) -> Result<HmacKey, String> {
+    decode_key(value, 32).map(|k| HmacKey(std::sync::Arc::new(k)))
+}
+
+fn parse_template(value: &str) -> Result<String, String> {
+    if !value.contains("{code}") {
+        return Err("must contain the {code} placeholder".into());
+    }
+    if value.len() > 480 {
+        return Err("must be at most 480 bytes (three SMS segments)".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_ip_net(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{value}' is neither an IP address nor a CIDR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_variable_named() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let base = ["otp-api", "--otp-hmac-key", key, "--job-encryption-key", key];
+        let ok = Config::try_parse_from(base);
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        for (flag, value) in [
+            ("--otp-length", "5"),
+            ("--otp-length", "11"),
+            ("--otp-validity-seconds", "601"),
+            ("--sms-template", "no placeholder"),
+            ("--allowed-countries", "US,XX"),
+            ("--trusted-proxies", "10.0.0.0/8,nonsense"),
+            ("--otp-hmac-key", "c2hvcnQ="),
+        ] {
+            let err = Config::try_parse_from(base.iter().copied().chain([flag, value]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What wraps every request: a request id and span, a body-size cap, an access log line, and
+//! the translation of framework errors (bad JSON, wrong content type, unknown route, panic) into
+//! the service's JSON error bodies.
+
+use std::{sync::Arc, time::Instant};
+
+use poem::{Body, Endpoint, IntoResponse, Request, Response, error::ReadBodyError, http::StatusCode};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Bodies are tiny JSON objects; anything bigger is refused before parsing.
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request's id: the caller's X-Request-Id when it is sane, else a new UUID.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub async fn around<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+    let span = tracing::info_span!(
+        "http_request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id,
+    );
+    async move {
+        let started = Instant::now();
+        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let mut resp = match read_body(req).await {
+            Ok(req) => match ep.call(req).await {
+                Ok(resp) => resp.into_response(),
+                Err(err) => error_response(err),
+            },
+            Err(err) => err.into_response().into_response(),
+        };
+        if let Ok(value) = request_id.parse() {
+            resp.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        tracing::info!(
+            status = resp.status().as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request finished"
+        );
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Buffers the body up to [`MAX_BODY_BYTES`], whether or not Content-Length was sent.
+async fn read_body(req: Request) -> Result<Request, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = body
+        .into_bytes_limit(MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge(MAX_BODY_BYTES),
+            _ => ApiError::InvalidRequest("The request body could not be read.".into()),
+        })?;
+    Ok(Request::from_parts(parts, Body::from_bytes(bytes)))
+}
+
+/// Errors the handlers returned already carry their response; the rest came from the framework
+/// (parsing, routing) and are mapped by status.
+fn error_response(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let api_error = match err.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(MAX_BODY_BYTES),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        StatusCode::NOT_FOUND => ApiError::NotFound("Not found.".into()),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        s if s.is_client_error() => ApiError::InvalidRequest(format!("Malformed request: {err}.")),
+        _ => ApiError::Internal(anyhow::anyhow!("{err}")),
+    };
+    api_error.into_response().into_response()
+}
+
+/// A panicking handler yields the generic INTERNAL body; the panic itself is logged.
+pub fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
+    ApiError::Internal(anyhow::anyhow!("handler panicked"))
+        .into_response()
+        .into_response()
+}

@@ -1,0 +1,208 @@
+//! Publishing send jobs. The service talks to [`JobQueue`]; [`AmqpPublisher`] keeps one
+//! long-lived RabbitMQ connection and a confirm-mode channel, and reconnects by itself.
+
+use std::{
+    future::Future,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::{
+    Channel, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    Confirmation,
+    types::FieldTable,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use otp_shared::{
+    amqp::{REQUEST_ID_HEADER, Topology, connect, job_properties, long_string},
+    job::SendJob,
+    telemetry::inject_trace_context,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("RabbitMQ could not route the message to {0} (returned)")]
+    Returned(String),
+    #[error("RabbitMQ did not confirm the publish within {0:?}")]
+    Timeout(Duration),
+    #[error("publish failed")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Where send jobs go. `publish` resolves only once the job is safely stored by the queue.
+pub trait JobQueue: Send + Sync + 'static {
+    fn publish(
+        &self,
+        job: &SendJob,
+        request_id: &str,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    fn is_connected(&self) -> bool;
+}
+
+#[derive(Clone)]
+pub struct AmqpPublisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topology: Topology,
+    confirm_timeout: Duration,
+    /// The live confirm-mode channel; `None` while (re)connecting.
+    channel: RwLock<Option<Channel>>,
+    /// Wakes the supervisor when a publish hits a dead connection.
+    broken: Notify,
+}
+
+impl AmqpPublisher {
+    /// Starts the connection supervisor; the publisher is usable once it has connected
+    /// (`is_connected`), and publishes fail fast with `NotConnected` until then.
+    pub fn start(
+        url: SecretString,
+        queue: &str,
+        confirm_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let inner = Arc::new(Inner {
+            topology: Topology::new(queue),
+            confirm_timeout,
+            channel: RwLock::new(None),
+            broken: Notify::new(),
+        });
+        let task = tokio::spawn(supervise(inner.clone(), url, shutdown));
+        (Self { inner }, task)
+    }
+
+    fn channel(&self) -> Option<Channel> {
+        let guard = self.inner.channel.read().unwrap_or_else(|e| e.into_inner());
+        guard.clone().filter(|c| c.status().connected())
+    }
+}
+
+impl JobQueue for AmqpPublisher {
+    async fn publish(&self, job: &SendJob, request_id: &str) -> Result<(), PublishError> {
+        let channel = self.channel().ok_or_else(|| {
+            self.inner.broken.notify_one();
+            PublishError::NotConnected
+        })?;
+        let mut headers = FieldTable::default();
+        headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
+        inject_trace_context(&mut headers);
+        let topology = &self.inner.topology;
+        let publish = async {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    topology.queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &job.to_bytes(),
+                    job_properties(&job.job_id.to_string(), headers),
+                )
+                .await?;
+            match confirm.await? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(PublishError::Returned(topology.queue.clone())),
+                Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked),
+            }
+        };
+        let result = tokio::time::timeout(self.inner.confirm_timeout, publish)
+            .await
+            .unwrap_or(Err(PublishError::Timeout(self.inner.confirm_timeout)));
+        if matches!(result, Err(PublishError::Broker(_))) {
+            self.inner.broken.notify_one();
+        }
+        result
+    }
+
+    fn is_connected(&self) -> bool {
+        self.channel().is_some()
+    }
+}
+
+/// Keeps a connection up for as long as the process runs: connect, declare topology, wait for
+/// the connection to break, retry with capped exponential backoff.
+async fn supervise(inner: Arc<Inner>, url: SecretString, shutdown: CancellationToken) {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let mut delays = backoff.build();
+    loop {
+        let connection = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = open(&inner, url.expose_secret()) => result,
+        };
+        match connection {
+            Ok(connection) => {
+                tracing::info!(queue = %inner.topology.queue, "connected to RabbitMQ");
+                delays = backoff.build();
+                wait_until_broken(&inner, &connection, &shutdown).await;
+                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
+                // Closing a connection that is already dead can hang; bound it.
+                let close = connection.close(200, "closing".into());
+                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tracing::warn!("lost the RabbitMQ connection; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot reach RabbitMQ; retrying"),
+        }
+        // The iterator never ends (`without_max_times`); the fallback only satisfies the type.
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn open(inner: &Inner, url: &str) -> anyhow::Result<Connection> {
+    use anyhow::Context;
+    let connection = tokio::time::timeout(Duration::from_secs(5), connect(url, "otp-api"))
+        .await
+        .context("connecting to RabbitMQ timed out")??;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("enabling publisher confirms")?;
+    inner.topology.declare(&channel).await?;
+    *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(channel);
+    Ok(connection)
+}
+
+async fn wait_until_broken(inner: &Inner, connection: &Connection, shutdown: &CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = inner.broken.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let channel_ok = inner
+            .channel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|c| c.status().connected());
+        if !connection.status().connected() || !channel_ok {
+            return;
+        }
+    }
+}

@@ -1,0 +1,64 @@
+use std::sync::Arc;
+
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::{error::{ApiError, ErrorResponse}, startup::AppService};
+
+use super::ApiTags;
+
+pub struct HealthApi {
+    pub service: Arc<AppService>,
+}
+
+#[derive(Debug, Object)]
+struct Status {
+    status: String,
+    /// RFC 3339 server time.
+    #[oai(skip_serializing_if_is_none)]
+    timestamp: Option<String>,
+}
+
+#[derive(ApiResponse)]
+enum HealthResponse {
+    #[oai(status = 200)]
+    Ok(Json<Status>),
+}
+
+fn ok(timestamp: bool) -> HealthResponse {
+    let timestamp = timestamp.then(|| {
+        OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default()
+    });
+    HealthResponse::Ok(Json(Status {
+        status: "ok".into(),
+        timestamp,
+    }))
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Service banner with the server time.
+    #[oai(path = "/", method = "get")]
+    async fn index(&self) -> HealthResponse {
+        ok(true)
+    }
+
+    /// Liveness: the process is up and serving HTTP.
+    #[oai(path = "/healthz", method = "get")]
+    async fn healthz(&self) -> HealthResponse {
+        ok(false)
+    }
+
+    /// Readiness: 200 only when Redis and RabbitMQ are reachable; otherwise 503 naming what is
+    /// down.
+    #[oai(path = "/readyz", method = "get")]
+    async fn readyz(&self) -> Result<HealthResponse, ErrorResponse> {
+        let down = self.service.unavailable_dependencies().await;
+        if down.is_empty() {
+            return Ok(ok(false));
+        }
+        Err(ApiError::NotReady(down).into())
+    }
+}

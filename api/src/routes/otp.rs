@@ -1,0 +1,207 @@
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use poem::{http::HeaderMap, web::{Data, RemoteAddr}};
+use poem_openapi::{ApiResponse, Object, OpenApi, param::{Header, Path}, payload::Json};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use uuid::Uuid;
+
+use crate::{
+    client_ip::client_ip,
+    error::{ApiError, ErrorResponse},
+    middleware::RequestId,
+    startup::AppService,
+};
+
+use super::{ApiTags, strict::JsonString};
+
+/// Idempotency-Key values are opaque client tokens of printable ASCII.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+pub struct OtpApi {
+    pub service: Arc<AppService>,
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+struct OtpRequest {
+    /// Destination in international form, e.g. +14155552671.
+    phone_number: JsonString,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+struct VerifyRequest {
+    /// The number the code was sent to.
+    phone_number: String,
+    /// The code, exactly OTP_LENGTH digits.
+    otp: JsonString,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+struct RequestAccepted {
+    success: bool,
+    message: String,
+    /// Identifies this verification, e.g. for `GET /api/otp/status/{verificationId}`.
+    verification_id: Uuid,
+    /// Seconds the code stays valid.
+    expires_in_seconds: u64,
+    /// Seconds before this number may request another code.
+    resend_after_seconds: u64,
+}
+
+#[derive(Debug, Object)]
+struct Verified {
+    success: bool,
+    message: String,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+struct DeliveryStatusBody {
+    verification_id: Uuid,
+    /// queued, sending, sent, failed or expired.
+    state: String,
+    /// Provider calls made so far.
+    attempts: u32,
+    /// RFC 3339 time of the last change.
+    updated_at: String,
+}
+
+#[derive(ApiResponse)]
+enum RequestResponse {
+    /// The code is stored and its SMS is queued (confirmed by the broker).
+    #[oai(status = 202)]
+    Accepted(
+        Json<RequestAccepted>,
+        #[oai(header = "RateLimit-Limit")] Option<u32>,
+        #[oai(header = "RateLimit-Remaining")] Option<u32>,
+        #[oai(header = "RateLimit-Reset")] Option<u64>,
+    ),
+}
+
+#[derive(ApiResponse)]
+enum VerifyResponse {
+    /// The code was right; it is now used up.
+    #[oai(status = 200)]
+    Verified(
+        Json<Verified>,
+        #[oai(header = "RateLimit-Limit")] u32,
+        #[oai(header = "RateLimit-Remaining")] u32,
+        #[oai(header = "RateLimit-Reset")] u64,
+    ),
+}
+
+#[derive(ApiResponse)]
+enum StatusResponse {
+    /// The SMS delivery state of a verification.
+    #[oai(status = 200)]
+    Ok(Json<DeliveryStatusBody>),
+}
+
+#[OpenApi(tag = "ApiTags::Otp")]
+impl OtpApi {
+    /// Send a one-time password by SMS.
+    ///
+    /// Answers 202 once the code's digest is stored and the send job is confirmed by the broker;
+    /// the SMS itself is sent asynchronously. A retry with the same `Idempotency-Key` (within
+    /// 24 h, same body) replays the first response without sending another SMS.
+    #[oai(path = "/api/otp/request", method = "post")]
+    async fn request(
+        &self,
+        body: Json<OtpRequest>,
+        /// Optional client token that makes retries safe.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        remote: &RemoteAddr,
+        headers: &HeaderMap,
+        request_id: Data<&RequestId>,
+    ) -> Result<RequestResponse, ErrorResponse> {
+        let key = idempotency_key.0.as_deref();
+        if let Some(key) = key {
+            let printable = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !printable {
+                return Err(ApiError::InvalidRequest(
+                    "Idempotency-Key must be 1 to 255 printable ASCII characters.".into(),
+                )
+                .into());
+            }
+        }
+        let phone = self.service.destination(&body.phone_number)?;
+        let peer = remote
+            .as_socket_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let ip = client_ip(peer, forwarded, &self.trusted_proxies);
+        let issued = self.service.request(&phone, ip, key, &request_id.0.0).await?;
+        let a = issued.accepted;
+        Ok(RequestResponse::Accepted(
+            Json(RequestAccepted {
+                success: true,
+                message: "OTP sent successfully.".into(),
+                verification_id: a.verification_id,
+                expires_in_seconds: a.expires_in_seconds,
+                resend_after_seconds: a.resend_after_seconds,
+            }),
+            issued.rate.map(|r| r.limit),
+            issued.rate.map(|r| r.remaining),
+            issued.rate.map(|r| r.reset_seconds),
+        ))
+    }
+
+    /// Check a one-time password.
+    ///
+    /// A code verifies at most once. Every failure (no code, expired, wrong, already used, or
+    /// voided after too many wrong tries) gives the same 400 INVALID_OTP.
+    #[oai(path = "/api/otp/verify", method = "post")]
+    async fn verify(&self, body: Json<VerifyRequest>) -> Result<VerifyResponse, ErrorResponse> {
+        let phone = PhoneOrInvalid::parse(&self.service, &body.phone_number)?;
+        let rate = self.service.verify(&phone, &body.otp).await?;
+        Ok(VerifyResponse::Verified(
+            Json(Verified {
+                success: true,
+                message: "OTP verified successfully.".into(),
+            }),
+            rate.limit,
+            rate.remaining,
+            rate.reset_seconds,
+        ))
+    }
+
+    /// SMS delivery state of a verification. Never includes the number or the code.
+    #[oai(path = "/api/otp/status/:verification_id", method = "get")]
+    async fn status(&self, verification_id: Path<String>) -> Result<StatusResponse, ErrorResponse> {
+        let unknown = || ApiError::NotFound("Unknown verification id.".into());
+        let id = Uuid::parse_str(&verification_id.0).map_err(|_| unknown())?;
+        let status = self.service.status(id).await?;
+        let updated_at = OffsetDateTime::from_unix_timestamp(status.updated_at)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
+        Ok(StatusResponse::Ok(Json(DeliveryStatusBody {
+            verification_id: id,
+            state: status.state.as_str().to_owned(),
+            attempts: status.attempts,
+            updated_at,
+        })))
+    }
+}
+
+/// Verify accepts any well-formed number: country policy only matters when issuing.
+struct PhoneOrInvalid;
+
+impl PhoneOrInvalid {
+    fn parse(
+        service: &AppService,
+        raw: &str,
+    ) -> Result<otp_shared::phone::PhoneNumber, ApiError> {
+        match service.destination(raw) {
+            // A number of a barred country can never have a code: same answer as a wrong code.
+            Err(ApiError::CountryNotAllowed) => Err(ApiError::InvalidOtp),
+            other => other,
+        }
+    }
+}

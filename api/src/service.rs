@@ -1,0 +1,218 @@
+//! The OTP use cases, independent of HTTP: issue a code, verify a code, read delivery state.
+
+use std::{net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use otp_shared::{
+    crypto::JobKey,
+    job::SendJob,
+    phone::{CountryCode, PhoneNumber},
+    status::DeliveryStatus,
+};
+
+use crate::{
+    code::{CandidateCode, CodeHasher, OtpCode},
+    error::ApiError,
+    queue::JobQueue,
+    store::{IdempotencyClaim, IssueOutcome, OtpStore, RateLimit, VerifyLookup},
+};
+
+/// Code policy the service applies.
+#[derive(Debug, Clone)]
+pub struct CodePolicy {
+    pub length: usize,
+    pub validity: Duration,
+    pub template: String,
+    /// Empty means every country is allowed.
+    pub allowed_countries: Vec<CountryCode>,
+    pub resend_cooldown_seconds: u32,
+}
+
+/// What a successful code request returns (and what an Idempotency-Key replays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub verification_id: Uuid,
+    pub expires_in_seconds: u64,
+    pub resend_after_seconds: u64,
+}
+
+/// `rate` is `None` for a replayed response: no limit was consulted.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub accepted: Accepted,
+    pub rate: Option<RateLimit>,
+}
+
+pub struct OtpService<S, Q> {
+    store: S,
+    queue: Q,
+    hasher: CodeHasher,
+    job_key: JobKey,
+    policy: CodePolicy,
+}
+
+impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
+    pub fn new(store: S, queue: Q, hasher: CodeHasher, job_key: JobKey, policy: CodePolicy) -> Self {
+        Self {
+            store,
+            queue,
+            hasher,
+            job_key,
+            policy,
+        }
+    }
+
+    /// Parses a destination and applies ALLOWED_COUNTRIES.
+    pub fn destination(&self, raw: &str) -> Result<PhoneNumber, ApiError> {
+        let phone = PhoneNumber::parse(raw).map_err(|e| ApiError::InvalidPhoneNumber(format!("Invalid phone number: {e}.")))?;
+        let allowed = &self.policy.allowed_countries;
+        if !allowed.is_empty() && !phone.country().is_some_and(|c| allowed.contains(&c)) {
+            return Err(ApiError::CountryNotAllowed);
+        }
+        Ok(phone)
+    }
+
+    /// Issues a code and queues its SMS. With an Idempotency-Key, a retry of the same request
+    /// replays the first response instead of sending another SMS.
+    #[tracing::instrument(skip_all, fields(phone = %phone.masked(), verification_id))]
+    pub async fn request(
+        &self,
+        phone: &PhoneNumber,
+        client_ip: IpAddr,
+        idempotency_key: Option<&str>,
+        request_id: &str,
+    ) -> Result<Issued, ApiError> {
+        let Some(key) = idempotency_key else {
+            return self.issue(phone, client_ip, request_id).await;
+        };
+        let key_digest = sha256_hex(key.as_bytes());
+        let body_digest = sha256_hex(phone.as_e164().as_bytes());
+        match self.store.claim_idempotency(&key_digest, &body_digest).await? {
+            IdempotencyClaim::Claimed => {}
+            IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
+            IdempotencyClaim::Conflict => return Err(ApiError::IdempotencyKeyReused),
+            IdempotencyClaim::Replay(json) => {
+                let accepted = serde_json::from_str(&json)
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored response: {e}")))?;
+                tracing::info!("replaying the response stored for this Idempotency-Key");
+                return Ok(Issued { accepted, rate: None });
+            }
+        }
+        let result = self.issue(phone, client_ip, request_id).await;
+        let stored = match &result {
+            Ok(issued) => {
+                // Serialising a struct of ids and numbers cannot fail.
+                let json = serde_json::to_string(&issued.accepted).expect("Accepted serialises");
+                self.store.complete_idempotency(&key_digest, &body_digest, &json).await
+            }
+            Err(_) => self.store.release_idempotency(&key_digest).await,
+        };
+        if let Err(e) = stored {
+            // The request itself is done; only a future replay is affected.
+            tracing::warn!(error = %e, "could not update the Idempotency-Key record");
+        }
+        result
+    }
+
+    async fn issue(
+        &self,
+        phone: &PhoneNumber,
+        client_ip: IpAddr,
+        request_id: &str,
+    ) -> Result<Issued, ApiError> {
+        let verification_id = Uuid::new_v4();
+        tracing::Span::current().record("verification_id", tracing::field::display(verification_id));
+        let code = OtpCode::generate(self.policy.length);
+        let digest = self.hasher.digest(phone, verification_id, &code);
+        let ip = client_ip.to_string();
+        let rate = match self.store.issue(phone, &ip, verification_id, &digest).await? {
+            IssueOutcome::Issued(rate) => rate,
+            IssueOutcome::Limited(kind, rate) => {
+                tracing::info!(limit = ?kind, retry_after = rate.reset_seconds, "request rate limited");
+                return Err(ApiError::RateLimited(rate));
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let job = SendJob::seal(
+            &self.job_key,
+            verification_id,
+            phone,
+            code.expose(),
+            &self.policy.template,
+            now,
+            now + self.policy.validity,
+        );
+        drop(code);
+        if let Err(e) = self.queue.publish(&job, request_id).await {
+            if let Err(revoke) = self.store.revoke(phone, verification_id).await {
+                tracing::error!(error = %revoke, "could not remove the code of an unpublished job");
+            }
+            return Err(ApiError::Unavailable(anyhow::Error::new(e).context("publishing the send job")));
+        }
+        tracing::info!(job_id = %job.job_id, "code issued and send job queued");
+        Ok(Issued {
+            accepted: Accepted {
+                verification_id,
+                expires_in_seconds: self.policy.validity.as_secs(),
+                resend_after_seconds: self.policy.resend_cooldown_seconds.into(),
+            },
+            rate: Some(rate),
+        })
+    }
+
+    /// Checks a code once. Every way of failing gives the same `InvalidOtp`, after the same two
+    /// store round trips and one HMAC, so neither answer nor timing says why.
+    #[tracing::instrument(skip_all, fields(phone = %phone.masked()))]
+    pub async fn verify(&self, phone: &PhoneNumber, otp: &str) -> Result<RateLimit, ApiError> {
+        let candidate =
+            CandidateCode::parse(otp, self.policy.length).ok_or(ApiError::InvalidOtp)?;
+        let (rate, record) = match self.store.begin_verify(phone).await? {
+            VerifyLookup::Limited(rate) => {
+                tracing::info!("verify rate limited");
+                return Err(ApiError::RateLimited(rate));
+            }
+            VerifyLookup::Found { rate, record } => (rate, record),
+        };
+        let (vid, digest) = match &record {
+            Some((vid, digest)) => (Some(*vid), digest.as_str()),
+            None => (None, ""),
+        };
+        let matched = self
+            .hasher
+            .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest);
+        if self.store.finish_verify(phone, vid, matched).await? {
+            tracing::info!("code verified");
+            Ok(rate)
+        } else {
+            tracing::info!("code rejected");
+            Err(ApiError::InvalidOtp)
+        }
+    }
+
+    pub async fn status(&self, verification_id: Uuid) -> Result<DeliveryStatus, ApiError> {
+        self.store
+            .delivery_status(verification_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("Unknown verification id.".into()))
+    }
+
+    /// Names of the dependencies that are down; empty when ready.
+    pub async fn unavailable_dependencies(&self) -> Vec<&'static str> {
+        let mut down = Vec::new();
+        if self.store.ping().await.is_err() {
+            down.push("redis");
+        }
+        if !self.queue.is_connected() {
+            down.push("rabbitmq");
+        }
+        down
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,137 @@
+//! Builds the application from its config and runs it until a shutdown signal.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use poem::{
+    EndpointExt, Route, Server,
+    listener::{Acceptor, Listener, TcpListener},
+    middleware::CatchPanic,
+};
+use poem_openapi::OpenApiService;
+use tokio_util::sync::CancellationToken;
+
+use otp_shared::{config::redis_manager, keys::Keys};
+
+use crate::{
+    code::CodeHasher,
+    config::Config,
+    middleware::{around, panic_response},
+    queue::AmqpPublisher,
+    routes::{HealthApi, OtpApi},
+    service::{CodePolicy, OtpService},
+    store::{RedisStore, StorePolicy},
+};
+
+/// The service as deployed: Redis store, RabbitMQ queue.
+pub type AppService = OtpService<RedisStore, AmqpPublisher>;
+
+pub struct Application {
+    addr: SocketAddr,
+    acceptor: poem::listener::TcpAcceptor,
+    app: poem::endpoint::BoxEndpoint<'static>,
+    background: CancellationToken,
+    publisher_task: tokio::task::JoinHandle<()>,
+    grace: Duration,
+}
+
+impl Application {
+    /// Binds the port and starts the broker connection. Redis and RabbitMQ may still be down:
+    /// the server starts anyway, reports not-ready and answers 503 until they are back.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let redis = redis_manager(&config.redis.location().url(), config.redis.timeout())?;
+        let background = CancellationToken::new();
+        let (publisher, publisher_task) = AmqpPublisher::start(
+            config.amqp.amqp_url.clone(),
+            &config.amqp.sms_queue,
+            Duration::from_millis(config.amqp.publish_confirm_timeout_ms),
+            background.clone(),
+        );
+        let otp = &config.otp;
+        let limits = &config.limits;
+        let store = RedisStore::new(
+            redis,
+            Keys::new(config.redis.redis_key_prefix.clone()),
+            StorePolicy {
+                code_ttl_seconds: otp.otp_validity_seconds,
+                max_attempts: otp.otp_max_attempts,
+                resend_cooldown_seconds: limits.resend_cooldown_seconds,
+                max_sends_per_number_per_hour: limits.max_sends_per_number_per_hour,
+                max_requests_per_ip_per_minute: limits.max_requests_per_ip_per_minute,
+                max_verifies_per_number_per_15_minutes: limits
+                    .max_verifies_per_number_per_15_minutes,
+            },
+        );
+        let service = Arc::new(OtpService::new(
+            store,
+            publisher,
+            CodeHasher::new(otp.otp_hmac_key.0.as_ref().clone()),
+            otp.job_encryption_key.clone(),
+            CodePolicy {
+                length: otp.otp_length.into(),
+                validity: otp.validity(),
+                template: otp.sms_template.clone(),
+                allowed_countries: otp.allowed_countries.clone(),
+                resend_cooldown_seconds: limits.resend_cooldown_seconds,
+            },
+        ));
+
+        let api = OpenApiService::new(
+            (
+                OtpApi {
+                    service: service.clone(),
+                    trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
+                },
+                HealthApi { service },
+            ),
+            "OTP API",
+            env!("CARGO_PKG_VERSION"),
+        );
+        let spec = api.spec_endpoint();
+        let docs = api.swagger_ui();
+        let app = Route::new()
+            .nest("/", api)
+            .at("/openapi.json", spec)
+            .nest("/docs", docs)
+            .with(CatchPanic::new().with_handler(panic_response))
+            .around(around)
+            .boxed();
+
+        let bind = SocketAddr::new(config.bind_address, config.port);
+        let acceptor = TcpListener::bind(bind)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("binding {bind} (PORT)"))?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("reading the bound address")?;
+        Ok(Self {
+            addr,
+            acceptor,
+            app,
+            background,
+            publisher_task,
+            grace: Duration::from_secs(config.shutdown_grace_seconds),
+        })
+    }
+
+    /// The bound address (useful with PORT=0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish within the grace
+    /// period and closes the broker connection.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "otp-api listening");
+        let served = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(self.app, shutdown, Some(self.grace))
+            .await;
+        self.background.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.publisher_task).await;
+        tracing::info!("otp-api stopped");
+        served.context("HTTP server failed")
+    }
+}

@@ -1,0 +1,131 @@
+//! Where codes, limits and idempotency records live. The service talks to the [`OtpStore`] trait;
+//! [`RedisStore`] is the production implementation.
+
+mod redis_store;
+
+use std::future::Future;
+
+use uuid::Uuid;
+
+use otp_shared::{phone::PhoneNumber, status::DeliveryStatus};
+
+pub use redis_store::{RedisStore, StorePolicy};
+
+/// A limit's state, for the RateLimit-* and Retry-After headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_seconds: u64,
+}
+
+/// Which abuse limit stopped a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    RequestsPerIp,
+    ResendCooldown,
+    SendsPerHour,
+    VerifiesPerNumber,
+}
+
+/// The result of trying to issue a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// The digest is stored and the delivery state is `queued`.
+    Issued(RateLimit),
+    Limited(LimitKind, RateLimit),
+}
+
+/// What a verify finds before comparing digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyLookup {
+    Limited(RateLimit),
+    /// `record` is the live code's (verification id, hex digest), if the number has one.
+    Found {
+        rate: RateLimit,
+        record: Option<(Uuid, String)>,
+    },
+}
+
+/// What an Idempotency-Key already stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// First use: this request owns the key now.
+    Claimed,
+    /// The first request with this key is still being handled.
+    InProgress,
+    /// Seen with the same body: replay this stored response (JSON).
+    Replay(String),
+    /// Seen with a different body.
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the code store is unavailable")]
+    Unavailable(#[from] redis::RedisError),
+    #[error("the code store returned something unexpected: {0}")]
+    Corrupt(String),
+}
+
+/// Everything the API keeps about codes. Implementations must make `issue` and `finish_verify`
+/// atomic, and enforce limits across every API replica.
+pub trait OtpStore: Send + Sync + 'static {
+    /// Applies the request limits and, if none is hit, stores `digest` as the number's only code.
+    fn issue(
+        &self,
+        phone: &PhoneNumber,
+        client_ip: &str,
+        verification_id: Uuid,
+        digest: &str,
+    ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
+
+    /// Undoes `issue` after its send job could not be published.
+    fn revoke(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Counts a verify call and returns the number's live code, if any.
+    fn begin_verify(
+        &self,
+        phone: &PhoneNumber,
+    ) -> impl Future<Output = Result<VerifyLookup, StoreError>> + Send;
+
+    /// Consumes the code if `matched` and it is still live and not void; otherwise counts a
+    /// failure. Returns whether the code was consumed. Exactly one concurrent caller can win.
+    fn finish_verify(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Option<Uuid>,
+        matched: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn claim_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+    ) -> impl Future<Output = Result<IdempotencyClaim, StoreError>> + Send;
+
+    /// Stores the response to replay for a claimed key.
+    fn complete_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+        response_json: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Frees a claimed key whose request failed, so the client can retry with it.
+    fn release_idempotency(
+        &self,
+        key_digest: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn delivery_status(
+        &self,
+        verification_id: Uuid,
+    ) -> impl Future<Output = Result<Option<DeliveryStatus>, StoreError>> + Send;
+
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

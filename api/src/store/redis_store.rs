@@ -1,0 +1,233 @@
+//! [`OtpStore`] on Redis: every multi-key step is one Lua script, so it is atomic and costs one
+//! round trip.
+
+use std::sync::LazyLock;
+
+use redis::{Script, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use otp_shared::{
+    keys::Keys,
+    phone::PhoneNumber,
+    status::{self, DeliveryStatus, STATUS_TTL_SECONDS},
+};
+
+use super::{
+    IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError, VerifyLookup,
+};
+
+static ISSUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("issue.lua")));
+static REVOKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("revoke.lua")));
+static VERIFY_BEGIN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("verify_begin.lua")));
+static VERIFY_FINISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("verify_finish.lua")));
+static IDEMPOTENCY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("idempotency.lua")));
+
+/// Replayable responses are kept this long (the Idempotency-Key promise).
+const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 60 * 60;
+/// A claim whose request never finished (process killed) frees itself after this long.
+const IDEMPOTENCY_PENDING_TTL_SECONDS: u64 = 30;
+const VERIFY_WINDOW_SECONDS: u64 = 15 * 60;
+
+/// The limits and lifetimes the store applies; 0 disables a limit.
+#[derive(Debug, Clone)]
+pub struct StorePolicy {
+    pub code_ttl_seconds: u32,
+    pub max_attempts: u32,
+    pub resend_cooldown_seconds: u32,
+    pub max_sends_per_number_per_hour: u32,
+    pub max_requests_per_ip_per_minute: u32,
+    pub max_verifies_per_number_per_15_minutes: u32,
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    policy: StorePolicy,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdempotencyRecord {
+    body: String,
+    response: Option<String>,
+}
+
+impl RedisStore {
+    pub fn new(conn: ConnectionManager, keys: Keys, policy: StorePolicy) -> Self {
+        Self { conn, keys, policy }
+    }
+}
+
+fn rate(limit: i64, remaining: i64, reset: i64) -> RateLimit {
+    RateLimit {
+        limit: limit.clamp(0, u32::MAX.into()) as u32,
+        remaining: remaining.clamp(0, u32::MAX.into()) as u32,
+        reset_seconds: reset.max(0) as u64,
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl OtpStore for RedisStore {
+    async fn issue(
+        &self,
+        phone: &PhoneNumber,
+        client_ip: &str,
+        verification_id: Uuid,
+        digest: &str,
+    ) -> Result<IssueOutcome, StoreError> {
+        let e164 = phone.as_e164();
+        let p = &self.policy;
+        let (outcome, limit, remaining, reset): (String, i64, i64, i64) = ISSUE
+            .key(self.keys.requests_per_ip(client_ip))
+            .key(self.keys.cooldown(e164))
+            .key(self.keys.sends_per_hour(e164))
+            .key(self.keys.code(e164))
+            .key(self.keys.status(verification_id))
+            .key(self.keys.failures(e164))
+            .arg(p.max_requests_per_ip_per_minute)
+            .arg(p.resend_cooldown_seconds)
+            .arg(p.max_sends_per_number_per_hour)
+            .arg(verification_id.to_string())
+            .arg(digest)
+            .arg(p.code_ttl_seconds)
+            .arg(STATUS_TTL_SECONDS)
+            .arg(unix_now())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let rate = rate(limit, remaining, reset);
+        Ok(match outcome.as_str() {
+            "ok" => IssueOutcome::Issued(rate),
+            "ip" => IssueOutcome::Limited(LimitKind::RequestsPerIp, rate),
+            "cooldown" => IssueOutcome::Limited(LimitKind::ResendCooldown, rate),
+            "hourly" => IssueOutcome::Limited(LimitKind::SendsPerHour, rate),
+            other => return Err(StoreError::Corrupt(format!("issue outcome '{other}'"))),
+        })
+    }
+
+    async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {
+        let e164 = phone.as_e164();
+        let _: i64 = REVOKE
+            .key(self.keys.code(e164))
+            .key(self.keys.cooldown(e164))
+            .key(self.keys.sends_per_hour(e164))
+            .key(self.keys.status(verification_id))
+            .arg(verification_id.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn begin_verify(&self, phone: &PhoneNumber) -> Result<VerifyLookup, StoreError> {
+        let e164 = phone.as_e164();
+        let (outcome, limit, remaining, reset, vid, digest): (String, i64, i64, i64, String, String) =
+            VERIFY_BEGIN
+                .key(self.keys.verifies(e164))
+                .key(self.keys.code(e164))
+                .arg(self.policy.max_verifies_per_number_per_15_minutes)
+                .arg(VERIFY_WINDOW_SECONDS)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+        let rate = rate(limit, remaining, reset);
+        if outcome == "limited" {
+            return Ok(VerifyLookup::Limited(rate));
+        }
+        let record = Uuid::parse_str(&vid).ok().map(|vid| (vid, digest));
+        Ok(VerifyLookup::Found { rate, record })
+    }
+
+    async fn finish_verify(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Option<Uuid>,
+        matched: bool,
+    ) -> Result<bool, StoreError> {
+        let e164 = phone.as_e164();
+        let consumed: i64 = VERIFY_FINISH
+            .key(self.keys.code(e164))
+            .key(self.keys.failures(e164))
+            .arg(verification_id.map(|v| v.to_string()).unwrap_or_default())
+            .arg(u8::from(matched))
+            .arg(self.policy.max_attempts)
+            .arg(self.policy.code_ttl_seconds)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(consumed == 1)
+    }
+
+    async fn claim_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let pending = IdempotencyRecord {
+            body: body_digest.to_owned(),
+            response: None,
+        };
+        let (outcome, existing): (String, Option<String>) = IDEMPOTENCY
+            .key(self.keys.idempotency(key_digest))
+            .arg(serde_json::to_string(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            .arg(IDEMPOTENCY_PENDING_TTL_SECONDS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let Some(existing) = existing.filter(|_| outcome == "existing") else {
+            return Ok(IdempotencyClaim::Claimed);
+        };
+        let record: IdempotencyRecord = serde_json::from_str(&existing)
+            .map_err(|e| StoreError::Corrupt(format!("idempotency record: {e}")))?;
+        Ok(match record.response {
+            _ if record.body != body_digest => IdempotencyClaim::Conflict,
+            Some(response) => IdempotencyClaim::Replay(response),
+            None => IdempotencyClaim::InProgress,
+        })
+    }
+
+    async fn complete_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+        response_json: &str,
+    ) -> Result<(), StoreError> {
+        let record = IdempotencyRecord {
+            body: body_digest.to_owned(),
+            response: Some(response_json.to_owned()),
+        };
+        let json = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.idempotency(key_digest))
+            .arg(json)
+            .arg("EX")
+            .arg(IDEMPOTENCY_TTL_SECONDS)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn release_idempotency(&self, key_digest: &str) -> Result<(), StoreError> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.idempotency(key_digest))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn delivery_status(
+        &self,
+        verification_id: Uuid,
+    ) -> Result<Option<DeliveryStatus>, StoreError> {
+        Ok(status::load(&mut self.conn.clone(), &self.keys, verification_id).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}

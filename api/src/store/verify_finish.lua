@@ -1,0 +1,21 @@
+-- Second half of a verify, atomic: consumes the code if the caller's constant-time comparison
+-- matched and the code is still the same one and not void; otherwise counts a failure.
+-- KEYS: 1 code hash, 2 failures counter
+-- ARGV: 1 verification id seen in the first half ('' if none), 2 matched (1/0),
+--       3 max attempts, 4 failure counter ttl
+-- Returns 1 when the code was consumed, else 0.
+if ARGV[1] == '' or redis.call('HGET', KEYS[1], 'vid') ~= ARGV[1] then return 0 end
+local max = tonumber(ARGV[3])
+local fails = tonumber(redis.call('GET', KEYS[2]) or '0')
+if fails >= max then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+fails = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if fails >= max then redis.call('DEL', KEYS[1]) end
+return 0

@@ -1,0 +1,115 @@
+//! Test helpers shared by the integration tests of both binaries (feature `test-support`).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use tokio::{net::TcpListener, task::AbortHandle};
+
+use crate::amqp::Topology;
+
+/// A TCP proxy in front of Redis or RabbitMQ, so a test can simulate a restart of the real
+/// server for its own connections only: `sever` drops every live connection, `refuse` makes new
+/// ones fail until `accept` is called again.
+#[derive(Clone)]
+pub struct Proxy {
+    pub addr: SocketAddr,
+    live: Arc<Mutex<Vec<AbortHandle>>>,
+    refusing: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let live: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (live2, refusing2) = (live.clone(), refusing.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if refusing2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                live2.lock().expect("proxy lock").push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            live,
+            refusing,
+        }
+    }
+
+    /// Drops every proxied connection, as a server restart would.
+    pub fn sever(&self) {
+        for task in self.live.lock().expect("proxy lock").drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Severs and refuses new connections: the server is "down".
+    pub fn refuse(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        self.sever();
+    }
+
+    /// The server is "back".
+    pub fn accept(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Removes a test's Redis keys and AMQP topology. Runs on its own thread and runtime, so it can
+/// be called from `Drop` even when the test panicked.
+pub fn cleanup_blocking(redis_url: String, key_prefix: String, amqp_url: String, queue: String) {
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        runtime.block_on(async move {
+            if let Ok(client) = redis::Client::open(redis_url.as_str())
+                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{key_prefix}*"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<i64> =
+                        redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+            if let Ok(conn) = crate::amqp::connect(&amqp_url, "otp-test-cleanup").await
+                && let Ok(channel) = conn.create_channel().await
+            {
+                let topology = Topology::new(&queue);
+                for q in [&topology.queue, &topology.dead_queue] {
+                    let _ = channel
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = channel
+                    .exchange_delete(
+                        topology.dead_exchange.as_str().into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+                let _ = conn.close(200, "done".into()).await;
+            }
+        });
+    });
+    let _ = worker.join();
+}
