@@ -48,7 +48,10 @@ mod tests {
     }
 
     fn trusted() -> Vec<IpNet> {
-        vec!["10.0.0.0/8".parse().unwrap(), "192.168.1.1/32".parse().unwrap()]
+        vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.1.1/32".parse().unwrap(),
+        ]
     }
 
     #[test]
@@ -62,7 +65,11 @@ mod tests {
     #[test]
     fn a_trusted_proxy_hands_over_the_right_most_untrusted_hop() {
         assert_eq!(
-            client_ip(ip("10.1.1.1"), Some("6.6.6.6, 198.51.100.7, 192.168.1.1"), &trusted()),
+            client_ip(
+                ip("10.1.1.1"),
+                Some("6.6.6.6, 198.51.100.7, 192.168.1.1"),
+                &trusted()
+            ),
             ip("198.51.100.7")
         );
         assert_eq!(client_ip(ip("10.1.1.1"), None, &trusted()), ip("10.1.1.1"));

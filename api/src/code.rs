@@ -133,7 +133,10 @@ mod tests {
                 seen[pos][(b - b'0') as usize] = true;
             }
         }
-        assert!(seen.iter().flatten().all(|s| *s), "leading zeros must be possible too");
+        assert!(
+            seen.iter().flatten().all(|s| *s),
+            "leading zeros must be possible too"
+        );
     }
 
     #[test]
@@ -150,7 +153,11 @@ mod tests {
         assert!(!hasher().matches(&other, vid, &right, &digest));
         assert!(!hasher().matches(&phone, Uuid::new_v4(), &right, &digest));
         assert!(!hasher().matches(&phone, vid, &right, ""));
-        let wrong = if code.expose() == "000000" { "000001" } else { "000000" };
+        let wrong = if code.expose() == "000000" {
+            "000001"
+        } else {
+            "000000"
+        };
         let wrong = CandidateCode::parse(wrong, 6).unwrap();
         assert!(!hasher().matches(&phone, vid, &wrong, &digest));
     }

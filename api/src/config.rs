@@ -16,7 +16,11 @@ use otp_shared::{
 use crate::code;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "otp-api", version, about = "Issues and verifies SMS one-time passwords.")]
+#[command(
+    name = "otp-api",
+    version,
+    about = "Issues and verifies SMS one-time passwords."
+)]
 pub struct Config {
     /// TCP port to listen on.
     #[arg(long, env = "PORT", default_value_t = 3000)]
@@ -151,7 +155,11 @@ pub struct Limits {
     #[arg(long, env = "MAX_REQUESTS_PER_IP_PER_MINUTE", default_value_t = 20)]
     pub max_requests_per_ip_per_minute: u32,
     /// Verify calls for one number per 15 minutes, whether or not it has a code.
-    #[arg(long, env = "MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES",
+        default_value_t = 10
+    )]
     pub max_verifies_per_number_per_15_minutes: u32,
     /// Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For is believed.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
@@ -203,7 +211,13 @@ mod tests {
     #[test]
     fn bad_values_are_rejected_with_the_variable_named() {
         let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-        let base = ["otp-api", "--otp-hmac-key", key, "--job-encryption-key", key];
+        let base = [
+            "otp-api",
+            "--otp-hmac-key",
+            key,
+            "--job-encryption-key",
+            key,
+        ];
         let ok = Config::try_parse_from(base);
         assert!(ok.is_ok(), "{:?}", ok.err());
         for (flag, value) in [

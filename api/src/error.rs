@@ -112,7 +112,9 @@ impl ApiError {
     fn log(&self) {
         match self {
             Self::Unavailable(cause) => tracing::warn!(error = format!("{cause:#}"), "unavailable"),
-            Self::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "internal error"),
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error")
+            }
             _ => {}
         }
     }
@@ -143,10 +145,9 @@ impl ApiError {
                     after,
                 )
             }
-            Self::Unavailable(_) | Self::NotReady(_) => ErrorResponse::ServiceUnavailable(
-                self.body(None),
-                UNAVAILABLE_RETRY_AFTER_SECONDS,
-            ),
+            Self::Unavailable(_) | Self::NotReady(_) => {
+                ErrorResponse::ServiceUnavailable(self.body(None), UNAVAILABLE_RETRY_AFTER_SECONDS)
+            }
             Self::Internal(_) => ErrorResponse::Internal(self.body(None)),
         }
     }

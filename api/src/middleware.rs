@@ -4,7 +4,9 @@
 
 use std::{sync::Arc, time::Instant};
 
-use poem::{Body, Endpoint, IntoResponse, Request, Response, error::ReadBodyError, http::StatusCode};
+use poem::{
+    Body, Endpoint, IntoResponse, Request, Response, error::ReadBodyError, http::StatusCode,
+};
 use tracing::Instrument;
 use uuid::Uuid;
 

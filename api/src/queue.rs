@@ -9,9 +9,8 @@ use std::{
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{
-    Channel, Connection,
+    Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    Confirmation,
     types::FieldTable,
 };
 use secrecy::{ExposeSecret, SecretString};

@@ -56,7 +56,13 @@ pub struct OtpService<S, Q> {
 }
 
 impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
-    pub fn new(store: S, queue: Q, hasher: CodeHasher, job_key: JobKey, policy: CodePolicy) -> Self {
+    pub fn new(
+        store: S,
+        queue: Q,
+        hasher: CodeHasher,
+        job_key: JobKey,
+        policy: CodePolicy,
+    ) -> Self {
         Self {
             store,
             queue,
@@ -68,7 +74,8 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
 
     /// Parses a destination and applies ALLOWED_COUNTRIES.
     pub fn destination(&self, raw: &str) -> Result<PhoneNumber, ApiError> {
-        let phone = PhoneNumber::parse(raw).map_err(|e| ApiError::InvalidPhoneNumber(format!("Invalid phone number: {e}.")))?;
+        let phone = PhoneNumber::parse(raw)
+            .map_err(|e| ApiError::InvalidPhoneNumber(format!("Invalid phone number: {e}.")))?;
         let allowed = &self.policy.allowed_countries;
         if !allowed.is_empty() && !phone.country().is_some_and(|c| allowed.contains(&c)) {
             return Err(ApiError::CountryNotAllowed);
@@ -91,7 +98,11 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         };
         let key_digest = sha256_hex(key.as_bytes());
         let body_digest = sha256_hex(phone.as_e164().as_bytes());
-        match self.store.claim_idempotency(&key_digest, &body_digest).await? {
+        match self
+            .store
+            .claim_idempotency(&key_digest, &body_digest)
+            .await?
+        {
             IdempotencyClaim::Claimed => {}
             IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
             IdempotencyClaim::Conflict => return Err(ApiError::IdempotencyKeyReused),
@@ -99,7 +110,10 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
                 let accepted = serde_json::from_str(&json)
                     .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored response: {e}")))?;
                 tracing::info!("replaying the response stored for this Idempotency-Key");
-                return Ok(Issued { accepted, rate: None });
+                return Ok(Issued {
+                    accepted,
+                    rate: None,
+                });
             }
         }
         let result = self.issue(phone, client_ip, request_id).await;
@@ -107,7 +121,9 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             Ok(issued) => {
                 // Serialising a struct of ids and numbers cannot fail.
                 let json = serde_json::to_string(&issued.accepted).expect("Accepted serialises");
-                self.store.complete_idempotency(&key_digest, &body_digest, &json).await
+                self.store
+                    .complete_idempotency(&key_digest, &body_digest, &json)
+                    .await
             }
             Err(_) => self.store.release_idempotency(&key_digest).await,
         };
@@ -125,11 +141,16 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         request_id: &str,
     ) -> Result<Issued, ApiError> {
         let verification_id = Uuid::new_v4();
-        tracing::Span::current().record("verification_id", tracing::field::display(verification_id));
+        tracing::Span::current()
+            .record("verification_id", tracing::field::display(verification_id));
         let code = OtpCode::generate(self.policy.length);
         let digest = self.hasher.digest(phone, verification_id, &code);
         let ip = client_ip.to_string();
-        let rate = match self.store.issue(phone, &ip, verification_id, &digest).await? {
+        let rate = match self
+            .store
+            .issue(phone, &ip, verification_id, &digest)
+            .await?
+        {
             IssueOutcome::Issued(rate) => rate,
             IssueOutcome::Limited(kind, rate) => {
                 tracing::info!(limit = ?kind, retry_after = rate.reset_seconds, "request rate limited");
@@ -151,7 +172,9 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             if let Err(revoke) = self.store.revoke(phone, verification_id).await {
                 tracing::error!(error = %revoke, "could not remove the code of an unpublished job");
             }
-            return Err(ApiError::Unavailable(anyhow::Error::new(e).context("publishing the send job")));
+            return Err(ApiError::Unavailable(
+                anyhow::Error::new(e).context("publishing the send job"),
+            ));
         }
         tracing::info!(job_id = %job.job_id, "code issued and send job queued");
         Ok(Issued {
@@ -214,5 +237,8 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -85,7 +85,10 @@ impl Topology {
             "x-dead-letter-routing-key".into(),
             long_string(&self.dead_queue),
         );
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
         channel
             .queue_declare(self.queue.as_str().into(), durable, args)
             .await

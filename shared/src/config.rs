@@ -19,7 +19,9 @@ impl FromStr for LogFormat {
         match s.trim().to_ascii_lowercase().as_str() {
             "json" => Ok(Self::Json),
             "pretty" => Ok(Self::Pretty),
-            _ => Err(format!("'{s}' is not a log format (expected json or pretty)")),
+            _ => Err(format!(
+                "'{s}' is not a log format (expected json or pretty)"
+            )),
         }
     }
 }
@@ -81,8 +83,8 @@ pub fn redis_manager(
     url: &SecretString,
     timeout: Duration,
 ) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url.expose_secret())
-        .context("REDIS_URL is not a valid Redis URL")?;
+    let client =
+        redis::Client::open(url.expose_secret()).context("REDIS_URL is not a valid Redis URL")?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))

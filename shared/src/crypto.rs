@@ -38,7 +38,10 @@ impl JobKey {
         let secret = decode_key(value, 32)?;
         let bytes = secret.expose_secret();
         if bytes.len() != 32 {
-            return Err(format!("must decode to exactly 32 bytes, got {}", bytes.len()));
+            return Err(format!(
+                "must decode to exactly 32 bytes, got {}",
+                bytes.len()
+            ));
         }
         // The length was checked just above, so the key is always well formed.
         let cipher = Aes256Gcm::new_from_slice(bytes).expect("32-byte key");
@@ -50,7 +53,13 @@ impl JobKey {
         let nonce = Nonce::generate();
         let ciphertext = self
             .0
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             // AES-GCM only fails for inputs of gigabytes; job content is a few hundred bytes.
             .expect("AES-GCM encryption of a small message");
         let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
@@ -67,7 +76,13 @@ impl JobKey {
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_from(nonce).map_err(|_| OpenError)?;
         self.0
-            .decrypt(&nonce, Payload { msg: ciphertext, aad })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map_err(|_| OpenError)
     }
 }

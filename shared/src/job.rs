@@ -118,8 +118,8 @@ impl SendJob {
         let plaintext = key
             .open(&sealed, job.aad().as_bytes())
             .map_err(|_| JobError::Undecryptable)?;
-        let content: JobContent = serde_json::from_slice(&plaintext)
-            .map_err(|e| JobError::BadContent(e.to_string()))?;
+        let content: JobContent =
+            serde_json::from_slice(&plaintext).map_err(|e| JobError::BadContent(e.to_string()))?;
         Ok((job, content))
     }
 
@@ -172,7 +172,10 @@ mod tests {
         let job = job();
         let bytes = job.to_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(!text.contains("012345") && !text.contains("4155552671"), "{text}");
+        assert!(
+            !text.contains("012345") && !text.contains("4155552671"),
+            "{text}"
+        );
         let (decoded, content) = SendJob::decode(&bytes, &key()).unwrap();
         assert_eq!(decoded, job);
         assert_eq!(content.message_text(), "Your code: 012345");

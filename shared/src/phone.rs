@@ -51,8 +51,7 @@ impl PhoneNumber {
         if digits.len() < 3 {
             return Err(PhoneNumberError::NotValid);
         }
-        let parsed =
-            phonenumber::parse(None, &digits).map_err(|_| PhoneNumberError::NotValid)?;
+        let parsed = phonenumber::parse(None, &digits).map_err(|_| PhoneNumberError::NotValid)?;
         if !phonenumber::is_valid(&parsed) {
             return Err(PhoneNumberError::NotValid);
         }

@@ -104,11 +104,10 @@ pub async fn load<C: redis::aio::ConnectionLike + Send + Sync>(
     keys: &Keys,
     verification_id: Uuid,
 ) -> redis::RedisResult<Option<DeliveryStatus>> {
-    let map: std::collections::HashMap<String, String> =
-        redis::cmd("HGETALL")
-            .arg(keys.status(verification_id))
-            .query_async(conn)
-            .await?;
+    let map: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.status(verification_id))
+        .query_async(conn)
+        .await?;
     let Some(state) = map.get(FIELD_STATE).and_then(|s| s.parse().ok()) else {
         return Ok(None);
     };

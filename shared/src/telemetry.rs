@@ -27,7 +27,10 @@ pub fn init(service_name: &'static str, format: LogFormat) -> TelemetryGuard {
         .with_resource(Resource::builder().with_service_name(service_name).build());
     let mut export_error = None;
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             Err(e) => export_error = Some(e.to_string()),
         }

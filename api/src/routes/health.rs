@@ -3,7 +3,10 @@ use std::sync::Arc;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::{error::{ApiError, ErrorResponse}, startup::AppService};
+use crate::{
+    error::{ApiError, ErrorResponse},
+    startup::AppService,
+};
 
 use super::ApiTags;
 

@@ -1,8 +1,15 @@
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use poem::{http::HeaderMap, web::{Data, RemoteAddr}};
-use poem_openapi::{ApiResponse, Object, OpenApi, param::{Header, Path}, payload::Json};
+use poem::{
+    http::HeaderMap,
+    web::{Data, RemoteAddr},
+};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Header, Path},
+    payload::Json,
+};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
@@ -136,7 +143,10 @@ impl OtpApi {
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         let ip = client_ip(peer, forwarded, &self.trusted_proxies);
-        let issued = self.service.request(&phone, ip, key, &request_id.0.0).await?;
+        let issued = self
+            .service
+            .request(&phone, ip, key, &request_id.0.0)
+            .await?;
         let a = issued.accepted;
         Ok(RequestResponse::Accepted(
             Json(RequestAccepted {
@@ -194,10 +204,7 @@ impl OtpApi {
 struct PhoneOrInvalid;
 
 impl PhoneOrInvalid {
-    fn parse(
-        service: &AppService,
-        raw: &str,
-    ) -> Result<otp_shared::phone::PhoneNumber, ApiError> {
+    fn parse(service: &AppService, raw: &str) -> Result<otp_shared::phone::PhoneNumber, ApiError> {
         match service.destination(raw) {
             // A number of a barred country can never have a code: same answer as a wrong code.
             Err(ApiError::CountryNotAllowed) => Err(ApiError::InvalidOtp),

@@ -8,7 +8,12 @@ use poem_openapi::{
 use serde_json::Value;
 
 #[derive(Debug, Clone, NewType)]
-#[oai(from_json = false, from_parameter = false, from_multipart = false, to_header = false)]
+#[oai(
+    from_json = false,
+    from_parameter = false,
+    from_multipart = false,
+    to_header = false
+)]
 pub struct JsonString(pub String);
 
 impl ParseFromJSON for JsonString {

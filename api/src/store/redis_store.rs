@@ -126,14 +126,20 @@ impl OtpStore for RedisStore {
 
     async fn begin_verify(&self, phone: &PhoneNumber) -> Result<VerifyLookup, StoreError> {
         let e164 = phone.as_e164();
-        let (outcome, limit, remaining, reset, vid, digest): (String, i64, i64, i64, String, String) =
-            VERIFY_BEGIN
-                .key(self.keys.verifies(e164))
-                .key(self.keys.code(e164))
-                .arg(self.policy.max_verifies_per_number_per_15_minutes)
-                .arg(VERIFY_WINDOW_SECONDS)
-                .invoke_async(&mut self.conn.clone())
-                .await?;
+        let (outcome, limit, remaining, reset, vid, digest): (
+            String,
+            i64,
+            i64,
+            i64,
+            String,
+            String,
+        ) = VERIFY_BEGIN
+            .key(self.keys.verifies(e164))
+            .key(self.keys.code(e164))
+            .arg(self.policy.max_verifies_per_number_per_15_minutes)
+            .arg(VERIFY_WINDOW_SECONDS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         let rate = rate(limit, remaining, reset);
         if outcome == "limited" {
             return Ok(VerifyLookup::Limited(rate));
@@ -170,15 +176,15 @@ impl OtpStore for RedisStore {
             body: body_digest.to_owned(),
             response: None,
         };
-        let (outcome, existing): (String, Option<String>) = IDEMPOTENCY
+        let (outcome, existing): (String, String) = IDEMPOTENCY
             .key(self.keys.idempotency(key_digest))
             .arg(serde_json::to_string(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?)
             .arg(IDEMPOTENCY_PENDING_TTL_SECONDS)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let Some(existing) = existing.filter(|_| outcome == "existing") else {
+        if outcome == "claimed" {
             return Ok(IdempotencyClaim::Claimed);
-        };
+        }
         let record: IdempotencyRecord = serde_json::from_str(&existing)
             .map_err(|e| StoreError::Corrupt(format!("idempotency record: {e}")))?;
         Ok(match record.response {
@@ -198,7 +204,8 @@ impl OtpStore for RedisStore {
             body: body_digest.to_owned(),
             response: Some(response_json.to_owned()),
         };
-        let json = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let _: () = redis::cmd("SET")
             .arg(self.keys.idempotency(key_digest))
             .arg(json)

@@ -1,0 +1,47 @@
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_status_and_error_code() {
+    let app = spawn_app().await;
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    for path in [
+        "/api/otp/request",
+        "/api/otp/verify",
+        "/api/otp/status/{verification_id}",
+        "/readyz",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} missing");
+    }
+    let request = &spec["paths"]["/api/otp/request"]["post"]["responses"];
+    for status in [
+        "202", "400", "403", "413", "415", "422", "429", "500", "503",
+    ] {
+        assert!(request[status].is_object(), "request: {status} missing");
+    }
+    let text = spec.to_string();
+    for code in [
+        "INVALID_REQUEST",
+        "INVALID_PHONE_NUMBER",
+        "COUNTRY_NOT_ALLOWED",
+        "INVALID_OTP",
+        "RATE_LIMITED",
+        "IDEMPOTENCY_KEY_REUSED",
+        "PAYLOAD_TOO_LARGE",
+        "UNSUPPORTED_MEDIA_TYPE",
+        "SERVICE_UNAVAILABLE",
+        "INTERNAL",
+    ] {
+        assert!(text.contains(code), "{code} undocumented");
+    }
+    let docs = app.get("/docs").await;
+    assert_eq!(docs.status().as_u16(), 200);
+    assert!(
+        docs.text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("swagger")
+    );
+}

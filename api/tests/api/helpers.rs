@@ -1,0 +1,269 @@
+//! `spawn_app()` and the typed helpers every API test uses.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use otp_api::{
+    config::{AmqpArgs, Config, HmacKey, Limits, OtpSettings, RedisArgs},
+    startup::Application,
+};
+use otp_shared::{
+    config::LogFormat,
+    crypto::JobKey,
+    job::{JobContent, SendJob},
+    testing::cleanup_blocking,
+};
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PHONE: &str = "+14155552671";
+
+pub fn job_key() -> JobKey {
+    JobKey::from_base64(&STANDARD.encode([42u8; 32])).expect("test key")
+}
+
+/// A config isolated to one test: its own key prefix and queue, limits off unless a test
+/// turns them on.
+pub fn test_config() -> Config {
+    let id = Uuid::new_v4().simple().to_string();
+    Config {
+        port: 0,
+        bind_address: Ipv4Addr::LOCALHOST.into(),
+        redis: RedisArgs {
+            redis_url: Some(REDIS_URL.to_owned().into()),
+            redis_host: None,
+            redis_port: None,
+            redis_password: None,
+            redis_db: None,
+            redis_key_prefix: format!("test:{id}:"),
+            redis_timeout_ms: 500,
+        },
+        amqp: AmqpArgs {
+            amqp_url: AMQP_URL.to_owned().into(),
+            sms_queue: format!("test.sms.{id}"),
+            publish_confirm_timeout_ms: 2000,
+        },
+        otp: OtpSettings {
+            otp_length: 6,
+            otp_validity_seconds: 300,
+            otp_max_attempts: 5,
+            sms_template: "Your verification code is: {code}".into(),
+            otp_hmac_key: HmacKey(std::sync::Arc::new(vec![7u8; 32].into())),
+            job_encryption_key: job_key(),
+            allowed_countries: vec![],
+        },
+        limits: Limits {
+            resend_cooldown_seconds: 0,
+            max_sends_per_number_per_hour: 0,
+            max_requests_per_ip_per_minute: 0,
+            max_verifies_per_number_per_15_minutes: 0,
+            trusted_proxies: vec![],
+        },
+        log_format: LogFormat::Pretty,
+        shutdown_grace_seconds: 2,
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub config: Config,
+    pub redis: redis::aio::MultiplexedConnection,
+    pub channel: lapin::Channel,
+    _amqp: lapin::Connection,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// Starts the app with a tweaked config and waits until it is ready.
+pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let app = spawn_unready(tweak).await;
+    app.wait_ready().await;
+    app
+}
+
+/// Starts the app without waiting for its dependencies (for tests where they are down).
+pub async fn spawn_unready(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config();
+    tweak(&mut config);
+    let app = Application::build(config.clone())
+        .await
+        .expect("app builds");
+    let base = format!("http://{}", app.addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("test Redis connection");
+    let amqp = otp_shared::amqp::connect(AMQP_URL, "otp-api-test")
+        .await
+        .expect("test RabbitMQ connection");
+    let channel = amqp.create_channel().await.expect("test channel");
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        config,
+        redis,
+        channel,
+        _amqp: amqp,
+        shutdown: Some(tx),
+    }
+}
+
+impl TestApp {
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the app did not become ready");
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.config.redis.redis_key_prefix
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.config.amqp.sms_queue
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn request_otp(&self, phone: &str) -> Response {
+        self.post_json("/api/otp/request", &json!({ "phoneNumber": phone }))
+            .await
+    }
+
+    pub async fn verify(&self, phone: &str, otp: &str) -> Response {
+        self.post_json(
+            "/api/otp/verify",
+            &json!({ "phoneNumber": phone, "otp": otp }),
+        )
+        .await
+    }
+
+    /// Takes the next send job off the test queue and opens it, as the dispatcher would.
+    pub async fn next_job(&self) -> (SendJob, JobContent) {
+        for _ in 0..50 {
+            let got = self
+                .channel
+                .basic_get(self.queue().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
+            if let Some(msg) = got {
+                return SendJob::decode(&msg.delivery.data, &job_key()).expect("job decodes");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no send job was queued");
+    }
+
+    /// Requests a code for `phone` and returns it (read from the queued job).
+    pub async fn issue_code(&self, phone: &str) -> String {
+        let resp = self.request_otp(phone).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::ACCEPTED,
+            "{:?}",
+            resp.text().await
+        );
+        self.next_job().await.1.code
+    }
+
+    pub async fn queued_jobs(&self) -> u32 {
+        let declare = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(self.queue().into(), declare, Default::default())
+            .await
+            .expect("queue exists")
+            .message_count()
+    }
+
+    pub async fn redis_keys(&self) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix()))
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("KEYS")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        cleanup_blocking(
+            REDIS_URL.into(),
+            self.prefix().to_owned(),
+            AMQP_URL.into(),
+            self.queue().to_owned(),
+        );
+    }
+}
+
+/// Asserts status and the stable error code, returns the body.
+pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status);
+    let body: Value = resp.json().await.expect("JSON error body");
+    assert_eq!(body["success"], json!(false), "{body}");
+    assert_eq!(body["code"], json!(code), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}

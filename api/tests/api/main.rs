@@ -1,0 +1,10 @@
+//! Integration tests of otp-api against the real Redis and RabbitMQ on this machine.
+
+mod helpers;
+
+mod docs;
+mod idempotency;
+mod limits;
+mod request;
+mod resilience;
+mod verify;

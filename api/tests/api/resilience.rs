@@ -1,0 +1,113 @@
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeleteOptions;
+use serde_json::Value;
+
+use otp_shared::testing::Proxy;
+
+use crate::helpers::{PHONE, TestApp, assert_error, spawn_unready, spawn_with};
+
+async fn assert_unavailable(resp: reqwest::Response) {
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_error(resp, 503, "SERVICE_UNAVAILABLE").await;
+}
+
+async fn readiness(app: &TestApp) -> (u16, String) {
+    let resp = app.get("/readyz").await;
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    (status, body.to_string())
+}
+
+/// Polls until a code request succeeds again, proving recovery needed no restart.
+async fn wait_until_requests_succeed(app: &TestApp, within: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if app.request_otp(PHONE).await.status().as_u16() == 202 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("requests did not recover within {within:?}");
+}
+
+fn code_keys(keys: &[String]) -> Vec<&String> {
+    keys.iter()
+        .filter(|k| k.contains(":code:") || k.contains(":status:") || k.contains(":cool:"))
+        .collect()
+}
+
+#[tokio::test]
+async fn redis_down_gives_503_and_not_ready() {
+    let app =
+        spawn_unready(|c| c.redis.redis_url = Some("redis://127.0.0.1:1/0".to_owned().into()))
+            .await;
+    assert_unavailable(app.request_otp(PHONE).await).await;
+    assert_unavailable(app.verify(PHONE, "123456").await).await;
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("redis"), "{body}");
+}
+
+#[tokio::test]
+async fn broker_down_gives_503_and_leaves_no_code_behind() {
+    let app = spawn_unready(|c| {
+        c.amqp.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned().into();
+        c.limits.resend_cooldown_seconds = 30;
+    })
+    .await;
+    assert_unavailable(app.request_otp(PHONE).await).await;
+    assert!(code_keys(&app.redis_keys().await).is_empty());
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("rabbitmq") && !body.contains("redis"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_unroutable_publish_gives_503_and_undoes_the_cooldown() {
+    let app = spawn_with(|c| c.limits.resend_cooldown_seconds = 30).await;
+    app.channel
+        .queue_delete(app.queue().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_unavailable(app.request_otp(PHONE).await).await;
+    assert!(
+        code_keys(&app.redis_keys().await).is_empty(),
+        "{:?}",
+        app.redis_keys().await
+    );
+}
+
+#[tokio::test]
+async fn the_api_reconnects_after_a_broker_restart() {
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let app = spawn_with(|c| c.amqp.amqp_url = url.into()).await;
+    assert_eq!(app.request_otp(PHONE).await.status().as_u16(), 202);
+
+    proxy.refuse();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_unavailable(app.request_otp(PHONE).await).await;
+    assert_eq!(readiness(&app).await.0, 503);
+
+    proxy.accept();
+    wait_until_requests_succeed(&app, Duration::from_secs(20)).await;
+    assert_eq!(readiness(&app).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_api_reconnects_after_a_redis_restart() {
+    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let url = format!("redis://{}/0", proxy.addr);
+    let app = spawn_with(|c| c.redis.redis_url = Some(url.into())).await;
+    assert_eq!(app.request_otp(PHONE).await.status().as_u16(), 202);
+
+    proxy.refuse();
+    assert_unavailable(app.request_otp(PHONE).await).await;
+
+    proxy.accept();
+    wait_until_requests_succeed(&app, Duration::from_secs(20)).await;
+}
