@@ -5,10 +5,10 @@ use std::{net::IpAddr, time::Duration};
 
 use clap::{Args, Parser};
 use ipnet::IpNet;
-use secrecy::{SecretSlice, SecretString};
+use secrecy::SecretSlice;
 
 use otp_shared::{
-    config::{LogFormat, RedisLocation, parse_job_key},
+    config::{AmqpArgs, LogFormat, RedisArgs, parse_job_key},
     crypto::{JobKey, decode_key},
     phone::CountryCode,
 };
@@ -33,6 +33,9 @@ pub struct Config {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub amqp: AmqpArgs,
+    /// Milliseconds to wait for the broker to confirm a publish before answering 503.
+    #[arg(long, env = "PUBLISH_CONFIRM_TIMEOUT_MS", default_value_t = 2000)]
+    pub publish_confirm_timeout_ms: u64,
     #[command(flatten)]
     pub otp: OtpSettings,
     #[command(flatten)]
@@ -44,67 +47,6 @@ pub struct Config {
     /// Seconds that in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RedisArgs {
-    /// Redis URL. When unset, REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB are used
-    /// (default redis://127.0.0.1:6379/0).
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<SecretString>,
-    /// Legacy: Redis host, used only when REDIS_URL is unset.
-    #[arg(long, env = "REDIS_HOST")]
-    pub redis_host: Option<String>,
-    /// Legacy: Redis port, used only when REDIS_URL is unset.
-    #[arg(long, env = "REDIS_PORT")]
-    pub redis_port: Option<u16>,
-    /// Legacy: Redis password, used only when REDIS_URL is unset.
-    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
-    pub redis_password: Option<SecretString>,
-    /// Legacy: Redis database number, used only when REDIS_URL is unset.
-    #[arg(long, env = "REDIS_DB")]
-    pub redis_db: Option<u32>,
-    /// Prefix of every Redis key this service writes.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "otp:")]
-    pub redis_key_prefix: String,
-    /// Milliseconds a Redis command may take before the request fails with 503.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
-    pub redis_timeout_ms: u64,
-}
-
-impl RedisArgs {
-    pub fn location(&self) -> RedisLocation {
-        RedisLocation {
-            url: self.redis_url.clone(),
-            host: self.redis_host.clone(),
-            port: self.redis_port,
-            password: self.redis_password.clone(),
-            db: self.redis_db,
-        }
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
-    }
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct AmqpArgs {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub amqp_url: SecretString,
-    /// Queue that send jobs are published to; its dead letters go to `<SMS_QUEUE>.dead`.
-    #[arg(long, env = "SMS_QUEUE", default_value = "otp.sms")]
-    pub sms_queue: String,
-    /// Milliseconds to wait for the broker to confirm a publish before answering 503.
-    #[arg(long, env = "PUBLISH_CONFIRM_TIMEOUT_MS", default_value_t = 2000)]
-    pub publish_confirm_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

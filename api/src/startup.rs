@@ -11,8 +11,6 @@ use poem::{
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 
-use otp_shared::{config::redis_manager, keys::Keys};
-
 use crate::{
     code::CodeHasher,
     config::Config,
@@ -39,19 +37,19 @@ impl Application {
     /// Binds the port and starts the broker connection. Redis and RabbitMQ may still be down:
     /// the server starts anyway, reports not-ready and answers 503 until they are back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let redis = redis_manager(&config.redis.location().url(), config.redis.timeout())?;
+        let redis = config.redis.connect()?;
         let background = CancellationToken::new();
         let (publisher, publisher_task) = AmqpPublisher::start(
             config.amqp.amqp_url.clone(),
             &config.amqp.sms_queue,
-            Duration::from_millis(config.amqp.publish_confirm_timeout_ms),
+            Duration::from_millis(config.publish_confirm_timeout_ms),
             background.clone(),
         );
         let otp = &config.otp;
         let limits = &config.limits;
         let store = RedisStore::new(
             redis,
-            Keys::new(config.redis.redis_key_prefix.clone()),
+            config.redis.keys(),
             StorePolicy {
                 code_ttl_seconds: otp.otp_validity_seconds,
                 max_attempts: otp.otp_max_attempts,

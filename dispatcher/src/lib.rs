@@ -1,1 +1,24 @@
+//! otp-dispatcher: consumes send jobs and delivers them through Plivo, at most once per job.
+//!
+//! # Layout
+//! - [`config`]: every setting, read from the environment by clap (`otp-dispatcher --help`).
+//! - [`startup`]: `Application::build` wires the parts; `run_until` handles graceful shutdown.
+//! - [`consumer`]: RabbitMQ connection, prefetch, one task per delivery, reconnects.
+//! - [`worker`]: one job end to end: decode, claim, send with retries, record, ack/dead-letter.
+//! - [`outcome`]: `Attempt` (one provider call) and `Final` (a job), and how they map to acks.
+//! - [`retry`]: `RetryPolicy` (capped exponential backoff, full jitter) and the retry loop.
+//! - [`plivo`]: the Plivo Message API client and status-code classification.
+//! - [`ledger`]: the Redis idempotency ledger (job leases and outcomes).
+//! - [`limiter`]: the global PLIVO_MAX_RPS token bucket in Redis.
+//! - [`health`]: `/healthz` and `/readyz`.
 
+pub mod config;
+pub mod consumer;
+pub mod health;
+pub mod ledger;
+pub mod limiter;
+pub mod outcome;
+pub mod plivo;
+pub mod retry;
+pub mod startup;
+pub mod worker;

@@ -1,1 +1,13 @@
-fn main() {}
+use clap::Parser;
+use otp_dispatcher::{config::Config, startup::Application};
+use otp_shared::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // A missing .env is normal; values in the real environment win over it.
+    let _ = dotenvy::dotenv();
+    let config = Config::parse();
+    let _telemetry = telemetry::init("otp-dispatcher", config.log_format);
+    let app = Application::build(config).await?;
+    app.run_until(otp_shared::shutdown::signal()).await
+}

@@ -37,25 +37,42 @@ impl fmt::Display for LogFormat {
 
 /// Where Redis is: REDIS_URL, or the Node tutorial's REDIS_HOST / REDIS_PORT / REDIS_PASSWORD /
 /// REDIS_DB when REDIS_URL is unset.
-#[derive(Debug, Clone, Default)]
-pub struct RedisLocation {
-    pub url: Option<SecretString>,
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub password: Option<SecretString>,
-    pub db: Option<u32>,
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL. When unset, REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB are used
+    /// (default redis://127.0.0.1:6379/0).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretString>,
+    /// Legacy: Redis host, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Legacy: Redis port, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_PORT")]
+    pub redis_port: Option<u16>,
+    /// Legacy: Redis password, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<SecretString>,
+    /// Legacy: Redis database number, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_DB")]
+    pub redis_db: Option<u32>,
+    /// Prefix of every Redis key the service writes (api and dispatcher must agree).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "otp:")]
+    pub redis_key_prefix: String,
+    /// Milliseconds a Redis command may take before it counts as failed.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
 }
 
-impl RedisLocation {
+impl RedisArgs {
     /// The connection URL. It may hold a password, so it stays secret.
     pub fn url(&self) -> SecretString {
-        if let Some(url) = &self.url {
+        if let Some(url) = &self.redis_url {
             return url.clone();
         }
-        let host = self.host.as_deref().unwrap_or("127.0.0.1");
-        let port = self.port.unwrap_or(6379);
-        let db = self.db.unwrap_or(0);
-        let auth = match &self.password {
+        let host = self.redis_host.as_deref().unwrap_or("127.0.0.1");
+        let port = self.redis_port.unwrap_or(6379);
+        let db = self.redis_db.unwrap_or(0);
+        let auth = match &self.redis_password {
             Some(p) if !p.expose_secret().is_empty() => {
                 format!(":{}@", percent_encode(p.expose_secret()))
             }
@@ -63,6 +80,32 @@ impl RedisLocation {
         };
         format!("redis://{auth}{host}:{port}/{db}").into()
     }
+
+    /// A client that reconnects by itself; see [`redis_manager`].
+    pub fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        redis_manager(&self.url(), Duration::from_millis(self.redis_timeout_ms))
+    }
+
+    pub fn keys(&self) -> crate::keys::Keys {
+        crate::keys::Keys::new(self.redis_key_prefix.clone())
+    }
+}
+
+/// Where RabbitMQ is and which queue carries send jobs (api and dispatcher must agree).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: SecretString,
+    /// Queue that carries send jobs; its dead letters go to `<SMS_QUEUE>.dead`.
+    #[arg(long, env = "SMS_QUEUE", default_value = "otp.sms")]
+    pub sms_queue: String,
 }
 
 fn percent_encode(s: &str) -> String {
@@ -105,24 +148,24 @@ mod tests {
 
     #[test]
     fn legacy_redis_settings_build_a_url() {
-        let loc = RedisLocation {
-            host: Some("cache".into()),
-            port: Some(6380),
-            password: Some("p@ss word".to_owned().into()),
-            db: Some(2),
+        let loc = RedisArgs {
+            redis_host: Some("cache".into()),
+            redis_port: Some(6380),
+            redis_password: Some("p@ss word".to_owned().into()),
+            redis_db: Some(2),
             ..Default::default()
         };
         assert_eq!(
             loc.url().expose_secret(),
             "redis://:p%40ss%20word@cache:6380/2"
         );
-        let explicit = RedisLocation {
-            url: Some("redis://x:1/0".to_owned().into()),
+        let explicit = RedisArgs {
+            redis_url: Some("redis://x:1/0".to_owned().into()),
             ..loc
         };
         assert_eq!(explicit.url().expose_secret(), "redis://x:1/0");
         assert_eq!(
-            RedisLocation::default().url().expose_secret(),
+            RedisArgs::default().url().expose_secret(),
             "redis://127.0.0.1:6379/0"
         );
     }

@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use otp_api::{
-    config::{AmqpArgs, Config, HmacKey, Limits, OtpSettings, RedisArgs},
+    config::{Config, HmacKey, Limits, OtpSettings},
     startup::Application,
 };
 use otp_shared::{
-    config::LogFormat,
+    config::{AmqpArgs, LogFormat, RedisArgs},
     crypto::JobKey,
     job::{JobContent, SendJob},
     testing::cleanup_blocking,
@@ -46,8 +46,8 @@ pub fn test_config() -> Config {
         amqp: AmqpArgs {
             amqp_url: AMQP_URL.to_owned().into(),
             sms_queue: format!("test.sms.{id}"),
-            publish_confirm_timeout_ms: 2000,
         },
+        publish_confirm_timeout_ms: 2000,
         otp: OtpSettings {
             otp_length: 6,
             otp_validity_seconds: 300,

@@ -1,0 +1,189 @@
+//! otp-dispatcher settings: read once from the environment (and `.env`), validated at start.
+//! `otp-dispatcher --help` lists every variable with its default.
+
+use std::time::Duration;
+
+use clap::Parser;
+use secrecy::SecretString;
+
+use otp_shared::{
+    config::{AmqpArgs, LogFormat, RedisArgs, parse_job_key},
+    crypto::JobKey,
+};
+
+use crate::retry::RetryPolicy;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "otp-dispatcher",
+    version,
+    about = "Consumes OTP send jobs from RabbitMQ and sends them through Plivo."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    /// Plivo account id (the `auth_id` in the API path and Basic auth).
+    #[arg(long, env = "PLIVO_AUTH_ID")]
+    pub plivo_auth_id: String,
+    /// Plivo auth token.
+    #[arg(long, env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
+    pub plivo_auth_token: SecretString,
+    /// Sender: an E.164 number (+14155550000) or an alphanumeric sender id (up to 11 characters).
+    #[arg(long, env = "PLIVO_SENDER_NUMBER", value_parser = parse_sender)]
+    pub plivo_sender_number: String,
+    /// Plivo API base URL; point it at a fake for local runs and tests.
+    #[arg(long, env = "PLIVO_BASE_URL", default_value = "https://api.plivo.com", value_parser = parse_http_url)]
+    pub plivo_base_url: String,
+    /// Optional URL Plivo calls with delivery reports (passed as `url`).
+    #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_http_url)]
+    pub sms_status_callback_url: Option<String>,
+    /// Base64 AES-256 key (32 bytes) that opens send jobs; the same as otp-api's.
+    #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_job_key)]
+    pub job_encryption_key: JobKey,
+
+    /// Jobs in flight at once per dispatcher (also the AMQP prefetch).
+    #[arg(long, env = "DISPATCHER_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub dispatcher_concurrency: u16,
+    /// Provider calls per second across all dispatchers together (a Redis token bucket).
+    #[arg(long, env = "PLIVO_MAX_RPS", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub plivo_max_rps: u32,
+    /// First retry delay ceiling in milliseconds; it doubles per retry (full jitter).
+    #[arg(long, env = "RETRY_MIN_DELAY_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_min_delay_ms: u64,
+    /// Cap on each retry delay in milliseconds.
+    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_max_delay_ms: u64,
+    /// Cap on a provider's Retry-After, in seconds.
+    #[arg(long, env = "RETRY_AFTER_CAP_SECONDS", default_value_t = 60)]
+    pub retry_after_cap_seconds: u64,
+    /// Milliseconds allowed to open a connection to Plivo.
+    #[arg(long, env = "PLIVO_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub plivo_connect_timeout_ms: u64,
+    /// Milliseconds allowed for a whole Plivo call.
+    #[arg(long, env = "PLIVO_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub plivo_request_timeout_ms: u64,
+    /// Seconds a dispatcher's claim on a job lasts without renewal; a crashed dispatcher's
+    /// jobs are picked up by others after this long.
+    #[arg(long, env = "JOB_LEASE_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub job_lease_seconds: u64,
+
+    /// Port of /healthz and /readyz.
+    #[arg(long, env = "DISPATCHER_HTTP_PORT", default_value_t = 3001)]
+    pub dispatcher_http_port: u16,
+    /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+    /// Seconds in-flight sends get to finish after SIGINT/SIGTERM; unfinished jobs are left
+    /// for redelivery.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Config {
+    pub fn retry_policy(&self) -> anyhow::Result<RetryPolicy> {
+        RetryPolicy::new(
+            Duration::from_millis(self.retry_min_delay_ms),
+            Duration::from_millis(self.retry_max_delay_ms),
+            Duration::from_secs(self.retry_after_cap_seconds),
+        )
+        .map_err(|e| anyhow::anyhow!("RETRY_MIN_DELAY_MS / RETRY_MAX_DELAY_MS: {e}"))
+    }
+}
+
+fn parse_sender(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let number = value
+        .strip_prefix('+')
+        .is_some_and(|d| (6..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()));
+    let alphanumeric = (1..=11).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b' ')
+        && value.bytes().any(|b| b.is_ascii_alphabetic());
+    if number || alphanumeric {
+        Ok(value.to_owned())
+    } else {
+        Err("must be an E.164 number (+14155550000) or an alphanumeric sender id of at most 11 characters".into())
+    }
+}
+
+fn parse_http_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err("must name a host".into());
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+    fn base() -> Vec<&'static str> {
+        vec![
+            "otp-dispatcher",
+            "--plivo-auth-id",
+            "MA123",
+            "--plivo-auth-token",
+            "secret-token",
+            "--plivo-sender-number",
+            "+14155550000",
+            "--job-encryption-key",
+            KEY,
+        ]
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_variable_named() {
+        let ok = Config::try_parse_from(base()).unwrap();
+        assert!(!format!("{ok:?}").contains("secret-token"));
+        assert!(ok.retry_policy().is_ok());
+        for (flag, value) in [
+            ("--plivo-sender-number", "not a sender!"),
+            ("--plivo-sender-number", "+12"),
+            ("--plivo-base-url", "ftp://x"),
+            ("--dispatcher-concurrency", "0"),
+            ("--plivo-max-rps", "0"),
+            ("--job-encryption-key", "c2hvcnQ="),
+        ] {
+            let mut args = base();
+            args.extend([flag, value]);
+            let err = Config::try_parse_from(args).unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+        let mut args = base();
+        args.extend(["--retry-min-delay-ms", "5000", "--retry-max-delay-ms", "10"]);
+        assert!(
+            Config::try_parse_from(args)
+                .unwrap()
+                .retry_policy()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn alphanumeric_sender_ids_are_accepted() {
+        assert_eq!(parse_sender("MyBrand").unwrap(), "MyBrand");
+        assert!(parse_sender("123456789012").is_err());
+    }
+}

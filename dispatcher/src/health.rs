@@ -1,0 +1,55 @@
+//! `/healthz` and `/readyz` on DISPATCHER_HTTP_PORT, for orchestrators.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use poem::{
+    EndpointExt, IntoResponse, Response, Route, get, handler,
+    http::StatusCode,
+    web::{Data, Json},
+};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+
+#[derive(Clone)]
+pub struct Readiness {
+    pub redis: ConnectionManager,
+    pub amqp_connected: Arc<AtomicBool>,
+}
+
+#[handler]
+fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+#[handler]
+async fn readyz(state: Data<&Readiness>) -> Response {
+    let mut down = Vec::new();
+    let ping: redis::RedisResult<String> = redis::cmd("PING")
+        .query_async(&mut state.redis.clone())
+        .await;
+    if ping.is_err() {
+        down.push("redis");
+    }
+    if !state.amqp_connected.load(Ordering::SeqCst) {
+        down.push("rabbitmq");
+    }
+    if down.is_empty() {
+        return Json(json!({ "status": "ok" })).into_response();
+    }
+    let body = json!({
+        "success": false,
+        "code": "SERVICE_UNAVAILABLE",
+        "message": format!("Not ready: {} unavailable.", down.join(", ")),
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+pub fn routes(readiness: Readiness) -> impl poem::Endpoint {
+    Route::new()
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
+        .data(readiness)
+}

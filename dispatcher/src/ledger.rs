@@ -1,0 +1,109 @@
+//! The idempotency ledger in Redis: who is sending a job right now (a short lease, kept alive
+//! while the job is worked on) and how each job ended (kept longer than any job lives).
+
+use std::{sync::LazyLock, time::Duration};
+
+use redis::{Script, aio::ConnectionManager};
+use uuid::Uuid;
+
+use otp_shared::keys::Keys;
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
+
+/// Outcomes are kept a day: far longer than a job can live (codes last at most 10 minutes).
+const OUTCOME_TTL_SECONDS: u64 = 24 * 60 * 60;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker holds the lease.
+    Claimed,
+    /// The job already ended (`sent:<id>`, `failed:<reason>` or `expired`).
+    Done(String),
+    /// Another worker holds the lease for this much longer.
+    Busy(Duration),
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    conn: ConnectionManager,
+    keys: Keys,
+    lease: Duration,
+}
+
+impl Ledger {
+    pub fn new(conn: ConnectionManager, keys: Keys, lease: Duration) -> Self {
+        Self { conn, keys, lease }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Claims `job_id` for `owner`, or renews the lease if `owner` already holds it.
+    pub async fn claim(&self, job_id: Uuid, owner: Uuid) -> redis::RedisResult<Claim> {
+        let (state, value): (String, String) = CLAIM
+            .key(self.keys.job_outcome(job_id))
+            .key(self.keys.job_lease(job_id))
+            .arg(owner.to_string())
+            .arg(self.lease.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match state.as_str() {
+            "done" => Claim::Done(value),
+            "claimed" => Claim::Claimed,
+            _ => Claim::Busy(Duration::from_millis(value.parse().unwrap_or(0))),
+        })
+    }
+
+    pub async fn finish(&self, job_id: Uuid, owner: Uuid, outcome: &str) -> redis::RedisResult<()> {
+        let _: i64 = FINISH
+            .key(self.keys.job_outcome(job_id))
+            .key(self.keys.job_lease(job_id))
+            .arg(owner.to_string())
+            .arg(outcome)
+            .arg(OUTCOME_TTL_SECONDS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn release(&self, job_id: Uuid, owner: Uuid) -> redis::RedisResult<()> {
+        let _: i64 = RELEASE
+            .key(self.keys.job_lease(job_id))
+            .arg(owner.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the lease every third of its length until dropped, so a long retry sequence keeps
+    /// it, while a crashed worker's lease lapses quickly.
+    pub fn keep_alive(&self, job_id: Uuid, owner: Uuid) -> KeepAlive {
+        let ledger = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ledger.lease / 3).await;
+                match ledger.claim(job_id, owner).await {
+                    Ok(Claim::Claimed) => {}
+                    Ok(other) => {
+                        tracing::warn!(?other, "lost the lease of a job being sent");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew a job lease"),
+                }
+            }
+        });
+        KeepAlive(task)
+    }
+}
+
+/// Stops renewing a lease when dropped.
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

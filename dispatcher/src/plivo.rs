@@ -1,0 +1,247 @@
+//! The Plivo Message API client. It only classifies answers into [`Attempt`]s; retrying is the
+//! retry loop's business.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, header::HeaderMap};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::outcome::Attempt;
+
+pub struct PlivoClient {
+    http: reqwest::Client,
+    message_url: String,
+    auth_id: String,
+    auth_token: SecretString,
+    sender: String,
+    status_callback_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlivoSettings {
+    pub base_url: String,
+    pub auth_id: String,
+    pub auth_token: SecretString,
+    pub sender: String,
+    pub status_callback_url: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct Accepted {
+    #[serde(default)]
+    message_uuid: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Rejected {
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+impl PlivoClient {
+    pub fn new(settings: PlivoSettings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("otp-dispatcher/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let base = settings.base_url.trim_end_matches('/');
+        Ok(Self {
+            http,
+            message_url: format!("{base}/v1/Account/{}/Message/", settings.auth_id),
+            auth_id: settings.auth_id,
+            auth_token: settings.auth_token,
+            sender: settings.sender,
+            status_callback_url: settings.status_callback_url,
+        })
+    }
+
+    /// One provider call. `text` holds the code: it is sent with `log: false` and never logged.
+    pub async fn send(&self, destination: &str, text: &str) -> Attempt {
+        let mut body = json!({
+            "src": self.sender,
+            "dst": destination,
+            "text": text,
+            "type": "sms",
+            "log": false,
+        });
+        if let Some(url) = &self.status_callback_url {
+            body["url"] = json!(url);
+            body["method"] = json!("POST");
+        }
+        let response = self
+            .http
+            .post(&self.message_url)
+            .basic_auth(&self.auth_id, Some(self.auth_token.expose_secret()))
+            .json(&body)
+            .send()
+            .await;
+        match response {
+            Err(e) if e.is_timeout() => Attempt::Retry {
+                reason: "plivo request timed out".into(),
+                after: None,
+            },
+            Err(e) => Attempt::Retry {
+                reason: format!("plivo unreachable: {}", error_chain(&e)),
+                after: None,
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = retry_after(resp.headers());
+                let body = resp.bytes().await.unwrap_or_default();
+                classify(status, retry_after, &body)
+            }
+        }
+    }
+}
+
+/// Maps a provider answer to an [`Attempt`], per Plivo's documented status codes.
+pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Attempt {
+    if status.is_success() {
+        let provider_id = serde_json::from_slice::<Accepted>(body)
+            .ok()
+            .and_then(|a| a.message_uuid.into_iter().next());
+        return Attempt::Sent { provider_id };
+    }
+    let detail = serde_json::from_slice::<Rejected>(body)
+        .ok()
+        .and_then(|r| r.error)
+        .map(|e| match e {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .map(|e| format!(": {}", e.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    let reason = format!("plivo answered {}{detail}", status.as_u16());
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Attempt::Retry {
+            reason,
+            after: retry_after,
+        };
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        tracing::error!(
+            operator_action = "check PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN",
+            "Plivo rejected the credentials (401)"
+        );
+    }
+    Attempt::Fail { reason }
+}
+
+/// Retry-After in delay-seconds form (Plivo documents none; honoured if one arrives).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(after: Option<u64>) -> impl Fn(&Attempt) -> bool {
+        move |a| matches!(a, Attempt::Retry { after: got, .. } if *got == after.map(Duration::from_secs))
+    }
+
+    #[test]
+    fn every_documented_status_is_classified() {
+        let ok = br#"{"api_id":"a","message":"message(s) queued","message_uuid":["m-1"]}"#;
+        let cases: Vec<(u16, Option<u64>, &[u8], Box<dyn Fn(&Attempt) -> bool>)> = vec![
+            (
+                202,
+                None,
+                ok,
+                Box::new(|a| {
+                    *a == Attempt::Sent {
+                        provider_id: Some("m-1".into()),
+                    }
+                }),
+            ),
+            (
+                200,
+                None,
+                b"not json",
+                Box::new(|a| *a == Attempt::Sent { provider_id: None }),
+            ),
+            (429, Some(7), b"", Box::new(retry(Some(7)))),
+            (429, None, b"", Box::new(retry(None))),
+            (500, None, b"", Box::new(retry(None))),
+            (502, None, b"", Box::new(retry(None))),
+            (503, Some(2), b"", Box::new(retry(Some(2)))),
+            (
+                400,
+                None,
+                br#"{"error":"invalid dst"}"#,
+                Box::new(
+                    |a| matches!(a, Attempt::Fail { reason } if reason.contains("400") && reason.contains("invalid dst")),
+                ),
+            ),
+            (
+                401,
+                None,
+                b"",
+                Box::new(|a| matches!(a, Attempt::Fail { reason } if reason.contains("401"))),
+            ),
+            (
+                404,
+                None,
+                b"",
+                Box::new(|a| matches!(a, Attempt::Fail { .. })),
+            ),
+            (
+                405,
+                None,
+                b"",
+                Box::new(|a| matches!(a, Attempt::Fail { .. })),
+            ),
+            (
+                422,
+                None,
+                b"",
+                Box::new(|a| matches!(a, Attempt::Fail { .. })),
+            ),
+        ];
+        for (status, after, body, check) in cases {
+            let got = classify(
+                StatusCode::from_u16(status).unwrap(),
+                after.map(Duration::from_secs),
+                body,
+            );
+            assert!(check(&got), "{status}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", "12".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
+        headers.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! Builds the dispatcher from its config and runs it until a shutdown signal.
+
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context;
+use poem::{
+    Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use otp_shared::amqp::Topology;
+
+use crate::{
+    config::Config,
+    consumer::Consumer,
+    health::{self, Readiness},
+    ledger::Ledger,
+    limiter::RateLimiter,
+    plivo::{PlivoClient, PlivoSettings},
+    worker::Worker,
+};
+
+pub struct Application {
+    consumer: Consumer,
+    health: TcpAcceptor,
+    health_addr: SocketAddr,
+    readiness: Readiness,
+    grace: Duration,
+}
+
+impl Application {
+    /// Prepares everything and binds the health port. Redis and RabbitMQ may still be down:
+    /// the dispatcher connects (and reconnects) by itself.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let redis = config.redis.connect()?;
+        let keys = config.redis.keys();
+        let topology = Topology::new(&config.amqp.sms_queue);
+        let plivo = PlivoClient::new(PlivoSettings {
+            base_url: config.plivo_base_url.clone(),
+            auth_id: config.plivo_auth_id.clone(),
+            auth_token: config.plivo_auth_token.clone(),
+            sender: config.plivo_sender_number.clone(),
+            status_callback_url: config.sms_status_callback_url.clone(),
+            connect_timeout: Duration::from_millis(config.plivo_connect_timeout_ms),
+            request_timeout: Duration::from_millis(config.plivo_request_timeout_ms),
+        })
+        .context("building the Plivo HTTP client")?;
+        let worker = Worker {
+            ledger: Ledger::new(
+                redis.clone(),
+                keys.clone(),
+                Duration::from_secs(config.job_lease_seconds),
+            ),
+            limiter: RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps),
+            plivo,
+            policy: config.retry_policy()?,
+            job_key: config.job_encryption_key.clone(),
+            redis: redis.clone(),
+            keys,
+            topology: topology.clone(),
+        };
+        let connected = Arc::new(AtomicBool::new(false));
+        let consumer = Consumer {
+            url: config.amqp.amqp_url.clone(),
+            topology,
+            concurrency: config.dispatcher_concurrency,
+            worker: Arc::new(worker),
+            connected: connected.clone(),
+        };
+        let bind = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), config.dispatcher_http_port);
+        let health = TcpListener::bind(bind)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("binding {bind} (DISPATCHER_HTTP_PORT)"))?;
+        let health_addr = health
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("reading the bound address")?;
+        Ok(Self {
+            consumer,
+            health,
+            health_addr,
+            readiness: Readiness {
+                redis,
+                amqp_connected: connected,
+            },
+            grace: Duration::from_secs(config.shutdown_grace_seconds),
+        })
+    }
+
+    /// Address of the health endpoints (useful with DISPATCHER_HTTP_PORT=0).
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health_addr
+    }
+
+    /// Consumes until `shutdown` resolves; then stops consuming at once, gives in-flight jobs
+    /// the grace period, and leaves the rest unacked for the broker to redeliver.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let health = tokio::spawn(
+            Server::new_with_acceptor(self.health).run_with_graceful_shutdown(
+                health::routes(self.readiness),
+                stop.clone().cancelled_owned(),
+                Some(Duration::from_secs(1)),
+            ),
+        );
+        tracing::info!(health = %self.health_addr, "otp-dispatcher started");
+        let consuming = tokio::spawn(self.consumer.run(
+            stop.clone(),
+            abort.clone(),
+            tracker.clone(),
+        ));
+        shutdown.await;
+
+        stop.cancel();
+        let connection = consuming.await.context("the consumer task panicked")?;
+        tracker.close();
+        let in_flight = tracker.len();
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                unfinished = tracker.len(),
+                "grace period over; unfinished jobs are left for redelivery"
+            );
+            abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        }
+        if let Some(connection) = connection {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                connection.close(200, "shutting down".into()),
+            )
+            .await;
+        }
+        let _ = health.await;
+        tracing::info!(in_flight_at_stop = in_flight, "otp-dispatcher stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! Handles one delivery from the queue, start to finish: decode, claim, send with retries,
+//! record, then ack or dead-letter.
+
+use std::time::Duration;
+
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
+    types::FieldTable,
+};
+use redis::aio::ConnectionManager;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use otp_shared::{
+    amqp::{DEAD_REASON_HEADER, REQUEST_ID_HEADER, Topology, header_str, long_string},
+    crypto::JobKey,
+    job::{JobContent, SendJob},
+    keys::Keys,
+    phone::mask_e164,
+    status::{self, DeliveryState, FIELD_PROVIDER_ID, FIELD_REASON},
+    telemetry::adopt_trace_context,
+};
+
+use crate::{
+    ledger::{Claim, Ledger},
+    limiter::RateLimiter,
+    outcome::{Attempt, Disposition, Final},
+    plivo::PlivoClient,
+    retry::{RetryPolicy, run_attempts},
+};
+
+/// How long to wait before asking Redis again when it is unreachable.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    pub ledger: Ledger,
+    pub limiter: RateLimiter,
+    pub plivo: PlivoClient,
+    pub policy: RetryPolicy,
+    pub job_key: JobKey,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub topology: Topology,
+}
+
+impl Worker {
+    /// Processes one delivery. `abort` fires when the shutdown grace period is over: the job is
+    /// then left unacknowledged, for the broker to redeliver to another dispatcher.
+    pub async fn handle(&self, channel: &Channel, delivery: Delivery, abort: CancellationToken) {
+        let request_id = header_str(&delivery.properties, REQUEST_ID_HEADER).unwrap_or_default();
+        let (job, content) = match SendJob::decode(&delivery.data, &self.job_key) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(%request_id, error = %e, "unreadable send job; dead-lettering it");
+                self.dead_letter(channel, &delivery, &e.to_string()).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "send_job",
+            job_id = %job.job_id,
+            verification_id = %job.verification_id,
+            %request_id,
+            phone = %mask_e164(&content.destination),
+            redelivered = delivery.redelivered,
+        );
+        adopt_trace_context(&span, &delivery.properties);
+        self.process(channel, &delivery, &job, &content, abort)
+            .instrument(span)
+            .await;
+    }
+
+    async fn process(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        job: &SendJob,
+        content: &JobContent,
+        abort: CancellationToken,
+    ) {
+        let deadline = deadline_of(job);
+        let owner = Uuid::new_v4();
+        loop {
+            let wait = match self.ledger.claim(job.job_id, owner).await {
+                Ok(Claim::Claimed) => break,
+                Ok(Claim::Done(outcome)) => {
+                    tracing::info!(%outcome, "job already handled; acknowledging the duplicate");
+                    ack(delivery).await;
+                    return;
+                }
+                // Another dispatcher is sending this job (a duplicate delivery): wait for it
+                // to finish, or for its lease to lapse if it died.
+                Ok(Claim::Busy(left)) => left.max(Duration::from_millis(50)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis unavailable; cannot claim the job yet");
+                    REDIS_RETRY
+                }
+            };
+            tokio::select! {
+                _ = abort.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+
+        let keep_alive = self.ledger.keep_alive(job.job_id, owner);
+        let attempts = run_attempts(&self.policy, deadline, |n| {
+            self.attempt(job, content, n, deadline)
+        });
+        let outcome = tokio::select! {
+            outcome = attempts => outcome,
+            _ = abort.cancelled() => {
+                drop(keep_alive);
+                let _ = self.ledger.release(job.job_id, owner).await;
+                tracing::warn!("shutdown grace period over mid-job; leaving it for redelivery");
+                return;
+            }
+        };
+        drop(keep_alive);
+        self.record(job, owner, &outcome).await;
+        match outcome.disposition() {
+            Disposition::Ack => ack(delivery).await,
+            Disposition::DeadLetter(reason) => self.dead_letter(channel, delivery, &reason).await,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        job: &SendJob,
+        content: &JobContent,
+        n: u32,
+        deadline: Instant,
+    ) -> Attempt {
+        self.set_state(job, DeliveryState::Sending, n, &[]).await;
+        match self.limiter.acquire(deadline).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Attempt::Retry {
+                    reason: "no send slot under PLIVO_MAX_RPS before the code expires".into(),
+                    after: Some(deadline.saturating_duration_since(Instant::now())),
+                };
+            }
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: format!("rate limiter unavailable: {e}"),
+                    after: None,
+                };
+            }
+        }
+        self.plivo
+            .send(&content.destination, &content.message_text())
+            .await
+    }
+
+    /// Writes the outcome to the ledger first (that is what prevents a second send), then the
+    /// delivery state shown to clients.
+    async fn record(&self, job: &SendJob, owner: Uuid, outcome: &Final) {
+        let (ledger_value, state, extra): (String, DeliveryState, Vec<(&str, String)>) =
+            match outcome {
+                Final::Sent { provider_id, .. } => {
+                    let id = provider_id.clone().unwrap_or_default();
+                    tracing::info!(provider_id = %id, attempts = outcome.attempts(), "SMS accepted by Plivo");
+                    (
+                        format!("sent:{id}"),
+                        DeliveryState::Sent,
+                        vec![(FIELD_PROVIDER_ID, id)],
+                    )
+                }
+                Final::Failed { reason, .. } => {
+                    tracing::error!(%reason, attempts = outcome.attempts(), "SMS failed permanently");
+                    (
+                        format!("failed:{reason}"),
+                        DeliveryState::Failed,
+                        vec![(FIELD_REASON, reason.clone())],
+                    )
+                }
+                Final::Expired { .. } => {
+                    tracing::warn!(
+                        attempts = outcome.attempts(),
+                        "code expired before the SMS could be sent"
+                    );
+                    ("expired".to_owned(), DeliveryState::Expired, vec![])
+                }
+            };
+        // A lost outcome could mean a second SMS on redelivery: try hard, but not forever.
+        for attempt in 1..=5 {
+            match self.ledger.finish(job.job_id, owner, &ledger_value).await {
+                Ok(()) => break,
+                Err(e) if attempt == 5 => {
+                    tracing::error!(error = %e, "could not record the job outcome; a redelivery may resend");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
+            }
+        }
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.set_state(job, state, outcome.attempts(), &extra).await;
+    }
+
+    async fn set_state(
+        &self,
+        job: &SendJob,
+        state: DeliveryState,
+        attempts: u32,
+        extra: &[(&str, &str)],
+    ) {
+        let mut conn = self.redis.clone();
+        if let Err(e) = status::record(
+            &mut conn,
+            &self.keys,
+            job.verification_id,
+            state,
+            attempts,
+            extra,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, %state, "could not record the delivery state");
+        }
+    }
+
+    /// Copies the message to the dead-letter queue with a reason header, then acks it. If that
+    /// publish fails, the message is rejected instead, so the queue's own dead-letter exchange
+    /// takes it (without our reason): it never loops.
+    async fn dead_letter(&self, channel: &Channel, delivery: &Delivery, reason: &str) {
+        let mut headers = delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_else(FieldTable::default);
+        headers.insert(DEAD_REASON_HEADER.into(), long_string(reason));
+        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+        let published = async {
+            channel
+                .basic_publish(
+                    self.topology.dead_exchange.as_str().into(),
+                    self.topology.dead_queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), published).await {
+            Ok(Ok(confirm)) if confirm.is_ack() => ack(delivery).await,
+            other => {
+                tracing::warn!(
+                    ?other,
+                    "dead-letter publish not confirmed; rejecting instead"
+                );
+                let reject = BasicNackOptions {
+                    requeue: false,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = delivery.nack(reject).await {
+                    tracing::warn!(error = %e, "reject failed; the broker will redeliver");
+                }
+            }
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        // The channel is gone; the broker redelivers and the ledger makes that a no-op.
+        tracing::warn!(error = %e, "ack failed; the job will be redelivered and skipped");
+    }
+}
+
+/// The job's expiry as a monotonic instant (so retry timing works with tokio's clock).
+fn deadline_of(job: &SendJob) -> Instant {
+    let left = job.expires_at - OffsetDateTime::now_utc();
+    Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
+}
