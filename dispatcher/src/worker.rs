@@ -7,7 +7,6 @@ use lapin::{
     BasicProperties, Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
-    types::FieldTable,
 };
 use redis::aio::ConnectionManager;
 use time::OffsetDateTime;
@@ -226,11 +225,7 @@ impl Worker {
     /// publish fails, the message is rejected instead, so the queue's own dead-letter exchange
     /// takes it (without our reason): it never loops.
     async fn dead_letter(&self, channel: &Channel, delivery: &Delivery, reason: &str) {
-        let mut headers = delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_else(FieldTable::default);
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(DEAD_REASON_HEADER.into(), long_string(reason));
         let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
         let published = async {

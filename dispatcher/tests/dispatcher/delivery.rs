@@ -1,0 +1,129 @@
+use std::time::Duration;
+
+use serde_json::json;
+use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
+
+use crate::helpers::{PHONE, SENDER, World, accepted, destinations, plivo_call, spawn_dispatcher};
+
+#[tokio::test]
+async fn one_job_gives_exactly_one_call_with_the_right_fields_and_auth() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .and(body_partial_json(json!({
+            "src": SENDER, "dst": PHONE, "text": "Your code is 012345", "log": false,
+        })))
+        .respond_with(accepted("msg-1"))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let job = world.job(PHONE, "012345", time::Duration::minutes(5));
+    world.publish(&job).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    assert_eq!(status.attempts, 1);
+    assert_eq!(status.provider_message_id.as_deref(), Some("msg-1"));
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn a_500_and_a_429_are_retried_until_success() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&plivo)
+        .await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(2)
+        .mount(&plivo)
+        .await;
+    plivo_call()
+        .respond_with(accepted("msg-2"))
+        .expect(1)
+        .with_priority(3)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let job = world.job(PHONE, "111111", time::Duration::minutes(5));
+    world.publish(&job).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    assert_eq!(status.attempts, 3);
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn the_same_job_delivered_twice_gives_one_call() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("msg-3").set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let job = world.job(PHONE, "222222", time::Duration::minutes(5));
+    world.publish(&job).await;
+    world.publish(&job).await;
+    world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    // A third copy after the job ended is skipped too.
+    world.publish(&job).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(world.ready_messages().await, 0);
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn two_dispatchers_on_one_queue_send_each_job_once() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("m").set_delay(Duration::from_millis(20)))
+        .expect(30)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _a = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let _b = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        let job = world.job(
+            &format!("+1415555{:04}", 2600 + i),
+            "333333",
+            time::Duration::minutes(5),
+        );
+        // Every job is published twice, so both dispatchers see duplicates.
+        world.publish(&job).await;
+        world.publish(&job).await;
+        jobs.push(job);
+    }
+    for job in &jobs {
+        world
+            .final_status(job.verification_id, Duration::from_secs(20))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut dsts = destinations(&plivo).await;
+    dsts.sort();
+    let before = dsts.len();
+    dsts.dedup();
+    assert_eq!((before, dsts.len()), (30, 30));
+    plivo.verify().await;
+}

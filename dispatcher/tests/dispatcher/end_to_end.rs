@@ -1,0 +1,135 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wiremock::MockServer;
+
+use crate::helpers::{AMQP_URL, PHONE, REDIS_URL, World, accepted, plivo_call, spawn_dispatcher};
+
+/// The API, configured like the dispatcher (same queue, key prefix and job key).
+async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) {
+    use otp_api::config::{Config, HmacKey, Limits, OtpSettings};
+    use otp_shared::config::{AmqpArgs, LogFormat, RedisArgs};
+    let config = Config {
+        port: 0,
+        bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
+        redis: RedisArgs {
+            redis_url: Some(REDIS_URL.to_owned().into()),
+            redis_key_prefix: world.prefix.clone(),
+            redis_timeout_ms: 1000,
+            ..RedisArgs::default()
+        },
+        amqp: AmqpArgs {
+            amqp_url: AMQP_URL.to_owned().into(),
+            sms_queue: world.queue.clone(),
+        },
+        publish_confirm_timeout_ms: 2000,
+        otp: OtpSettings {
+            otp_length: 6,
+            otp_validity_seconds: 300,
+            otp_max_attempts: 5,
+            sms_template: "Your verification code is: {code}".into(),
+            otp_hmac_key: HmacKey(std::sync::Arc::new(vec![1u8; 32].into())),
+            job_encryption_key: crate::helpers::job_key(),
+            allowed_countries: vec![],
+        },
+        limits: Limits {
+            resend_cooldown_seconds: 30,
+            max_sends_per_number_per_hour: 5,
+            max_requests_per_ip_per_minute: 20,
+            max_verifies_per_number_per_15_minutes: 10,
+            trusted_proxies: vec![],
+        },
+        log_format: LogFormat::Pretty,
+        shutdown_grace_seconds: 1,
+    };
+    let app = otp_api::startup::Application::build(config)
+        .await
+        .expect("api builds");
+    let base = format!("http://{}", app.addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    (base, tx)
+}
+
+#[tokio::test]
+async fn an_api_request_reaches_the_provider_and_its_code_then_verifies() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("e2e"))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (api, _stop) = spawn_api(&world).await;
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{api}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "api not ready");
+
+    let resp = http
+        .post(format!("{api}/api/otp/request"))
+        .json(&json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let vid = body["verificationId"].as_str().unwrap().to_owned();
+
+    let started = std::time::Instant::now();
+    let status = loop {
+        let s: Value = http
+            .get(format!("{api}/api/otp/status/{vid}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["state"] == json!("sent") {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "not sent: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["attempts"], json!(1));
+    assert!(!status.to_string().contains("4155552671"));
+
+    let requests = plivo.received_requests().await.unwrap();
+    let sms: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(sms["dst"], json!(PHONE));
+    let text = sms["text"].as_str().unwrap();
+    let code = text
+        .strip_prefix("Your verification code is: ")
+        .expect("template applied");
+    assert!(!status.to_string().contains(code));
+
+    let verify = |otp: String| {
+        http.post(format!("{api}/api/otp/verify"))
+            .json(&json!({ "phoneNumber": PHONE, "otp": otp }))
+            .send()
+    };
+    assert_eq!(
+        verify(code.to_owned()).await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(
+        verify(code.to_owned()).await.unwrap().status().as_u16(),
+        400
+    );
+    plivo.verify().await;
+}

@@ -1,0 +1,142 @@
+use std::time::Duration;
+
+use lapin::types::FieldTable;
+use wiremock::{MockServer, ResponseTemplate};
+
+use otp_shared::{amqp::job_properties, crypto::JobKey, job::SendJob};
+
+use crate::helpers::{PHONE, World, plivo_call, spawn_dispatcher};
+
+#[tokio::test]
+async fn a_400_is_not_retried_and_the_job_is_dead_lettered_with_a_reason() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid dst"})),
+        )
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let job = world.job(PHONE, "444444", time::Duration::minutes(5));
+    world.publish(&job).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!((status.state.as_str(), status.attempts), ("failed", 1));
+    let (body, reason) = world.dead_letter(Duration::from_secs(5)).await;
+    assert_eq!(body, job.to_bytes());
+    let reason = reason.expect("reason header");
+    assert!(
+        reason.contains("400") && reason.contains("invalid dst"),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn a_401_fails_permanently() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(401))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let job = world.job(PHONE, "444444", time::Duration::minutes(5));
+    world.publish(&job).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(status.state.as_str(), "failed");
+    let (_, reason) = world.dead_letter(Duration::from_secs(5)).await;
+    assert!(reason.unwrap().contains("401"));
+}
+
+#[tokio::test]
+async fn a_job_past_its_expiry_makes_no_call() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let job = world.job(PHONE, "555555", time::Duration::seconds(-1));
+    world.publish(&job).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!((status.state.as_str(), status.attempts), ("expired", 0));
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn retrying_stops_when_the_code_expires() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let job = world.job(PHONE, "555555", time::Duration::seconds(2));
+    world.publish(&job).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(status.state.as_str(), "expired");
+    let calls = plivo.received_requests().await.unwrap().len();
+    assert!(calls >= 2, "retried {calls} times");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        plivo.received_requests().await.unwrap().len(),
+        calls,
+        "no call after expiry"
+    );
+    assert_eq!(world.ready_messages().await, 0);
+}
+
+#[tokio::test]
+async fn malformed_and_undecryptable_messages_are_dead_lettered() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    world
+        .publish_raw(b"{not json", job_properties("bad-1", FieldTable::default()))
+        .await;
+    let (body, reason) = world.dead_letter(Duration::from_secs(5)).await;
+    assert_eq!(body, b"{not json");
+    assert!(reason.unwrap().contains("malformed"));
+
+    let other_key = JobKey::from_base64("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let foreign = SendJob::seal(
+        &other_key,
+        uuid::Uuid::new_v4(),
+        &otp_shared::phone::PhoneNumber::parse(PHONE).unwrap(),
+        "666666",
+        "{code}",
+        now,
+        now + time::Duration::minutes(5),
+    );
+    world.publish(&foreign).await;
+    let (_, reason) = world.dead_letter(Duration::from_secs(5)).await;
+    assert!(reason.unwrap().contains("decrypted"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(world.ready_messages().await, 0);
+    plivo.verify().await;
+}

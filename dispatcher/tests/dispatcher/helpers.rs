@@ -1,0 +1,325 @@
+//! Test harness: a dispatcher on its own queue and key prefix, a wiremock Plivo, and helpers to
+//! publish jobs and watch their outcome.
+
+use std::{net::SocketAddr, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use lapin::{
+    BasicProperties, Channel, Connection,
+    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::FieldTable,
+};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{basic_auth, method, path},
+};
+
+use otp_dispatcher::{config::Config, startup::Application};
+use otp_shared::{
+    amqp::{DEAD_REASON_HEADER, Topology, header_str, job_properties},
+    config::{AmqpArgs, LogFormat, RedisArgs},
+    crypto::JobKey,
+    job::SendJob,
+    keys::Keys,
+    phone::PhoneNumber,
+    status::{self, DeliveryStatus},
+    testing::cleanup_blocking,
+};
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const AUTH_ID: &str = "MATESTAUTHID";
+pub const AUTH_TOKEN: &str = "test-auth-token";
+pub const SENDER: &str = "+14155550000";
+pub const PHONE: &str = "+14155552671";
+
+pub fn job_key() -> JobKey {
+    JobKey::from_base64(&STANDARD.encode([42u8; 32])).expect("test key")
+}
+
+pub fn message_path() -> String {
+    format!("/v1/Account/{AUTH_ID}/Message/")
+}
+
+/// A Plivo success answer.
+pub fn accepted(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(202).set_body_json(json!({
+        "api_id": "test", "message": "message(s) queued", "message_uuid": [id]
+    }))
+}
+
+/// Matches a well-formed, authenticated send request.
+pub fn plivo_call() -> wiremock::MockBuilder {
+    Mock::given(method("POST"))
+        .and(path(message_path()))
+        .and(basic_auth(AUTH_ID, AUTH_TOKEN))
+}
+
+/// One test's isolated world: queue, key prefix, AMQP channel, Redis connection.
+pub struct World {
+    pub queue: String,
+    pub prefix: String,
+    pub channel: Channel,
+    pub redis: redis::aio::MultiplexedConnection,
+    _amqp: Connection,
+}
+
+impl World {
+    pub async fn new() -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let amqp = otp_shared::amqp::connect(AMQP_URL, "otp-dispatcher-test")
+            .await
+            .expect("test RabbitMQ connection");
+        let channel = amqp.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let queue = format!("test.sms.{id}");
+        Topology::new(&queue)
+            .declare(&channel)
+            .await
+            .expect("topology");
+        let redis = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("test Redis connection");
+        Self {
+            queue,
+            prefix: format!("test:{id}:"),
+            channel,
+            redis,
+            _amqp: amqp,
+        }
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(self.prefix.clone())
+    }
+
+    pub fn config(&self, plivo: &str) -> Config {
+        Config {
+            redis: RedisArgs {
+                redis_url: Some(REDIS_URL.to_owned().into()),
+                redis_key_prefix: self.prefix.clone(),
+                redis_timeout_ms: 1000,
+                ..RedisArgs::default()
+            },
+            amqp: AmqpArgs {
+                amqp_url: AMQP_URL.to_owned().into(),
+                sms_queue: self.queue.clone(),
+            },
+            plivo_auth_id: AUTH_ID.into(),
+            plivo_auth_token: AUTH_TOKEN.to_owned().into(),
+            plivo_sender_number: SENDER.into(),
+            plivo_base_url: plivo.to_owned(),
+            sms_status_callback_url: None,
+            job_encryption_key: job_key(),
+            dispatcher_concurrency: 16,
+            plivo_max_rps: 1000,
+            retry_min_delay_ms: 20,
+            retry_max_delay_ms: 200,
+            retry_after_cap_seconds: 1,
+            plivo_connect_timeout_ms: 1000,
+            plivo_request_timeout_ms: 3000,
+            job_lease_seconds: 2,
+            dispatcher_http_port: 0,
+            log_format: LogFormat::Pretty,
+            shutdown_grace_seconds: 5,
+        }
+    }
+
+    /// A sealed job for `phone`, valid for `valid_for`.
+    pub fn job(&self, phone: &str, code: &str, valid_for: time::Duration) -> SendJob {
+        let now = OffsetDateTime::now_utc();
+        SendJob::seal(
+            &job_key(),
+            Uuid::new_v4(),
+            &PhoneNumber::parse(phone).unwrap(),
+            code,
+            "Your code is {code}",
+            now,
+            now + valid_for,
+        )
+    }
+
+    pub async fn publish(&self, job: &SendJob) {
+        self.publish_raw(
+            &job.to_bytes(),
+            job_properties(&job.job_id.to_string(), FieldTable::default()),
+        )
+        .await;
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "job not queued"
+        );
+    }
+
+    pub async fn status(&self, verification_id: Uuid) -> Option<DeliveryStatus> {
+        status::load(&mut self.redis.clone(), &self.keys(), verification_id)
+            .await
+            .expect("status")
+    }
+
+    /// Waits until a verification reaches a final delivery state.
+    pub async fn final_status(&self, verification_id: Uuid, within: Duration) -> DeliveryStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.status(verification_id).await
+                && matches!(s.state.as_str(), "sent" | "failed" | "expired")
+            {
+                return s;
+            }
+            assert!(
+                started.elapsed() < within,
+                "no final state within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Takes one dead letter: (body, reason header).
+    pub async fn dead_letter(&self, within: Duration) -> (Vec<u8>, Option<String>) {
+        let dead = Topology::new(&self.queue).dead_queue;
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(msg) = self
+                .channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+            {
+                let reason = header_str(&msg.delivery.properties, DEAD_REASON_HEADER);
+                return (msg.delivery.data, reason);
+            }
+            assert!(
+                started.elapsed() < within,
+                "nothing was dead-lettered within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Messages ready in the queue (not counting unacked ones).
+    pub async fn ready_messages(&self) -> u32 {
+        let declare = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(self.queue.as_str().into(), declare, FieldTable::default())
+            .await
+            .expect("queue")
+            .message_count()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        cleanup_blocking(
+            REDIS_URL.into(),
+            self.prefix.clone(),
+            AMQP_URL.into(),
+            self.queue.clone(),
+        );
+    }
+}
+
+/// A dispatcher running in this process.
+pub struct Running {
+    pub health: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_dispatcher(config: Config) -> Running {
+    let app = Application::build(config).await.expect("dispatcher builds");
+    let health = app.health_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let running = Running {
+        health,
+        stop: Some(tx),
+        task: Some(task),
+    };
+    running.wait_ready().await;
+    running
+}
+
+impl Running {
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(format!("http://{}/readyz", self.health))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.readyz().await == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("dispatcher did not become ready");
+    }
+
+    /// Graceful stop, as on SIGTERM; returns once the dispatcher has stopped.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("dispatcher task")
+                .expect("dispatcher run");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The `dst` of every request the fake Plivo received.
+pub async fn destinations(server: &MockServer) -> Vec<String> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["dst"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}

@@ -1,0 +1,9 @@
+//! Integration tests of otp-dispatcher against the real RabbitMQ and Redis, with an in-process
+//! fake Plivo (wiremock) whose exact expectations catch any duplicate send.
+
+mod helpers;
+
+mod delivery;
+mod end_to_end;
+mod failures;
+mod operations;

@@ -1,0 +1,209 @@
+use std::{process::Stdio, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use tokio::time::Instant;
+use wiremock::{MockServer, ResponseTemplate};
+
+use otp_dispatcher::limiter::RateLimiter;
+use otp_shared::{config::redis_manager, testing::Proxy};
+
+use crate::helpers::{
+    AMQP_URL, AUTH_ID, AUTH_TOKEN, PHONE, REDIS_URL, SENDER, World, accepted, plivo_call,
+    spawn_dispatcher,
+};
+
+async fn wait_for_calls(plivo: &MockServer, n: usize, within: Duration) {
+    let started = std::time::Instant::now();
+    while plivo.received_requests().await.unwrap().len() < n {
+        assert!(
+            started.elapsed() < within,
+            "fewer than {n} calls within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_send_leaves_the_job_to_another_which_sends_it_once() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&plivo)
+        .await;
+    plivo_call()
+        .respond_with(accepted("after-crash"))
+        .expect(1)
+        .with_priority(2)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+
+    // Dispatcher A is a real process: it gets a 500, schedules a long retry, and is killed.
+    let workdir = std::env::temp_dir();
+    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))
+        .env_clear()
+        .current_dir(&workdir)
+        .env("REDIS_URL", REDIS_URL)
+        .env("REDIS_KEY_PREFIX", &world.prefix)
+        .env("AMQP_URL", AMQP_URL)
+        .env("SMS_QUEUE", &world.queue)
+        .env("PLIVO_AUTH_ID", AUTH_ID)
+        .env("PLIVO_AUTH_TOKEN", AUTH_TOKEN)
+        .env("PLIVO_SENDER_NUMBER", SENDER)
+        .env("PLIVO_BASE_URL", plivo.uri())
+        .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
+        .env("RETRY_MIN_DELAY_MS", "60000")
+        .env("RETRY_MAX_DELAY_MS", "60000")
+        .env("JOB_LEASE_SECONDS", "2")
+        .env("DISPATCHER_HTTP_PORT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("otp-dispatcher starts");
+    let job = world.job(PHONE, "777777", time::Duration::minutes(5));
+    world.publish(&job).await;
+    wait_for_calls(&plivo, 1, Duration::from_secs(20)).await;
+    a.kill().await.expect("kill -9");
+
+    // Dispatcher B gets the redelivered job once A's lease lapses, and sends it exactly once.
+    let _b = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(20))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    assert_eq!(status.provider_message_id.as_deref(), Some("after-crash"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn consumption_resumes_after_a_broker_restart() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("m"))
+        .expect(2)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut config = world.config(&plivo.uri());
+    config.amqp.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr).into();
+    let dispatcher = spawn_dispatcher(config).await;
+
+    let first = world.job(PHONE, "888888", time::Duration::minutes(5));
+    world.publish(&first).await;
+    world
+        .final_status(first.verification_id, Duration::from_secs(10))
+        .await;
+
+    proxy.refuse();
+    let started = Instant::now();
+    while dispatcher.readyz().await == 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "outage not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = world.job("+14155550100", "999999", time::Duration::minutes(5));
+    world.publish(&second).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.accept();
+
+    let status = world
+        .final_status(second.verification_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    dispatcher.wait_ready().await;
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_sends_finish_and_stops_consuming() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("slow").set_delay(Duration::from_millis(800)))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let job = world.job(PHONE, "121212", time::Duration::minutes(5));
+    world.publish(&job).await;
+    wait_for_calls(&plivo, 1, Duration::from_secs(10)).await;
+
+    dispatcher.stop().await;
+    let status = world.status(job.verification_id).await.unwrap();
+    assert_eq!(status.state.as_str(), "sent");
+    let later = world.job(PHONE, "343434", time::Duration::minutes(5));
+    world.publish(&later).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        world.ready_messages().await,
+        1,
+        "a stopped dispatcher consumes nothing"
+    );
+    plivo.verify().await;
+}
+
+#[tokio::test]
+async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let mut config = world.config(&plivo.uri());
+    config.shutdown_grace_seconds = 1;
+    config.retry_min_delay_ms = 5_000;
+    config.retry_max_delay_ms = 5_000;
+    let dispatcher = spawn_dispatcher(config).await;
+    let job = world.job(PHONE, "565656", time::Duration::minutes(5));
+    world.publish(&job).await;
+    wait_for_calls(&plivo, 1, Duration::from_secs(10)).await;
+
+    let started = Instant::now();
+    dispatcher.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(6));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.ready_messages().await, 1, "the job was not lost");
+}
+
+#[tokio::test]
+async fn the_provider_rate_is_shared_by_every_dispatcher() {
+    let world = World::new().await;
+    let conn = || redis_manager(&REDIS_URL.to_owned().into(), Duration::from_secs(1)).unwrap();
+    let one = RateLimiter::new(conn(), &world.keys(), 2);
+    let other = RateLimiter::new(conn(), &world.keys(), 2);
+    let now = Instant::now() + Duration::from_millis(100);
+    // Two tokens (one second's worth) between both, then nothing until the bucket refills.
+    assert!(one.acquire(now).await.unwrap());
+    assert!(other.acquire(now).await.unwrap());
+    assert!(!one.acquire(now).await.unwrap());
+    assert!(!other.acquire(now).await.unwrap());
+    // Waiting is allowed when the deadline leaves room: the next token comes within ~500 ms.
+    let before = Instant::now();
+    assert!(
+        one.acquire(Instant::now() + Duration::from_secs(2))
+            .await
+            .unwrap()
+    );
+    assert!(before.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() {
+    let plivo = MockServer::start().await;
+    let world = World::new().await;
+    let dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let healthz = reqwest::get(format!("http://{}/healthz", dispatcher.health))
+        .await
+        .unwrap();
+    assert_eq!(healthz.status().as_u16(), 200);
+    assert_eq!(dispatcher.readyz().await, 200);
+}
