@@ -186,4 +186,27 @@ mod tests {
         assert_eq!(parse_sender("MyBrand").unwrap(), "MyBrand");
         assert!(parse_sender("123456789012").is_err());
     }
+
+    /// Every variable this binary reads is documented in .env.example, and the example's values
+    /// are accepted as they stand.
+    #[test]
+    fn env_example_documents_every_variable_with_valid_values() {
+        let entries = otp_shared::config::env_example_entries(include_str!("../../.env.example"));
+        let command = Config::command();
+        let mut args = vec![command.get_name().to_owned()];
+        for arg in command.get_arguments() {
+            let Some(var) = arg.get_env().and_then(|v| v.to_str()) else {
+                continue;
+            };
+            let entry = entries.iter().find(|(k, _, _)| k == var);
+            let (_, value, commented) =
+                entry.unwrap_or_else(|| panic!("{var} is not in .env.example"));
+            if !commented {
+                let flag = arg.get_long().expect("every setting has a flag");
+                args.push(format!("--{flag}={value}"));
+            }
+        }
+        let parsed = Config::try_parse_from(&args);
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
+    }
 }

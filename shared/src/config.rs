@@ -176,3 +176,29 @@ mod tests {
         assert!("xml".parse::<LogFormat>().is_err());
     }
 }
+
+/// `.env.example` parsed for consistency tests: (variable, value, commented out).
+#[doc(hidden)]
+pub fn env_example_entries(text: &str) -> Vec<(String, String, bool)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let (commented, body) = match line.strip_prefix('#') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            let (key, value) = body.split_once('=')?;
+            let is_var = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            is_var.then(|| {
+                (
+                    key.to_owned(),
+                    value.trim_matches('"').to_owned(),
+                    commented,
+                )
+            })
+        })
+        .collect()
+}

@@ -23,6 +23,18 @@ impl Drop for TelemetryGuard {
 /// `info`), and OpenTelemetry spans exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is
 /// set. Spans always carry W3C trace context, so it can travel with send jobs.
 pub fn init(service_name: &'static str, format: LogFormat) -> TelemetryGuard {
+    init_with(service_name, format, false)
+}
+
+/// The same setup for integration tests: log lines go through the test harness's capture (shown
+/// only for failing tests), everything else (trace context, propagation) is as in production.
+/// Safe to call from every test; the first call wins.
+pub fn init_for_tests(service_name: &'static str) {
+    static GUARD: std::sync::OnceLock<TelemetryGuard> = std::sync::OnceLock::new();
+    GUARD.get_or_init(|| init_with(service_name, LogFormat::Pretty, true));
+}
+
+fn init_with(service_name: &'static str, format: LogFormat, test_writer: bool) -> TelemetryGuard {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service_name).build());
     let mut export_error = None;
@@ -47,6 +59,9 @@ pub fn init(service_name: &'static str, format: LogFormat) -> TelemetryGuard {
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),
+        LogFormat::Pretty if test_writer => {
+            tracing_subscriber::fmt::layer().with_test_writer().boxed()
+        }
         LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
     };
     // A second init (tests building several apps) keeps the first subscriber.

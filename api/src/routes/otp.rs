@@ -182,8 +182,13 @@ impl OtpApi {
     }
 
     /// SMS delivery state of a verification. Never includes the number or the code.
-    #[oai(path = "/api/otp/status/:verification_id", method = "get")]
-    async fn status(&self, verification_id: Path<String>) -> Result<StatusResponse, ErrorResponse> {
+    #[oai(path = "/api/otp/status/:verificationId", method = "get")]
+    async fn status(
+        &self,
+        /// The `verificationId` returned by `POST /api/otp/request`.
+        #[oai(name = "verificationId")]
+        verification_id: Path<String>,
+    ) -> Result<StatusResponse, ErrorResponse> {
         let unknown = || ApiError::NotFound("Unknown verification id.".into());
         let id = Uuid::parse_str(&verification_id.0).map_err(|_| unknown())?;
         let status = self.service.status(id).await?;

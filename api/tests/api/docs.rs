@@ -9,7 +9,7 @@ async fn the_openapi_document_lists_every_route_status_and_error_code() {
     for path in [
         "/api/otp/request",
         "/api/otp/verify",
-        "/api/otp/status/{verification_id}",
+        "/api/otp/status/{verificationId}",
         "/readyz",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} missing");

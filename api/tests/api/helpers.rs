@@ -92,6 +92,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Starts the app without waiting for its dependencies (for tests where they are down).
 pub async fn spawn_unready(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    otp_shared::telemetry::init_for_tests("otp-api-test");
     let mut config = test_config();
     tweak(&mut config);
     let app = Application::build(config.clone())
@@ -194,6 +195,12 @@ impl TestApp {
 
     /// Takes the next send job off the test queue and opens it, as the dispatcher would.
     pub async fn next_job(&self) -> (SendJob, JobContent) {
+        let (_, job, content) = self.next_delivery().await;
+        (job, content)
+    }
+
+    /// Like `next_job`, with the message's AMQP properties (headers).
+    pub async fn next_delivery(&self) -> (lapin::BasicProperties, SendJob, JobContent) {
         for _ in 0..50 {
             let got = self
                 .channel
@@ -201,7 +208,9 @@ impl TestApp {
                 .await
                 .expect("basic.get");
             if let Some(msg) = got {
-                return SendJob::decode(&msg.delivery.data, &job_key()).expect("job decodes");
+                let (job, content) =
+                    SendJob::decode(&msg.delivery.data, &job_key()).expect("job decodes");
+                return (msg.delivery.properties, job, content);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,5 +1,7 @@
 use serde_json::{Value, json};
 
+use otp_shared::amqp::header_str;
+
 use crate::helpers::{PHONE, assert_error, spawn_app, spawn_with};
 
 #[tokio::test]
@@ -62,6 +64,33 @@ async fn a_request_stores_only_a_digest_and_queues_an_encrypted_job() {
     assert_eq!(status["state"], json!("queued"));
     assert_eq!(status["attempts"], json!(0));
     assert!(!status.to_string().contains("4155552671"));
+}
+
+#[tokio::test]
+async fn the_request_id_and_trace_context_travel_with_the_job() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .post(format!("{}/api/otp/request", app.base))
+        .header("x-request-id", "req-abc-123")
+        .json(&json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(resp.headers()["x-request-id"], "req-abc-123");
+    let (props, job, _) = app.next_delivery().await;
+    assert_eq!(
+        header_str(&props, "x-request-id").as_deref(),
+        Some("req-abc-123")
+    );
+    let traceparent = header_str(&props, "traceparent").expect("traceparent header");
+    assert_eq!(traceparent.split('-').count(), 4, "{traceparent}");
+    assert_eq!(props.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(
+        props.message_id().as_ref().map(|m| m.to_string()),
+        Some(job.job_id.to_string())
+    );
 }
 
 #[tokio::test]

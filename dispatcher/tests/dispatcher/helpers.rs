@@ -69,6 +69,7 @@ pub struct World {
 
 impl World {
     pub async fn new() -> Self {
+        otp_shared::telemetry::init_for_tests("otp-dispatcher-test");
         let id = Uuid::new_v4().simple().to_string();
         let amqp = otp_shared::amqp::connect(AMQP_URL, "otp-dispatcher-test")
             .await

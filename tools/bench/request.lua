@@ -1,0 +1,8 @@
+-- wrk script: POST /api/otp/request for random valid US numbers.
+math.randomseed(os.time())
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  return wrk.format(nil, "/api/otp/request", nil,
+    string.format('{"phoneNumber":"+1415555%04d"}', math.random(0, 9999)))
+end

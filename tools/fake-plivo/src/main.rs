@@ -1,0 +1,141 @@
+//! fake-plivo: answers `POST /v1/Account/{auth_id}/Message/` like Plivo does (202 with a
+//! `message_uuid`), with optional latency and failures, and keeps the last messages so a
+//! developer can read the code that "was sent to the phone".
+//!
+//! It prints and stores message texts, which hold codes: it is a development tool only.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use clap::Parser;
+use poem::{
+    EndpointExt, IntoResponse, Response, Route, Server, get, handler,
+    http::StatusCode,
+    listener::TcpListener,
+    post,
+    web::{Data, Json, Path, Query},
+};
+use rand::{RngExt, rng};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fake-plivo",
+    version,
+    about = "Fake Plivo Message API for local runs and benchmarks."
+)]
+struct Config {
+    /// Port to listen on.
+    #[arg(long, env = "FAKE_PLIVO_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Milliseconds each answer is delayed, to mimic the real API.
+    #[arg(long, env = "FAKE_PLIVO_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of calls (0.0 to 1.0) answered with a 500, to exercise retries.
+    #[arg(long, env = "FAKE_PLIVO_FAILURE_RATE", default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Print every message (codes included) to stdout.
+    #[arg(long, env = "FAKE_PLIVO_PRINT", default_value_t = true, action = clap::ArgAction::Set)]
+    print: bool,
+}
+
+/// Messages kept for `GET /messages`.
+const KEEP: usize = 1000;
+
+struct State {
+    config: Config,
+    accepted: AtomicU64,
+    failed: AtomicU64,
+    messages: Mutex<VecDeque<Value>>,
+}
+
+#[handler]
+async fn send(
+    Path(auth_id): Path<String>,
+    Json(body): Json<Value>,
+    state: Data<&Arc<State>>,
+) -> Response {
+    if state.config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(state.config.latency_ms)).await;
+    }
+    let (Some(dst), Some(text)) = (body["dst"].as_str(), body["text"].as_str()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "dst and text are required"})),
+        )
+            .into_response();
+    };
+    if state.config.failure_rate > 0.0 && rng().random_bool(state.config.failure_rate.min(1.0)) {
+        state.failed.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "injected failure"})),
+        )
+            .into_response();
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    state.accepted.fetch_add(1, Ordering::Relaxed);
+    if state.config.print {
+        println!("[fake-plivo] account {auth_id} → {dst}: {text}");
+    }
+    let mut messages = state.messages.lock().unwrap_or_else(|e| e.into_inner());
+    if messages.len() == KEEP {
+        messages.pop_front();
+    }
+    messages.push_back(json!({ "message_uuid": id, "dst": dst, "text": text, "src": body["src"] }));
+    drop(messages);
+    (StatusCode::ACCEPTED, Json(json!({ "api_id": uuid::Uuid::new_v4(), "message": "message(s) queued", "message_uuid": [id] })))
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Filter {
+    dst: Option<String>,
+}
+
+/// Last messages, newest first, optionally for one destination.
+#[handler]
+fn list_messages(Query(filter): Query<Filter>, state: Data<&Arc<State>>) -> Json<Value> {
+    let messages = state.messages.lock().unwrap_or_else(|e| e.into_inner());
+    let list: Vec<&Value> = messages
+        .iter()
+        .rev()
+        .filter(|m| filter.dst.as_deref().is_none_or(|d| m["dst"] == d))
+        .collect();
+    Json(json!(list))
+}
+
+#[handler]
+fn stats(state: Data<&Arc<State>>) -> Json<Value> {
+    Json(json!({
+        "accepted": state.accepted.load(Ordering::Relaxed),
+        "failed": state.failed.load(Ordering::Relaxed),
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
+    let state = Arc::new(State {
+        config,
+        accepted: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        messages: Mutex::new(VecDeque::with_capacity(KEEP)),
+    });
+    let app = Route::new()
+        .at("/v1/Account/:auth_id/Message/", post(send))
+        .at("/messages", get(list_messages))
+        .at("/stats", get(stats))
+        .data(state);
+    println!("[fake-plivo] listening on {addr}");
+    Server::new(TcpListener::bind(addr)).run(app).await?;
+    Ok(())
+}
