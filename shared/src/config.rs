@@ -142,6 +142,32 @@ pub fn parse_job_key(value: &str) -> Result<crate::crypto::JobKey, String> {
     crate::crypto::JobKey::from_base64(value)
 }
 
+/// `.env.example` parsed for consistency tests: (variable, value, commented out).
+#[doc(hidden)]
+pub fn env_example_entries(text: &str) -> Vec<(String, String, bool)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let (commented, body) = match line.strip_prefix('#') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            let (key, value) = body.split_once('=')?;
+            let is_var = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            is_var.then(|| {
+                (
+                    key.to_owned(),
+                    value.trim_matches('"').to_owned(),
+                    commented,
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,30 +201,4 @@ mod tests {
         assert_eq!("JSON".parse::<LogFormat>().unwrap(), LogFormat::Json);
         assert!("xml".parse::<LogFormat>().is_err());
     }
-}
-
-/// `.env.example` parsed for consistency tests: (variable, value, commented out).
-#[doc(hidden)]
-pub fn env_example_entries(text: &str) -> Vec<(String, String, bool)> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let (commented, body) = match line.strip_prefix('#') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            let (key, value) = body.split_once('=')?;
-            let is_var = !key.is_empty()
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-            is_var.then(|| {
-                (
-                    key.to_owned(),
-                    value.trim_matches('"').to_owned(),
-                    commented,
-                )
-            })
-        })
-        .collect()
 }
