@@ -106,6 +106,17 @@ impl Worker {
             }
         }
 
+        if !self.still_wanted(job).await {
+            tracing::info!(
+                "the API withdrew this verification (its publish was not confirmed); not sending"
+            );
+            if let Err(e) = self.ledger.finish(job.job_id, owner, "withdrawn").await {
+                tracing::warn!(error = %e, "could not record the withdrawn job");
+            }
+            ack(delivery).await;
+            return;
+        }
+
         let keep_alive = self.ledger.keep_alive(job.job_id, owner);
         let attempts = run_attempts(&self.policy, deadline, |n| {
             self.attempt(job, content, n, deadline)
@@ -125,6 +136,17 @@ impl Worker {
             Disposition::Ack => ack(delivery).await,
             Disposition::DeadLetter(reason) => self.dead_letter(channel, delivery, &reason).await,
         }
+    }
+
+    /// The API writes a delivery record before publishing and deletes it when the publish was
+    /// not confirmed (it answered 503 and removed the code). A job whose record is gone would
+    /// deliver a dead code, so it is not sent. If Redis cannot say, the job is sent.
+    async fn still_wanted(&self, job: &SendJob) -> bool {
+        let exists: redis::RedisResult<bool> = redis::cmd("EXISTS")
+            .arg(self.keys.status(job.verification_id))
+            .query_async(&mut self.redis.clone())
+            .await;
+        exists.unwrap_or(true)
     }
 
     async fn attempt(

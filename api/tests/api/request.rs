@@ -222,3 +222,59 @@ async fn health_endpoints_answer() {
     assert_eq!(app.get("/healthz").await.status().as_u16(), 200);
     assert_eq!(app.get("/readyz").await.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn random_bodies_never_yield_a_5xx() {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    let app = spawn_app().await;
+    let mut rng = StdRng::seed_from_u64(7);
+    let pieces = [
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ":",
+        ",",
+        "phoneNumber",
+        "otp",
+        "+1415",
+        "5552671",
+        "null",
+        "true",
+        "1e999",
+        "\\u0000",
+        "\u{202e}",
+        "\u{0661}",
+        "-",
+        " ",
+        "\n",
+        "9".repeat(40).leak(),
+    ];
+    for i in 0..300 {
+        let body: String = (0..rng.random_range(0..12))
+            .map(|_| pieces[rng.random_range(0..pieces.len())])
+            .collect();
+        let path = if i % 2 == 0 {
+            "/api/otp/request"
+        } else {
+            "/api/otp/verify"
+        };
+        let resp = app.post_raw(path, "application/json", body.clone()).await;
+        assert!(
+            resp.status().as_u16() < 500,
+            "{path} {body:?} gave {}",
+            resp.status()
+        );
+    }
+    for bytes in [
+        vec![0xff, 0xfe, 0x00],
+        vec![b'{'; 3000],
+        b"{\"phoneNumber\":\"\xff\"}".to_vec(),
+    ] {
+        let resp = app
+            .post_raw("/api/otp/request", "application/json", bytes)
+            .await;
+        assert!(resp.status().as_u16() < 500);
+    }
+}

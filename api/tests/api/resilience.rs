@@ -82,6 +82,22 @@ async fn an_unroutable_publish_gives_503_and_undoes_the_cooldown() {
 }
 
 #[tokio::test]
+async fn a_publish_not_confirmed_in_time_gives_503_and_undoes_the_request() {
+    // A zero timeout can never be met: the confirm needs a round trip to the broker.
+    let app = spawn_with(|c| {
+        c.publish_confirm_timeout_ms = 0;
+        c.limits.resend_cooldown_seconds = 30;
+    })
+    .await;
+    assert_unavailable(app.request_otp(PHONE).await).await;
+    assert!(
+        code_keys(&app.redis_keys().await).is_empty(),
+        "{:?}",
+        app.redis_keys().await
+    );
+}
+
+#[tokio::test]
 async fn the_api_reconnects_after_a_broker_restart() {
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);

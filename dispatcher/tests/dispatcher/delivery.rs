@@ -31,6 +31,30 @@ async fn one_job_gives_exactly_one_call_with_the_right_fields_and_auth() {
 }
 
 #[tokio::test]
+async fn the_status_callback_url_is_passed_to_plivo() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .and(body_partial_json(
+            json!({ "url": "https://example.com/dlr", "method": "POST" }),
+        ))
+        .respond_with(accepted("msg-cb"))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let mut config = world.config(&plivo.uri());
+    config.sms_status_callback_url = Some("https://example.com/dlr".into());
+    let _dispatcher = spawn_dispatcher(config).await;
+    let job = world.job(PHONE, "012345", time::Duration::minutes(5));
+    world.publish(&job).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    plivo.verify().await;
+}
+
+#[tokio::test]
 async fn a_500_and_a_429_are_retried_until_success() {
     let plivo = MockServer::start().await;
     plivo_call()

@@ -140,3 +140,26 @@ async fn malformed_and_undecryptable_messages_are_dead_lettered() {
     assert_eq!(world.ready_messages().await, 0);
     plivo.verify().await;
 }
+
+#[tokio::test]
+async fn a_job_the_api_withdrew_makes_no_call() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+
+    let job = world.job(PHONE, "676767", time::Duration::minutes(5));
+    world.publish_unannounced(&job).await;
+    assert_eq!(
+        world.outcome(&job, Duration::from_secs(10)).await,
+        "withdrawn"
+    );
+    assert!(world.status(job.verification_id).await.is_none());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(world.ready_messages().await, 0);
+    plivo.verify().await;
+}

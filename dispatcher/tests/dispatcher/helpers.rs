@@ -25,7 +25,7 @@ use otp_shared::{
     job::SendJob,
     keys::Keys,
     phone::PhoneNumber,
-    status::{self, DeliveryStatus},
+    status::{self, DeliveryState, DeliveryStatus},
     testing::cleanup_blocking,
 };
 
@@ -148,7 +148,23 @@ impl World {
         )
     }
 
+    /// Publishes a job the way the API does: delivery record `queued` first, then the message.
     pub async fn publish(&self, job: &SendJob) {
+        status::record(
+            &mut self.redis.clone(),
+            &self.keys(),
+            job.verification_id,
+            DeliveryState::Queued,
+            0,
+            &[],
+        )
+        .await
+        .expect("queued record");
+        self.publish_unannounced(job).await;
+    }
+
+    /// Publishes a job without its delivery record, as after the API withdrew it.
+    pub async fn publish_unannounced(&self, job: &SendJob) {
         self.publish_raw(
             &job.to_bytes(),
             job_properties(&job.job_id.to_string(), FieldTable::default()),
@@ -220,6 +236,23 @@ impl World {
                 started.elapsed() < within,
                 "nothing was dead-lettered within {within:?}"
             );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The dispatcher's ledger entry for a job, once it has one.
+    pub async fn outcome(&self, job: &SendJob, within: Duration) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(self.keys().job_outcome(job.job_id))
+                .query_async(&mut self.redis.clone())
+                .await
+                .expect("GET");
+            if let Some(value) = value {
+                return value;
+            }
+            assert!(started.elapsed() < within, "no outcome within {within:?}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

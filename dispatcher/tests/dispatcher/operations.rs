@@ -123,6 +123,40 @@ async fn consumption_resumes_after_a_broker_restart() {
 }
 
 #[tokio::test]
+async fn sending_resumes_after_a_redis_restart() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("m"))
+        .expect(2)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let mut config = world.config(&plivo.uri());
+    config.redis.redis_url = Some(format!("redis://{}/0", proxy.addr).into());
+    let dispatcher = spawn_dispatcher(config).await;
+
+    let first = world.job(PHONE, "131313", time::Duration::minutes(5));
+    world.publish(&first).await;
+    world
+        .final_status(first.verification_id, Duration::from_secs(10))
+        .await;
+
+    proxy.refuse();
+    let second = world.job("+14155550100", "141414", time::Duration::minutes(5));
+    world.publish(&second).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(dispatcher.readyz().await, 200);
+    proxy.accept();
+
+    let status = world
+        .final_status(second.verification_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    plivo.verify().await;
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_sends_finish_and_stops_consuming() {
     let plivo = MockServer::start().await;
     plivo_call()
