@@ -186,22 +186,8 @@ mod tests {
     /// are accepted as they stand.
     #[test]
     fn env_example_documents_every_variable_with_valid_values() {
-        let entries = otp_shared::config::env_example_entries(include_str!("../../.env.example"));
-        let command = Config::command();
-        let mut args = vec![command.get_name().to_owned()];
-        for arg in command.get_arguments() {
-            let Some(var) = arg.get_env().and_then(|v| v.to_str()) else {
-                continue;
-            };
-            let entry = entries.iter().find(|(k, _, _)| k == var);
-            let (_, value, commented) =
-                entry.unwrap_or_else(|| panic!("{var} is not in .env.example"));
-            if !commented {
-                let flag = arg.get_long().expect("every setting has a flag");
-                args.push(format!("--{flag}={value}"));
-            }
-        }
-        let parsed = Config::try_parse_from(&args);
-        assert!(parsed.is_ok(), "{:?}", parsed.err());
+        otp_shared::config::assert_env_example_matches::<Config>(include_str!(
+            "../../.env.example"
+        ));
     }
 }

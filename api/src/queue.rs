@@ -8,17 +8,13 @@ use std::{
 };
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::{
-    Channel, Confirmation, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::FieldTable,
-};
+use lapin::{Channel, Confirmation, Connection, options::BasicPublishOptions, types::FieldTable};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use otp_shared::{
-    amqp::{REQUEST_ID_HEADER, Topology, connect, job_properties, long_string},
+    amqp::{REQUEST_ID_HEADER, Topology, job_properties, long_string, open_confirmed_channel},
     job::SendJob,
     telemetry::inject_trace_context,
 };
@@ -149,9 +145,18 @@ async fn supervise(inner: Arc<Inner>, url: SecretString, shutdown: CancellationT
                 tracing::info!(queue = %inner.topology.queue, "connected to RabbitMQ");
                 delays = backoff.build();
                 wait_until_broken(&inner, &connection, &shutdown).await;
-                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
-                // Closing a connection that is already dead can hang; bound it.
-                let close = connection.close(200, "closing".into());
+                let channel = inner
+                    .channel
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                // Closing what is already dead can hang; bound it.
+                let close = async {
+                    if let Some(channel) = channel {
+                        let _ = channel.close(200, "closing".into()).await;
+                    }
+                    let _ = connection.close(200, "closing".into()).await;
+                };
                 let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
                 if shutdown.is_cancelled() {
                     return;
@@ -170,19 +175,7 @@ async fn supervise(inner: Arc<Inner>, url: SecretString, shutdown: CancellationT
 }
 
 async fn open(inner: &Inner, url: &str) -> anyhow::Result<Connection> {
-    use anyhow::Context;
-    let connection = tokio::time::timeout(Duration::from_secs(5), connect(url, "otp-api"))
-        .await
-        .context("connecting to RabbitMQ timed out")??;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("enabling publisher confirms")?;
-    inner.topology.declare(&channel).await?;
+    let (connection, channel) = open_confirmed_channel(url, "otp-api", &inner.topology).await?;
     *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(channel);
     Ok(connection)
 }

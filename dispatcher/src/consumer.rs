@@ -15,13 +15,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{
     Channel, Connection,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use otp_shared::amqp::{Topology, connect};
+use otp_shared::amqp::{Topology, open_confirmed_channel};
 
 use crate::worker::Worker;
 
@@ -35,14 +35,14 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Consumes until `stop` fires, then cancels the consumer and hands back the connection,
-    /// which must stay open until in-flight jobs have acked.
+    /// Consumes until `stop` fires, then cancels the consumer and hands back the connection and
+    /// channel, which must stay open until in-flight jobs have acked.
     pub async fn run(
         self,
         stop: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
-    ) -> Option<Connection> {
+    ) -> Option<(Connection, Channel)> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(10))
@@ -67,7 +67,7 @@ impl Consumer {
                                 let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
                                 let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
                                 tracing::info!("stopped consuming");
-                                return Some(connection);
+                                return Some((connection, channel));
                             }
                             next = deliveries.next() => match next {
                                 Some(Ok(delivery)) => {
@@ -86,8 +86,7 @@ impl Consumer {
                         }
                     }
                     self.connected.store(false, Ordering::SeqCst);
-                    let close = connection.close(200, "reconnecting".into());
-                    let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                    close(connection, channel).await;
                 }
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),
@@ -104,22 +103,10 @@ impl Consumer {
     }
 
     async fn open(&self, tag: &str) -> anyhow::Result<(Connection, Channel, lapin::Consumer)> {
-        let connection = tokio::time::timeout(
-            Duration::from_secs(5),
-            connect(self.url.expose_secret(), "otp-dispatcher"),
-        )
-        .await
-        .context("connecting to RabbitMQ timed out")??;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
         // Confirms make dead-letter copies safe before the original is acked.
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
-        self.topology.declare(&channel).await?;
+        let (connection, channel) =
+            open_confirmed_channel(self.url.expose_secret(), "otp-dispatcher", &self.topology)
+                .await?;
         channel
             .basic_qos(self.concurrency, BasicQosOptions::default())
             .await
@@ -135,4 +122,14 @@ impl Consumer {
             .with_context(|| format!("consuming from {}", self.topology.queue))?;
         Ok((connection, channel, consumer))
     }
+}
+
+/// Closes channel then connection (in that order lapin closes quietly), bounded in time because
+/// closing what is already dead can hang.
+pub async fn close(connection: Connection, channel: Channel) {
+    let close = async {
+        let _ = channel.close(200, "closing".into()).await;
+        let _ = connection.close(200, "closing".into()).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
 }

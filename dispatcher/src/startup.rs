@@ -18,7 +18,7 @@ use otp_shared::amqp::Topology;
 
 use crate::{
     config::Config,
-    consumer::Consumer,
+    consumer::{self, Consumer},
     health::{self, Readiness},
     ledger::Ledger,
     limiter::RateLimiter,
@@ -136,12 +136,8 @@ impl Application {
             abort.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         }
-        if let Some(connection) = connection {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                connection.close(200, "shutting down".into()),
-            )
-            .await;
+        if let Some((connection, channel)) = connection {
+            consumer::close(connection, channel).await;
         }
         let _ = health.await;
         tracing::info!(in_flight_at_stop = in_flight, "otp-dispatcher stopped");

@@ -97,6 +97,28 @@ impl Topology {
     }
 }
 
+/// Connects (within 5 s), opens a channel with publisher confirms on, and declares `topology`:
+/// what both binaries do each time they (re)connect.
+pub async fn open_confirmed_channel(
+    url: &str,
+    name: &str,
+    topology: &Topology,
+) -> anyhow::Result<(Connection, Channel)> {
+    let connection = tokio::time::timeout(std::time::Duration::from_secs(5), connect(url, name))
+        .await
+        .context("connecting to RabbitMQ timed out")??;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .context("enabling publisher confirms")?;
+    topology.declare(&channel).await?;
+    Ok((connection, channel))
+}
+
 /// Opens a connection named after the process, so operators can tell clients apart.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());

@@ -142,9 +142,32 @@ pub fn parse_job_key(value: &str) -> Result<crate::crypto::JobKey, String> {
     crate::crypto::JobKey::from_base64(value)
 }
 
-/// `.env.example` parsed for consistency tests: (variable, value, commented out).
+/// Test helper: every variable `C` reads is documented in `.env.example` (given as `text`), and
+/// the example's uncommented values are accepted as they stand. Panics with what is wrong.
 #[doc(hidden)]
-pub fn env_example_entries(text: &str) -> Vec<(String, String, bool)> {
+pub fn assert_env_example_matches<C: clap::Parser>(text: &str) {
+    let entries = env_example_entries(text);
+    let command = C::command();
+    let mut args = vec![command.get_name().to_owned()];
+    for arg in command.get_arguments() {
+        let Some(var) = arg.get_env().and_then(|v| v.to_str()) else {
+            continue;
+        };
+        let Some((_, value, commented)) = entries.iter().find(|(k, _, _)| k == var) else {
+            panic!("{var} is not in .env.example");
+        };
+        if !commented {
+            let flag = arg.get_long().expect("every setting has a flag");
+            args.push(format!("--{flag}={value}"));
+        }
+    }
+    if let Err(e) = C::try_parse_from(&args) {
+        panic!(".env.example values are rejected: {e}");
+    }
+}
+
+/// `.env.example` lines as (variable, value, commented out).
+fn env_example_entries(text: &str) -> Vec<(String, String, bool)> {
     text.lines()
         .filter_map(|line| {
             let line = line.trim();

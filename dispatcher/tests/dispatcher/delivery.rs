@@ -3,7 +3,9 @@ use std::time::Duration;
 use serde_json::json;
 use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
 
-use crate::helpers::{PHONE, SENDER, World, accepted, destinations, plivo_call, spawn_dispatcher};
+use crate::helpers::{
+    PHONE, SENDER, World, accepted, destinations, plivo_call, spawn_dispatcher, start,
+};
 
 #[tokio::test]
 async fn one_job_gives_exactly_one_call_with_the_right_fields_and_auth() {
@@ -16,14 +18,9 @@ async fn one_job_gives_exactly_one_call_with_the_right_fields_and_auth() {
         .expect(1)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
-    let job = world.job(PHONE, "012345", time::Duration::minutes(5));
-    world.publish(&job).await;
-    let status = world
-        .final_status(job.verification_id, Duration::from_secs(10))
-        .await;
+    let (_, status) = world.send_one(PHONE, "012345").await;
     assert_eq!(status.state.as_str(), "sent");
     assert_eq!(status.attempts, 1);
     assert_eq!(status.provider_message_id.as_deref(), Some("msg-1"));
@@ -45,11 +42,7 @@ async fn the_status_callback_url_is_passed_to_plivo() {
     let mut config = world.config(&plivo.uri());
     config.sms_status_callback_url = Some("https://example.com/dlr".into());
     let _dispatcher = spawn_dispatcher(config).await;
-    let job = world.job(PHONE, "012345", time::Duration::minutes(5));
-    world.publish(&job).await;
-    let status = world
-        .final_status(job.verification_id, Duration::from_secs(10))
-        .await;
+    let (_, status) = world.send_one(PHONE, "012345").await;
     assert_eq!(status.state.as_str(), "sent");
     plivo.verify().await;
 }
@@ -77,14 +70,9 @@ async fn a_500_and_a_429_are_retried_until_success() {
         .with_priority(3)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
-    let job = world.job(PHONE, "111111", time::Duration::minutes(5));
-    world.publish(&job).await;
-    let status = world
-        .final_status(job.verification_id, Duration::from_secs(10))
-        .await;
+    let (_, status) = world.send_one(PHONE, "111111").await;
     assert_eq!(status.state.as_str(), "sent");
     assert_eq!(status.attempts, 3);
     plivo.verify().await;
@@ -98,8 +86,7 @@ async fn the_same_job_delivered_twice_gives_one_call() {
         .expect(1)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
     let job = world.job(PHONE, "222222", time::Duration::minutes(5));
     world.publish(&job).await;

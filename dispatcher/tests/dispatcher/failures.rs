@@ -5,7 +5,7 @@ use wiremock::{MockServer, ResponseTemplate};
 
 use otp_shared::{amqp::job_properties, crypto::JobKey, job::SendJob};
 
-use crate::helpers::{PHONE, World, plivo_call, spawn_dispatcher};
+use crate::helpers::{PHONE, plivo_call, start};
 
 #[tokio::test]
 async fn a_400_is_not_retried_and_the_job_is_dead_lettered_with_a_reason() {
@@ -17,14 +17,9 @@ async fn a_400_is_not_retried_and_the_job_is_dead_lettered_with_a_reason() {
         .expect(1)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
-    let job = world.job(PHONE, "444444", time::Duration::minutes(5));
-    world.publish(&job).await;
-    let status = world
-        .final_status(job.verification_id, Duration::from_secs(10))
-        .await;
+    let (job, status) = world.send_one(PHONE, "444444").await;
     assert_eq!((status.state.as_str(), status.attempts), ("failed", 1));
     let (body, reason) = world.dead_letter(Duration::from_secs(5)).await;
     assert_eq!(body, job.to_bytes());
@@ -45,13 +40,8 @@ async fn a_401_fails_permanently() {
         .expect(1)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
-    let job = world.job(PHONE, "444444", time::Duration::minutes(5));
-    world.publish(&job).await;
-    let status = world
-        .final_status(job.verification_id, Duration::from_secs(10))
-        .await;
+    let (world, _dispatcher) = start(&plivo).await;
+    let (_, status) = world.send_one(PHONE, "444444").await;
     assert_eq!(status.state.as_str(), "failed");
     let (_, reason) = world.dead_letter(Duration::from_secs(5)).await;
     assert!(reason.unwrap().contains("401"));
@@ -65,8 +55,7 @@ async fn a_job_past_its_expiry_makes_no_call() {
         .expect(0)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
     let job = world.job(PHONE, "555555", time::Duration::seconds(-1));
     world.publish(&job).await;
@@ -84,8 +73,7 @@ async fn retrying_stops_when_the_code_expires() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
     let job = world.job(PHONE, "555555", time::Duration::seconds(2));
     world.publish(&job).await;
@@ -112,8 +100,7 @@ async fn malformed_and_undecryptable_messages_are_dead_lettered() {
         .expect(0)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
     world
         .publish_raw(b"{not json", job_properties("bad-1", FieldTable::default()))
@@ -149,8 +136,7 @@ async fn a_job_the_api_withdrew_makes_no_call() {
         .expect(0)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
-    let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let (world, _dispatcher) = start(&plivo).await;
 
     let job = world.job(PHONE, "676767", time::Duration::minutes(5));
     world.publish_unannounced(&job).await;

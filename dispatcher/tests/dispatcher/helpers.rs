@@ -201,6 +201,16 @@ impl World {
             .expect("status")
     }
 
+    /// Publishes a job for `phone` valid for five minutes and waits for its final state.
+    pub async fn send_one(&self, phone: &str, code: &str) -> (SendJob, DeliveryStatus) {
+        let job = self.job(phone, code, time::Duration::minutes(5));
+        self.publish(&job).await;
+        let status = self
+            .final_status(job.verification_id, Duration::from_secs(10))
+            .await;
+        (job, status)
+    }
+
     /// Waits until a verification reaches a final delivery state.
     pub async fn final_status(&self, verification_id: Uuid, within: Duration) -> DeliveryStatus {
         let started = std::time::Instant::now();
@@ -287,6 +297,13 @@ pub struct Running {
     pub health: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A fresh world with one dispatcher sending to `plivo`.
+pub async fn start(plivo: &MockServer) -> (World, Running) {
+    let world = World::new().await;
+    let dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    (world, dispatcher)
 }
 
 pub async fn spawn_dispatcher(config: Config) -> Running {
