@@ -15,12 +15,14 @@ use crate::amqp::Topology;
 
 /// A TCP proxy in front of Redis or RabbitMQ, so a test can simulate a restart of the real
 /// server for its own connections only: `sever` drops every live connection, `refuse` makes new
-/// ones fail until `accept` is called again.
+/// ones fail until `accept` is called again, and `stall` holds every byte in flight (a server
+/// that stopped answering) until `resume`.
 #[derive(Clone)]
 pub struct Proxy {
     pub addr: SocketAddr,
     live: Arc<Mutex<Vec<AbortHandle>>>,
     refusing: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -29,16 +31,23 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy address");
         let live: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let refusing = Arc::new(AtomicBool::new(false));
-        let (live2, refusing2) = (live.clone(), refusing.clone());
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (live2, refusing2, stalled2) = (live.clone(), refusing.clone(), stalled.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if refusing2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let stalled = stalled2.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        tokio::select! {
+                            _ = pump(in_read, out_write, stalled.clone()) => {}
+                            _ = pump(out_read, in_write, stalled) => {}
+                        }
                     }
                 });
                 live2.lock().expect("proxy lock").push(task.abort_handle());
@@ -48,7 +57,18 @@ impl Proxy {
             addr,
             live,
             refusing,
+            stalled,
         }
+    }
+
+    /// Holds all traffic: connections stay open but nothing gets through.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets held traffic through again.
+    pub fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
     }
 
     /// Drops every proxied connection, as a server restart would.
@@ -67,6 +87,28 @@ impl Proxy {
     /// The server is "back".
     pub fn accept(&self) {
         self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes one way, holding them while `stalled`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

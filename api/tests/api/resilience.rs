@@ -83,18 +83,28 @@ async fn an_unroutable_publish_gives_503_and_undoes_the_cooldown() {
 
 #[tokio::test]
 async fn a_publish_not_confirmed_in_time_gives_503_and_undoes_the_request() {
-    // A zero timeout can never be met: the confirm needs a round trip to the broker.
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let app = spawn_with(|c| {
-        c.publish_confirm_timeout_ms = 0;
+        c.amqp.amqp_url = url.into();
+        c.publish_confirm_timeout_ms = 300;
         c.limits.resend_cooldown_seconds = 30;
     })
     .await;
+    // The broker stops answering: the publish is sent but its confirm never comes back.
+    proxy.stall();
+    let started = Instant::now();
     assert_unavailable(app.request_otp(PHONE).await).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the confirm timeout"
+    );
     assert!(
         code_keys(&app.redis_keys().await).is_empty(),
         "{:?}",
         app.redis_keys().await
     );
+    proxy.resume();
 }
 
 #[tokio::test]
