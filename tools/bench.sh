@@ -15,7 +15,7 @@ set -a
 LOG_FORMAT=json RUST_LOG=warn
 SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
 MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
-MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0
+MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 OTP_MAX_ATTEMPTS=100
 PORT=3900 DISPATCHER_HTTP_PORT=3901 FAKE_PLIVO_PORT=3902 PLIVO_BASE_URL=http://127.0.0.1:3902
 FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=50
 set +a
@@ -45,6 +45,9 @@ echo "jobs queued: $queued"
 
 echo "== POST /api/otp/verify (rejections), ${secs}s, 64 connections"
 wrk -t2 -c64 -d"${secs}s" --latency -s tools/bench/verify.lua "http://127.0.0.1:$PORT" | grep -E "Latency|50%|99%|Requests/sec|Non-2xx|requests in"
+
+echo "== verify timing: no code vs live code with a wrong guess (sequential, one connection)"
+python3 tools/bench/verify_timing.py "$PORT"
 
 echo "== dispatcher drain: $queued jobs, Plivo latency ${FAKE_PLIVO_LATENCY_MS}ms, concurrency $DISPATCHER_CONCURRENCY, no rate cap"
 PLIVO_MAX_RPS=100000 target/release/otp-dispatcher & disp=$!; pids+=($disp)

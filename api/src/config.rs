@@ -87,16 +87,17 @@ impl OtpSettings {
 /// Abuse limits, enforced in Redis so they hold across replicas. 0 disables a limit.
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
-    /// Seconds before the same number may request another code.
+    /// Seconds before the same number may request another code (0 disables).
     #[arg(long, env = "RESEND_COOLDOWN_SECONDS", default_value_t = 30)]
     pub resend_cooldown_seconds: u32,
-    /// Codes sent to one number per hour.
+    /// Codes sent to one number per hour (0 disables).
     #[arg(long, env = "MAX_SENDS_PER_NUMBER_PER_HOUR", default_value_t = 5)]
     pub max_sends_per_number_per_hour: u32,
-    /// Code requests from one client IP per minute.
+    /// Code requests from one client IP per minute (0 disables).
     #[arg(long, env = "MAX_REQUESTS_PER_IP_PER_MINUTE", default_value_t = 20)]
     pub max_requests_per_ip_per_minute: u32,
-    /// Verify calls for one number per 15 minutes, whether or not it has a code.
+    /// Verify calls for one number per 15 minutes, counted whether or not it has a code
+    /// (0 disables).
     #[arg(
         long,
         env = "MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES",
