@@ -40,7 +40,7 @@ pub struct Accepted {
     pub resend_after_seconds: u64,
 }
 
-/// `rate` is `None` for a replayed response: no limit was consulted.
+/// `rate` is `None` for a replayed response (no limit was consulted) or when every limit is off.
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub accepted: Accepted,
@@ -183,14 +183,18 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
                 expires_in_seconds: self.policy.validity.as_secs(),
                 resend_after_seconds: self.policy.resend_cooldown_seconds.into(),
             },
-            rate: Some(rate),
+            rate: rate.enabled(),
         })
     }
 
     /// Checks a code once. Every way of failing gives the same `InvalidOtp`, after the same two
     /// store round trips and one HMAC, so neither answer nor timing says why.
     #[tracing::instrument(skip_all, fields(phone = %phone.masked()))]
-    pub async fn verify(&self, phone: &PhoneNumber, otp: &str) -> Result<RateLimit, ApiError> {
+    pub async fn verify(
+        &self,
+        phone: &PhoneNumber,
+        otp: &str,
+    ) -> Result<Option<RateLimit>, ApiError> {
         let candidate =
             CandidateCode::parse(otp, self.policy.length).ok_or(ApiError::InvalidOtp)?;
         let (rate, record) = match self.store.begin_verify(phone).await? {
@@ -209,7 +213,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest);
         if self.store.finish_verify(phone, vid, matched).await? {
             tracing::info!("code verified");
-            Ok(rate)
+            Ok(rate.enabled())
         } else {
             tracing::info!("code rejected");
             Err(ApiError::InvalidOtp)

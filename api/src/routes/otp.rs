@@ -95,9 +95,9 @@ enum VerifyResponse {
     #[oai(status = 200)]
     Verified(
         Json<Verified>,
-        #[oai(header = "RateLimit-Limit")] u32,
-        #[oai(header = "RateLimit-Remaining")] u32,
-        #[oai(header = "RateLimit-Reset")] u64,
+        #[oai(header = "RateLimit-Limit")] Option<u32>,
+        #[oai(header = "RateLimit-Remaining")] Option<u32>,
+        #[oai(header = "RateLimit-Reset")] Option<u64>,
     ),
 }
 
@@ -175,9 +175,9 @@ impl OtpApi {
                 success: true,
                 message: "OTP verified successfully.".into(),
             }),
-            rate.limit,
-            rate.remaining,
-            rate.reset_seconds,
+            rate.map(|r| r.limit),
+            rate.map(|r| r.remaining),
+            rate.map(|r| r.reset_seconds),
         ))
     }
 

@@ -19,6 +19,13 @@ pub struct RateLimit {
     pub reset_seconds: u64,
 }
 
+impl RateLimit {
+    /// `None` when no limit applied (all disabled), so no RateLimit-* headers are sent.
+    pub fn enabled(self) -> Option<Self> {
+        (self.limit > 0).then_some(self)
+    }
+}
+
 /// Which abuse limit stopped a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {

@@ -10,6 +10,8 @@ async fn a_request_stores_only_a_digest_and_queues_an_encrypted_job() {
     let resp = app.request_otp("+1 (415) 555-2671").await;
     assert_eq!(resp.status().as_u16(), 202);
     assert!(resp.headers().contains_key("x-request-id"));
+    // Every limit is off in this test: no RateLimit-* headers pretend otherwise.
+    assert!(!resp.headers().contains_key("ratelimit-limit"));
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["success"], json!(true));
     assert!(body["message"].as_str().is_some());
@@ -91,6 +93,16 @@ async fn the_request_id_and_trace_context_travel_with_the_job() {
         props.message_id().as_ref().map(|m| m.to_string()),
         Some(job.job_id.to_string())
     );
+}
+
+#[tokio::test]
+async fn json_with_a_charset_is_json() {
+    let app = spawn_app().await;
+    let body = format!(r#"{{"phoneNumber":"{PHONE}"}}"#);
+    let resp = app
+        .post_raw("/api/otp/request", "application/json; charset=utf-8", body)
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
 }
 
 #[tokio::test]
