@@ -6,8 +6,10 @@ use otp_shared::telemetry;
 async fn main() -> anyhow::Result<()> {
     // A missing .env is normal; values in the real environment win over it.
     let _ = dotenvy::dotenv();
+    // Listen for signals before anything else, so none is missed during start-up.
+    let shutdown = otp_shared::shutdown::signal();
     let config = Config::parse();
     let _telemetry = telemetry::init("otp-dispatcher", config.log_format);
     let app = Application::build(config).await?;
-    app.run_until(otp_shared::shutdown::signal()).await
+    app.run_until(shutdown).await
 }

@@ -137,9 +137,35 @@ pub fn redis_manager(
         .context("creating the Redis connection manager")
 }
 
-/// Parses a base64 secret setting; used by clap value parsers.
+/// Parses JOB_ENCRYPTION_KEY; use it through [`SecretParser`].
 pub fn parse_job_key(value: &str) -> Result<crate::crypto::JobKey, String> {
     crate::crypto::JobKey::from_base64(value)
+}
+
+/// A clap value parser for secrets. clap's own errors quote the rejected value; this one names
+/// the setting and says what is wrong, never what was given.
+#[derive(Clone)]
+pub struct SecretParser<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "a secret".into());
+        let fail = |msg: String| {
+            let message = format!("invalid value for '{name}': {msg}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| fail("must be UTF-8".into()))?;
+        (self.0)(text).map_err(fail)
+    }
 }
 
 /// Test helper: every variable `C` reads is documented in `.env.example` (given as `text`), and

@@ -5,6 +5,7 @@ mod helpers;
 mod docs;
 mod idempotency;
 mod limits;
+mod process;
 mod request;
 mod resilience;
 mod verify;

@@ -7,3 +7,4 @@ mod delivery;
 mod end_to_end;
 mod failures;
 mod operations;
+mod process;

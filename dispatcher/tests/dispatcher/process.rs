@@ -1,0 +1,97 @@
+//! The real `otp-dispatcher` binary: start-up validation and SIGTERM.
+
+use std::{process::Stdio, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+use crate::helpers::{AMQP_URL, AUTH_ID, AUTH_TOKEN, REDIS_URL, SENDER, World};
+
+fn otp_dispatcher(world: &World) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"));
+    // A clean environment and a directory without .env: only what the test sets counts.
+    cmd.env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("REDIS_URL", REDIS_URL)
+        .env("REDIS_KEY_PREFIX", &world.prefix)
+        .env("AMQP_URL", AMQP_URL)
+        .env("SMS_QUEUE", &world.queue)
+        .env("PLIVO_AUTH_ID", AUTH_ID)
+        .env("PLIVO_AUTH_TOKEN", AUTH_TOKEN)
+        .env("PLIVO_SENDER_NUMBER", SENDER)
+        .env("PLIVO_BASE_URL", "http://127.0.0.1:9")
+        .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
+        .env("DISPATCHER_HTTP_PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn bad_settings_stop_the_process_naming_the_variable() {
+    let world = World::new().await;
+    for (var, value) in [
+        ("PLIVO_AUTH_TOKEN", None),
+        ("JOB_ENCRYPTION_KEY", Some("c2hvcnQ=")),
+        ("PLIVO_SENDER_NUMBER", Some("+1")),
+        ("PLIVO_MAX_RPS", Some("0")),
+        ("DISPATCHER_CONCURRENCY", Some("lots")),
+    ] {
+        let mut cmd = otp_dispatcher(&world);
+        match value {
+            Some(v) => cmd.env(var, v),
+            None => cmd.env_remove(var),
+        };
+        let out = cmd.output().await.expect("otp-dispatcher runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value:?} was accepted");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert!(
+            !stderr.contains("c2hvcnQ="),
+            "a secret was echoed: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_dispatcher_cleanly() {
+    let world = World::new().await;
+    let mut child = otp_dispatcher(&world)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let consuming = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("consuming") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(consuming, "otp-dispatcher did not start consuming");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops within the grace period")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        rest.push_str(&line);
+    }
+    assert!(rest.contains("otp-dispatcher stopped"), "{rest}");
+}
