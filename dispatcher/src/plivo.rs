@@ -8,6 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
+use otp_shared::phone::mask_e164;
+
 use crate::outcome::Attempt;
 
 pub struct PlivoClient {
@@ -115,7 +117,12 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         })
-        .map(|e| format!(": {}", e.chars().take(200).collect::<String>()))
+        .map(|e| {
+            format!(
+                ": {}",
+                redact_numbers(&e.chars().take(200).collect::<String>())
+            )
+        })
         .unwrap_or_default();
     let reason = format!("plivo answered {}{detail}", status.as_u16());
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -131,6 +138,32 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
         );
     }
     Attempt::Fail { reason }
+}
+
+/// Provider error texts can quote the destination; they end up in logs and dead-letter headers,
+/// so runs of six or more digits are masked like any logged number.
+fn redact_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let digits = run.bytes().filter(u8::is_ascii_digit).count();
+        out.push_str(&if digits >= 6 {
+            mask_e164(run)
+        } else {
+            run.clone()
+        });
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() || (c == '+' && run.is_empty()) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// Retry-After in delay-seconds form (Plivo documents none; honoured if one arrives).
@@ -205,6 +238,15 @@ mod tests {
             };
             assert!(fine, "{status}: {got:?}");
         }
+    }
+
+    #[test]
+    fn numbers_in_provider_errors_are_masked() {
+        assert_eq!(
+            redact_numbers("invalid dst +14155552671, code 400"),
+            "invalid dst +1415*****71, code 400"
+        );
+        assert_eq!(redact_numbers("no digits here"), "no digits here");
     }
 
     #[test]
