@@ -2,12 +2,16 @@
 
 use std::{process::Stdio, time::Duration};
 
+use base64::{Engine, engine::general_purpose::STANDARD};
+
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
+    io::{AsyncBufReadExt, BufReader, Lines},
+    process::{ChildStdout, Command},
 };
 
-use crate::helpers::{AMQP_URL, REDIS_URL};
+use otp_shared::{job::SendJob, testing::cleanup_blocking};
+
+use crate::helpers::{AMQP_URL, PHONE, REDIS_URL, job_key};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -24,7 +28,7 @@ fn otp_api() -> Command {
         )
         .env("PORT", "0")
         .env("OTP_HMAC_KEY", KEY)
-        .env("JOB_ENCRYPTION_KEY", KEY)
+        .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
         .kill_on_drop(true);
     cmd
 }
@@ -56,25 +60,36 @@ async fn missing_or_bad_settings_stop_the_process_naming_the_variable() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_stops_the_server_gracefully() {
-    let mut child = otp_api()
+/// Starts the binary with JSON logs and waits for its "listening" line; returns the child, the
+/// rest of its log, and its port.
+async fn start_logged(
+    cmd: &mut Command,
+) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>, u16) {
+    let mut child = cmd
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .spawn()
         .expect("otp-api starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = tokio::time::timeout(Duration::from_secs(10), async {
+    let port = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains("otp-api listening") {
-                return true;
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let addr: std::net::SocketAddr = event["addr"].as_str().unwrap().parse().unwrap();
+                return addr.port();
             }
         }
-        false
+        panic!("otp-api exited before listening");
     })
     .await
-    .unwrap_or(false);
-    assert!(listening, "otp-api did not start");
+    .expect("otp-api did not start");
+    (child, lines, port)
+}
+
+async fn terminate(
+    mut child: tokio::process::Child,
+    mut lines: Lines<BufReader<ChildStdout>>,
+) -> String {
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -90,6 +105,75 @@ async fn sigterm_stops_the_server_gracefully() {
     let mut rest = String::new();
     while let Ok(Some(line)) = lines.next_line().await {
         rest.push_str(&line);
+        rest.push('\n');
     }
-    assert!(rest.contains("otp-api stopped"), "{rest}");
+    rest
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_gracefully() {
+    let (child, lines, _) = start_logged(&mut otp_api()).await;
+    let log = terminate(child, lines).await;
+    assert!(log.contains("otp-api stopped"), "{log}");
+}
+
+#[tokio::test]
+async fn logs_never_contain_a_code_or_a_whole_number() {
+    let queue = format!("test.sms.{}", uuid::Uuid::new_v4().simple());
+    let (child, lines, port) = start_logged(
+        otp_api()
+            .env("SMS_QUEUE", &queue)
+            .env("RUST_LOG", "debug")
+            .env("REDIS_KEY_PREFIX", format!("test:{queue}:")),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = http
+        .post(format!("{base}/api/otp/request"))
+        .json(&serde_json::json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    // Read the code the way the dispatcher would.
+    let amqp = otp_shared::amqp::connect(AMQP_URL, "otp-api-test")
+        .await
+        .unwrap();
+    let channel = amqp.create_channel().await.unwrap();
+    let msg = channel
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("a queued job");
+    let (_, content) = SendJob::decode(&msg.delivery.data, &job_key()).unwrap();
+    for otp in [content.code.clone(), "000000".to_owned()] {
+        let verify = serde_json::json!({ "phoneNumber": PHONE, "otp": otp });
+        http.post(format!("{base}/api/otp/verify"))
+            .json(&verify)
+            .send()
+            .await
+            .unwrap();
+    }
+    let log = terminate(child, lines).await;
+    cleanup_blocking(
+        REDIS_URL.into(),
+        format!("test:{queue}:"),
+        AMQP_URL.into(),
+        queue,
+    );
+    assert!(log.contains("code issued"), "the log was captured: {log}");
+    assert!(!log.contains(&content.code), "a code was logged");
+    assert!(!log.contains(&PHONE[1..]), "a whole number was logged");
+    assert!(log.contains("+1415*****71"), "numbers are logged masked");
 }
