@@ -100,3 +100,27 @@ pub fn adopt_trace_context(span: &tracing::Span, properties: &lapin::BasicProper
     let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
     let _ = span.set_parent(parent);
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+
+    use super::*;
+
+    #[test]
+    fn trace_context_travels_through_amqp_headers() {
+        init_for_tests("otp-shared-test");
+        let publish = tracing::info_span!("publish");
+        let mut headers = FieldTable::default();
+        publish.in_scope(|| inject_trace_context(&mut headers));
+        let properties = lapin::BasicProperties::default().with_headers(headers);
+        assert!(crate::amqp::header_str(&properties, "traceparent").is_some());
+
+        let consume = tracing::info_span!("consume");
+        adopt_trace_context(&consume, &properties);
+        let sent = publish.context().span().span_context().trace_id();
+        let received = consume.context().span().span_context().trace_id();
+        assert_ne!(sent, opentelemetry::trace::TraceId::INVALID);
+        assert_eq!(sent, received);
+    }
+}
