@@ -267,6 +267,27 @@ impl World {
         }
     }
 
+    /// The real `otp-dispatcher` binary configured for this world, in a clean environment and a
+    /// directory without `.env`, so only what the test sets counts.
+    pub fn process(&self, plivo: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"));
+        cmd.env_clear()
+            .current_dir(std::env::temp_dir())
+            .env("REDIS_URL", REDIS_URL)
+            .env("REDIS_KEY_PREFIX", &self.prefix)
+            .env("AMQP_URL", AMQP_URL)
+            .env("SMS_QUEUE", &self.queue)
+            .env("PLIVO_AUTH_ID", AUTH_ID)
+            .env("PLIVO_AUTH_TOKEN", AUTH_TOKEN)
+            .env("PLIVO_SENDER_NUMBER", SENDER)
+            .env("PLIVO_BASE_URL", plivo)
+            .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
+            .env("DISPATCHER_HTTP_PORT", "0")
+            .env("LOG_FORMAT", "json")
+            .kill_on_drop(true);
+        cmd
+    }
+
     /// Messages ready in the queue (not counting unacked ones).
     pub async fn ready_messages(&self) -> u32 {
         let declare = lapin::options::QueueDeclareOptions {

@@ -1,16 +1,12 @@
 use std::{process::Stdio, time::Duration};
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use tokio::time::Instant;
 use wiremock::{MockServer, ResponseTemplate};
 
 use otp_dispatcher::limiter::RateLimiter;
 use otp_shared::{config::redis_manager, testing::Proxy};
 
-use crate::helpers::{
-    AMQP_URL, AUTH_ID, AUTH_TOKEN, PHONE, REDIS_URL, SENDER, World, accepted, plivo_call,
-    spawn_dispatcher,
-};
+use crate::helpers::{PHONE, REDIS_URL, World, accepted, plivo_call, spawn_dispatcher};
 
 async fn wait_for_calls(plivo: &MockServer, n: usize, within: Duration) {
     let started = std::time::Instant::now();
@@ -42,26 +38,13 @@ async fn a_dispatcher_killed_mid_send_leaves_the_job_to_another_which_sends_it_o
     let world = World::new().await;
 
     // Dispatcher A is a real process: it gets a 500, schedules a long retry, and is killed.
-    let workdir = std::env::temp_dir();
-    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"))
-        .env_clear()
-        .current_dir(&workdir)
-        .env("REDIS_URL", REDIS_URL)
-        .env("REDIS_KEY_PREFIX", &world.prefix)
-        .env("AMQP_URL", AMQP_URL)
-        .env("SMS_QUEUE", &world.queue)
-        .env("PLIVO_AUTH_ID", AUTH_ID)
-        .env("PLIVO_AUTH_TOKEN", AUTH_TOKEN)
-        .env("PLIVO_SENDER_NUMBER", SENDER)
-        .env("PLIVO_BASE_URL", plivo.uri())
-        .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
+    let mut a = world
+        .process(&plivo.uri())
         .env("RETRY_MIN_DELAY_MS", "60000")
         .env("RETRY_MAX_DELAY_MS", "60000")
         .env("JOB_LEASE_SECONDS", "2")
-        .env("DISPATCHER_HTTP_PORT", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("otp-dispatcher starts");
     let job = world.job(PHONE, "777777", time::Duration::minutes(5));
