@@ -47,8 +47,8 @@ impl Application {
             auth_token: config.plivo_auth_token.clone(),
             sender: config.plivo_sender_number.clone(),
             status_callback_url: config.sms_status_callback_url.clone(),
-            connect_timeout: Duration::from_millis(config.plivo_connect_timeout_ms),
-            request_timeout: Duration::from_millis(config.plivo_request_timeout_ms),
+            connect_timeout: Some(Duration::from_millis(config.plivo_connect_timeout_ms)),
+            request_timeout: Some(Duration::from_millis(config.plivo_request_timeout_ms)),
         })
         .context("building the Plivo HTTP client")?;
         let worker = Worker {

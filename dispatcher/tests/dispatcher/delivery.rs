@@ -78,6 +78,79 @@ async fn a_500_and_a_429_are_retried_until_success() {
     plivo.verify().await;
 }
 
+/// The Plivo client and the retry loop together, on tokio's paused clock: the backoff sleeps take
+/// no real time, and the recorded instants show the delays the dispatcher waited.
+#[tokio::test(start_paused = true)]
+async fn plivo_500_and_429_are_retried_with_growing_delays() {
+    use otp_dispatcher::{
+        outcome::Final,
+        plivo::{PlivoClient, PlivoSettings},
+        retry::{RetryPolicy, run_attempts},
+    };
+    use tokio::time::Instant;
+
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&plivo)
+        .await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(2)
+        .mount(&plivo)
+        .await;
+    plivo_call()
+        .respond_with(accepted("late"))
+        .expect(1)
+        .with_priority(3)
+        .mount(&plivo)
+        .await;
+    let client = PlivoClient::new(PlivoSettings {
+        base_url: plivo.uri(),
+        auth_id: crate::helpers::AUTH_ID.into(),
+        auth_token: crate::helpers::AUTH_TOKEN.to_owned().into(),
+        sender: SENDER.into(),
+        status_callback_url: None,
+        connect_timeout: None,
+        request_timeout: None,
+    })
+    .unwrap();
+    let policy = RetryPolicy::new(
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .without_jitter();
+
+    let start = Instant::now();
+    let mut attempts_at = Vec::new();
+    let outcome = run_attempts(&policy, start + Duration::from_secs(300), |_| {
+        attempts_at.push(start.elapsed());
+        client.send(PHONE, "Your code is 123456")
+    })
+    .await;
+    assert_eq!(
+        outcome,
+        Final::Sent {
+            provider_id: Some("late".into()),
+            attempts: 3
+        }
+    );
+    let gaps: Vec<Duration> = attempts_at.windows(2).map(|w| w[1] - w[0]).collect();
+    // Lower bounds only: while real I/O is awaited, the paused clock may also jump to the HTTP
+    // pool's idle-reaper timer, which adds virtual time to a gap (never removes it).
+    assert!(gaps[0] >= Duration::from_secs(2), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_secs(4), "{gaps:?}");
+    assert!(gaps[1] > gaps[0], "delays grow: {gaps:?}");
+    plivo.verify().await;
+}
+
 #[tokio::test]
 async fn the_same_job_delivered_twice_gives_one_call() {
     let plivo = MockServer::start().await;
