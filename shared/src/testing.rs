@@ -112,6 +112,26 @@ async fn pump(
     }
 }
 
+/// Removes a test's Redis keys and AMQP topology when dropped, so even a test that panicked
+/// leaves nothing behind.
+pub struct Cleanup {
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub amqp_url: String,
+    pub queue: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup_blocking(
+            self.redis_url.clone(),
+            self.key_prefix.clone(),
+            self.amqp_url.clone(),
+            self.queue.clone(),
+        );
+    }
+}
+
 /// Removes a test's Redis keys and AMQP topology. Runs on its own thread and runtime, so it can
 /// be called from `Drop` even when the test panicked.
 pub fn cleanup_blocking(redis_url: String, key_prefix: String, amqp_url: String, queue: String) {

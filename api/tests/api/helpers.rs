@@ -16,7 +16,7 @@ use otp_shared::{
     config::{AmqpArgs, LogFormat, RedisArgs},
     crypto::JobKey,
     job::{JobContent, SendJob},
-    testing::cleanup_blocking,
+    testing::Cleanup,
 };
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -76,6 +76,7 @@ pub struct TestApp {
     pub redis: redis::aio::MultiplexedConnection,
     pub channel: lapin::Channel,
     _amqp: lapin::Connection,
+    _cleanup: Cleanup,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -112,6 +113,12 @@ pub async fn spawn_unready(tweak: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("test RabbitMQ connection");
     let channel = amqp.create_channel().await.expect("test channel");
+    let cleanup = Cleanup {
+        redis_url: REDIS_URL.into(),
+        key_prefix: config.redis.redis_key_prefix.clone(),
+        amqp_url: AMQP_URL.into(),
+        queue: config.amqp.sms_queue.clone(),
+    };
     TestApp {
         base,
         client: reqwest::Client::new(),
@@ -119,6 +126,7 @@ pub async fn spawn_unready(tweak: impl FnOnce(&mut Config)) -> TestApp {
         redis,
         channel,
         _amqp: amqp,
+        _cleanup: cleanup,
         shutdown: Some(tx),
     }
 }
@@ -255,12 +263,7 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        cleanup_blocking(
-            REDIS_URL.into(),
-            self.prefix().to_owned(),
-            AMQP_URL.into(),
-            self.queue().to_owned(),
-        );
+        // `_cleanup` then removes the test's keys and queues as the fields drop.
     }
 }
 

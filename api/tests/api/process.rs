@@ -9,28 +9,35 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 
-use otp_shared::{job::SendJob, testing::cleanup_blocking};
+use otp_shared::{job::SendJob, testing::Cleanup};
 
 use crate::helpers::{AMQP_URL, PHONE, REDIS_URL, job_key};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-fn otp_api() -> Command {
+/// The binary in a clean environment and a directory without `.env`, with its own queue and key
+/// prefix; the returned guard removes them when the test ends.
+fn otp_api() -> (Command, Cleanup) {
+    let queue = format!("test.sms.{}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("test:{queue}:");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-api"));
-    // A clean environment and a directory without .env: only what the test sets counts.
     cmd.env_clear()
         .current_dir(std::env::temp_dir())
         .env("REDIS_URL", REDIS_URL)
+        .env("REDIS_KEY_PREFIX", &prefix)
         .env("AMQP_URL", AMQP_URL)
-        .env(
-            "SMS_QUEUE",
-            format!("test.sms.{}", uuid::Uuid::new_v4().simple()),
-        )
+        .env("SMS_QUEUE", &queue)
         .env("PORT", "0")
         .env("OTP_HMAC_KEY", KEY)
         .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
         .kill_on_drop(true);
-    cmd
+    let cleanup = Cleanup {
+        redis_url: REDIS_URL.into(),
+        key_prefix: prefix,
+        amqp_url: AMQP_URL.into(),
+        queue,
+    };
+    (cmd, cleanup)
 }
 
 #[tokio::test]
@@ -45,7 +52,7 @@ async fn missing_or_bad_settings_stop_the_process_naming_the_variable() {
         ("PORT", Some("http")),
         ("LOG_FORMAT", Some("xml")),
     ] {
-        let mut cmd = otp_api();
+        let (mut cmd, _cleanup) = otp_api();
         match value {
             Some(v) => cmd.env(var, v),
             None => cmd.env_remove(var),
@@ -112,21 +119,17 @@ async fn terminate(
 
 #[tokio::test]
 async fn sigterm_stops_the_server_gracefully() {
-    let (child, lines, _) = start_logged(&mut otp_api()).await;
+    let (mut cmd, _cleanup) = otp_api();
+    let (child, lines, _) = start_logged(&mut cmd).await;
     let log = terminate(child, lines).await;
     assert!(log.contains("otp-api stopped"), "{log}");
 }
 
 #[tokio::test]
 async fn logs_never_contain_a_code_or_a_whole_number() {
-    let queue = format!("test.sms.{}", uuid::Uuid::new_v4().simple());
-    let (child, lines, port) = start_logged(
-        otp_api()
-            .env("SMS_QUEUE", &queue)
-            .env("RUST_LOG", "debug")
-            .env("REDIS_KEY_PREFIX", format!("test:{queue}:")),
-    )
-    .await;
+    let (mut cmd, cleanup) = otp_api();
+    let queue = cleanup.queue.clone();
+    let (child, lines, port) = start_logged(cmd.env("RUST_LOG", "debug")).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     for _ in 0..100 {
@@ -166,12 +169,6 @@ async fn logs_never_contain_a_code_or_a_whole_number() {
             .unwrap();
     }
     let log = terminate(child, lines).await;
-    cleanup_blocking(
-        REDIS_URL.into(),
-        format!("test:{queue}:"),
-        AMQP_URL.into(),
-        queue,
-    );
     assert!(log.contains("code issued"), "the log was captured: {log}");
     assert!(!log.contains(&content.code), "a code was logged");
     assert!(!log.contains(&PHONE[1..]), "a whole number was logged");

@@ -26,7 +26,7 @@ use otp_shared::{
     keys::Keys,
     phone::PhoneNumber,
     status::{self, DeliveryState, DeliveryStatus},
-    testing::cleanup_blocking,
+    testing::Cleanup,
 };
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -65,6 +65,8 @@ pub struct World {
     pub channel: Channel,
     pub redis: redis::aio::MultiplexedConnection,
     _amqp: Connection,
+    /// Removes this world's keys and queues when it is dropped, even after a panic.
+    _cleanup: Cleanup,
 }
 
 impl World {
@@ -89,9 +91,16 @@ impl World {
             .get_multiplexed_async_connection()
             .await
             .expect("test Redis connection");
+        let prefix = format!("test:{id}:");
         Self {
+            _cleanup: Cleanup {
+                redis_url: REDIS_URL.into(),
+                key_prefix: prefix.clone(),
+                amqp_url: AMQP_URL.into(),
+                queue: queue.clone(),
+            },
             queue,
-            prefix: format!("test:{id}:"),
+            prefix,
             channel,
             redis,
             _amqp: amqp,
@@ -299,17 +308,6 @@ impl World {
             .await
             .expect("queue")
             .message_count()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        cleanup_blocking(
-            REDIS_URL.into(),
-            self.prefix.clone(),
-            AMQP_URL.into(),
-            self.queue.clone(),
-        );
     }
 }
 
