@@ -93,7 +93,8 @@ impl CodeHasher {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as digests are stored.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use secrecy::SecretSlice;
 
 use otp_shared::{
-    config::{AmqpArgs, LogFormat, RedisArgs, SecretParser, parse_job_key},
+    config::{AmqpArgs, LogFormat, RedisArgs, SecretParser},
     crypto::{JobKey, decode_key},
     phone::CountryCode,
 };
@@ -71,7 +71,7 @@ pub struct OtpSettings {
     #[arg(long, env = "OTP_HMAC_KEY", hide_env_values = true, value_parser = SecretParser(parse_hmac_key))]
     pub otp_hmac_key: HmacKey,
     /// Base64 AES-256 key (exactly 32 bytes) sealing send jobs; the dispatcher needs the same.
-    #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = SecretParser(parse_job_key))]
+    #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = SecretParser(JobKey::from_base64))]
     pub job_encryption_key: JobKey,
     /// Comma-separated ISO 3166 codes (e.g. US,CA,GB). When set, other destinations get 403.
     #[arg(long, env = "ALLOWED_COUNTRIES", value_delimiter = ',')]

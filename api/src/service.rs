@@ -15,7 +15,7 @@ use otp_shared::{
 };
 
 use crate::{
-    code::{CandidateCode, CodeHasher, OtpCode},
+    code::{CandidateCode, CodeHasher, OtpCode, hex},
     error::ApiError,
     queue::JobQueue,
     store::{IdempotencyClaim, IssueOutcome, OtpStore, RateLimit, VerifyLookup},
@@ -74,8 +74,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
 
     /// Parses a destination and applies ALLOWED_COUNTRIES.
     pub fn destination(&self, raw: &str) -> Result<PhoneNumber, ApiError> {
-        let phone = PhoneNumber::parse(raw)
-            .map_err(|e| ApiError::InvalidPhoneNumber(format!("Invalid phone number: {e}.")))?;
+        let phone = parse_number(raw)?;
         let allowed = &self.policy.allowed_countries;
         if !allowed.is_empty() && !phone.country().is_some_and(|c| allowed.contains(&c)) {
             return Err(ApiError::CountryNotAllowed);
@@ -240,9 +239,13 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
     }
 }
 
+/// Parses a number as typed by a client. Verify uses this alone: country policy only matters
+/// when issuing, and a barred number simply never has a code.
+pub fn parse_number(raw: &str) -> Result<PhoneNumber, ApiError> {
+    PhoneNumber::parse(raw)
+        .map_err(|e| ApiError::InvalidPhoneNumber(format!("Invalid phone number: {e}.")))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
 }

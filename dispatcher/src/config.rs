@@ -7,7 +7,7 @@ use clap::Parser;
 use secrecy::SecretString;
 
 use otp_shared::{
-    config::{AmqpArgs, LogFormat, RedisArgs, SecretParser, parse_job_key},
+    config::{AmqpArgs, LogFormat, RedisArgs, SecretParser},
     crypto::JobKey,
 };
 
@@ -41,7 +41,7 @@ pub struct Config {
     #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_http_url)]
     pub sms_status_callback_url: Option<String>,
     /// Base64 AES-256 key (32 bytes) that opens send jobs; the same as otp-api's.
-    #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = SecretParser(parse_job_key))]
+    #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = SecretParser(JobKey::from_base64))]
     pub job_encryption_key: JobKey,
 
     /// Jobs in flight at once per dispatcher (also the AMQP prefetch).

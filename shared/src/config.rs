@@ -137,11 +137,6 @@ pub fn redis_manager(
         .context("creating the Redis connection manager")
 }
 
-/// Parses JOB_ENCRYPTION_KEY; use it through [`SecretParser`].
-pub fn parse_job_key(value: &str) -> Result<crate::crypto::JobKey, String> {
-    crate::crypto::JobKey::from_base64(value)
-}
-
 /// A clap value parser for secrets. clap's own errors quote the rejected value; this one names
 /// the setting and says what is wrong, never what was given.
 #[derive(Clone)]

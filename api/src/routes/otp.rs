@@ -17,6 +17,7 @@ use crate::{
     client_ip::client_ip,
     error::{ApiError, ErrorResponse},
     middleware::RequestId,
+    service::parse_number,
     startup::AppService,
 };
 
@@ -168,7 +169,7 @@ impl OtpApi {
     /// voided after too many wrong tries) gives the same 400 INVALID_OTP.
     #[oai(path = "/api/otp/verify", method = "post")]
     async fn verify(&self, body: Json<VerifyRequest>) -> Result<VerifyResponse, ErrorResponse> {
-        let phone = PhoneOrInvalid::parse(&self.service, &body.phone_number)?;
+        let phone = parse_number(&body.phone_number)?;
         let rate = self.service.verify(&phone, &body.otp).await?;
         Ok(VerifyResponse::Verified(
             Json(Verified {
@@ -202,18 +203,5 @@ impl OtpApi {
             attempts: status.attempts,
             updated_at,
         })))
-    }
-}
-
-/// Verify accepts any well-formed number: country policy only matters when issuing.
-struct PhoneOrInvalid;
-
-impl PhoneOrInvalid {
-    fn parse(service: &AppService, raw: &str) -> Result<otp_shared::phone::PhoneNumber, ApiError> {
-        match service.destination(raw) {
-            // A number of a barred country can never have a code: same answer as a wrong code.
-            Err(ApiError::CountryNotAllowed) => Err(ApiError::InvalidOtp),
-            other => other,
-        }
     }
 }
