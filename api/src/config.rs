@@ -19,7 +19,8 @@ use crate::code;
 #[command(
     name = "otp-api",
     version,
-    about = "Issues and verifies SMS one-time passwords."
+    about = "Issues and verifies SMS one-time passwords.",
+    after_help = "`otp-api healthcheck` asks this host's API for /readyz and exits 0 when it is ready."
 )]
 pub struct Config {
     /// TCP port to listen on.

@@ -9,6 +9,7 @@
 //! - [`store`]: the `OtpStore` trait and its Redis implementation (Lua scripts beside it).
 //! - [`queue`]: the `JobQueue` trait and the RabbitMQ publisher with confirms and reconnects.
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
+//! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`middleware`]: request ids, body limit, access log, framework-error mapping.
 //! - [`client_ip`]: the client address behind trusted proxies.
 
@@ -16,6 +17,7 @@ pub mod client_ip;
 pub mod code;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod middleware;
 pub mod queue;
 pub mod routes;

@@ -10,7 +10,9 @@ use poem::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use otp_shared::telemetry::adopt_remote_context;
+
+use crate::{error::ApiError, metrics::ApiMetrics};
 
 /// Bodies are tiny JSON objects; anything bigger is refused before parsing.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -20,7 +22,13 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-pub async fn around<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+/// Wraps every request: request id, span (continuing a caller's trace), body cap, error mapping,
+/// access log and the request metrics.
+pub async fn around<E: Endpoint>(
+    ep: Arc<E>,
+    mut req: Request,
+    metrics: Arc<ApiMetrics>,
+) -> poem::Result<Response> {
     let request_id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -33,6 +41,12 @@ pub async fn around<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
         path = %req.uri().path(),
         request_id = %request_id,
     );
+    // A caller's W3C trace context makes this request part of the caller's trace.
+    adopt_remote_context(&span, |name| {
+        let value = req.headers().get(name)?.to_str().ok()?;
+        Some(value.to_owned())
+    });
+    let path = req.uri().path().to_owned();
     async move {
         let started = Instant::now();
         req.extensions_mut().insert(RequestId(request_id.clone()));
@@ -46,9 +60,11 @@ pub async fn around<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
         if let Ok(value) = request_id.parse() {
             resp.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
+        let elapsed = started.elapsed();
+        metrics.observe_request(&path, resp.status().as_u16(), elapsed);
         tracing::info!(
             status = resp.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
             "request finished"
         );
         Ok(resp)

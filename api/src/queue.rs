@@ -9,7 +9,6 @@ use std::{
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{Channel, Confirmation, Connection, options::BasicPublishOptions, types::FieldTable};
-use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +16,7 @@ use otp_shared::{
     amqp::{REQUEST_ID_HEADER, Topology, job_properties, long_string, open_confirmed_channel},
     job::SendJob,
     telemetry::inject_trace_context,
+    urls::AmqpUrl,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +62,13 @@ impl AmqpPublisher {
     /// Starts the connection supervisor; the publisher is usable once it has connected
     /// (`is_connected`), and publishes fail fast with `NotConnected` until then.
     pub fn start(
-        url: SecretString,
-        queue: &str,
+        url: AmqpUrl,
+        topology: Topology,
         confirm_timeout: Duration,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let inner = Arc::new(Inner {
-            topology: Topology::new(queue),
+            topology,
             confirm_timeout,
             channel: RwLock::new(None),
             broken: Notify::new(),
@@ -128,7 +128,7 @@ impl JobQueue for AmqpPublisher {
 
 /// Keeps a connection up for as long as the process runs: connect, declare topology, wait for
 /// the connection to break, retry with capped exponential backoff.
-async fn supervise(inner: Arc<Inner>, url: SecretString, shutdown: CancellationToken) {
+async fn supervise(inner: Arc<Inner>, url: AmqpUrl, shutdown: CancellationToken) {
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(5))
@@ -138,7 +138,7 @@ async fn supervise(inner: Arc<Inner>, url: SecretString, shutdown: CancellationT
     loop {
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = open(&inner, url.expose_secret()) => result,
+            result = open(&inner, &url) => result,
         };
         match connection {
             Ok(connection) => {
@@ -174,7 +174,7 @@ async fn supervise(inner: Arc<Inner>, url: SecretString, shutdown: CancellationT
     }
 }
 
-async fn open(inner: &Inner, url: &str) -> anyhow::Result<Connection> {
+async fn open(inner: &Inner, url: &AmqpUrl) -> anyhow::Result<Connection> {
     let (connection, channel) = open_confirmed_channel(url, "otp-api", &inner.topology).await?;
     *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(channel);
     Ok(connection)

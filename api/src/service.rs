@@ -1,6 +1,10 @@
 //! The OTP use cases, independent of HTTP: issue a code, verify a code, read delivery state.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -17,8 +21,9 @@ use otp_shared::{
 use crate::{
     code::{CandidateCode, CodeHasher, OtpCode, hex},
     error::ApiError,
+    metrics::{ApiMetrics, VerifyOutcome},
     queue::JobQueue,
-    store::{IdempotencyClaim, IssueOutcome, OtpStore, RateLimit, VerifyLookup},
+    store::{IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, VerifyLookup},
 };
 
 /// Code policy the service applies.
@@ -53,6 +58,7 @@ pub struct OtpService<S, Q> {
     hasher: CodeHasher,
     job_key: JobKey,
     policy: CodePolicy,
+    metrics: Arc<ApiMetrics>,
 }
 
 impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
@@ -62,6 +68,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         hasher: CodeHasher,
         job_key: JobKey,
         policy: CodePolicy,
+        metrics: Arc<ApiMetrics>,
     ) -> Self {
         Self {
             store,
@@ -69,6 +76,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             hasher,
             job_key,
             policy,
+            metrics,
         }
     }
 
@@ -152,6 +160,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         {
             IssueOutcome::Issued(rate) => rate,
             IssueOutcome::Limited(kind, rate) => {
+                self.metrics.rate_limited(kind);
                 tracing::info!(limit = ?kind, retry_after = rate.reset_seconds, "request rate limited");
                 return Err(ApiError::RateLimited(rate));
             }
@@ -167,7 +176,11 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             now + self.policy.validity,
         );
         drop(code);
-        if let Err(e) = self.queue.publish(&job, request_id).await {
+        let started = Instant::now();
+        let published = self.queue.publish(&job, request_id).await;
+        self.metrics
+            .publish(started.elapsed(), published.as_ref().map(|_| ()));
+        if let Err(e) = published {
             if let Err(revoke) = self.store.revoke(phone, verification_id).await {
                 tracing::error!(error = %revoke, "could not remove the code of an unpublished job");
             }
@@ -175,6 +188,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
                 anyhow::Error::new(e).context("publishing the send job"),
             ));
         }
+        self.metrics.codes_issued.inc();
         tracing::info!(job_id = %job.job_id, "code issued and send job queued");
         Ok(Issued {
             accepted: Accepted {
@@ -194,10 +208,14 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         phone: &PhoneNumber,
         otp: &str,
     ) -> Result<Option<RateLimit>, ApiError> {
-        let candidate =
-            CandidateCode::parse(otp, self.policy.length).ok_or(ApiError::InvalidOtp)?;
+        let Some(candidate) = CandidateCode::parse(otp, self.policy.length) else {
+            self.metrics.verification(VerifyOutcome::Invalid);
+            return Err(ApiError::InvalidOtp);
+        };
         let (rate, record) = match self.store.begin_verify(phone).await? {
             VerifyLookup::Limited(rate) => {
+                self.metrics.rate_limited(LimitKind::VerifiesPerNumber);
+                self.metrics.verification(VerifyOutcome::RateLimited);
                 tracing::info!("verify rate limited");
                 return Err(ApiError::RateLimited(rate));
             }
@@ -211,9 +229,11 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             .hasher
             .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest);
         if self.store.finish_verify(phone, vid, matched).await? {
+            self.metrics.verification(VerifyOutcome::Success);
             tracing::info!("code verified");
             Ok(rate.enabled())
         } else {
+            self.metrics.verification(VerifyOutcome::Invalid);
             tracing::info!("code rejected");
             Err(ApiError::InvalidOtp)
         }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     code::CodeHasher,
     config::Config,
+    metrics::ApiMetrics,
     middleware::{around, panic_response},
     queue::AmqpPublisher,
     routes::{HealthApi, OtpApi},
@@ -38,10 +39,11 @@ impl Application {
     /// the server starts anyway, reports not-ready and answers 503 until they are back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let redis = config.redis.connect()?;
+        let metrics = Arc::new(ApiMetrics::new());
         let background = CancellationToken::new();
         let (publisher, publisher_task) = AmqpPublisher::start(
             config.amqp.amqp_url.clone(),
-            &config.amqp.sms_queue,
+            config.amqp.topology(),
             Duration::from_millis(config.publish_confirm_timeout_ms),
             background.clone(),
         );
@@ -72,6 +74,7 @@ impl Application {
                 allowed_countries: otp.allowed_countries.clone(),
                 resend_cooldown_seconds: limits.resend_cooldown_seconds,
             },
+            metrics.clone(),
         ));
 
         let api = OpenApiService::new(
@@ -80,7 +83,10 @@ impl Application {
                     service: service.clone(),
                     trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
                 },
-                HealthApi { service },
+                HealthApi {
+                    service,
+                    metrics: metrics.clone(),
+                },
             ),
             "OTP API",
             env!("CARGO_PKG_VERSION"),
@@ -92,7 +98,7 @@ impl Application {
             .at("/openapi.json", spec)
             .nest("/docs", docs)
             .with(CatchPanic::new().with_handler(panic_response))
-            .around(around)
+            .around(move |ep, req| around(ep, req, metrics.clone()))
             .boxed();
 
         let bind = SocketAddr::new(config.bind_address, config.port);

@@ -17,7 +17,8 @@ use crate::retry::RetryPolicy;
 #[command(
     name = "otp-dispatcher",
     version,
-    about = "Consumes OTP send jobs from RabbitMQ and sends them through Plivo."
+    about = "Consumes OTP send jobs from RabbitMQ and sends them through Plivo.",
+    after_help = "Operator subcommands: `otp-dispatcher dlq --help` (dead letters: list, replay, purge) and `otp-dispatcher healthcheck --help`."
 )]
 pub struct Config {
     #[command(flatten)]

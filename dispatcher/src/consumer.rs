@@ -15,24 +15,30 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{
     Channel, Connection,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use secrecy::{ExposeSecret, SecretString};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use otp_shared::amqp::{Topology, open_confirmed_channel};
+use otp_shared::{
+    amqp::{Topology, open_confirmed_channel},
+    urls::AmqpUrl,
+};
 
-use crate::worker::Worker;
+use crate::{metrics::DispatcherMetrics, worker::Worker};
 
 pub struct Consumer {
-    pub url: SecretString,
+    pub url: AmqpUrl,
     pub topology: Topology,
     pub concurrency: u16,
     pub worker: Arc<Worker>,
     /// True while consuming; read by /readyz.
     pub connected: Arc<AtomicBool>,
+    pub metrics: Arc<DispatcherMetrics>,
 }
+
+/// How often the queue-depth gauges are refreshed.
+const DEPTH_REFRESH: Duration = Duration::from_secs(5);
 
 impl Consumer {
     /// Consumes until `stop` fires, then cancels the consumer and hands back the connection and
@@ -60,9 +66,15 @@ impl Consumer {
                     tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
                     self.connected.store(true, Ordering::SeqCst);
                     delays = backoff.build();
+                    let depths = tokio::spawn(watch_depths(
+                        connection.create_channel().await,
+                        self.topology.clone(),
+                        self.metrics.clone(),
+                    ));
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => {
+                                depths.abort();
                                 self.connected.store(false, Ordering::SeqCst);
                                 let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
                                 let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
@@ -85,6 +97,7 @@ impl Consumer {
                             }
                         }
                     }
+                    depths.abort();
                     self.connected.store(false, Ordering::SeqCst);
                     close(connection, channel).await;
                 }
@@ -105,8 +118,7 @@ impl Consumer {
     async fn open(&self, tag: &str) -> anyhow::Result<(Connection, Channel, lapin::Consumer)> {
         // Confirms make dead-letter copies safe before the original is acked.
         let (connection, channel) =
-            open_confirmed_channel(self.url.expose_secret(), "otp-dispatcher", &self.topology)
-                .await?;
+            open_confirmed_channel(&self.url, "otp-dispatcher", &self.topology).await?;
         channel
             .basic_qos(self.concurrency, BasicQosOptions::default())
             .await
@@ -121,6 +133,39 @@ impl Consumer {
             .await
             .with_context(|| format!("consuming from {}", self.topology.queue))?;
         Ok((connection, channel, consumer))
+    }
+}
+
+/// Keeps `otp_queue_ready_messages` and `otp_dead_letter_messages` current, on a channel of its
+/// own (a failed passive declare closes its channel; the consuming one must not be that one).
+/// Ends when the channel does; the consumer starts a new one with each connection.
+async fn watch_depths(
+    channel: lapin::Result<Channel>,
+    topology: Topology,
+    metrics: Arc<DispatcherMetrics>,
+) {
+    let Ok(channel) = channel else { return };
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    loop {
+        for (queue, gauge) in [
+            (&topology.queue, &metrics.queue_ready),
+            (&topology.dead_queue, &metrics.dead_letters),
+        ] {
+            match channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => gauge.set(q.message_count().into()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue depth unavailable");
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(DEPTH_REFRESH).await;
     }
 }
 

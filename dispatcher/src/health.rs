@@ -1,4 +1,5 @@
-//! `/healthz` and `/readyz` on DISPATCHER_HTTP_PORT, for orchestrators.
+//! `/healthz`, `/readyz` and `/metrics` on DISPATCHER_HTTP_PORT, for orchestrators and
+//! Prometheus.
 
 use std::sync::{
     Arc,
@@ -13,10 +14,13 @@ use poem::{
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
+use crate::metrics::DispatcherMetrics;
+
 #[derive(Clone)]
 pub struct Readiness {
     pub redis: ConnectionManager,
     pub amqp_connected: Arc<AtomicBool>,
+    pub metrics: Arc<DispatcherMetrics>,
 }
 
 #[handler]
@@ -47,9 +51,17 @@ async fn readyz(state: Data<&Readiness>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
+#[handler]
+fn metrics(state: Data<&Readiness>) -> Response {
+    Response::builder()
+        .content_type(otp_shared::metrics::CONTENT_TYPE)
+        .body(state.metrics.render())
+}
+
 pub fn routes(readiness: Readiness) -> impl poem::Endpoint {
     Route::new()
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
+        .at("/metrics", get(metrics))
         .data(readiness)
 }

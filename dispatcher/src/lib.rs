@@ -1,6 +1,8 @@
 //! otp-dispatcher: consumes send jobs and delivers them through Plivo, at most once per job.
 //!
 //! # Layout
+//! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
+//! - [`dlq`]: reading, replaying and removing dead letters.
 //! - [`config`]: every setting, read from the environment by clap (`otp-dispatcher --help`).
 //! - [`startup`]: `Application::build` wires the parts; `run_until` handles graceful shutdown.
 //! - [`consumer`]: RabbitMQ connection, prefetch, one task per delivery, reconnects.
@@ -10,13 +12,17 @@
 //! - [`plivo`]: the Plivo Message API client and status-code classification.
 //! - [`ledger`]: the Redis idempotency ledger (job leases and outcomes).
 //! - [`limiter`]: the global PLIVO_MAX_RPS token bucket in Redis.
-//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`metrics`]: the Prometheus metrics served at `/metrics`.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 
+pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod health;
 pub mod ledger;
 pub mod limiter;
+pub mod metrics;
 pub mod outcome;
 pub mod plivo;
 pub mod retry;

@@ -1,15 +1,30 @@
+use std::process::ExitCode;
+
 use clap::Parser;
-use otp_dispatcher::{config::Config, startup::Application};
+use otp_dispatcher::{cli, config::Config, startup::Application};
 use otp_shared::telemetry;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     // A missing .env is normal; values in the real environment win over it.
     let _ = dotenvy::dotenv();
+    if let Some(tool) = cli::requested() {
+        return cli::run(tool).await;
+    }
     // Listen for signals before anything else, so none is missed during start-up.
     let shutdown = otp_shared::shutdown::signal();
     let config = Config::parse();
-    let _telemetry = telemetry::init("otp-dispatcher", config.log_format);
-    let app = Application::build(config).await?;
-    app.run_until(shutdown).await
+    let telemetry = telemetry::init("otp-dispatcher", config.log_format);
+    let result = match Application::build(config).await {
+        Ok(app) => app.run_until(shutdown).await,
+        Err(e) => Err(e),
+    };
+    telemetry.shutdown().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

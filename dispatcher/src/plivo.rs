@@ -1,7 +1,7 @@
 //! The Plivo Message API client. It only classifies answers into [`Attempt`]s; retrying is the
 //! retry loop's business.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, header::HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
@@ -10,7 +10,7 @@ use serde_json::json;
 
 use otp_shared::phone::mask_e164;
 
-use crate::outcome::Attempt;
+use crate::{metrics::ProviderMetrics, outcome::Attempt};
 
 pub struct PlivoClient {
     http: reqwest::Client,
@@ -19,6 +19,7 @@ pub struct PlivoClient {
     auth_token: SecretString,
     sender: String,
     status_callback_url: Option<String>,
+    metrics: Option<ProviderMetrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +67,14 @@ impl PlivoClient {
             auth_token: settings.auth_token,
             sender: settings.sender,
             status_callback_url: settings.status_callback_url,
+            metrics: None,
         })
+    }
+
+    /// Counts every call in `metrics` (by status class, with its duration).
+    pub fn with_metrics(mut self, metrics: ProviderMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// One provider call. `text` holds the code: it is sent with `log: false` and never logged.
@@ -82,6 +90,7 @@ impl PlivoClient {
             body["url"] = json!(url);
             body["method"] = json!("POST");
         }
+        let started = Instant::now();
         let response = self
             .http
             .post(&self.message_url)
@@ -89,6 +98,10 @@ impl PlivoClient {
             .json(&body)
             .send()
             .await;
+        if let Some(metrics) = &self.metrics {
+            let status = response.as_ref().ok().map(|r| r.status().as_u16());
+            metrics.observe(status, started.elapsed());
+        }
         match response {
             Err(e) if e.is_timeout() => Attempt::Retry {
                 reason: "plivo request timed out".into(),

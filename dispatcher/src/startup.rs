@@ -14,14 +14,13 @@ use poem::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use otp_shared::amqp::Topology;
-
 use crate::{
     config::Config,
     consumer::{self, Consumer},
     health::{self, Readiness},
     ledger::Ledger,
     limiter::RateLimiter,
+    metrics::DispatcherMetrics,
     plivo::{PlivoClient, PlivoSettings},
     worker::Worker,
 };
@@ -39,8 +38,9 @@ impl Application {
     /// the dispatcher connects (and reconnects) by itself.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let redis = config.redis.connect()?;
+        let metrics = Arc::new(DispatcherMetrics::new());
         let keys = config.redis.keys();
-        let topology = Topology::new(&config.amqp.sms_queue);
+        let topology = config.amqp.topology();
         let plivo = PlivoClient::new(PlivoSettings {
             base_url: config.plivo_base_url.clone(),
             auth_id: config.plivo_auth_id.clone(),
@@ -50,7 +50,8 @@ impl Application {
             connect_timeout: Some(Duration::from_millis(config.plivo_connect_timeout_ms)),
             request_timeout: Some(Duration::from_millis(config.plivo_request_timeout_ms)),
         })
-        .context("building the Plivo HTTP client")?;
+        .context("building the Plivo HTTP client")?
+        .with_metrics(metrics.provider.clone());
         let worker = Worker {
             ledger: Ledger::new(
                 redis.clone(),
@@ -64,6 +65,7 @@ impl Application {
             redis: redis.clone(),
             keys,
             topology: topology.clone(),
+            metrics: metrics.clone(),
         };
         let connected = Arc::new(AtomicBool::new(false));
         let consumer = Consumer {
@@ -72,6 +74,7 @@ impl Application {
             concurrency: config.dispatcher_concurrency,
             worker: Arc::new(worker),
             connected: connected.clone(),
+            metrics: metrics.clone(),
         };
         let bind = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), config.dispatcher_http_port);
         let health = TcpListener::bind(bind)
@@ -90,6 +93,7 @@ impl Application {
             readiness: Readiness {
                 redis,
                 amqp_connected: connected,
+                metrics,
             },
             grace: Duration::from_secs(config.shutdown_grace_seconds),
         })

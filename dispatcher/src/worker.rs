@@ -1,7 +1,7 @@
 //! Handles one delivery from the queue, start to finish: decode, claim, send with retries,
 //! record, then ack or dead-letter.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use lapin::{
     BasicProperties, Channel,
@@ -16,7 +16,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use otp_shared::{
-    amqp::{DEAD_REASON_HEADER, REQUEST_ID_HEADER, Topology, header_str, long_string},
+    amqp::{
+        ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, REQUEST_ID_HEADER, Topology,
+        header_str, long_string,
+    },
     crypto::JobKey,
     job::{JobContent, SendJob},
     keys::Keys,
@@ -28,6 +31,7 @@ use otp_shared::{
 use crate::{
     ledger::{Claim, Ledger},
     limiter::RateLimiter,
+    metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
     plivo::PlivoClient,
     retry::{RetryPolicy, run_attempts},
@@ -45,18 +49,22 @@ pub struct Worker {
     pub redis: ConnectionManager,
     pub keys: Keys,
     pub topology: Topology,
+    pub metrics: Arc<DispatcherMetrics>,
 }
 
 impl Worker {
     /// Processes one delivery. `abort` fires when the shutdown grace period is over: the job is
     /// then left unacknowledged, for the broker to redeliver to another dispatcher.
     pub async fn handle(&self, channel: &Channel, delivery: Delivery, abort: CancellationToken) {
+        let _in_flight = InFlight::start(&self.metrics.jobs_in_flight);
         let request_id = header_str(&delivery.properties, REQUEST_ID_HEADER).unwrap_or_default();
         let (job, content) = match SendJob::decode(&delivery.data, &self.job_key) {
             Ok(decoded) => decoded,
             Err(e) => {
                 tracing::warn!(%request_id, error = %e, "unreadable send job; dead-lettering it");
-                self.dead_letter(channel, &delivery, &e.to_string()).await;
+                self.metrics.job(JobResult::Failed);
+                self.dead_letter(channel, &delivery, &e.to_string(), 0)
+                    .await;
                 return;
             }
         };
@@ -89,6 +97,7 @@ impl Worker {
                 Ok(Claim::Claimed) => break,
                 Ok(Claim::Done(outcome)) => {
                     tracing::info!(%outcome, "job already handled; acknowledging the duplicate");
+                    self.metrics.job(JobResult::Duplicate);
                     ack(delivery).await;
                     return;
                 }
@@ -113,6 +122,7 @@ impl Worker {
             if let Err(e) = self.ledger.finish(job.job_id, owner, "withdrawn").await {
                 tracing::warn!(error = %e, "could not record the withdrawn job");
             }
+            self.metrics.job(JobResult::Withdrawn);
             ack(delivery).await;
             return;
         }
@@ -132,10 +142,29 @@ impl Worker {
         };
         drop(keep_alive);
         self.record(job, owner, &outcome).await;
+        self.count(job, &outcome);
         match outcome.disposition() {
             Disposition::Ack => ack(delivery).await,
-            Disposition::DeadLetter(reason) => self.dead_letter(channel, delivery, &reason).await,
+            Disposition::DeadLetter(reason) => {
+                self.dead_letter(channel, delivery, &reason, outcome.attempts())
+                    .await
+            }
         }
+    }
+
+    fn count(&self, job: &SendJob, outcome: &Final) {
+        let result = match outcome {
+            Final::Sent { .. } => {
+                let waited = OffsetDateTime::now_utc() - job.created_at;
+                self.metrics
+                    .time_to_accept
+                    .observe(waited.as_seconds_f64().max(0.0));
+                JobResult::Sent
+            }
+            Final::Failed { .. } => JobResult::Failed,
+            Final::Expired { .. } => JobResult::Expired,
+        };
+        self.metrics.job(result);
     }
 
     /// The API writes a delivery record before publishing and deletes it when the publish was
@@ -156,6 +185,9 @@ impl Worker {
         n: u32,
         deadline: Instant,
     ) -> Attempt {
+        if n > 1 {
+            self.metrics.send_retries.inc();
+        }
         self.set_state(job, DeliveryState::Sending, n, &[]).await;
         match self.limiter.acquire(deadline).await {
             Ok(true) => {}
@@ -243,12 +275,22 @@ impl Worker {
         }
     }
 
-    /// Copies the message to the dead-letter queue with a reason header, then acks it. If that
-    /// publish fails, the message is rejected instead, so the queue's own dead-letter exchange
-    /// takes it (without our reason): it never loops.
-    async fn dead_letter(&self, channel: &Channel, delivery: &Delivery, reason: &str) {
+    /// Copies the message to the dead-letter queue with reason, time (unix seconds) and
+    /// provider-attempt headers, then acks it. If that publish fails, the message is rejected
+    /// instead, so the queue's own dead-letter exchange takes it (without our reason): it never
+    /// loops.
+    async fn dead_letter(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        reason: &str,
+        attempts: u32,
+    ) {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(DEAD_REASON_HEADER.into(), long_string(reason));
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        headers.insert(DEAD_AT_HEADER.into(), long_string(&now.to_string()));
+        headers.insert(ATTEMPTS_HEADER.into(), long_string(&attempts.to_string()));
         let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
         let published = async {
             channel

@@ -11,13 +11,23 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
+use crate::urls::AmqpUrl;
+
 /// Header carrying the API request id, so dispatcher logs can be joined to API logs.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Header the dispatcher sets on messages it dead-letters itself.
 pub const DEAD_REASON_HEADER: &str = "x-otp-dead-reason";
+/// Header the dispatcher sets on dead letters: when (unix seconds).
+pub const DEAD_AT_HEADER: &str = "x-otp-dead-at";
+/// Header the dispatcher sets on dead letters: provider calls made for the job.
+pub const ATTEMPTS_HEADER: &str = "x-otp-attempts";
 /// A poison message is dead-lettered by RabbitMQ after this many deliveries, so a message that
 /// crashes every consumer cannot loop forever.
 pub const DELIVERY_LIMIT: i64 = 20;
+/// Dead letters are kept a week by default (DEAD_LETTER_TTL_HOURS)...
+pub const DEFAULT_DEAD_LETTER_TTL_HOURS: u32 = 168;
+/// ...and at most this many (DEAD_LETTER_MAX_MESSAGES); the oldest go first.
+pub const DEFAULT_DEAD_LETTER_MAX_MESSAGES: u32 = 100_000;
 
 /// The names that make up the send-job topology for one SMS_QUEUE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,17 +36,29 @@ pub struct Topology {
     pub queue: String,
     /// Direct exchange that receives dead letters.
     pub dead_exchange: String,
-    /// Durable queue where dead letters rest for an operator to inspect.
+    /// Durable queue where dead letters rest for an operator to inspect, bounded in age and
+    /// length so it cannot grow without limit.
     pub dead_queue: String,
+    pub dead_letter_ttl_hours: u32,
+    pub dead_letter_max_messages: u32,
 }
 
 impl Topology {
+    /// The topology of `queue`, with the default dead-letter bounds.
     pub fn new(queue: &str) -> Self {
         Self {
             queue: queue.to_owned(),
             dead_exchange: format!("{queue}.dlx"),
             dead_queue: format!("{queue}.dead"),
+            dead_letter_ttl_hours: DEFAULT_DEAD_LETTER_TTL_HOURS,
+            dead_letter_max_messages: DEFAULT_DEAD_LETTER_MAX_MESSAGES,
         }
+    }
+
+    pub fn with_dead_letter_bounds(mut self, ttl_hours: u32, max_messages: u32) -> Self {
+        self.dead_letter_ttl_hours = ttl_hours;
+        self.dead_letter_max_messages = max_messages;
+        self
     }
 
     /// Declares exchange, queues and binding; safe to call any number of times.
@@ -60,6 +82,12 @@ impl Topology {
 
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), long_string("quorum"));
+        let ttl_ms = i64::from(self.dead_letter_ttl_hours) * 3_600_000;
+        dead_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+        dead_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(self.dead_letter_max_messages.into()),
+        );
         channel
             .queue_declare(self.dead_queue.as_str().into(), durable, dead_args)
             .await
@@ -100,11 +128,11 @@ impl Topology {
 /// Connects (within 5 s), opens a channel with publisher confirms on, and declares `topology`:
 /// what both binaries do each time they (re)connect.
 pub async fn open_confirmed_channel(
-    url: &str,
+    url: &AmqpUrl,
     name: &str,
     topology: &Topology,
 ) -> anyhow::Result<(Connection, Channel)> {
-    let connection = tokio::time::timeout(std::time::Duration::from_secs(5), connect(url, name))
+    let connection = tokio::time::timeout(std::time::Duration::from_secs(5), connect_to(url, name))
         .await
         .context("connecting to RabbitMQ timed out")??;
     let channel = connection
@@ -120,11 +148,17 @@ pub async fn open_confirmed_channel(
 }
 
 /// Opens a connection named after the process, so operators can tell clients apart.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+pub async fn connect_to(url: &AmqpUrl, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props)
+    Connection::connect_uri(url.uri().clone(), props)
         .await
-        .context("connecting to RabbitMQ")
+        .with_context(|| format!("connecting to RabbitMQ at {}", url.redacted()))
+}
+
+/// [`connect_to`] from a URL string (tools and tests); a bad URL's error never repeats it.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let url = AmqpUrl::parse(url).map_err(|e| anyhow::anyhow!("AMQP_URL {e}"))?;
+    connect_to(&url, name).await
 }
 
 pub fn long_string(value: &str) -> AMQPValue {

@@ -5,6 +5,11 @@ use std::{fmt, str::FromStr, time::Duration};
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::{
+    amqp::{DEFAULT_DEAD_LETTER_MAX_MESSAGES, DEFAULT_DEAD_LETTER_TTL_HOURS, Topology},
+    urls::AmqpUrl,
+};
+
 /// Log output: JSON lines for machines (default) or human-readable text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -39,10 +44,15 @@ impl fmt::Display for LogFormat {
 /// REDIS_DB when REDIS_URL is unset.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RedisArgs {
-    /// Redis URL. When unset, REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB are used
+    /// Redis URL: redis://, or rediss:// for TLS (verified against the platform's roots, or
+    /// REDIS_TLS_CA_FILE). When unset, REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB are used
     /// (default redis://127.0.0.1:6379/0).
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = SecretParser(parse_redis_url))]
     pub redis_url: Option<SecretString>,
+    /// PEM file of the CA that signed a rediss:// server's certificate, for private CAs; unset,
+    /// the platform's trust store is used.
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
     /// Legacy: Redis host, used only when REDIS_URL is unset.
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
@@ -83,7 +93,31 @@ impl RedisArgs {
 
     /// A client that reconnects by itself; see [`redis_manager`].
     pub fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        redis_manager(&self.url(), Duration::from_millis(self.redis_timeout_ms))
+        redis_manager(
+            &self.client()?,
+            Duration::from_millis(self.redis_timeout_ms),
+        )
+    }
+
+    /// The Redis client, with REDIS_TLS_CA_FILE as its trust root when set. Errors name the
+    /// setting and never repeat the URL.
+    pub fn client(&self) -> anyhow::Result<redis::Client> {
+        let url = self.url();
+        crate::urls::check_redis_url(url.expose_secret())
+            .map_err(|e| anyhow::anyhow!("REDIS_URL {e}"))?;
+        let Some(ca_file) = &self.redis_tls_ca_file else {
+            return redis::Client::open(url.expose_secret())
+                .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"));
+        };
+        let root_cert = std::fs::read(ca_file)
+            .with_context(|| format!("REDIS_TLS_CA_FILE: reading {}", ca_file.display()))?;
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        };
+        redis::Client::build_with_tls(url.expose_secret(), certificates).map_err(|e| {
+            anyhow::anyhow!("REDIS_TLS_CA_FILE is not a usable PEM CA certificate: {e}")
+        })
     }
 
     pub fn keys(&self) -> crate::keys::Keys {
@@ -91,21 +125,54 @@ impl RedisArgs {
     }
 }
 
-/// Where RabbitMQ is and which queue carries send jobs (api and dispatcher must agree).
+/// Where RabbitMQ is and the send-job topology (api and dispatcher must agree on all of it: the
+/// broker refuses a queue redeclared with other arguments).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
-    /// RabbitMQ URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
+    /// RabbitMQ URL: amqp://, or amqps:// for TLS (verified against the platform's roots)
+    /// (default amqp://guest:guest@127.0.0.1:5672/%2f).
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true,
-        hide_default_value = true
+        hide_default_value = true,
+        value_parser = SecretParser(AmqpUrl::parse)
     )]
-    pub amqp_url: SecretString,
+    pub amqp_url: AmqpUrl,
     /// Queue that carries send jobs; its dead letters go to `<SMS_QUEUE>.dead`.
     #[arg(long, env = "SMS_QUEUE", default_value = "otp.sms")]
     pub sms_queue: String,
+    /// Hours a dead letter is kept before the broker drops it.
+    #[arg(long, env = "DEAD_LETTER_TTL_HOURS", default_value_t = DEFAULT_DEAD_LETTER_TTL_HOURS,
+          value_parser = clap::value_parser!(u32).range(1..=8760))]
+    pub dead_letter_ttl_hours: u32,
+    /// Most dead letters kept; beyond it the oldest are dropped.
+    #[arg(long, env = "DEAD_LETTER_MAX_MESSAGES", default_value_t = DEFAULT_DEAD_LETTER_MAX_MESSAGES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub dead_letter_max_messages: u32,
+}
+
+impl AmqpArgs {
+    /// Settings for a queue with the default dead-letter bounds.
+    pub fn new(amqp_url: AmqpUrl, sms_queue: &str) -> Self {
+        Self {
+            amqp_url,
+            sms_queue: sms_queue.to_owned(),
+            dead_letter_ttl_hours: DEFAULT_DEAD_LETTER_TTL_HOURS,
+            dead_letter_max_messages: DEFAULT_DEAD_LETTER_MAX_MESSAGES,
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.sms_queue)
+            .with_dead_letter_bounds(self.dead_letter_ttl_hours, self.dead_letter_max_messages)
+    }
+}
+
+fn parse_redis_url(value: &str) -> Result<SecretString, String> {
+    crate::urls::check_redis_url(value)?;
+    Ok(value.trim().to_owned().into())
 }
 
 fn percent_encode(s: &str) -> String {
@@ -123,11 +190,10 @@ fn percent_encode(s: &str) -> String {
 /// process can start (and report not-ready) while Redis is still down; a call made while Redis is
 /// unreachable fails within `timeout` instead of hanging.
 pub fn redis_manager(
-    url: &SecretString,
+    client: &redis::Client,
     timeout: Duration,
 ) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client =
-        redis::Client::open(url.expose_secret()).context("REDIS_URL is not a valid Redis URL")?;
+    let client = client.clone();
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))

@@ -6,9 +6,12 @@
 //! - [`job`]: the send-job contract (`SendJob` envelope + sealed `JobContent`).
 //! - [`amqp`]: queue topology (`Topology`) and AMQP header conventions.
 //! - [`keys`]: the Redis keyspace of both binaries.
+//! - [`metrics`]: Prometheus registration helpers and the text exposition.
 //! - [`status`]: delivery state records (queued → sending → sent / failed / expired).
 //! - [`config`]: settings read the same way by both binaries (Redis location, log format).
 //! - [`telemetry`]: tracing setup and trace-context propagation through AMQP headers.
+//! - [`urls`]: AMQP and Redis URLs, checked at start-up, never shown with their password.
+//! - [`probe`]: the `healthcheck` self-probe of both binaries.
 //! - [`shutdown`]: SIGINT / SIGTERM handling.
 //! - `testing` (feature `test-support`): TCP proxy and cleanup helpers for integration tests.
 
@@ -17,9 +20,12 @@ pub mod config;
 pub mod crypto;
 pub mod job;
 pub mod keys;
+pub mod metrics;
 pub mod phone;
+pub mod probe;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod urls;

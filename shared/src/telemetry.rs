@@ -6,22 +6,44 @@ use lapin::types::FieldTable;
 use opentelemetry::{global, trace::TracerProvider as _};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{LevelFilter, Targets},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 use crate::config::LogFormat;
 
-/// Flushes spans still buffered for export when dropped at the end of `main`.
-pub struct TelemetryGuard(SdkTracerProvider);
+/// Flushes spans still buffered for export: call [`TelemetryGuard::shutdown`] at the end of
+/// `main`; dropping the guard flushes too, as a fallback.
+pub struct TelemetryGuard(Option<SdkTracerProvider>);
+
+impl TelemetryGuard {
+    /// Exports what is still buffered. The exporter blocks its own thread, so the wait happens
+    /// on a blocking thread, never on a runtime worker.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.0.shutdown();
+        if let Some(provider) = self.0.take() {
+            let _ = provider.shutdown();
+        }
     }
 }
 
 /// Installs the global subscriber: logs to stdout in `format`, filtered by RUST_LOG (default
 /// `info`), and OpenTelemetry spans exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is
 /// set. Spans always carry W3C trace context, so it can travel with send jobs.
+///
+/// Each layer has its own filter: RUST_LOG decides what is logged, never what is traced, so
+/// `RUST_LOG=warn` still exports the service's info-level spans and still propagates their
+/// trace context into send jobs.
 pub fn init(service_name: &'static str, format: LogFormat) -> TelemetryGuard {
     init_with(service_name, format, false)
 }
@@ -34,11 +56,22 @@ pub fn init_for_tests(service_name: &'static str) {
     GUARD.get_or_init(|| init_with(service_name, LogFormat::Pretty, true));
 }
 
+/// What the tracing layer sees: the service's own spans and events at info and above, whatever
+/// RUST_LOG says. Library internals (hyper, lapin, redis) stay out of traces.
+fn traced_targets() -> Targets {
+    Targets::new()
+        .with_target("otp_api", LevelFilter::INFO)
+        .with_target("otp_dispatcher", LevelFilter::INFO)
+        .with_target("otp_shared", LevelFilter::INFO)
+}
+
 fn init_with(service_name: &'static str, format: LogFormat, test_writer: bool) -> TelemetryGuard {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service_name).build());
     let mut export_error = None;
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        // The batch processor runs its own thread, outside Tokio; the blocking reqwest client
+        // (the `reqwest-blocking-client` feature) is the one built to run there.
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
@@ -49,7 +82,9 @@ fn init_with(service_name: &'static str, format: LogFormat, test_writer: bool) -
     }
     let provider = builder.build();
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service_name))
+        .with_filter(traced_targets());
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
@@ -66,14 +101,30 @@ fn init_with(service_name: &'static str, format: LogFormat, test_writer: bool) -
     };
     // A second init (tests building several apps) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init();
     if let Some(e) = export_error {
         tracing::warn!(error = %e, "OTLP exporter could not be built; spans are not exported");
     }
-    TelemetryGuard(provider)
+    TelemetryGuard(Some(provider))
+}
+
+/// Makes `span` continue a caller's W3C trace (`traceparent`, `tracestate`), read through `get`
+/// from whatever carries it: HTTP request headers or AMQP message headers. Without a valid
+/// `traceparent` the span stays a root.
+pub fn adopt_remote_context(span: &tracing::Span, get: impl Fn(&str) -> Option<String>) {
+    let mut carrier = HashMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = get(name) {
+            carrier.insert(name.to_owned(), v);
+        }
+    }
+    if carrier.is_empty() {
+        return;
+    }
+    let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
+    let _ = span.set_parent(parent);
 }
 
 /// Adds the current span's W3C trace context (`traceparent`) to outgoing AMQP headers.
@@ -88,17 +139,7 @@ pub fn inject_trace_context(headers: &mut FieldTable) {
 
 /// Makes `span` a child of the trace context carried by an incoming message, if any.
 pub fn adopt_trace_context(span: &tracing::Span, properties: &lapin::BasicProperties) {
-    let mut carrier = HashMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(v) = crate::amqp::header_str(properties, name) {
-            carrier.insert(name.to_owned(), v);
-        }
-    }
-    if carrier.is_empty() {
-        return;
-    }
-    let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
-    let _ = span.set_parent(parent);
+    adopt_remote_context(span, |name| crate::amqp::header_str(properties, name));
 }
 
 #[cfg(test)]

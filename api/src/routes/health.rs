@@ -1,10 +1,14 @@
 use std::sync::Arc;
 
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    payload::{Json, PlainText},
+};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     error::{ApiError, ErrorResponse},
+    metrics::ApiMetrics,
     startup::AppService,
 };
 
@@ -12,6 +16,7 @@ use super::ApiTags;
 
 pub struct HealthApi {
     pub service: Arc<AppService>,
+    pub metrics: Arc<ApiMetrics>,
 }
 
 #[derive(Debug, Object)]
@@ -63,5 +68,11 @@ impl HealthApi {
             return Ok(ok(false));
         }
         Err(ApiError::NotReady(down).into())
+    }
+
+    /// Prometheus metrics in the text exposition format (see the README's Operations section).
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(self.metrics.render())
     }
 }

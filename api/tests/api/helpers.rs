@@ -40,13 +40,11 @@ pub fn test_config() -> Config {
             redis_port: None,
             redis_password: None,
             redis_db: None,
+            redis_tls_ca_file: None,
             redis_key_prefix: format!("test:{id}:"),
             redis_timeout_ms: 500,
         },
-        amqp: AmqpArgs {
-            amqp_url: AMQP_URL.to_owned().into(),
-            sms_queue: format!("test.sms.{id}"),
-        },
+        amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &format!("test.sms.{id}")),
         publish_confirm_timeout_ms: 2000,
         otp: OtpSettings {
             otp_length: 6,

@@ -52,7 +52,7 @@ async fn redis_down_gives_503_and_not_ready() {
 #[tokio::test]
 async fn broker_down_gives_503_and_leaves_no_code_behind() {
     let app = spawn_unready(|c| {
-        c.amqp.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned().into();
+        c.amqp.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".parse().unwrap();
         c.limits.resend_cooldown_seconds = 30;
     })
     .await;
@@ -86,7 +86,7 @@ async fn a_publish_not_confirmed_in_time_gives_503_and_undoes_the_request() {
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let app = spawn_with(|c| {
-        c.amqp.amqp_url = url.into();
+        c.amqp.amqp_url = url.parse().unwrap();
         c.publish_confirm_timeout_ms = 300;
         c.limits.resend_cooldown_seconds = 30;
     })
@@ -111,7 +111,7 @@ async fn a_publish_not_confirmed_in_time_gives_503_and_undoes_the_request() {
 async fn the_api_reconnects_after_a_broker_restart() {
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    let app = spawn_with(|c| c.amqp.amqp_url = url.into()).await;
+    let app = spawn_with(|c| c.amqp.amqp_url = url.parse().unwrap()).await;
     assert_eq!(app.request_otp(PHONE).await.status().as_u16(), 202);
 
     proxy.refuse();

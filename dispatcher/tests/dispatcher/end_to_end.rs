@@ -18,10 +18,7 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
             redis_timeout_ms: 1000,
             ..RedisArgs::default()
         },
-        amqp: AmqpArgs {
-            amqp_url: AMQP_URL.to_owned().into(),
-            sms_queue: world.queue.clone(),
-        },
+        amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &world.queue),
         publish_confirm_timeout_ms: 2000,
         otp: OtpSettings {
             otp_length: 6,

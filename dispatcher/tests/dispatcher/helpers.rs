@@ -119,10 +119,7 @@ impl World {
                 redis_timeout_ms: 1000,
                 ..RedisArgs::default()
             },
-            amqp: AmqpArgs {
-                amqp_url: AMQP_URL.to_owned().into(),
-                sms_queue: self.queue.clone(),
-            },
+            amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &self.queue),
             plivo_auth_id: AUTH_ID.into(),
             plivo_auth_token: AUTH_TOKEN.to_owned().into(),
             plivo_sender_number: SENDER.into(),

@@ -74,7 +74,9 @@ async fn consumption_resumes_after_a_broker_restart() {
     let world = World::new().await;
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut config = world.config(&plivo.uri());
-    config.amqp.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr).into();
+    config.amqp.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr)
+        .parse()
+        .unwrap();
     let dispatcher = spawn_dispatcher(config).await;
 
     let first = world.job(PHONE, "888888", time::Duration::minutes(5));
@@ -194,7 +196,13 @@ async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
 #[tokio::test]
 async fn the_provider_rate_is_shared_by_every_dispatcher() {
     let world = World::new().await;
-    let conn = || redis_manager(&REDIS_URL.to_owned().into(), Duration::from_secs(1)).unwrap();
+    let conn = || {
+        redis_manager(
+            &redis::Client::open(REDIS_URL).unwrap(),
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    };
     let one = RateLimiter::new(conn(), &world.keys(), 2);
     let other = RateLimiter::new(conn(), &world.keys(), 2);
     let now = Instant::now() + Duration::from_millis(100);

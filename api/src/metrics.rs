@@ -1,0 +1,243 @@
+//! otp-api's Prometheus metrics, served at `GET /metrics`. Names are stable: dashboards and
+//! alerts depend on them. Labels are bounded sets (routes, statuses, outcomes, limits), never a
+//! number, an id or an error text. Every labelled series is resolved once, here, so recording
+//! is a plain atomic increment.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
+
+use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
+
+use crate::{queue::PublishError, store::LimitKind};
+
+/// Route labels: the API's paths as templates, plus `other` for anything unknown.
+const ROUTES: [&str; 10] = [
+    "/api/otp/request",
+    "/api/otp/verify",
+    "/api/otp/status/{verificationId}",
+    "/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "other",
+];
+/// Every status the API answers with.
+const STATUSES: [u16; 15] = [
+    200, 202, 204, 304, 400, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503,
+];
+
+pub struct ApiMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    /// `requests` resolved per (route, status), indexed `route * STATUSES.len() + status`.
+    request_series: Vec<IntCounter>,
+    durations: Vec<Histogram>,
+    pub codes_issued: IntCounter,
+    verify_success: IntCounter,
+    verify_invalid: IntCounter,
+    verify_rate_limited: IntCounter,
+    rate_limited: [IntCounter; 4],
+    publish_duration: Histogram,
+    publish_failures: [IntCounter; 5],
+}
+
+/// How a verify ended, for `otp_verifications_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    Success,
+    Invalid,
+    RateLimited,
+}
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = m::counter_vec(
+            &registry,
+            "otp_http_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            &["route", "status"],
+        );
+        let request_series = ROUTES
+            .iter()
+            .flat_map(|route| {
+                STATUSES
+                    .iter()
+                    .map(|s| requests.with_label_values(&[*route, s.to_string().as_str()]))
+            })
+            .collect();
+        let duration_vec = m::histogram_vec(
+            &registry,
+            "otp_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            &["route"],
+            LATENCY_BUCKETS,
+        );
+        let durations = ROUTES
+            .iter()
+            .map(|r| duration_vec.with_label_values(&[r]))
+            .collect();
+        let verifications = m::counter_vec(
+            &registry,
+            "otp_verifications_total",
+            "Verify requests that reached a decision, by outcome (success, invalid, rate_limited).",
+            &["outcome"],
+        );
+        let limited = m::counter_vec(
+            &registry,
+            "otp_rate_limited_total",
+            "Requests refused by an abuse limit, by limit.",
+            &["limit"],
+        );
+        let failures = m::counter_vec(
+            &registry,
+            "otp_publish_failures_total",
+            "Send-job publishes that failed (the request got 503), by reason.",
+            &["reason"],
+        );
+        let limit = |l: LimitKind| limited.with_label_values(&[limit_label(l)]);
+        let failure = |r: &str| failures.with_label_values(&[r]);
+        Self {
+            codes_issued: m::counter(
+                &registry,
+                "otp_codes_issued_total",
+                "Codes issued whose send job the broker confirmed.",
+            ),
+            verify_success: verifications.with_label_values(&["success"]),
+            verify_invalid: verifications.with_label_values(&["invalid"]),
+            verify_rate_limited: verifications.with_label_values(&["rate_limited"]),
+            rate_limited: [
+                limit(LimitKind::RequestsPerIp),
+                limit(LimitKind::ResendCooldown),
+                limit(LimitKind::SendsPerHour),
+                limit(LimitKind::VerifiesPerNumber),
+            ],
+            publish_duration: m::histogram(
+                &registry,
+                "otp_publish_duration_seconds",
+                "Time from publishing a send job to the broker's confirm (or failure).",
+                LATENCY_BUCKETS,
+            ),
+            publish_failures: [
+                failure("not_connected"),
+                failure("nacked"),
+                failure("returned"),
+                failure("timeout"),
+                failure("broker"),
+            ],
+            requests,
+            request_series,
+            durations,
+            registry,
+        }
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn observe_request(&self, path: &str, status: u16, elapsed: Duration) {
+        let route = route_index(path);
+        self.durations[route].observe(elapsed.as_secs_f64());
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(s) => self.request_series[route * STATUSES.len() + s].inc(),
+            // A status outside the table: still counted, through the (locking) label lookup.
+            None => self
+                .requests
+                .with_label_values(&[ROUTES[route], &status.to_string()])
+                .inc(),
+        }
+    }
+
+    pub fn verification(&self, outcome: VerifyOutcome) {
+        match outcome {
+            VerifyOutcome::Success => &self.verify_success,
+            VerifyOutcome::Invalid => &self.verify_invalid,
+            VerifyOutcome::RateLimited => &self.verify_rate_limited,
+        }
+        .inc();
+    }
+
+    pub fn rate_limited(&self, limit: LimitKind) {
+        let index = match limit {
+            LimitKind::RequestsPerIp => 0,
+            LimitKind::ResendCooldown => 1,
+            LimitKind::SendsPerHour => 2,
+            LimitKind::VerifiesPerNumber => 3,
+        };
+        self.rate_limited[index].inc();
+    }
+
+    pub fn publish(&self, elapsed: Duration, result: Result<(), &PublishError>) {
+        self.publish_duration.observe(elapsed.as_secs_f64());
+        if let Err(e) = result {
+            let index = match e {
+                PublishError::NotConnected => 0,
+                PublishError::Nacked => 1,
+                PublishError::Returned(_) => 2,
+                PublishError::Timeout(_) => 3,
+                PublishError::Broker(_) => 4,
+            };
+            self.publish_failures[index].inc();
+        }
+    }
+
+    /// Every metric in Prometheus' text format.
+    pub fn render(&self) -> String {
+        m::render(&self.registry)
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn limit_label(limit: LimitKind) -> &'static str {
+    match limit {
+        LimitKind::RequestsPerIp => "requests_per_ip",
+        LimitKind::ResendCooldown => "resend_cooldown",
+        LimitKind::SendsPerHour => "sends_per_number_per_hour",
+        LimitKind::VerifiesPerNumber => "verifies_per_number",
+    }
+}
+
+fn route_index(path: &str) -> usize {
+    let route = match path {
+        "/api/otp/request" => 0,
+        "/api/otp/verify" => 1,
+        p if p.starts_with("/api/otp/status/") => 2,
+        "/" => 3,
+        "/healthz" => 4,
+        "/readyz" => 5,
+        "/metrics" => 6,
+        "/openapi.json" => 7,
+        p if p == "/docs" || p.starts_with("/docs/") => 8,
+        _ => 9,
+    };
+    debug_assert!(route < ROUTES.len());
+    route
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_paths_and_statuses_stay_in_bounded_labels() {
+        let metrics = ApiMetrics::new();
+        metrics.observe_request("/api/otp/status/1234", 404, Duration::from_millis(1));
+        metrics.observe_request("/wp-admin/+14155552671", 404, Duration::from_millis(1));
+        metrics.observe_request("/api/otp/request", 418, Duration::from_millis(1));
+        let text = metrics.render();
+        assert!(text.contains(
+            "otp_http_requests_total{route=\"/api/otp/status/{verificationId}\",status=\"404\"} 1"
+        ));
+        assert!(text.contains("otp_http_requests_total{route=\"other\",status=\"404\"} 1"));
+        assert!(
+            text.contains("otp_http_requests_total{route=\"/api/otp/request\",status=\"418\"} 1")
+        );
+        assert!(!text.contains("14155552671"));
+    }
+}

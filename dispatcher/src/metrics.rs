@@ -1,0 +1,191 @@
+//! otp-dispatcher's Prometheus metrics, served at `GET /metrics` on DISPATCHER_HTTP_PORT.
+//! Names are stable (dashboards and alerts depend on them); labels are bounded sets. Every
+//! labelled series is resolved once, here, so recording is a plain atomic operation.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, IntGauge, Registry};
+
+use otp_shared::metrics::{self as m, LATENCY_BUCKETS, WAIT_BUCKETS};
+
+/// How a job ended, for `otp_jobs_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobResult {
+    Sent,
+    /// Dead-lettered: a permanent provider refusal, or an unreadable message.
+    Failed,
+    Expired,
+    /// The API withdrew it (its publish was not confirmed); not sent.
+    Withdrawn,
+    /// Its outcome was already recorded (a redelivery or duplicate publish); not sent again.
+    Duplicate,
+}
+
+pub struct DispatcherMetrics {
+    registry: Registry,
+    jobs: [IntCounter; 5],
+    pub provider: ProviderMetrics,
+    pub send_retries: IntCounter,
+    pub jobs_in_flight: IntGauge,
+    pub time_to_accept: Histogram,
+    pub queue_ready: IntGauge,
+    pub dead_letters: IntGauge,
+}
+
+/// The provider-call metrics, handed to the provider client.
+#[derive(Clone)]
+pub struct ProviderMetrics {
+    /// 2xx, 4xx, 5xx, other (1xx/3xx) and error (no answer: connect error or timeout).
+    by_class: [IntCounter; 5],
+    duration: Histogram,
+}
+
+impl ProviderMetrics {
+    /// Records one call: its HTTP status (`None` when no answer came) and how long it took.
+    pub fn observe(&self, status: Option<u16>, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        let class = match status {
+            Some(200..=299) => 0,
+            Some(400..=499) => 1,
+            Some(500..=599) => 2,
+            Some(_) => 3,
+            None => 4,
+        };
+        self.by_class[class].inc();
+    }
+}
+
+impl DispatcherMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let jobs = m::counter_vec(
+            &registry,
+            "otp_jobs_total",
+            "Send jobs finished, by result (sent, failed, expired, withdrawn, duplicate).",
+            &["result"],
+        );
+        let job = |r: &str| jobs.with_label_values(&[r]);
+        let provider_requests = m::counter_vec(
+            &registry,
+            "otp_provider_requests_total",
+            "SMS provider calls, by provider and status class (2xx, 4xx, 5xx, other, error).",
+            &["provider", "status_class"],
+        );
+        let class = |c: &str| provider_requests.with_label_values(&["plivo", c]);
+        Self {
+            jobs: [
+                job("sent"),
+                job("failed"),
+                job("expired"),
+                job("withdrawn"),
+                job("duplicate"),
+            ],
+            provider: ProviderMetrics {
+                by_class: [
+                    class("2xx"),
+                    class("4xx"),
+                    class("5xx"),
+                    class("other"),
+                    class("error"),
+                ],
+                duration: m::histogram(
+                    &registry,
+                    "otp_provider_request_duration_seconds",
+                    "Time an SMS provider call took, answered or not.",
+                    LATENCY_BUCKETS,
+                ),
+            },
+            send_retries: m::counter(
+                &registry,
+                "otp_send_retries_total",
+                "Provider calls that were retries of an earlier failed call.",
+            ),
+            jobs_in_flight: m::gauge(
+                &registry,
+                "otp_jobs_in_flight",
+                "Send jobs this dispatcher is working on now.",
+            ),
+            time_to_accept: m::histogram(
+                &registry,
+                "otp_job_time_to_accept_seconds",
+                "Time from a job's createdAt to the provider's 2xx.",
+                WAIT_BUCKETS,
+            ),
+            queue_ready: m::gauge(
+                &registry,
+                "otp_queue_ready_messages",
+                "Send jobs waiting in the queue (refreshed every few seconds).",
+            ),
+            dead_letters: m::gauge(
+                &registry,
+                "otp_dead_letter_messages",
+                "Messages in the dead-letter queue (refreshed every few seconds).",
+            ),
+            registry,
+        }
+    }
+
+    pub fn job(&self, result: JobResult) {
+        let index = match result {
+            JobResult::Sent => 0,
+            JobResult::Failed => 1,
+            JobResult::Expired => 2,
+            JobResult::Withdrawn => 3,
+            JobResult::Duplicate => 4,
+        };
+        self.jobs[index].inc();
+    }
+
+    /// Every metric in Prometheus' text format.
+    pub fn render(&self) -> String {
+        m::render(&self.registry)
+    }
+}
+
+impl Default for DispatcherMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts a job as in flight for as long as the guard lives.
+pub struct InFlight<'a>(&'a IntGauge);
+
+impl<'a> InFlight<'a> {
+    pub fn start(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_calls_are_counted_by_status_class() {
+        let metrics = DispatcherMetrics::new();
+        for status in [Some(202), Some(429), Some(503), None] {
+            metrics.provider.observe(status, Duration::from_millis(5));
+        }
+        {
+            let _a = InFlight::start(&metrics.jobs_in_flight);
+            assert_eq!(metrics.jobs_in_flight.get(), 1);
+        }
+        let text = metrics.render();
+        for class in ["2xx", "4xx", "5xx", "error"] {
+            let line = format!(
+                "otp_provider_requests_total{{provider=\"plivo\",status_class=\"{class}\"}} 1"
+            );
+            assert!(text.contains(&line), "{line} missing in {text}");
+        }
+        assert!(text.contains("otp_jobs_in_flight 0"));
+        assert!(text.contains("otp_provider_request_duration_seconds_count 4"));
+    }
+}
