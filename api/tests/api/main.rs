@@ -5,6 +5,7 @@ mod helpers;
 mod docs;
 mod idempotency;
 mod limits;
+mod metrics;
 mod process;
 mod request;
 mod resilience;

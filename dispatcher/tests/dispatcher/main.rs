@@ -6,6 +6,7 @@ mod helpers;
 mod delivery;
 mod end_to_end;
 mod failures;
+mod metrics;
 mod operations;
 mod process;
 mod traces;

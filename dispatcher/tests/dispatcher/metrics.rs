@@ -1,0 +1,130 @@
+//! `GET /metrics` on the dispatcher's HTTP port: each counter moves for the outcome it counts.
+
+use std::time::{Duration, Instant};
+
+use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
+
+use crate::helpers::{PHONE, Running, accepted, plivo_call, start};
+
+const OTHER_PHONE: &str = "+442071838750";
+
+async fn metric(dispatcher: &Running, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", dispatcher.health))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits (bounded) until `series` reaches `value`, then asserts it.
+async fn expect_metric(dispatcher: &Running, series: &str, value: f64, within: Duration) {
+    let started = Instant::now();
+    let mut seen = metric(dispatcher, series).await;
+    while seen != value && started.elapsed() < within {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = metric(dispatcher, series).await;
+    }
+    assert_eq!(seen, value, "{series}");
+}
+
+#[tokio::test]
+async fn every_job_result_and_provider_answer_is_counted() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .and(body_partial_json(serde_json::json!({ "dst": PHONE })))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&plivo)
+        .await;
+    plivo_call()
+        .and(body_partial_json(serde_json::json!({ "dst": OTHER_PHONE })))
+        .respond_with(ResponseTemplate::new(400))
+        .with_priority(2)
+        .mount(&plivo)
+        .await;
+    plivo_call()
+        .respond_with(accepted("m-1"))
+        .with_priority(3)
+        .mount(&plivo)
+        .await;
+    let (world, dispatcher) = start(&plivo).await;
+    let soon = Duration::from_secs(5);
+
+    // Sent after one retry.
+    let (job, status) = world.send_one(PHONE, "123123").await;
+    assert_eq!(status.state.as_str(), "sent");
+    expect_metric(&dispatcher, r#"otp_jobs_total{result="sent"}"#, 1.0, soon).await;
+    assert_eq!(metric(&dispatcher, "otp_send_retries_total").await, 1.0);
+    let class =
+        |c: &str| format!(r#"otp_provider_requests_total{{provider="plivo",status_class="{c}"}}"#);
+    assert_eq!(metric(&dispatcher, &class("5xx")).await, 1.0);
+    assert_eq!(metric(&dispatcher, &class("2xx")).await, 1.0);
+    assert_eq!(
+        metric(&dispatcher, "otp_provider_request_duration_seconds_count").await,
+        2.0
+    );
+    assert_eq!(
+        metric(&dispatcher, "otp_job_time_to_accept_seconds_count").await,
+        1.0
+    );
+
+    // The same job again is a duplicate.
+    world.publish_unannounced(&job).await;
+    expect_metric(
+        &dispatcher,
+        r#"otp_jobs_total{result="duplicate"}"#,
+        1.0,
+        soon,
+    )
+    .await;
+
+    // A permanent refusal fails and is dead-lettered.
+    let (_, status) = world.send_one(OTHER_PHONE, "456456").await;
+    assert_eq!(status.state.as_str(), "failed");
+    expect_metric(&dispatcher, r#"otp_jobs_total{result="failed"}"#, 1.0, soon).await;
+    assert_eq!(metric(&dispatcher, &class("4xx")).await, 1.0);
+
+    // Expired, and withdrawn by the API: no call.
+    let expired = world.job(PHONE, "789789", time::Duration::seconds(-1));
+    world.publish(&expired).await;
+    expect_metric(
+        &dispatcher,
+        r#"otp_jobs_total{result="expired"}"#,
+        1.0,
+        soon,
+    )
+    .await;
+    let withdrawn = world.job(PHONE, "321321", time::Duration::minutes(5));
+    world.publish_unannounced(&withdrawn).await;
+    expect_metric(
+        &dispatcher,
+        r#"otp_jobs_total{result="withdrawn"}"#,
+        1.0,
+        soon,
+    )
+    .await;
+
+    // The depth gauges are refreshed every few seconds.
+    expect_metric(
+        &dispatcher,
+        "otp_dead_letter_messages",
+        1.0,
+        Duration::from_secs(12),
+    )
+    .await;
+    assert_eq!(metric(&dispatcher, "otp_queue_ready_messages").await, 0.0);
+    assert_eq!(metric(&dispatcher, "otp_jobs_in_flight").await, 0.0);
+    assert_eq!(
+        metric(&dispatcher, &class("2xx")).await,
+        1.0,
+        "no second send"
+    );
+}
