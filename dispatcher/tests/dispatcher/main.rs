@@ -4,6 +4,7 @@
 mod helpers;
 
 mod delivery;
+mod dlq;
 mod end_to_end;
 mod failures;
 mod metrics;
