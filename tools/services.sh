@@ -15,6 +15,8 @@ wait_port() { # name port seconds
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+# The rediss:// test makes its own CA and certificate with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt"
   as_root apt-get update -qq

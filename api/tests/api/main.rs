@@ -9,4 +9,5 @@ mod metrics;
 mod process;
 mod request;
 mod resilience;
+mod tls;
 mod verify;
