@@ -1,4 +1,6 @@
-# One image holds otp-api, otp-dispatcher and fake-plivo; each container picks its command.
+# Two images from one build:
+#   docker build .                    -> the production image: otp-api and otp-dispatcher only
+#   docker build --target fake-plivo  -> the fake provider for local stacks (it prints codes)
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -8,12 +10,23 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && mkdir -p /out \
  && cp target/release/otp-api target/release/otp-dispatcher target/release/fake-plivo /out/
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home otp
-COPY --from=build /out/ /usr/local/bin/
+
+# Development only: never deploy it, it prints every message it "sends", codes included.
+FROM base AS fake-plivo
+COPY --from=build /out/fake-plivo /usr/local/bin/
+USER otp
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s CMD ["fake-plivo", "healthcheck"]
+CMD ["fake-plivo"]
+
+# The production image (the default target): each container picks its command.
+FROM base AS runtime
+COPY --from=build /out/otp-api /out/otp-dispatcher /usr/local/bin/
 USER otp
 ENV LOG_FORMAT=json
 EXPOSE 3000 3001

@@ -51,9 +51,15 @@ async fn missing_or_bad_settings_stop_the_process_naming_the_variable() {
         ("ALLOWED_COUNTRIES", Some("US,ZZ")),
         ("PORT", Some("http")),
         ("LOG_FORMAT", Some("xml")),
-        ("AMQP_URL", Some("amqp://otp:hunter2-secret@mq:notaport/%2f")),
+        (
+            "AMQP_URL",
+            Some("amqp://otp:hunter2-secret@mq:notaport/%2f"),
+        ),
         ("AMQP_URL", Some("http://otp:hunter2-secret@mq/")),
-        ("REDIS_URL", Some("redis://:hunter2-secret@cache:notaport/0")),
+        (
+            "REDIS_URL",
+            Some("redis://:hunter2-secret@cache:notaport/0"),
+        ),
         ("REDIS_URL", Some("memcached://:hunter2-secret@cache")),
     ] {
         let (mut cmd, _cleanup) = otp_api();
@@ -68,7 +74,10 @@ async fn missing_or_bad_settings_stop_the_process_naming_the_variable() {
         if let Some(secret) = value.filter(|_| var.ends_with("KEY")) {
             assert!(!stderr.contains(secret), "a secret was echoed: {stderr}");
         }
-        assert!(!stderr.contains("hunter2"), "a password was echoed: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "a password was echoed: {stderr}"
+        );
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod compose;
 mod delivery;
 mod dlq;
 mod end_to_end;

@@ -79,3 +79,24 @@ async fn sigterm_stops_the_dispatcher_cleanly() {
     }
     assert!(rest.contains("otp-dispatcher stopped"), "{rest}");
 }
+
+#[tokio::test]
+async fn healthcheck_exits_0_only_when_the_dispatcher_is_ready() {
+    let plivo = wiremock::MockServer::start().await;
+    let (world, running) = crate::helpers::start(&plivo).await;
+    let probe = |port: u16| {
+        let mut cmd = otp_dispatcher(&world);
+        cmd.arg("healthcheck")
+            .env("DISPATCHER_HTTP_PORT", port.to_string());
+        cmd
+    };
+    let ready = probe(running.health.port()).output().await.unwrap();
+    assert!(ready.status.success(), "{ready:?}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = probe(closed).output().await.unwrap();
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+}

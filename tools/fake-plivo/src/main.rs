@@ -120,8 +120,30 @@ fn stats(state: Data<&Arc<State>>) -> Json<Value> {
     }))
 }
 
+#[handler]
+fn readyz() -> &'static str {
+    "ok"
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `fake-plivo healthcheck`: the compose healthcheck (the image carries no curl).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "healthcheck")
+    {
+        let port = std::env::var("FAKE_PLIVO_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(8080);
+        let code =
+            tokio::task::spawn_blocking(move || otp_shared::probe::healthcheck(port)).await?;
+        std::process::exit(if code == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            1
+        });
+    }
     let config = Config::parse();
     let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
     let state = Arc::new(State {
@@ -134,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         .at("/v1/Account/:auth_id/Message/", post(send))
         .at("/messages", get(list_messages))
         .at("/stats", get(stats))
+        .at("/readyz", get(readyz))
         .data(state);
     println!("[fake-plivo] listening on {addr}");
     Server::new(TcpListener::bind(addr)).run(app).await?;

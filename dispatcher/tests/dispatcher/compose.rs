@@ -1,0 +1,195 @@
+//! No Docker engine runs on the development machines, so docker-compose.yml and the Dockerfile
+//! are guarded by parsing them: services, builds and targets, healthchecks, no host port on the
+//! dispatcher, and every environment name documented and read by some binary.
+
+use std::collections::BTreeSet;
+
+use clap::CommandFactory;
+use serde_yaml_ng::Value;
+
+const COMPOSE: &str = include_str!("../../../docker-compose.yml");
+const DOCKERFILE: &str = include_str!("../../../Dockerfile");
+const ENV_EXAMPLE: &str = include_str!("../../../.env.example");
+const FAKE_PLIVO: &str = include_str!("../../../tools/fake-plivo/src/main.rs");
+
+/// Variables the OpenTelemetry SDK reads itself (not through clap).
+const OTEL_VARS: [&str; 1] = ["OTEL_EXPORTER_OTLP_ENDPOINT"];
+
+fn compose() -> Value {
+    let mut doc: Value = serde_yaml_ng::from_str(COMPOSE).expect("docker-compose.yml is YAML");
+    doc.apply_merge().expect("merge keys resolve");
+    doc
+}
+
+fn service<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["services"]
+        .get(name)
+        .unwrap_or_else(|| panic!("service {name} is missing"))
+}
+
+/// Every variable some binary reads: clap settings of both services, fake-plivo's (from its
+/// source), and the OpenTelemetry SDK's.
+fn read_by_a_binary() -> BTreeSet<String> {
+    let mut vars = BTreeSet::new();
+    for command in [
+        otp_api::config::Config::command(),
+        otp_dispatcher::config::Config::command(),
+    ] {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                vars.insert(env.to_string_lossy().into_owned());
+            }
+        }
+    }
+    for part in FAKE_PLIVO.split("env = \"").skip(1) {
+        vars.insert(part.split('"').next().unwrap().to_owned());
+    }
+    vars.extend(OTEL_VARS.iter().map(|v| v.to_string()));
+    vars
+}
+
+fn documented() -> BTreeSet<String> {
+    ENV_EXAMPLE
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches('#').trim().split_once('='))
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+        })
+        .collect()
+}
+
+#[test]
+fn the_compose_stack_scales_has_healthchecks_and_starts_in_order() {
+    let doc = compose();
+    for name in [
+        "redis",
+        "rabbitmq",
+        "fake-plivo",
+        "jaeger",
+        "prometheus",
+        "api",
+        "dispatcher",
+    ] {
+        service(&doc, name);
+    }
+    let target = |name: &str| {
+        service(&doc, name)["build"]["target"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(target("api").as_deref(), Some("runtime"));
+    assert_eq!(target("dispatcher").as_deref(), Some("runtime"));
+    assert_eq!(target("fake-plivo").as_deref(), Some("fake-plivo"));
+
+    let dispatcher = service(&doc, "dispatcher");
+    assert!(
+        dispatcher.get("ports").is_none(),
+        "the dispatcher must map no host port"
+    );
+    for (name, probe) in [
+        ("api", "otp-api"),
+        ("dispatcher", "otp-dispatcher"),
+        ("fake-plivo", "fake-plivo"),
+    ] {
+        let test = &service(&doc, name)["healthcheck"]["test"];
+        let words: Vec<&str> = test
+            .as_sequence()
+            .expect(name)
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(words, ["CMD", probe, "healthcheck"], "{name}");
+    }
+    let condition = |svc: &str, dep: &str| {
+        service(&doc, svc)["depends_on"][dep]["condition"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(condition("dispatcher", "fake-plivo"), "service_healthy");
+    for svc in ["api", "dispatcher"] {
+        assert_eq!(condition(svc, "redis"), "service_healthy");
+        assert_eq!(condition(svc, "rabbitmq"), "service_healthy");
+        let grace = service(&doc, svc)["stop_grace_period"]
+            .as_str()
+            .unwrap_or("0s");
+        let grace: u64 = grace.trim_end_matches('s').parse().unwrap();
+        assert!(
+            grace > 10,
+            "{svc}: stop_grace_period must exceed SHUTDOWN_GRACE_SECONDS (10)"
+        );
+        let env = &service(&doc, svc)["environment"];
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
+            Some("http://jaeger:4318")
+        );
+    }
+}
+
+#[test]
+fn every_compose_variable_is_documented_and_read_by_a_binary() {
+    let doc = compose();
+    let (read, documented) = (read_by_a_binary(), documented());
+    for name in ["api", "dispatcher", "fake-plivo"] {
+        let env = service(&doc, name)["environment"].as_mapping().expect(name);
+        for key in env.keys().filter_map(Value::as_str) {
+            assert!(
+                documented.contains(key),
+                "{name}: {key} is not in .env.example"
+            );
+            assert!(read.contains(key), "{name}: {key} is read by no binary");
+        }
+    }
+    for var in read.iter().filter(|v| v.starts_with("FAKE_PLIVO_")) {
+        assert!(documented.contains(var), "{var} is not in .env.example");
+    }
+}
+
+#[test]
+fn the_production_image_holds_only_the_two_services() {
+    let stages: Vec<(String, Vec<&str>)> = DOCKERFILE
+        .split("\nFROM ")
+        .skip(1)
+        .map(|stage| {
+            let name = stage
+                .lines()
+                .next()
+                .unwrap()
+                .rsplit(" AS ")
+                .next()
+                .unwrap()
+                .trim()
+                .to_owned();
+            (name, stage.lines().collect())
+        })
+        .collect();
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names.last(),
+        Some(&"runtime"),
+        "the default target is the production image"
+    );
+    assert!(names.contains(&"fake-plivo"));
+    let copies = |stage: &str| -> String {
+        stages
+            .iter()
+            .find(|(n, _)| n == stage)
+            .unwrap()
+            .1
+            .iter()
+            .filter(|l| l.starts_with("COPY --from=build"))
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let runtime = copies("runtime");
+    assert!(runtime.contains("otp-api") && runtime.contains("otp-dispatcher"));
+    assert!(
+        !runtime.contains("fake-plivo"),
+        "fake-plivo prints codes: not in production"
+    );
+    assert!(copies("fake-plivo").contains("fake-plivo"));
+}
