@@ -1,4 +1,5 @@
-//! otp-dispatcher: consumes send jobs and delivers them through Plivo, at most once per job.
+//! otp-dispatcher: consumes send jobs and delivers them through Plivo. No job is lost
+//! (at-least-once), and a ledger suppresses duplicates (README "Delivery guarantees").
 //!
 //! # Layout
 //! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
