@@ -188,3 +188,34 @@ async fn logs_never_contain_a_code_or_a_whole_number() {
     assert!(!log.contains(&PHONE[1..]), "a whole number was logged");
     assert!(log.contains("+1415*****71"), "numbers are logged masked");
 }
+
+#[tokio::test]
+async fn wrong_passwords_are_never_logged_while_reconnecting() {
+    let (mut cmd, _cleanup) = otp_api();
+    cmd.env("RUST_LOG", "debug")
+        .env("AMQP_URL", "amqp://guest:hunter2-secret@127.0.0.1:5672/%2f")
+        .env("REDIS_URL", "redis://:hunter2-secret@127.0.0.1:6379/0");
+    let (child, mut lines, port) = start_logged(&mut cmd).await;
+    // Let it fail to connect a few times, and answer a request meanwhile.
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/otp/request"))
+        .json(&serde_json::json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let mut log = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+        }
+    })
+    .await;
+    assert!(
+        log.contains("cannot reach RabbitMQ"),
+        "the broker refused the login: {log}"
+    );
+    assert!(!log.contains("hunter2"), "a password was logged: {log}");
+    drop(child);
+}
