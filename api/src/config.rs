@@ -105,9 +105,60 @@ pub struct Limits {
         default_value_t = 10
     )]
     pub max_verifies_per_number_per_15_minutes: u32,
+    /// Verify calls from one client (IPv4 address or IPv6 network) per minute (0 disables).
+    #[arg(long, env = "MAX_VERIFIES_PER_IP_PER_MINUTE", default_value_t = 60)]
+    pub max_verifies_per_ip_per_minute: u32,
+    /// Codes sent per hour across all numbers: the spending ceiling (0 disables).
+    #[arg(long, env = "MAX_SENDS_PER_HOUR", default_value_t = 0)]
+    pub max_sends_per_hour: u32,
+    /// Codes sent per hour per destination country, e.g. `US=20000,GB=500,*=100`, where `*`
+    /// applies to every country not named (empty or 0 disables).
+    #[arg(long, env = "MAX_SENDS_PER_COUNTRY_PER_HOUR", default_value = "",
+          value_parser = CountryBudgets::parse)]
+    pub max_sends_per_country_per_hour: CountryBudgets,
+    /// Prefix length an IPv6 client is counted by in the per-IP limits (48 to 128); IPv4
+    /// clients count by their address.
+    #[arg(long, env = "IPV6_PREFIX_LENGTH", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(48..=128))]
+    pub ipv6_prefix_length: u8,
     /// Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For is believed.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Hourly send budgets per destination country.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountryBudgets {
+    named: Vec<(CountryCode, u32)>,
+    /// For every country not named; 0 means none.
+    others: u32,
+}
+
+impl CountryBudgets {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut budgets = Self::default();
+        for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (country, limit) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("'{entry}' is not COUNTRY=LIMIT (e.g. US=20000, *=100)"))?;
+            let limit: u32 = limit
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{entry}': the limit must be a whole number"))?;
+            match country.trim() {
+                "*" => budgets.others = limit,
+                code => budgets.named.push((code.parse()?, limit)),
+            }
+        }
+        Ok(budgets)
+    }
+
+    /// The hourly budget of `country` (`None`: a number of no single country); 0 means none.
+    pub fn limit_for(&self, country: Option<CountryCode>) -> u32 {
+        country
+            .and_then(|c| self.named.iter().find(|(n, _)| *n == c))
+            .map_or(self.others, |(_, limit)| *limit)
+    }
 }
 
 /// OTP_HMAC_KEY, decoded. Cheap to clone; never printed.
@@ -176,12 +227,26 @@ mod tests {
             ("--allowed-countries", "US,XX"),
             ("--trusted-proxies", "10.0.0.0/8,nonsense"),
             ("--otp-hmac-key", "c2hvcnQ="),
+            ("--ipv6-prefix-length", "32"),
+            ("--max-sends-per-country-per-hour", "US=10,ZZ=5"),
+            ("--max-sends-per-country-per-hour", "US"),
+            ("--max-sends-per-country-per-hour", "US=lots"),
         ] {
             let err = Config::try_parse_from(base.iter().copied().chain([flag, value]))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(flag), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn country_budgets_name_countries_and_a_default() {
+        let b = CountryBudgets::parse("US=20000, GB=500,*=100").unwrap();
+        assert_eq!(b.limit_for(Some("US".parse().unwrap())), 20000);
+        assert_eq!(b.limit_for(Some("GB".parse().unwrap())), 500);
+        assert_eq!(b.limit_for(Some("FR".parse().unwrap())), 100);
+        assert_eq!(b.limit_for(None), 100);
+        assert_eq!(CountryBudgets::parse("").unwrap().limit_for(None), 0);
     }
 
     /// Every variable this binary reads is documented in .env.example, and the example's values

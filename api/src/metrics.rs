@@ -39,7 +39,7 @@ pub struct ApiMetrics {
     verify_success: IntCounter,
     verify_invalid: IntCounter,
     verify_rate_limited: IntCounter,
-    rate_limited: [IntCounter; 4],
+    rate_limited: Vec<IntCounter>,
     publish_duration: Histogram,
     publish_failures: [IntCounter; 5],
 }
@@ -98,7 +98,6 @@ impl ApiMetrics {
             "Send-job publishes that failed (the request got 503), by reason.",
             &["reason"],
         );
-        let limit = |l: LimitKind| limited.with_label_values(&[limit_label(l)]);
         let failure = |r: &str| failures.with_label_values(&[r]);
         Self {
             codes_issued: m::counter(
@@ -109,12 +108,11 @@ impl ApiMetrics {
             verify_success: verifications.with_label_values(&["success"]),
             verify_invalid: verifications.with_label_values(&["invalid"]),
             verify_rate_limited: verifications.with_label_values(&["rate_limited"]),
-            rate_limited: [
-                limit(LimitKind::RequestsPerIp),
-                limit(LimitKind::ResendCooldown),
-                limit(LimitKind::SendsPerHour),
-                limit(LimitKind::VerifiesPerNumber),
-            ],
+            // Indexed by position in `LimitKind::ALL`.
+            rate_limited: LimitKind::ALL
+                .iter()
+                .map(|l| limited.with_label_values(&[l.name()]))
+                .collect(),
             publish_duration: m::histogram(
                 &registry,
                 "otp_publish_duration_seconds",
@@ -159,13 +157,9 @@ impl ApiMetrics {
     }
 
     pub fn rate_limited(&self, limit: LimitKind) {
-        let index = match limit {
-            LimitKind::RequestsPerIp => 0,
-            LimitKind::ResendCooldown => 1,
-            LimitKind::SendsPerHour => 2,
-            LimitKind::VerifiesPerNumber => 3,
-        };
-        self.rate_limited[index].inc();
+        if let Some(index) = LimitKind::ALL.iter().position(|l| *l == limit) {
+            self.rate_limited[index].inc();
+        }
     }
 
     pub fn publish(&self, elapsed: Duration, result: Result<(), &PublishError>) {
@@ -191,15 +185,6 @@ impl ApiMetrics {
 impl Default for ApiMetrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-fn limit_label(limit: LimitKind) -> &'static str {
-    match limit {
-        LimitKind::RequestsPerIp => "requests_per_ip",
-        LimitKind::ResendCooldown => "resend_cooldown",
-        LimitKind::SendsPerHour => "sends_per_number_per_hour",
-        LimitKind::VerifiesPerNumber => "verifies_per_number",
     }
 }
 

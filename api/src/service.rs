@@ -1,7 +1,6 @@
 //! The OTP use cases, independent of HTTP: issue a code, verify a code, read delivery state.
 
 use std::{
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -92,17 +91,24 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
 
     /// Issues a code and queues its SMS. With an Idempotency-Key, a retry of the same request
     /// replays the first response instead of sending another SMS.
+    ///
+    /// `client` is the caller's per-IP bucket ([`crate::client_ip::limit_key`]). With a key, the
+    /// per-IP limit is applied before the key is looked at, so probing keys costs like any
+    /// request; a replay spends nothing else (no cooldown, no send, no budget).
     #[tracing::instrument(skip_all, fields(phone = %phone.masked(), verification_id))]
     pub async fn request(
         &self,
         phone: &PhoneNumber,
-        client_ip: IpAddr,
+        client: &str,
         idempotency_key: Option<&str>,
         request_id: &str,
     ) -> Result<Issued, ApiError> {
         let Some(key) = idempotency_key else {
-            return self.issue(phone, client_ip, request_id).await;
+            return self.issue(phone, Some(client), request_id).await;
         };
+        if let Some(rate) = self.store.hit_request_ip(client).await? {
+            return Err(self.limited(LimitKind::RequestsPerIp, rate));
+        }
         let key_digest = sha256_hex(key.as_bytes());
         let body_digest = sha256_hex(phone.as_e164().as_bytes());
         match self
@@ -123,7 +129,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
                 });
             }
         }
-        let result = self.issue(phone, client_ip, request_id).await;
+        let result = self.issue(phone, None, request_id).await;
         let stored = match &result {
             Ok(issued) => {
                 // Serialising a struct of ids and numbers cannot fail.
@@ -141,10 +147,22 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         result
     }
 
+    /// Logs and counts a refusal by `limit`, and makes it the 429.
+    fn limited(&self, limit: LimitKind, rate: RateLimit) -> ApiError {
+        self.metrics.rate_limited(limit);
+        tracing::info!(
+            limit = limit.name(),
+            retry_after = rate.reset_seconds,
+            "rate limited"
+        );
+        ApiError::RateLimited(rate)
+    }
+
+    /// `client` is `None` when its per-IP limit was applied already.
     async fn issue(
         &self,
         phone: &PhoneNumber,
-        client_ip: IpAddr,
+        client: Option<&str>,
         request_id: &str,
     ) -> Result<Issued, ApiError> {
         let verification_id = Uuid::new_v4();
@@ -152,18 +170,13 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             .record("verification_id", tracing::field::display(verification_id));
         let code = OtpCode::generate(self.policy.length);
         let digest = self.hasher.digest(phone, verification_id, &code);
-        let ip = client_ip.to_string();
         let rate = match self
             .store
-            .issue(phone, &ip, verification_id, &digest)
+            .issue(phone, client, verification_id, &digest)
             .await?
         {
             IssueOutcome::Issued(rate) => rate,
-            IssueOutcome::Limited(kind, rate) => {
-                self.metrics.rate_limited(kind);
-                tracing::info!(limit = ?kind, retry_after = rate.reset_seconds, "request rate limited");
-                return Err(ApiError::RateLimited(rate));
-            }
+            IssueOutcome::Limited(kind, rate) => return Err(self.limited(kind, rate)),
         };
         let now = OffsetDateTime::now_utc();
         let job = SendJob::seal(
@@ -201,23 +214,25 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
     }
 
     /// Checks a code once. Every way of failing gives the same `InvalidOtp`, after the same two
-    /// store round trips and one HMAC, so neither answer nor timing says why.
+    /// store round trips and one HMAC, so neither answer nor timing says why. With
+    /// `verification_id`, the code must be the one issued for that request (ASVS 2.7.3); a
+    /// mismatch counts as a wrong guess.
     #[tracing::instrument(skip_all, fields(phone = %phone.masked()))]
     pub async fn verify(
         &self,
         phone: &PhoneNumber,
         otp: &str,
+        verification_id: Option<Uuid>,
+        client: &str,
     ) -> Result<Option<RateLimit>, ApiError> {
         let Some(candidate) = CandidateCode::parse(otp, self.policy.length) else {
             self.metrics.verification(VerifyOutcome::Invalid);
             return Err(ApiError::InvalidOtp);
         };
-        let (rate, record) = match self.store.begin_verify(phone).await? {
-            VerifyLookup::Limited(rate) => {
-                self.metrics.rate_limited(LimitKind::VerifiesPerNumber);
+        let (rate, record) = match self.store.begin_verify(phone, client).await? {
+            VerifyLookup::Limited(kind, rate) => {
                 self.metrics.verification(VerifyOutcome::RateLimited);
-                tracing::info!("verify rate limited");
-                return Err(ApiError::RateLimited(rate));
+                return Err(self.limited(kind, rate));
             }
             VerifyLookup::Found { rate, record } => (rate, record),
         };
@@ -225,9 +240,11 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             Some((vid, digest)) => (Some(*vid), digest.as_str()),
             None => (None, ""),
         };
+        let bound = verification_id.is_none_or(|wanted| Some(wanted) == vid);
         let matched = self
             .hasher
-            .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest);
+            .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest)
+            & bound;
         if self.store.finish_verify(phone, vid, matched).await? {
             self.metrics.verification(VerifyOutcome::Success);
             tracing::info!("code verified");

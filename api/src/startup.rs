@@ -60,6 +60,9 @@ impl Application {
                 max_requests_per_ip_per_minute: limits.max_requests_per_ip_per_minute,
                 max_verifies_per_number_per_15_minutes: limits
                     .max_verifies_per_number_per_15_minutes,
+                max_verifies_per_ip_per_minute: limits.max_verifies_per_ip_per_minute,
+                max_sends_per_hour: limits.max_sends_per_hour,
+                max_sends_per_country_per_hour: limits.max_sends_per_country_per_hour.clone(),
             },
         );
         let service = Arc::new(OtpService::new(
@@ -82,6 +85,7 @@ impl Application {
                 OtpApi {
                     service: service.clone(),
                     trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
+                    ipv6_prefix: limits.ipv6_prefix_length,
                 },
                 HealthApi {
                     service,

@@ -46,6 +46,21 @@ impl Keys {
         format!("{}ip:{ip}", self.prefix)
     }
 
+    /// Fixed-window counter of verify calls from one client IP (or IPv6 network) per minute.
+    pub fn verifies_per_ip(&self, ip: &str) -> String {
+        format!("{}vip:{ip}", self.prefix)
+    }
+
+    /// Fixed-window counter of sends to all numbers in the current hour (MAX_SENDS_PER_HOUR).
+    pub fn sends_all(&self) -> String {
+        format!("{}sends-all", self.prefix)
+    }
+
+    /// Fixed-window counter of sends to one destination country in the current hour.
+    pub fn sends_country(&self, country: &str) -> String {
+        format!("{}sends-cc:{country}", self.prefix)
+    }
+
     /// Fixed-window counter of verify calls for a number in the current 15 minutes.
     pub fn verifies(&self, e164: &str) -> String {
         format!("{}verifies:{e164}", self.prefix)

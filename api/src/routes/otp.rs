@@ -14,7 +14,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
 use crate::{
-    client_ip::client_ip,
+    client_ip::{client_ip, limit_key},
     error::{ApiError, ErrorResponse},
     middleware::RequestId,
     service::parse_number,
@@ -29,6 +29,8 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub struct OtpApi {
     pub service: Arc<AppService>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// IPV6_PREFIX_LENGTH: IPv6 clients are counted by their network.
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Object)]
@@ -45,6 +47,9 @@ struct VerifyRequest {
     phone_number: String,
     /// The code, exactly OTP_LENGTH digits.
     otp: JsonString,
+    /// The `verificationId` returned when the code was requested. Optional, but clients should
+    /// send it: the code then verifies only for the request it was issued for.
+    verification_id: Option<JsonString>,
 }
 
 #[derive(Debug, Object)]
@@ -109,6 +114,25 @@ enum StatusResponse {
     Ok(Json<DeliveryStatusBody>),
 }
 
+impl OtpApi {
+    /// The caller's per-IP bucket: the client address (behind trusted proxies, from every
+    /// X-Forwarded-For line), IPv6 counted by its network.
+    fn client(&self, remote: &RemoteAddr, headers: &HeaderMap) -> Result<String, ApiError> {
+        let peer = remote
+            .as_socket_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let lines = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{0}"))
+            .collect::<Vec<_>>();
+        let ip = client_ip(peer, lines.into_iter(), &self.trusted_proxies)
+            .map_err(|e| ApiError::InvalidRequest(format!("{e}.")))?;
+        Ok(limit_key(ip, self.ipv6_prefix))
+    }
+}
+
 #[OpenApi(tag = "ApiTags::Otp")]
 impl OtpApi {
     /// Send a one-time password by SMS.
@@ -138,15 +162,10 @@ impl OtpApi {
             }
         }
         let phone = self.service.destination(&body.phone_number)?;
-        let peer = remote
-            .as_socket_addr()
-            .map(|a| a.ip())
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        let ip = client_ip(peer, forwarded, &self.trusted_proxies);
+        let client = self.client(remote, headers)?;
         let issued = self
             .service
-            .request(&phone, ip, key, &request_id.0.0)
+            .request(&phone, &client, key, &request_id.0.0)
             .await?;
         let a = issued.accepted;
         Ok(RequestResponse::Accepted(
@@ -168,9 +187,25 @@ impl OtpApi {
     /// A code verifies at most once. Every failure (no code, expired, wrong, already used, or
     /// voided after too many wrong tries) gives the same 400 INVALID_OTP.
     #[oai(path = "/api/otp/verify", method = "post")]
-    async fn verify(&self, body: Json<VerifyRequest>) -> Result<VerifyResponse, ErrorResponse> {
+    async fn verify(
+        &self,
+        body: Json<VerifyRequest>,
+        remote: &RemoteAddr,
+        headers: &HeaderMap,
+    ) -> Result<VerifyResponse, ErrorResponse> {
         let phone = parse_number(&body.phone_number)?;
-        let rate = self.service.verify(&phone, &body.otp).await?;
+        let verification_id =
+            match &body.verification_id {
+                Some(id) => Some(Uuid::parse_str(id).map_err(|_| {
+                    ApiError::InvalidRequest("verificationId must be a UUID.".into())
+                })?),
+                None => None,
+            };
+        let client = self.client(remote, headers)?;
+        let rate = self
+            .service
+            .verify(&phone, &body.otp, verification_id, &client)
+            .await?;
         Ok(VerifyResponse::Verified(
             Json(Verified {
                 success: true,

@@ -1,16 +1,30 @@
--- Issues a code for one number in a single round trip: applies the per-IP, cooldown and hourly
--- limits, then stores the code's digest and the "queued" delivery state.
--- KEYS: 1 ip counter, 2 cooldown, 3 hourly counter, 4 code hash, 5 status hash, 6 failures
+-- Issues a code for one number in a single round trip: applies the per-IP, cooldown, hourly and
+-- send-budget limits, then stores the code's digest and the "queued" delivery state. Budgets
+-- are checked before any is counted, so a refused request spends none of them.
+-- KEYS: 1 ip counter, 2 cooldown, 3 hourly counter, 4 code hash, 5 status hash, 6 failures,
+--       7 global hourly counter, 8 country hourly counter
 -- ARGV: 1 ip limit, 2 cooldown seconds, 3 hourly limit, 4 verification id, 5 digest,
---       6 code ttl, 7 status ttl, 8 now (unix seconds)
--- Returns {outcome, limit, remaining, reset}: outcome is ok / ip / cooldown / hourly, and the
--- other three describe the tightest limit (for RateLimit-* headers).
+--       6 code ttl, 7 status ttl, 8 now (unix seconds), 9 global hourly limit,
+--       10 country hourly limit
+-- Returns {outcome, limit, remaining, reset}: outcome is ok / ip / cooldown / hourly / global /
+-- country, and the other three describe the tightest per-client limit (for RateLimit-* headers).
 local ip_limit, cooldown, hourly_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local global_limit, country_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
 
 local function ttl_or(key, default)
   local t = redis.call('TTL', key)
   if t < 0 then return default end
   return t
+end
+
+local function count(key)
+  return tonumber(redis.call('GET', key) or '0')
+end
+
+local function spend(key)
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, 3600) end
+  return n
 end
 
 local best = {'ok', 0, -1, 0}
@@ -31,13 +45,22 @@ if cooldown > 0 then
   if t > 0 then return {'cooldown', 1, 0, t} end
 end
 
+if hourly_limit > 0 and count(KEYS[3]) >= hourly_limit then
+  return {'hourly', hourly_limit, 0, ttl_or(KEYS[3], 3600)}
+end
+if country_limit > 0 and count(KEYS[8]) >= country_limit then
+  return {'country', country_limit, 0, ttl_or(KEYS[8], 3600)}
+end
+if global_limit > 0 and count(KEYS[7]) >= global_limit then
+  return {'global', global_limit, 0, ttl_or(KEYS[7], 3600)}
+end
+
 if hourly_limit > 0 then
-  local n = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if n >= hourly_limit then return {'hourly', hourly_limit, 0, ttl_or(KEYS[3], 3600)} end
-  n = redis.call('INCR', KEYS[3])
-  if n == 1 then redis.call('EXPIRE', KEYS[3], 3600) end
+  local n = spend(KEYS[3])
   consider(hourly_limit, hourly_limit - n, ttl_or(KEYS[3], 3600))
 end
+if country_limit > 0 then spend(KEYS[8]) end
+if global_limit > 0 then spend(KEYS[7]) end
 
 if cooldown > 0 then
   redis.call('SET', KEYS[2], ARGV[4], 'EX', cooldown)

@@ -33,6 +33,36 @@ pub enum LimitKind {
     ResendCooldown,
     SendsPerHour,
     VerifiesPerNumber,
+    VerifiesPerIp,
+    /// MAX_SENDS_PER_COUNTRY_PER_HOUR.
+    CountrySendsPerHour,
+    /// MAX_SENDS_PER_HOUR.
+    TotalSendsPerHour,
+}
+
+impl LimitKind {
+    /// The stable name in logs and in `otp_rate_limited_total{limit}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RequestsPerIp => "requests_per_ip",
+            Self::ResendCooldown => "resend_cooldown",
+            Self::SendsPerHour => "sends_per_number_per_hour",
+            Self::VerifiesPerNumber => "verifies_per_number",
+            Self::VerifiesPerIp => "verifies_per_ip",
+            Self::CountrySendsPerHour => "sends_per_country_per_hour",
+            Self::TotalSendsPerHour => "sends_per_hour",
+        }
+    }
+
+    pub const ALL: [Self; 7] = [
+        Self::RequestsPerIp,
+        Self::ResendCooldown,
+        Self::SendsPerHour,
+        Self::VerifiesPerNumber,
+        Self::VerifiesPerIp,
+        Self::CountrySendsPerHour,
+        Self::TotalSendsPerHour,
+    ];
 }
 
 /// The result of trying to issue a code.
@@ -46,7 +76,7 @@ pub enum IssueOutcome {
 /// What a verify finds before comparing digests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyLookup {
-    Limited(RateLimit),
+    Limited(LimitKind, RateLimit),
     /// `record` is the live code's (verification id, hex digest), if the number has one.
     Found {
         rate: RateLimit,
@@ -78,11 +108,19 @@ pub enum StoreError {
 /// Everything the API keeps about codes. Implementations must make `issue` and `finish_verify`
 /// atomic, and enforce limits across every API replica.
 pub trait OtpStore: Send + Sync + 'static {
+    /// Counts a code request against its client's per-minute limit on its own (done before an
+    /// Idempotency-Key is claimed); `Some` when the client is over it.
+    fn hit_request_ip(
+        &self,
+        client: &str,
+    ) -> impl Future<Output = Result<Option<RateLimit>, StoreError>> + Send;
+
     /// Applies the request limits and, if none is hit, stores `digest` as the number's only code.
+    /// `client` is `None` when its per-IP limit was already applied ([`Self::hit_request_ip`]).
     fn issue(
         &self,
         phone: &PhoneNumber,
-        client_ip: &str,
+        client: Option<&str>,
         verification_id: Uuid,
         digest: &str,
     ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
@@ -94,10 +132,12 @@ pub trait OtpStore: Send + Sync + 'static {
         verification_id: Uuid,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Counts a verify call and returns the number's live code, if any.
+    /// Counts a verify call against the client's and the number's limits and returns the
+    /// number's live code, if any.
     fn begin_verify(
         &self,
         phone: &PhoneNumber,
+        client: &str,
     ) -> impl Future<Output = Result<VerifyLookup, StoreError>> + Send;
 
     /// Consumes the code if `matched` and it is still live and not void; otherwise counts a

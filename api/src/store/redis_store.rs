@@ -13,6 +13,8 @@ use otp_shared::{
     status::{self, DeliveryStatus, STATUS_TTL_SECONDS},
 };
 
+use crate::config::CountryBudgets;
+
 use super::{
     IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError, VerifyLookup,
 };
@@ -23,6 +25,14 @@ static VERIFY_BEGIN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_begin.lua")));
 static VERIFY_FINISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_finish.lua")));
+/// One request counted against its client's per-minute limit; returns {count, ttl}.
+static IP_HIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local n = redis.call('INCR', KEYS[1]) \
+         if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end \
+         return {n, redis.call('TTL', KEYS[1])}",
+    )
+});
 static IDEMPOTENCY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("idempotency.lua")));
 
@@ -41,6 +51,16 @@ pub struct StorePolicy {
     pub max_sends_per_number_per_hour: u32,
     pub max_requests_per_ip_per_minute: u32,
     pub max_verifies_per_number_per_15_minutes: u32,
+    pub max_verifies_per_ip_per_minute: u32,
+    pub max_sends_per_hour: u32,
+    pub max_sends_per_country_per_hour: CountryBudgets,
+}
+
+/// The budget counter's name for a number's country (`ZZ`: no single country).
+fn country_of(phone: &PhoneNumber) -> String {
+    phone
+        .country()
+        .map_or_else(|| "ZZ".to_owned(), |c| c.as_str().to_owned())
 }
 
 #[derive(Clone)]
@@ -75,23 +95,42 @@ fn unix_now() -> i64 {
 }
 
 impl OtpStore for RedisStore {
+    async fn hit_request_ip(&self, client: &str) -> Result<Option<RateLimit>, StoreError> {
+        let limit = self.policy.max_requests_per_ip_per_minute;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let (n, reset): (i64, i64) = IP_HIT
+            .key(self.keys.requests_per_ip(client))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok((n > i64::from(limit)).then(|| rate(limit.into(), 0, reset)))
+    }
+
     async fn issue(
         &self,
         phone: &PhoneNumber,
-        client_ip: &str,
+        client: Option<&str>,
         verification_id: Uuid,
         digest: &str,
     ) -> Result<IssueOutcome, StoreError> {
         let e164 = phone.as_e164();
         let p = &self.policy;
+        let ip_limit = if client.is_some() {
+            p.max_requests_per_ip_per_minute
+        } else {
+            0
+        };
         let (outcome, limit, remaining, reset): (String, i64, i64, i64) = ISSUE
-            .key(self.keys.requests_per_ip(client_ip))
+            .key(self.keys.requests_per_ip(client.unwrap_or_default()))
             .key(self.keys.cooldown(e164))
             .key(self.keys.sends_per_hour(e164))
             .key(self.keys.code(e164))
             .key(self.keys.status(verification_id))
             .key(self.keys.failures(e164))
-            .arg(p.max_requests_per_ip_per_minute)
+            .key(self.keys.sends_all())
+            .key(self.keys.sends_country(&country_of(phone)))
+            .arg(ip_limit)
             .arg(p.resend_cooldown_seconds)
             .arg(p.max_sends_per_number_per_hour)
             .arg(verification_id.to_string())
@@ -99,6 +138,8 @@ impl OtpStore for RedisStore {
             .arg(p.code_ttl_seconds)
             .arg(STATUS_TTL_SECONDS)
             .arg(unix_now())
+            .arg(p.max_sends_per_hour)
+            .arg(p.max_sends_per_country_per_hour.limit_for(phone.country()))
             .invoke_async(&mut self.conn.clone())
             .await?;
         let rate = rate(limit, remaining, reset);
@@ -107,6 +148,8 @@ impl OtpStore for RedisStore {
             "ip" => IssueOutcome::Limited(LimitKind::RequestsPerIp, rate),
             "cooldown" => IssueOutcome::Limited(LimitKind::ResendCooldown, rate),
             "hourly" => IssueOutcome::Limited(LimitKind::SendsPerHour, rate),
+            "country" => IssueOutcome::Limited(LimitKind::CountrySendsPerHour, rate),
+            "global" => IssueOutcome::Limited(LimitKind::TotalSendsPerHour, rate),
             other => return Err(StoreError::Corrupt(format!("issue outcome '{other}'"))),
         })
     }
@@ -118,13 +161,19 @@ impl OtpStore for RedisStore {
             .key(self.keys.cooldown(e164))
             .key(self.keys.sends_per_hour(e164))
             .key(self.keys.status(verification_id))
+            .key(self.keys.sends_all())
+            .key(self.keys.sends_country(&country_of(phone)))
             .arg(verification_id.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
 
-    async fn begin_verify(&self, phone: &PhoneNumber) -> Result<VerifyLookup, StoreError> {
+    async fn begin_verify(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+    ) -> Result<VerifyLookup, StoreError> {
         let e164 = phone.as_e164();
         let (outcome, limit, remaining, reset, vid, digest): (
             String,
@@ -136,13 +185,17 @@ impl OtpStore for RedisStore {
         ) = VERIFY_BEGIN
             .key(self.keys.verifies(e164))
             .key(self.keys.code(e164))
+            .key(self.keys.verifies_per_ip(client))
             .arg(self.policy.max_verifies_per_number_per_15_minutes)
             .arg(VERIFY_WINDOW_SECONDS)
+            .arg(self.policy.max_verifies_per_ip_per_minute)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let rate = rate(limit, remaining, reset);
-        if outcome == "limited" {
-            return Ok(VerifyLookup::Limited(rate));
+        match outcome.as_str() {
+            "ip" => return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate)),
+            "number" => return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerNumber, rate)),
+            _ => {}
         }
         let record = Uuid::parse_str(&vid).ok().map(|vid| (vid, digest));
         Ok(VerifyLookup::Found { rate, record })

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod docs;
+mod hardening;
 mod idempotency;
 mod limits;
 mod metrics;
