@@ -41,6 +41,8 @@ pub struct Config {
     pub otp: OtpSettings,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub http: HttpLimits,
 
     /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
@@ -124,6 +126,27 @@ pub struct Limits {
     /// Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For is believed.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Bounds on slow and idle clients (slowloris), and on connections.
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimits {
+    /// Seconds a client may take to send a request's headers; then the connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a client may take to send a request's body; then it gets 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub body_read_timeout_seconds: u64,
+    /// Seconds a keep-alive connection may sit idle between requests.
+    #[arg(long, env = "KEEP_ALIVE_TIMEOUT_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub keep_alive_timeout_seconds: u64,
+    /// Most connections served at once; further clients wait in the accept backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 }
 
 /// Hourly send budgets per destination country.

@@ -47,6 +47,9 @@ pub enum ApiError {
     /// 409 IDEMPOTENCY_REQUEST_IN_PROGRESS: the first request with this key is still running.
     #[error("A request with this Idempotency-Key is still being processed; retry shortly.")]
     IdempotencyInProgress,
+    /// 408 REQUEST_TIMEOUT: the body did not arrive within BODY_READ_TIMEOUT_SECONDS.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
     /// 413 PAYLOAD_TOO_LARGE.
     #[error("Request body is larger than {0} bytes.")]
     PayloadTooLarge(usize),
@@ -89,6 +92,7 @@ impl ApiError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::IdempotencyInProgress => "IDEMPOTENCY_REQUEST_IN_PROGRESS",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
@@ -131,6 +135,7 @@ impl ApiError {
             Self::IdempotencyInProgress => {
                 ErrorResponse::Conflict(self.body(None), UNAVAILABLE_RETRY_AFTER_SECONDS)
             }
+            Self::RequestTimeout => ErrorResponse::RequestTimeout(self.body(None)),
             Self::PayloadTooLarge(_) => ErrorResponse::PayloadTooLarge(self.body(None)),
             Self::UnsupportedMediaType => ErrorResponse::UnsupportedMediaType(self.body(None)),
             Self::IdempotencyKeyReused => ErrorResponse::UnprocessableEntity(self.body(None)),
@@ -171,6 +176,9 @@ pub enum ErrorResponse {
     /// IDEMPOTENCY_REQUEST_IN_PROGRESS: the first request with this key has not finished.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// REQUEST_TIMEOUT: the body was sent too slowly.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// PAYLOAD_TOO_LARGE: bodies are limited to a few KiB.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),

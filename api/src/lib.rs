@@ -4,6 +4,7 @@
 //! - [`config`]: every setting, read from the environment by clap (`otp-api --help`).
 //! - [`startup`]: `Application::build` wires config into the service and the HTTP server.
 //! - [`routes`]: HTTP handlers (poem-openapi), thin translations to [`service`].
+//! - [`server`]: the HTTP server (hyper) with header, idle and connection bounds.
 //! - [`service`]: the use cases: request a code, verify it, read delivery state.
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
 //! - [`store`]: the `OtpStore` trait and its Redis implementation (Lua scripts beside it).
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod queue;
 pub mod routes;
+pub mod server;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -2,11 +2,19 @@
 //! the translation of framework errors (bad JSON, wrong content type, unknown route, panic) into
 //! the service's JSON error bodies.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use poem::{
-    Body, Endpoint, IntoResponse, Request, Response, error::ReadBodyError, http::StatusCode,
+    Body, Endpoint, IntoResponse, Request, Response,
+    http::{
+        HeaderValue, StatusCode,
+        header::{ALLOW, CACHE_CONTROL, X_CONTENT_TYPE_OPTIONS},
+    },
 };
+use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -16,6 +24,9 @@ use crate::{error::ApiError, metrics::ApiMetrics};
 
 /// Bodies are tiny JSON objects; anything bigger is refused before parsing.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
+/// A too-large body is read and discarded up to this much before the 413 is sent, so a client
+/// that writes it all before reading (no `Expect: 100-continue`) gets the answer, not a reset.
+const DRAIN_BYTES: u64 = 1024 * 1024;
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The request's id: the caller's X-Request-Id when it is sane, else a new UUID.
@@ -28,6 +39,7 @@ pub async fn around<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
     metrics: Arc<ApiMetrics>,
+    body_timeout: Duration,
 ) -> poem::Result<Response> {
     let request_id = req
         .headers()
@@ -50,15 +62,23 @@ pub async fn around<E: Endpoint>(
     async move {
         let started = Instant::now();
         req.extensions_mut().insert(RequestId(request_id.clone()));
-        let mut resp = match read_body(req).await {
+        let mut resp = match read_body(req, body_timeout).await {
             Ok(req) => match ep.call(req).await {
                 Ok(resp) => resp.into_response(),
                 Err(err) => error_response(err),
             },
             Err(err) => err.into_response().into_response(),
         };
+        let headers = resp.headers_mut();
         if let Ok(value) = request_id.parse() {
-            resp.headers_mut().insert(REQUEST_ID_HEADER, value);
+            headers.insert(REQUEST_ID_HEADER, value);
+        }
+        // Answers hold codes' fates and verification ids: never cached, never sniffed.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed_methods(&path)));
         }
         let elapsed = started.elapsed();
         metrics.observe_request(&path, resp.status().as_u16(), elapsed);
@@ -73,17 +93,39 @@ pub async fn around<E: Endpoint>(
     .await
 }
 
-/// Buffers the body up to [`MAX_BODY_BYTES`], whether or not Content-Length was sent.
-async fn read_body(req: Request) -> Result<Request, ApiError> {
+/// Buffers the body up to [`MAX_BODY_BYTES`], whether or not Content-Length was sent, within
+/// `timeout` (a client trickling its body gets 408).
+async fn read_body(req: Request, timeout: Duration) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
-    let bytes = body
-        .into_bytes_limit(MAX_BODY_BYTES)
-        .await
-        .map_err(|e| match e {
-            ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge(MAX_BODY_BYTES),
-            _ => ApiError::InvalidRequest("The request body could not be read.".into()),
-        })?;
-    Ok(Request::from_parts(parts, Body::from_bytes(bytes)))
+    let read = async {
+        let mut reader = body.into_async_read();
+        let mut bytes = Vec::new();
+        (&mut reader)
+            .take(MAX_BODY_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await?;
+        if bytes.len() > MAX_BODY_BYTES {
+            tokio::io::copy(&mut reader.take(DRAIN_BYTES), &mut tokio::io::sink()).await?;
+            return Ok(None);
+        }
+        Ok::<_, std::io::Error>(Some(bytes))
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(Some(bytes))) => Ok(Request::from_parts(parts, Body::from_vec(bytes))),
+        Ok(Ok(None)) => Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES)),
+        Ok(Err(_)) => Err(ApiError::InvalidRequest(
+            "The request body could not be read.".into(),
+        )),
+    }
+}
+
+/// The `Allow` header of a 405 (RFC 9110 §15.5.6), by route.
+fn allowed_methods(path: &str) -> &'static str {
+    match path {
+        "/api/otp/request" | "/api/otp/verify" => "POST",
+        _ => "GET",
+    }
 }
 
 /// Errors the handlers returned already carry their response; the rest came from the framework

@@ -3,11 +3,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use poem::{
-    EndpointExt, Route, Server,
-    listener::{Acceptor, Listener, TcpListener},
-    middleware::CatchPanic,
-};
+use poem::{EndpointExt, Route, middleware::CatchPanic};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +14,7 @@ use crate::{
     middleware::{around, panic_response},
     queue::AmqpPublisher,
     routes::{HealthApi, OtpApi},
+    server::{ConnectionLimits, serve},
     service::{CodePolicy, OtpService},
     store::{RedisStore, StorePolicy},
 };
@@ -27,7 +24,8 @@ pub type AppService = OtpService<RedisStore, AmqpPublisher>;
 
 pub struct Application {
     addr: SocketAddr,
-    acceptor: poem::listener::TcpAcceptor,
+    listener: tokio::net::TcpListener,
+    limits: ConnectionLimits,
     app: poem::endpoint::BoxEndpoint<'static>,
     background: CancellationToken,
     publisher_task: tokio::task::JoinHandle<()>,
@@ -39,6 +37,7 @@ impl Application {
     /// the server starts anyway, reports not-ready and answers 503 until they are back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let redis = config.redis.connect()?;
+        let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
         let metrics = Arc::new(ApiMetrics::new());
         let background = CancellationToken::new();
         let (publisher, publisher_task) = AmqpPublisher::start(
@@ -102,22 +101,23 @@ impl Application {
             .at("/openapi.json", spec)
             .nest("/docs", docs)
             .with(CatchPanic::new().with_handler(panic_response))
-            .around(move |ep, req| around(ep, req, metrics.clone()))
+            .around(move |ep, req| around(ep, req, metrics.clone(), body_timeout))
             .boxed();
 
         let bind = SocketAddr::new(config.bind_address, config.port);
-        let acceptor = TcpListener::bind(bind)
-            .into_acceptor()
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
             .with_context(|| format!("binding {bind} (PORT)"))?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .context("reading the bound address")?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let http = &config.http;
         Ok(Self {
             addr,
-            acceptor,
+            listener,
+            limits: ConnectionLimits {
+                header_read_timeout: Duration::from_secs(http.header_read_timeout_seconds),
+                keep_alive_timeout: Duration::from_secs(http.keep_alive_timeout_seconds),
+                max_connections: http.max_connections as usize,
+            },
             app,
             background,
             publisher_task,
@@ -134,9 +134,7 @@ impl Application {
     /// period and closes the broker connection.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "otp-api listening");
-        let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(self.app, shutdown, Some(self.grace))
-            .await;
+        let served = serve(self.listener, self.app, self.limits, shutdown, self.grace).await;
         self.background.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.publisher_task).await;
         tracing::info!("otp-api stopped");

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use otp_api::{
-    config::{Config, HmacKey, Limits, OtpSettings},
+    config::{Config, HmacKey, HttpLimits, Limits, OtpSettings},
     startup::Application,
 };
 use otp_shared::{
@@ -65,6 +65,12 @@ pub fn test_config() -> Config {
             max_sends_per_country_per_hour: Default::default(),
             ipv6_prefix_length: 64,
             trusted_proxies: vec![],
+        },
+        http: HttpLimits {
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 10,
+            keep_alive_timeout_seconds: 60,
+            max_connections: 10_000,
         },
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 2,

@@ -4,6 +4,7 @@ mod helpers;
 
 mod docs;
 mod hardening;
+mod http;
 mod idempotency;
 mod limits;
 mod metrics;

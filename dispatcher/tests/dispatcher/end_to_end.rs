@@ -40,6 +40,12 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
             ipv6_prefix_length: 64,
             trusted_proxies: vec![],
         },
+        http: otp_api::config::HttpLimits {
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 10,
+            keep_alive_timeout_seconds: 60,
+            max_connections: 10_000,
+        },
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 1,
     };
