@@ -8,9 +8,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use otp_shared::phone::mask_e164;
-
 use crate::{metrics::ProviderMetrics, outcome::Attempt};
+
+/// The most of a provider answer that is read.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 pub struct PlivoClient {
     http: reqwest::Client,
@@ -51,6 +52,8 @@ impl PlivoClient {
     pub fn new(settings: PlivoSettings) -> anyhow::Result<Self> {
         let mut http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            // A redirect would re-POST the message text, code included, to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("otp-dispatcher/", env!("CARGO_PKG_VERSION")));
         if let Some(limit) = settings.connect_timeout {
             http = http.connect_timeout(limit);
@@ -111,10 +114,18 @@ impl PlivoClient {
                 reason: format!("plivo unreachable: {}", error_chain(&e)),
                 after: None,
             },
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status();
                 let retry_after = retry_after(resp.headers());
-                let body = resp.bytes().await.unwrap_or_default();
+                // Provider answers are small; a huge one is cut off, never buffered whole.
+                let mut body = Vec::new();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    let room = MAX_RESPONSE_BYTES - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() == MAX_RESPONSE_BYTES {
+                        break;
+                    }
+                }
                 classify(status, retry_after, &body)
             }
         }
@@ -129,21 +140,20 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
             .and_then(|a| a.message_uuid.into_iter().next());
         return Attempt::Sent { provider_id };
     }
-    let detail = serde_json::from_slice::<Rejected>(body)
+    // The reason (logs, ledger, delivery record, dead-letter header) is a fixed text; Plivo's
+    // own words may quote the number, so they are logged only, with every number masked.
+    let reason = format!("plivo answered {}", status.as_u16());
+    if let Some(detail) = serde_json::from_slice::<Rejected>(body)
         .ok()
         .and_then(|r| r.error)
-        .map(|e| match e {
+    {
+        let detail = match detail {
             serde_json::Value::String(s) => s,
             other => other.to_string(),
-        })
-        .map(|e| {
-            format!(
-                ": {}",
-                redact_numbers(&e.chars().take(200).collect::<String>())
-            )
-        })
-        .unwrap_or_default();
-    let reason = format!("plivo answered {}{detail}", status.as_u16());
+        };
+        let detail = redact_numbers(&detail.chars().take(200).collect::<String>());
+        tracing::warn!(status = status.as_u16(), %detail, "Plivo refused the message");
+    }
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         return Attempt::Retry {
             reason,
@@ -159,29 +169,40 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
     Attempt::Fail { reason }
 }
 
-/// Provider error texts can quote the destination; they end up in logs and dead-letter headers,
-/// so runs of six or more digits are masked like any logged number.
+/// Provider error texts can quote the destination, plain (`+14155552671`) or formatted
+/// (`+1 (415) 555-2671`): every digit of a run of six or more, separators allowed between them,
+/// is masked.
 fn redact_numbers(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        let digits = run.bytes().filter(u8::is_ascii_digit).count();
-        out.push_str(&if digits >= 6 {
-            mask_e164(run)
-        } else {
-            run.clone()
-        });
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() || (c == '+' && run.is_empty()) {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
+    let mut i = 0;
+    while i < chars.len() {
+        let starts = |j: usize| chars.get(j).is_some_and(char::is_ascii_digit);
+        if !(starts(i) || (matches!(chars[i], '+' | '(') && starts(i + 1))) {
+            out.push(chars[i]);
+            i += 1;
+            continue;
         }
+        // The run ends after its last digit; separators after it are not part of it.
+        let mut end = i;
+        let mut j = i;
+        while j < chars.len() && (chars[j].is_ascii_digit() || "+-. ()".contains(chars[j])) {
+            if chars[j].is_ascii_digit() {
+                end = j + 1;
+            }
+            j += 1;
+        }
+        let run = &chars[i..end];
+        let digits = run.iter().filter(|c| c.is_ascii_digit()).count();
+        for c in run {
+            out.push(if digits >= 6 && c.is_ascii_digit() {
+                '*'
+            } else {
+                *c
+            });
+        }
+        i = end;
     }
-    flush(&mut run, &mut out);
     out
 }
 
@@ -233,13 +254,13 @@ mod tests {
             (
                 400,
                 None,
-                br#"{"error":"invalid dst"}"#,
-                Want::Fail("400: invalid dst"),
+                br#"{"error":"invalid dst +14155552671"}"#,
+                Want::Fail("plivo answered 400"),
             ),
-            (401, None, b"", Want::Fail("401")),
-            (404, None, b"", Want::Fail("404")),
-            (405, None, b"", Want::Fail("405")),
-            (422, None, b"", Want::Fail("422")),
+            (401, None, b"", Want::Fail("plivo answered 401")),
+            (404, None, b"", Want::Fail("plivo answered 404")),
+            (307, None, b"", Want::Fail("plivo answered 307")),
+            (422, None, b"", Want::Fail("plivo answered 422")),
         ];
         for (status, after, body, want) in cases {
             let got = classify(
@@ -252,7 +273,7 @@ mod tests {
                 (Want::Retry(s), Attempt::Retry { after, .. }) => {
                     *after == s.map(Duration::from_secs)
                 }
-                (Want::Fail(text), Attempt::Fail { reason }) => reason.contains(text),
+                (Want::Fail(text), Attempt::Fail { reason }) => reason == text,
                 _ => false,
             };
             assert!(fine, "{status}: {got:?}");
@@ -263,8 +284,13 @@ mod tests {
     fn numbers_in_provider_errors_are_masked() {
         assert_eq!(
             redact_numbers("invalid dst +14155552671, code 400"),
-            "invalid dst +1415*****71, code 400"
+            "invalid dst +***********, code 400"
         );
+        assert_eq!(
+            redact_numbers("number +1 (415) 555-2671 is invalid."),
+            "number +* (***) ***-**** is invalid."
+        );
+        assert_eq!(redact_numbers("dst 415.555.2671"), "dst ***.***.****");
         assert_eq!(redact_numbers("no digits here"), "no digits here");
     }
 
