@@ -12,7 +12,7 @@ cargo build --release -q -p otp-api -p otp-dispatcher -p fake-plivo
 
 set -a
 . ./.env.example
-LOG_FORMAT=json RUST_LOG=warn
+LOG_FORMAT=json RUST_LOG=warn APP_ENV=development
 SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
 MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
 MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 OTP_MAX_ATTEMPTS=100

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash tools/services.sh
 cargo build --release -p otp-api -p otp-dispatcher -p fake-plivo
 set -a
+# The example keys are development values: production mode refuses them.
+APP_ENV=development
 # shellcheck disable=SC1091
 . ./.env.example
 # shellcheck disable=SC1091

@@ -2,11 +2,16 @@
 
 use hmac::{Hmac, Mac};
 use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
-use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use otp_shared::phone::PhoneNumber;
+use std::sync::Arc;
+
+use otp_shared::{
+    keyring::{RingKey, key_bytes, parse_ring},
+    phone::PhoneNumber,
+};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -45,20 +50,50 @@ impl CandidateCode {
     }
 }
 
-/// HMAC-SHA256 under OTP_HMAC_KEY, binding a code to its number and verification id.
+/// OTP_HMAC_KEY: one base64 key (at least 32 bytes), or several with ids (`2:base64,1:base64`)
+/// while rotating; new digests use the first. Cheap to clone; never printed.
+#[derive(Clone)]
+pub struct HmacKey(Arc<Vec<RingKey>>);
+
+impl HmacKey {
+    pub fn from_base64(value: &str) -> Result<Self, String> {
+        parse_ring(value, 32).map(|ring| Self(Arc::new(ring)))
+    }
+
+    /// Every key's bytes, for the start-up weak-key check.
+    pub fn key_bytes(&self) -> Vec<&[u8]> {
+        key_bytes(&self.0)
+    }
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacKey([REDACTED])")
+    }
+}
+
+/// HMAC-SHA256 under OTP_HMAC_KEY, binding a code to its number and verification id. A stored
+/// digest is `<key id>:<hex>`, or bare hex for key id 0 (as before rotation existed), so a
+/// rotated key still checks the codes issued under it.
 #[derive(Clone)]
 pub struct CodeHasher {
-    key: SecretSlice<u8>,
+    keys: HmacKey,
 }
 
 impl CodeHasher {
-    pub fn new(key: SecretSlice<u8>) -> Self {
-        Self { key }
+    pub fn new(keys: HmacKey) -> Self {
+        Self { keys }
     }
 
-    fn mac(&self, phone: &PhoneNumber, verification_id: Uuid, code: &str) -> HmacSha256 {
+    fn mac(
+        &self,
+        key: &RingKey,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+        code: &str,
+    ) -> HmacSha256 {
         // HMAC takes keys of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(self.key.expose_secret()).expect("HMAC key");
+        let mut mac = HmacSha256::new_from_slice(key.bytes.expose_secret()).expect("HMAC key");
         // Length-prefixed fields, so no two different inputs share a message.
         for part in [
             phone.as_e164().as_bytes(),
@@ -71,10 +106,17 @@ impl CodeHasher {
         mac
     }
 
-    /// The hex digest that is stored instead of the code.
+    /// The digest that is stored instead of the code, under the current key.
     pub fn digest(&self, phone: &PhoneNumber, verification_id: Uuid, code: &OtpCode) -> String {
-        let tag = self.mac(phone, verification_id, code.expose()).finalize();
-        hex(&tag.into_bytes())
+        let key = &self.keys.0[0];
+        let tag = hex(&self
+            .mac(key, phone, verification_id, code.expose())
+            .finalize()
+            .into_bytes());
+        match key.id {
+            0 => tag,
+            id => format!("{id}:{tag}"),
+        }
     }
 
     /// Compares a candidate with a stored hex digest in constant time. A malformed stored digest
@@ -86,8 +128,16 @@ impl CodeHasher {
         candidate: &CandidateCode,
         stored_hex: &str,
     ) -> bool {
-        let stored = unhex(stored_hex).unwrap_or_else(|| vec![0; 32]);
-        self.mac(phone, verification_id, candidate.0.expose_secret())
+        let (id, hex) = match stored_hex.split_once(':') {
+            Some((id, hex)) => (id.parse::<u32>().ok(), hex),
+            None => (Some(0), stored_hex),
+        };
+        // An unknown key id or a malformed digest is checked against the current key, with a
+        // tag that cannot match, so every failure costs the same.
+        let key = id.and_then(|id| self.keys.0.iter().find(|k| k.id == id));
+        let stored = key.and(unhex(hex)).unwrap_or_else(|| vec![0; 32]);
+        let key = key.unwrap_or(&self.keys.0[0]);
+        self.mac(key, phone, verification_id, candidate.0.expose_secret())
             .verify_slice(&stored)
             .is_ok()
     }
@@ -112,8 +162,35 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn keys(spec: &[(u32, u8)]) -> HmacKey {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        let list: Vec<String> = spec
+            .iter()
+            .map(|(id, byte)| format!("{id}:{}", STANDARD.encode([*byte; 32])))
+            .collect();
+        HmacKey::from_base64(&list.join(",")).unwrap()
+    }
+
     fn hasher() -> CodeHasher {
-        CodeHasher::new(vec![9u8; 32].into())
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        CodeHasher::new(HmacKey::from_base64(&STANDARD.encode([9u8; 32])).unwrap())
+    }
+
+    #[test]
+    fn a_rotated_key_still_checks_the_codes_issued_under_it() {
+        let phone = PhoneNumber::parse("+14155552671").unwrap();
+        let vid = Uuid::new_v4();
+        let code = OtpCode::generate(6);
+        let candidate = CandidateCode::parse(code.expose(), 6).unwrap();
+        let old = CodeHasher::new(keys(&[(1, 1)])).digest(&phone, vid, &code);
+        assert!(old.starts_with("1:"));
+        let rotated = CodeHasher::new(keys(&[(2, 2), (1, 1)]));
+        assert!(rotated.matches(&phone, vid, &candidate, &old));
+        let new = rotated.digest(&phone, vid, &code);
+        assert!(new.starts_with("2:"));
+        assert!(rotated.matches(&phone, vid, &candidate, &new));
+        // Once key 1 is retired, its digests no longer verify.
+        assert!(!CodeHasher::new(keys(&[(2, 2)])).matches(&phone, vid, &candidate, &old));
     }
 
     #[test]

@@ -5,15 +5,15 @@ use std::{net::IpAddr, time::Duration};
 
 use clap::{Args, Parser};
 use ipnet::IpNet;
-use secrecy::SecretSlice;
 
 use otp_shared::{
-    config::{AmqpArgs, LogFormat, RedisArgs, SecretParser},
-    crypto::{JobKey, decode_key},
+    config::{AmqpArgs, AppEnv, LogFormat, RedisArgs, SecretParser},
+    crypto::JobKey,
     phone::CountryCode,
 };
 
 use crate::code;
+pub use crate::code::HmacKey;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -44,6 +44,9 @@ pub struct Config {
     #[command(flatten)]
     pub http: HttpLimits,
 
+    /// production (default): known-bad keys stop the process; development: they are allowed.
+    #[arg(long, env = "APP_ENV", default_value = "production")]
+    pub app_env: AppEnv,
     /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -70,15 +73,34 @@ pub struct OtpSettings {
     #[arg(long, env = "SMS_TEMPLATE", default_value = "Your verification code is: {code}",
           value_parser = parse_template)]
     pub sms_template: String,
-    /// Base64 key (at least 32 bytes) for the HMAC-SHA256 digests of codes.
-    #[arg(long, env = "OTP_HMAC_KEY", hide_env_values = true, value_parser = SecretParser(parse_hmac_key))]
+    /// Base64 key (at least 32 bytes) for the HMAC-SHA256 digests of codes; while rotating,
+    /// `id:base64,id:base64` with the new key first.
+    #[arg(long, env = "OTP_HMAC_KEY", hide_env_values = true, value_parser = SecretParser(HmacKey::from_base64))]
     pub otp_hmac_key: HmacKey,
     /// Base64 AES-256 key (exactly 32 bytes) sealing send jobs; the dispatcher needs the same.
+    /// While rotating, `id:base64,id:base64` with the new key first.
     #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = SecretParser(JobKey::from_base64))]
     pub job_encryption_key: JobKey,
     /// Comma-separated ISO 3166 codes (e.g. US,CA,GB). When set, other destinations get 403.
     #[arg(long, env = "ALLOWED_COUNTRIES", value_delimiter = ',')]
     pub allowed_countries: Vec<CountryCode>,
+}
+
+impl Config {
+    /// Refuses known-bad keys outside development: an example value, obviously low entropy, or
+    /// one key under both settings. The error names the variable.
+    pub fn check_keys(&self) -> Result<(), String> {
+        otp_shared::keyring::check_keys(
+            self.app_env,
+            &[
+                ("OTP_HMAC_KEY", self.otp.otp_hmac_key.key_bytes()),
+                (
+                    "JOB_ENCRYPTION_KEY",
+                    self.otp.job_encryption_key.key_bytes(),
+                ),
+            ],
+        )
+    }
 }
 
 impl OtpSettings {
@@ -182,20 +204,6 @@ impl CountryBudgets {
             .and_then(|c| self.named.iter().find(|(n, _)| *n == c))
             .map_or(self.others, |(_, limit)| *limit)
     }
-}
-
-/// OTP_HMAC_KEY, decoded. Cheap to clone; never printed.
-#[derive(Clone)]
-pub struct HmacKey(pub std::sync::Arc<SecretSlice<u8>>);
-
-impl std::fmt::Debug for HmacKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HmacKey([REDACTED])")
-    }
-}
-
-fn parse_hmac_key(value: &str) -> Result<HmacKey, String> {
-    decode_key(value, 32).map(|k| HmacKey(std::sync::Arc::new(k)))
 }
 
 fn parse_template(value: &str) -> Result<String, String> {

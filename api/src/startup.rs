@@ -36,6 +36,7 @@ impl Application {
     /// Binds the port and starts the broker connection. Redis and RabbitMQ may still be down:
     /// the server starts anyway, reports not-ready and answers 503 until they are back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.check_keys().map_err(anyhow::Error::msg)?;
         let redis = config.redis.connect()?;
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
         let metrics = Arc::new(ApiMetrics::new());
@@ -67,7 +68,7 @@ impl Application {
         let service = Arc::new(OtpService::new(
             store,
             publisher,
-            CodeHasher::new(otp.otp_hmac_key.0.as_ref().clone()),
+            CodeHasher::new(otp.otp_hmac_key.clone()),
             otp.job_encryption_key.clone(),
             CodePolicy {
                 length: otp.otp_length.into(),

@@ -7,7 +7,7 @@ use clap::Parser;
 use secrecy::SecretString;
 
 use otp_shared::{
-    config::{AmqpArgs, LogFormat, RedisArgs, SecretParser},
+    config::{AmqpArgs, AppEnv, LogFormat, RedisArgs, SecretParser},
     crypto::JobKey,
 };
 
@@ -79,6 +79,10 @@ pub struct Config {
     /// Port of /healthz and /readyz.
     #[arg(long, env = "DISPATCHER_HTTP_PORT", default_value_t = 3001)]
     pub dispatcher_http_port: u16,
+    /// production (default): known-bad keys and plain-http provider URLs to other hosts stop
+    /// the process; development: they are allowed.
+    #[arg(long, env = "APP_ENV", default_value = "production")]
+    pub app_env: AppEnv,
     /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -89,6 +93,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks what needs more than one setting: outside development, no known-bad key, and
+    /// provider URLs over https unless they point at this host. The error names the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        otp_shared::keyring::check_keys(
+            self.app_env,
+            &[("JOB_ENCRYPTION_KEY", self.job_encryption_key.key_bytes())],
+        )?;
+        if self.app_env == AppEnv::Production {
+            let urls = [
+                ("PLIVO_BASE_URL", Some(&self.plivo_base_url)),
+                (
+                    "SMS_STATUS_CALLBACK_URL",
+                    self.sms_status_callback_url.as_ref(),
+                ),
+            ];
+            for (var, url) in urls {
+                if let Some(url) = url.filter(|u| !secure_or_local(u)) {
+                    return Err(format!(
+                        "{var} must use https:// (plain http only to this host, or with \
+                         APP_ENV=development); got a plain-http URL to {}",
+                        host_of(url)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn retry_policy(&self) -> anyhow::Result<RetryPolicy> {
         RetryPolicy::new(
             Duration::from_millis(self.retry_min_delay_ms),
@@ -114,6 +146,28 @@ fn parse_sender(value: &str) -> Result<String, String> {
     } else {
         Err("must be an E.164 number (+14155550000) or an alphanumeric sender id of at most 11 characters".into())
     }
+}
+
+/// https, or plain http to a loopback host.
+fn secure_or_local(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    url.scheme() == "https"
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn parse_http_url(value: &str) -> Result<String, String> {
@@ -180,6 +234,43 @@ mod tests {
                 .retry_policy()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn plain_http_is_refused_outside_development_unless_local() {
+        let with = |extra: &[&'static str]| {
+            let mut args = base();
+            args.extend(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        // The base key is a sequence of hex digits: too weak for production.
+        let strong = "ZMRZ8+3uYnNyHVnVirnb0ZrbiLjoLe3uOZqreeRILZ4=";
+        let prod = |url: &'static str| {
+            let mut c = with(&["--plivo-base-url", url]);
+            c.job_encryption_key = JobKey::from_base64(strong).unwrap();
+            c
+        };
+        assert!(prod("https://api.plivo.com").validate().is_ok());
+        assert!(prod("http://127.0.0.1:8080").validate().is_ok());
+        assert!(prod("http://localhost:8080").validate().is_ok());
+        let err = prod("http://fake-plivo:8080").validate().unwrap_err();
+        assert!(
+            err.contains("PLIVO_BASE_URL") && err.contains("fake-plivo"),
+            "{err}"
+        );
+        let mut callback = prod("https://api.plivo.com");
+        callback.sms_status_callback_url = Some("http://example.com/cb".into());
+        assert!(
+            callback
+                .validate()
+                .unwrap_err()
+                .contains("SMS_STATUS_CALLBACK_URL")
+        );
+        let mut dev = prod("http://fake-plivo:8080");
+        dev.app_env = AppEnv::Development;
+        assert!(dev.validate().is_ok());
+        let weak = with(&["--plivo-base-url", "https://api.plivo.com"]);
+        assert!(weak.validate().unwrap_err().contains("JOB_ENCRYPTION_KEY"));
     }
 
     #[test]

@@ -37,6 +37,7 @@ impl Application {
     /// Prepares everything and binds the health port. Redis and RabbitMQ may still be down:
     /// the dispatcher connects (and reconnects) by itself.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
         let redis = config.redis.connect()?;
         let metrics = Arc::new(DispatcherMetrics::new());
         let keys = config.redis.keys();

@@ -10,6 +10,28 @@ use crate::{
     urls::AmqpUrl,
 };
 
+/// Where the process runs. `production` (the default) refuses known-bad keys and plain-http
+/// provider URLs to other hosts; `development` allows them, for local stacks and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Production,
+    Development,
+}
+
+impl FromStr for AppEnv {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "production" => Ok(Self::Production),
+            "development" => Ok(Self::Development),
+            _ => Err(format!(
+                "'{s}' is not an environment (expected production or development)"
+            )),
+        }
+    }
+}
+
 /// Log output: JSON lines for machines (default) or human-readable text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

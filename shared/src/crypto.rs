@@ -5,6 +5,8 @@ use aes_gcm::{
     aead::{Aead, Generate, KeyInit, Payload},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
+use std::sync::Arc;
+
 use secrecy::{ExposeSecret, SecretSlice};
 
 /// AES-GCM's standard nonce length in bytes.
@@ -24,35 +26,53 @@ pub fn decode_key(value: &str, min_len: usize) -> Result<SecretSlice<u8>, String
     Ok(bytes.into())
 }
 
-/// The AES-256-GCM key that api and dispatcher share (JOB_ENCRYPTION_KEY).
+/// The AES-256-GCM keys that api and dispatcher share (JOB_ENCRYPTION_KEY): one key, or several
+/// with ids (`2:base64,1:base64`) while rotating. Jobs are sealed with the first (current) key
+/// and opened with whichever key their envelope names.
 #[derive(Clone)]
-pub struct JobKey(Aes256Gcm);
+pub struct JobKey(Arc<Vec<(u32, Aes256Gcm, SecretSlice<u8>)>>);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("sealed job content could not be opened (wrong key, tampered or truncated)")]
 pub struct OpenError;
 
 impl JobKey {
-    /// Parses a base64 value that decodes to exactly 32 bytes.
+    /// Parses one base64 key or an `id:base64,...` list; each key is exactly 32 bytes.
     pub fn from_base64(value: &str) -> Result<Self, String> {
-        let secret = decode_key(value, 32)?;
-        let bytes = secret.expose_secret();
-        if bytes.len() != 32 {
-            return Err(format!(
-                "must decode to exactly 32 bytes, got {}",
-                bytes.len()
-            ));
+        let ring = crate::keyring::parse_ring(value, 32)?;
+        let mut keys = Vec::with_capacity(ring.len());
+        for key in ring {
+            let bytes = key.bytes.expose_secret();
+            if bytes.len() != 32 {
+                return Err(format!(
+                    "key {} must decode to exactly 32 bytes, got {}",
+                    key.id,
+                    bytes.len()
+                ));
+            }
+            // The length was checked just above, so the key is always well formed.
+            let cipher = Aes256Gcm::new_from_slice(bytes).expect("32-byte key");
+            keys.push((key.id, cipher, key.bytes));
         }
-        // The length was checked just above, so the key is always well formed.
-        let cipher = Aes256Gcm::new_from_slice(bytes).expect("32-byte key");
-        Ok(Self(cipher))
+        Ok(Self(Arc::new(keys)))
     }
 
-    /// Encrypts `plaintext` bound to `aad`; the output is nonce || ciphertext || tag.
+    /// The id of the key new jobs are sealed with.
+    pub fn current_id(&self) -> u32 {
+        self.0[0].0
+    }
+
+    /// Every key's bytes, for the start-up weak-key check.
+    pub fn key_bytes(&self) -> Vec<&[u8]> {
+        self.0.iter().map(|(_, _, b)| b.expose_secret()).collect()
+    }
+
+    /// Encrypts `plaintext` bound to `aad` with the current key; the output is
+    /// nonce || ciphertext || tag.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let nonce = Nonce::generate();
-        let ciphertext = self
-            .0
+        let ciphertext = self.0[0]
+            .1
             .encrypt(
                 &nonce,
                 Payload {
@@ -68,14 +88,23 @@ impl JobKey {
         out
     }
 
-    /// Reverses [`JobKey::seal`]; fails if the key, the `aad` or any byte differs.
-    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// Whether a key with this id is configured.
+    pub fn has(&self, key_id: u32) -> bool {
+        self.0.iter().any(|(id, _, _)| *id == key_id)
+    }
+
+    /// Reverses [`JobKey::seal`] with key `key_id`; fails if the key, the `aad` or any byte
+    /// differs.
+    pub fn open(&self, key_id: u32, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let Some((_, cipher, _)) = self.0.iter().find(|(id, _, _)| *id == key_id) else {
+            return Err(OpenError);
+        };
         if sealed.len() < NONCE_LEN {
             return Err(OpenError);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_from(nonce).map_err(|_| OpenError)?;
-        self.0
+        cipher
             .decrypt(
                 &nonce,
                 Payload {
@@ -105,14 +134,24 @@ mod tests {
     fn sealed_content_opens_only_with_the_same_key_and_aad() {
         let sealed = key(1).seal(b"123456", b"job-1");
         assert!(!sealed.windows(6).any(|w| w == b"123456"));
-        assert_eq!(key(1).open(&sealed, b"job-1").unwrap(), b"123456");
-        assert_eq!(key(2).open(&sealed, b"job-1"), Err(OpenError));
-        assert_eq!(key(1).open(&sealed, b"job-2"), Err(OpenError));
-        assert_eq!(key(1).open(&sealed[..5], b"job-1"), Err(OpenError));
+        assert_eq!(key(1).open(0, &sealed, b"job-1").unwrap(), b"123456");
+        assert_eq!(key(2).open(0, &sealed, b"job-1"), Err(OpenError));
+        assert_eq!(key(1).open(0, &sealed, b"job-2"), Err(OpenError));
+        assert_eq!(key(1).open(0, &sealed[..5], b"job-1"), Err(OpenError));
+        assert_eq!(key(1).open(7, &sealed, b"job-1"), Err(OpenError));
     }
 
     #[test]
     fn key_lengths_are_checked_and_never_echoed() {
+        let two = format!(
+            "2:{},1:{}",
+            STANDARD.encode([2u8; 32]),
+            STANDARD.encode([1u8; 32])
+        );
+        let ring = JobKey::from_base64(&two).unwrap();
+        assert_eq!(ring.current_id(), 2);
+        let old = key(1).seal(b"654321", b"a");
+        assert!(ring.open(1, &old, b"a").is_ok(), "an old key still opens");
         let err = JobKey::from_base64(&STANDARD.encode([0u8; 16])).unwrap_err();
         assert!(err.contains("32 bytes"), "{err}");
         let err = JobKey::from_base64("not base64 secret!").unwrap_err();

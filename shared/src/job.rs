@@ -23,6 +23,10 @@ pub struct SendJob {
     /// Unique per publish; the idempotency key the dispatcher de-duplicates on.
     pub job_id: Uuid,
     pub verification_id: Uuid,
+    /// Which JOB_ENCRYPTION_KEY sealed the content (0, and absent on the wire, for a key
+    /// without an id, so such jobs are what dispatchers before key rotation expect).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_id: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// When the code stops being valid; the SMS must not be sent after this.
@@ -71,9 +75,15 @@ pub enum JobError {
     BadEncoding,
     #[error("sealed content could not be decrypted")]
     Undecryptable,
+    #[error("sealed with key id {0}, which JOB_ENCRYPTION_KEY does not list")]
+    UnknownKey(u32),
     /// Fixed text: the content holds the number and the code.
     #[error("sealed content is not a valid job")]
     BadContent,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl SendJob {
@@ -91,6 +101,7 @@ impl SendJob {
             schema_version: SCHEMA_VERSION,
             job_id: Uuid::new_v4(),
             verification_id,
+            key_id: key.current_id(),
             // RFC 3339 keeps whole seconds faithfully; truncate so the AAD survives a round trip.
             created_at: created_at.replace_nanosecond(0).unwrap_or(created_at),
             expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at),
@@ -116,8 +127,11 @@ impl SendJob {
         let sealed = STANDARD
             .decode(&job.sealed)
             .map_err(|_| JobError::BadEncoding)?;
+        if !key.has(job.key_id) {
+            return Err(JobError::UnknownKey(job.key_id));
+        }
         let plaintext = key
-            .open(&sealed, job.aad().as_bytes())
+            .open(job.key_id, &sealed, job.aad().as_bytes())
             .map_err(|_| JobError::Undecryptable)?;
         let content: JobContent =
             serde_json::from_slice(&plaintext).map_err(|_| JobError::BadContent)?;
@@ -133,16 +147,21 @@ impl SendJob {
         now >= self.expires_at
     }
 
-    /// Associated data: every envelope field except the sealed blob.
+    /// Associated data: every envelope field except the sealed blob. A key id other than 0 is
+    /// appended, so id-0 jobs keep the form they had before key rotation existed.
     fn aad(&self) -> String {
-        format!(
+        let mut aad = format!(
             "otp-send-job|v{}|{}|{}|{}|{}",
             self.schema_version,
             self.job_id,
             self.verification_id,
             self.created_at.unix_timestamp(),
             self.expires_at.unix_timestamp()
-        )
+        );
+        if self.key_id != 0 {
+            aad.push_str(&format!("|k{}", self.key_id));
+        }
+        aad
     }
 }
 

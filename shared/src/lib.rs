@@ -5,6 +5,7 @@
 //! - [`crypto`]: base64 key decoding and the AES-256-GCM `JobKey`.
 //! - [`job`]: the send-job contract (`SendJob` envelope + sealed `JobContent`).
 //! - [`amqp`]: queue topology (`Topology`) and AMQP header conventions.
+//! - [`keyring`]: key lists for rotation (`id:base64,...`) and the weak-key check.
 //! - [`keys`]: the Redis keyspace of both binaries.
 //! - [`metrics`]: Prometheus registration helpers and the text exposition.
 //! - [`status`]: delivery state records (queued → sending → sent / failed / expired).
@@ -19,6 +20,7 @@ pub mod amqp;
 pub mod config;
 pub mod crypto;
 pub mod job;
+pub mod keyring;
 pub mod keys;
 pub mod metrics;
 pub mod phone;

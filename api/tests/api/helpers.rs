@@ -51,7 +51,7 @@ pub fn test_config() -> Config {
             otp_validity_seconds: 300,
             otp_max_attempts: 5,
             sms_template: "Your verification code is: {code}".into(),
-            otp_hmac_key: HmacKey(std::sync::Arc::new(vec![7u8; 32].into())),
+            otp_hmac_key: HmacKey::from_base64(&STANDARD.encode([7u8; 32])).unwrap(),
             job_encryption_key: job_key(),
             allowed_countries: vec![],
         },
@@ -72,6 +72,7 @@ pub fn test_config() -> Config {
             keep_alive_timeout_seconds: 60,
             max_connections: 10_000,
         },
+        app_env: otp_shared::config::AppEnv::Development,
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 2,
     }

@@ -30,6 +30,8 @@ fn otp_api() -> (Command, Cleanup) {
         .env("PORT", "0")
         .env("OTP_HMAC_KEY", KEY)
         .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
+        // The tests' keys are fixed bytes, which production refuses.
+        .env("APP_ENV", "development")
         .kill_on_drop(true);
     let cleanup = Cleanup {
         redis_url: REDIS_URL.into(),
@@ -188,6 +190,31 @@ async fn logs_never_contain_a_code_or_a_whole_number() {
     assert!(!log.contains(&PHONE[1..]), "a whole number was logged");
     assert!(log.contains("+1415*****71"), "numbers are logged masked");
 }
+
+#[tokio::test]
+async fn production_refuses_example_weak_and_shared_keys() {
+    let strong_a = "ZMRZ8+3uYnNyHVnVirnb0ZrbiLjoLe3uOZqreeRILZ4=";
+    let strong_b = "fRsogpcZSVwUMCQmCeFgXxcPS2dXX4Dq1J1T7wLg4DY=";
+    let example_hmac = otp_shared::keyring::EXAMPLE_KEYS[0];
+    for (hmac, job, var) in [
+        (example_hmac, strong_b, "OTP_HMAC_KEY"),
+        (strong_a, KEY_ALL_ONE_BYTE, "JOB_ENCRYPTION_KEY"),
+        (strong_a, strong_a, "must be different"),
+    ] {
+        let (mut cmd, _cleanup) = otp_api();
+        cmd.env_remove("APP_ENV")
+            .env("OTP_HMAC_KEY", hmac)
+            .env("JOB_ENCRYPTION_KEY", job);
+        let out = cmd.output().await.expect("otp-api runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: started");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert!(!stderr.contains(strong_a) && !stderr.contains(example_hmac));
+    }
+}
+
+/// `[42; 32]`, base64.
+const KEY_ALL_ONE_BYTE: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 #[tokio::test]
 async fn wrong_passwords_are_never_logged_while_reconnecting() {

@@ -25,7 +25,11 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
             otp_validity_seconds: 300,
             otp_max_attempts: 5,
             sms_template: "Your verification code is: {code}".into(),
-            otp_hmac_key: HmacKey(std::sync::Arc::new(vec![1u8; 32].into())),
+            otp_hmac_key: HmacKey::from_base64(&base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                [1u8; 32],
+            ))
+            .unwrap(),
             job_encryption_key: crate::helpers::job_key(),
             allowed_countries: vec![],
         },
@@ -46,6 +50,7 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
             keep_alive_timeout_seconds: 60,
             max_connections: 10_000,
         },
+        app_env: otp_shared::config::AppEnv::Development,
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 1,
     };

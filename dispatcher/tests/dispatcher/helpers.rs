@@ -135,6 +135,7 @@ impl World {
             plivo_request_timeout_ms: 3000,
             job_lease_seconds: 2,
             dispatcher_http_port: 0,
+            app_env: otp_shared::config::AppEnv::Development,
             log_format: LogFormat::Pretty,
             shutdown_grace_seconds: 5,
         }
@@ -290,6 +291,8 @@ impl World {
             .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
             .env("DISPATCHER_HTTP_PORT", "0")
             .env("LOG_FORMAT", "json")
+            // The tests' keys are fixed bytes, which production refuses.
+            .env("APP_ENV", "development")
             .kill_on_drop(true);
         cmd
     }

@@ -119,6 +119,7 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("RUST_LOG", "warn")
+        .env("APP_ENV", "development")
         .kill_on_drop(true)
         .spawn()
         .expect("otp-api starts");
