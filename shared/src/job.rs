@@ -188,6 +188,52 @@ mod tests {
     }
 
     #[test]
+    fn a_job_names_its_key_and_opens_with_any_listed_key() {
+        let ring = |spec: &str| JobKey::from_base64(spec).unwrap();
+        let k1 = STANDARD.encode([1u8; 32]);
+        let k2 = STANDARD.encode([2u8; 32]);
+        let now = OffsetDateTime::now_utc();
+        let phone = PhoneNumber::parse("+14155552671").unwrap();
+        let seal = |key: &JobKey| {
+            SendJob::seal(
+                key,
+                Uuid::new_v4(),
+                &phone,
+                "123456",
+                "{code}",
+                now,
+                now + Duration::minutes(5),
+            )
+        };
+        let old = seal(&ring(&format!("1:{k1}")));
+        let new = seal(&ring(&format!("2:{k2},1:{k1}")));
+        assert_eq!((old.key_id, new.key_id), (1, 2));
+        assert!(
+            String::from_utf8(new.to_bytes())
+                .unwrap()
+                .contains("\"keyId\":2")
+        );
+        let rotated = ring(&format!("2:{k2},1:{k1}"));
+        assert!(SendJob::decode(&old.to_bytes(), &rotated).is_ok());
+        assert!(SendJob::decode(&new.to_bytes(), &rotated).is_ok());
+        let retired = ring(&format!("2:{k2}"));
+        assert_eq!(
+            SendJob::decode(&old.to_bytes(), &retired).unwrap_err(),
+            JobError::UnknownKey(1)
+        );
+        // The key id is authenticated: relabelling a job breaks it.
+        let mut relabelled = new.clone();
+        relabelled.key_id = 1;
+        assert!(SendJob::decode(&relabelled.to_bytes(), &rotated).is_err());
+        // A bare key is id 0, and the envelope then looks as it did before rotation.
+        assert!(
+            !String::from_utf8(seal(&ring(&k1)).to_bytes())
+                .unwrap()
+                .contains("keyId")
+        );
+    }
+
+    #[test]
     fn a_job_round_trips_and_hides_its_content() {
         let job = job();
         let bytes = job.to_bytes();

@@ -7,9 +7,14 @@ use crate::helpers::{AMQP_URL, PHONE, REDIS_URL, World, accepted, plivo_call, sp
 
 /// The API, configured like the dispatcher (same queue, key prefix and job key).
 async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) {
+    spawn_api_with(api_config(world)).await
+}
+
+/// The API's settings for `world` (same queue, key prefix and job key as its dispatcher).
+pub fn api_config(world: &World) -> otp_api::config::Config {
     use otp_api::config::{Config, HmacKey, Limits, OtpSettings};
     use otp_shared::config::{AmqpArgs, LogFormat, RedisArgs};
-    let config = Config {
+    Config {
         port: 0,
         bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
         redis: RedisArgs {
@@ -53,7 +58,13 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
         app_env: otp_shared::config::AppEnv::Development,
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 1,
-    };
+    }
+}
+
+/// Runs the API until the returned sender is dropped or fired; returns its base URL.
+pub async fn spawn_api_with(
+    config: otp_api::config::Config,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let app = otp_api::startup::Application::build(config)
         .await
         .expect("api builds");

@@ -11,4 +11,5 @@ mod failures;
 mod metrics;
 mod operations;
 mod process;
+mod rotation;
 mod traces;
