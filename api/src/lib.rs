@@ -8,6 +8,7 @@
 //! - [`service`]: the use cases: request a code, verify it, read delivery state.
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
 //! - [`store`]: the `OtpStore` trait and its Redis implementation (Lua scripts beside it).
+//! - [`openapi`]: the published OpenAPI document, completed with the live constraints.
 //! - [`queue`]: the `JobQueue` trait and the RabbitMQ publisher with confirms and reconnects.
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod queue;
 pub mod routes;
 pub mod server;

@@ -95,11 +95,18 @@ impl Application {
             "OTP API",
             env!("CARGO_PKG_VERSION"),
         );
-        let spec = api.spec_endpoint();
+        let spec = Arc::new(crate::openapi::document(&api.spec(), otp.otp_length.into()));
         let docs = api.swagger_ui();
         let app = Route::new()
             .nest("/", api)
-            .at("/openapi.json", spec)
+            .at(
+                "/openapi.json",
+                poem::get(poem::endpoint::make_sync(move |_| {
+                    poem::Response::builder()
+                        .content_type("application/json; charset=utf-8")
+                        .body(spec.as_str().to_owned())
+                })),
+            )
             .nest("/docs", docs)
             .with(CatchPanic::new().with_handler(panic_response))
             .around(move |ep, req| around(ep, req, metrics.clone(), body_timeout))

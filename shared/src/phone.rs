@@ -6,6 +6,8 @@ use phonenumber::country;
 
 /// The longest number E.164 allows, in digits (country code included).
 const E164_MAX_DIGITS: usize = 15;
+/// The longest input accepted, separators included (the OpenAPI document's `maxLength`).
+pub const MAX_INPUT_LEN: usize = 32;
 
 /// A destination that is a valid number for its country, held in E.164 form (`+14155552671`).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -21,7 +23,7 @@ pub enum PhoneNumberError {
     MissingCountryCode,
     #[error("phone number may contain only ASCII digits after the '+'")]
     InvalidCharacters,
-    #[error("phone number is longer than E.164 allows")]
+    #[error("phone number is too long")]
     TooLong,
     #[error("phone number is not valid for its country")]
     NotValid,
@@ -32,6 +34,9 @@ impl PhoneNumber {
     /// digits are tolerated (`+1 (415) 555-2671`); letters, extensions, non-ASCII digits and
     /// anything after the number are not.
     pub fn parse(input: &str) -> Result<Self, PhoneNumberError> {
+        if input.trim().len() > MAX_INPUT_LEN {
+            return Err(PhoneNumberError::TooLong);
+        }
         let rest = input
             .trim()
             .strip_prefix('+')

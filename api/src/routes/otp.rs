@@ -151,16 +151,23 @@ impl OtpApi {
         headers: &HeaderMap,
         request_id: Data<&RequestId>,
     ) -> Result<RequestResponse, ErrorResponse> {
-        let key = idempotency_key.0.as_deref();
-        if let Some(key) = key {
-            let printable = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !printable {
-                return Err(ApiError::InvalidRequest(
-                    "Idempotency-Key must be 1 to 255 printable ASCII characters.".into(),
-                )
-                .into());
+        // Read from the raw header: the typed parameter reads a value that is not visible ASCII
+        // as absent, which would silently drop the client's retry protection.
+        let _ = idempotency_key;
+        let key = match headers.get("idempotency-key") {
+            None => None,
+            Some(raw) => {
+                let bytes = raw.as_bytes();
+                let printable = bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
+                if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY_LEN || !printable {
+                    return Err(ApiError::InvalidRequest(
+                        "Idempotency-Key must be 1 to 255 printable ASCII characters.".into(),
+                    )
+                    .into());
+                }
+                raw.to_str().ok()
             }
-        }
+        };
         let phone = self.service.destination(&body.phone_number)?;
         let client = self.client(remote, headers)?;
         let issued = self

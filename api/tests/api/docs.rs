@@ -35,6 +35,19 @@ async fn the_openapi_document_lists_every_route_status_and_error_code() {
     ] {
         assert!(text.contains(code), "{code} undocumented");
     }
+    // The document states what the server enforces, with the configured code length.
+    let verify = &spec["components"]["schemas"]["VerifyRequest"];
+    assert_eq!(verify["properties"]["otp"]["pattern"], "^[0-9]{6}$");
+    assert_eq!(verify["properties"]["otp"]["maxLength"], 6);
+    assert_eq!(verify["additionalProperties"], true);
+    let phone = &spec["components"]["schemas"]["OtpRequest"]["properties"]["phoneNumber"];
+    assert_eq!(phone["maxLength"], otp_shared::phone::MAX_INPUT_LEN);
+    assert_eq!(phone["format"], "phone");
+    let key = &spec["paths"]["/api/otp/request"]["post"]["parameters"][0];
+    assert_eq!(key["name"], "Idempotency-Key");
+    assert_eq!(key["schema"]["maxLength"], 255);
+    assert!(key["schema"]["pattern"].is_string());
+
     let docs = app.get("/docs").await;
     assert_eq!(docs.status().as_u16(), 200);
     assert!(

@@ -64,5 +64,17 @@ async fn malformed_keys_are_invalid_requests() {
         "INVALID_REQUEST",
     )
     .await;
+    // Bytes that are not visible ASCII (found by schemathesis) were once read as no key at
+    // all, which sent the SMS without retry protection.
+    let non_ascii = reqwest::header::HeaderValue::from_bytes(b"\xd7\xf8\xc2\x9b").unwrap();
+    let resp = app
+        .client
+        .post(format!("{}/api/otp/request", app.base))
+        .header("idempotency-key", non_ascii)
+        .json(&serde_json::json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "INVALID_REQUEST").await;
     assert_eq!(app.queued_jobs().await, 0);
 }
