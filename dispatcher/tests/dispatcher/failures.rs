@@ -56,6 +56,21 @@ async fn a_redirect_is_not_followed_so_the_text_never_goes_elsewhere() {
 }
 
 #[tokio::test]
+async fn a_huge_provider_answer_is_cut_off_and_still_classified() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(ResponseTemplate::new(400).set_body_bytes(vec![b'x'; 8 * 1024 * 1024]))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let (world, _dispatcher) = start(&plivo).await;
+    let (_, status) = world.send_one(PHONE, "818181").await;
+    assert_eq!(status.state.as_str(), "failed");
+    let (_, reason) = world.dead_letter(Duration::from_secs(5)).await;
+    assert_eq!(reason.as_deref(), Some("plivo answered 400"));
+}
+
+#[tokio::test]
 async fn a_401_fails_permanently() {
     let plivo = MockServer::start().await;
     plivo_call()

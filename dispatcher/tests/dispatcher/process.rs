@@ -41,6 +41,32 @@ async fn bad_settings_stop_the_process_naming_the_variable() {
 }
 
 #[tokio::test]
+async fn production_refuses_plain_http_to_another_host_and_weak_keys() {
+    let world = World::new().await;
+    let strong = "ZMRZ8+3uYnNyHVnVirnb0ZrbiLjoLe3uOZqreeRILZ4=";
+    for (url, key, var) in [
+        ("http://plivo.example.com", strong, "PLIVO_BASE_URL"),
+        (
+            "https://api.plivo.com",
+            otp_shared::keyring::EXAMPLE_KEYS[1],
+            "JOB_ENCRYPTION_KEY",
+        ),
+    ] {
+        let out = world
+            .process(url)
+            .env_remove("APP_ENV")
+            .env("JOB_ENCRYPTION_KEY", key)
+            .output()
+            .await
+            .expect("otp-dispatcher runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: started");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert!(!stderr.contains(key));
+    }
+}
+
+#[tokio::test]
 async fn sigterm_stops_the_dispatcher_cleanly() {
     let world = World::new().await;
     let mut child = otp_dispatcher(&world)
