@@ -73,6 +73,17 @@ pub struct OtpSettings {
     #[arg(long, env = "SMS_TEMPLATE", default_value = "Your verification code is: {code}",
           value_parser = parse_template)]
     pub sms_template: String,
+    /// Host name for the WebOTP origin-bound last line `@example.com #123456` (Safari, Chrome).
+    #[arg(long, env = "SMS_ORIGIN", value_parser = crate::sms_text::parse_origin)]
+    pub sms_origin: Option<String>,
+    /// Android SMS Retriever app hash (11 characters), added to the text.
+    #[arg(long, env = "SMS_ANDROID_APP_HASH", value_parser = crate::sms_text::parse_app_hash)]
+    pub sms_android_app_hash: Option<String>,
+    /// Most SMS segments a message may take (GSM-7: 160 characters in one, 153 each when
+    /// split; UCS-2: 70, then 67); a longer template stops the process.
+    #[arg(long, env = "SMS_MAX_SEGMENTS", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub sms_max_segments: u8,
     /// Base64 key (at least 32 bytes) for the HMAC-SHA256 digests of codes; while rotating,
     /// `id:base64,id:base64` with the new key first.
     #[arg(long, env = "OTP_HMAC_KEY", hide_env_values = true, value_parser = SecretParser(HmacKey::from_base64))]
@@ -104,6 +115,26 @@ impl Config {
 }
 
 impl OtpSettings {
+    /// The template sent (with the autofill lines), checked against SMS_MAX_SEGMENTS with a
+    /// code of OTP_LENGTH digits. The error names the variables.
+    pub fn sms_text(&self) -> Result<(String, crate::sms_text::Encoding, usize), String> {
+        let template = crate::sms_text::full_template(
+            &self.sms_template,
+            self.sms_origin.as_deref(),
+            self.sms_android_app_hash.as_deref(),
+        );
+        let sample = template.replace("{code}", &"0".repeat(self.otp_length.into()));
+        let (encoding, segments) = crate::sms_text::segments(&sample);
+        if segments > self.sms_max_segments.into() {
+            return Err(format!(
+                "SMS_TEMPLATE (with SMS_ORIGIN and SMS_ANDROID_APP_HASH) takes {segments} SMS \
+                 segments ({encoding:?}), more than SMS_MAX_SEGMENTS={}",
+                self.sms_max_segments
+            ));
+        }
+        Ok((template, encoding, segments))
+    }
+
     pub fn validity(&self) -> Duration {
         Duration::from_secs(self.otp_validity_seconds.into())
     }

@@ -5,6 +5,7 @@
 //! - [`startup`]: `Application::build` wires config into the service and the HTTP server.
 //! - [`routes`]: HTTP handlers (poem-openapi), thin translations to [`service`].
 //! - [`server`]: the HTTP server (hyper) with header, idle and connection bounds.
+//! - [`sms_text`]: the SMS text with autofill lines, and its segment count.
 //! - [`service`]: the use cases: request a code, verify it, read delivery state.
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
 //! - [`store`]: the `OtpStore` trait and its Redis implementation (Lua scripts beside it).
@@ -26,5 +27,6 @@ pub mod queue;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod sms_text;
 pub mod startup;
 pub mod store;

@@ -37,6 +37,9 @@ impl Application {
     /// the server starts anyway, reports not-ready and answers 503 until they are back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.check_keys().map_err(anyhow::Error::msg)?;
+        let (sms_template, encoding, segments) =
+            config.otp.sms_text().map_err(anyhow::Error::msg)?;
+        tracing::info!(?encoding, segments, "each SMS takes {segments} segment(s)");
         let redis = config.redis.connect()?;
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
         let metrics = Arc::new(ApiMetrics::new());
@@ -73,7 +76,7 @@ impl Application {
             CodePolicy {
                 length: otp.otp_length.into(),
                 validity: otp.validity(),
-                template: otp.sms_template.clone(),
+                template: sms_template,
                 allowed_countries: otp.allowed_countries.clone(),
                 resend_cooldown_seconds: limits.resend_cooldown_seconds,
             },

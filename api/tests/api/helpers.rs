@@ -54,6 +54,9 @@ pub fn test_config() -> Config {
             otp_hmac_key: HmacKey::from_base64(&STANDARD.encode([7u8; 32])).unwrap(),
             job_encryption_key: job_key(),
             allowed_countries: vec![],
+            sms_origin: None,
+            sms_android_app_hash: None,
+            sms_max_segments: 2,
         },
         limits: Limits {
             resend_cooldown_seconds: 0,

@@ -290,3 +290,36 @@ async fn random_bodies_never_yield_a_5xx() {
         assert!(resp.status().as_u16() < 500);
     }
 }
+
+#[tokio::test]
+async fn the_sms_carries_the_autofill_lines_byte_for_byte() {
+    let app = crate::helpers::spawn_with(|c| {
+        c.otp.sms_origin = Some("example.com".into());
+        c.otp.sms_android_app_hash = Some("FA+9qCX9VSu".into());
+    })
+    .await;
+    let resp = app.request_otp(crate::helpers::PHONE).await;
+    assert_eq!(resp.status(), 202);
+    let (_, content) = app.next_job().await;
+    let code = content.code.clone();
+    assert_eq!(
+        content.message_text(),
+        format!("Your verification code is: {code}\n\nFA+9qCX9VSu\n@example.com #{code}")
+    );
+}
+
+#[tokio::test]
+async fn a_template_longer_than_the_segment_limit_stops_the_api() {
+    let mut config = crate::helpers::test_config();
+    config.otp.sms_template = format!("{} {{code}}", "x".repeat(160));
+    config.otp.sms_max_segments = 1;
+    let err = otp_api::startup::Application::build(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("SMS_MAX_SEGMENTS") && err.contains("2 SMS"),
+        "{err}"
+    );
+}

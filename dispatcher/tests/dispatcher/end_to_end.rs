@@ -37,6 +37,9 @@ pub fn api_config(world: &World) -> otp_api::config::Config {
             .unwrap(),
             job_encryption_key: crate::helpers::job_key(),
             allowed_countries: vec![],
+            sms_origin: None,
+            sms_android_app_hash: None,
+            sms_max_segments: 2,
         },
         limits: Limits {
             resend_cooldown_seconds: 30,
