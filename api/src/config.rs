@@ -5,6 +5,7 @@ use std::{net::IpAddr, time::Duration};
 
 use clap::{Args, Parser};
 use ipnet::IpNet;
+use secrecy::SecretString;
 
 use otp_shared::{
     config::{AmqpArgs, AppEnv, LogFormat, RedisArgs, SecretParser},
@@ -44,6 +45,8 @@ pub struct Config {
     #[command(flatten)]
     pub http: HttpLimits,
 
+    #[command(flatten)]
+    pub reports: ReportSettings,
     /// production (default): known-bad keys stop the process; development: they are allowed.
     #[arg(long, env = "APP_ENV", default_value = "production")]
     pub app_env: AppEnv,
@@ -179,6 +182,27 @@ pub struct Limits {
     /// Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For is believed.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Delivery reports from Plivo (`POST /api/otp/callbacks/plivo`); the endpoint answers 404
+/// unless both are set.
+#[derive(Debug, Clone, Args)]
+pub struct ReportSettings {
+    /// Plivo auth token: the key of the callbacks' signatures (the dispatcher's same setting).
+    #[arg(long, env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
+    pub plivo_auth_token: Option<SecretString>,
+    /// The callback URL exactly as the dispatcher passes it to Plivo: signatures cover it (the
+    /// API may see another URL behind a proxy).
+    #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
+    pub sms_status_callback_url: Option<String>,
+}
+
+fn parse_callback_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value.trim()).map_err(|_| "must be an absolute URL".to_owned())?;
+    match url.scheme() {
+        "https" | "http" if url.host_str().is_some() => Ok(value.trim().to_owned()),
+        _ => Err("must be an http(s) URL with a host".into()),
+    }
 }
 
 /// Bounds on slow and idle clients (slowloris), and on connections.

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// 400 INVALID_OTP: identical for every reason a code does not verify.
     #[error("Invalid or expired OTP.")]
     InvalidOtp,
+    /// 403 INVALID_SIGNATURE: a provider callback without a valid signature.
+    #[error("The callback signature is missing or wrong.")]
+    InvalidSignature,
     /// 404 NOT_FOUND.
     #[error("{0}")]
     NotFound(String),
@@ -88,6 +91,7 @@ impl ApiError {
             Self::InvalidRequest(_) => "INVALID_REQUEST",
             Self::InvalidPhoneNumber(_) => "INVALID_PHONE_NUMBER",
             Self::CountryNotAllowed => "COUNTRY_NOT_ALLOWED",
+            Self::InvalidSignature => "INVALID_SIGNATURE",
             Self::InvalidOtp => "INVALID_OTP",
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -129,7 +133,9 @@ impl ApiError {
             Self::InvalidRequest(_) | Self::InvalidPhoneNumber(_) | Self::InvalidOtp => {
                 ErrorResponse::BadRequest(self.body(None))
             }
-            Self::CountryNotAllowed => ErrorResponse::Forbidden(self.body(None)),
+            Self::CountryNotAllowed | Self::InvalidSignature => {
+                ErrorResponse::Forbidden(self.body(None))
+            }
             Self::NotFound(_) => ErrorResponse::NotFound(self.body(None)),
             Self::MethodNotAllowed => ErrorResponse::MethodNotAllowed(self.body(None)),
             Self::IdempotencyInProgress => {

@@ -14,8 +14,10 @@
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`middleware`]: request ids, body limit, access log, framework-error mapping.
+//! - [`callbacks`]: Plivo delivery reports (signatures, replays, forward-only states).
 //! - [`client_ip`]: the client address behind trusted proxies.
 
+pub mod callbacks;
 pub mod client_ip;
 pub mod code;
 pub mod config;

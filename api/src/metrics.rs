@@ -42,7 +42,20 @@ pub struct ApiMetrics {
     rate_limited: Vec<IntCounter>,
     publish_duration: Histogram,
     publish_failures: [IntCounter; 5],
+    /// By report status, indexed like `REPORT_STATUSES`.
+    delivery_reports: Vec<IntCounter>,
 }
+
+/// Report statuses counted by name; any other is counted as `other`.
+const REPORT_STATUSES: [&str; 7] = [
+    "queued",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "rejected",
+    "other",
+];
 
 /// How a verify ended, for `otp_verifications_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +112,12 @@ impl ApiMetrics {
             &["reason"],
         );
         let failure = |r: &str| failures.with_label_values(&[r]);
+        let reports = m::counter_vec(
+            &registry,
+            "otp_delivery_reports_total",
+            "Signed delivery reports received, by provider and status.",
+            &["provider", "status"],
+        );
         Self {
             codes_issued: m::counter(
                 &registry,
@@ -126,6 +145,10 @@ impl ApiMetrics {
                 failure("timeout"),
                 failure("broker"),
             ],
+            delivery_reports: REPORT_STATUSES
+                .iter()
+                .map(|status| reports.with_label_values(&["plivo", status]))
+                .collect(),
             requests,
             request_series,
             durations,
@@ -174,6 +197,15 @@ impl ApiMetrics {
             };
             self.publish_failures[index].inc();
         }
+    }
+
+    /// Counts a signed delivery report (only Plivo's so far).
+    pub fn delivery_report(&self, _provider: &str, status: &str) {
+        let index = REPORT_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(REPORT_STATUSES.len() - 1);
+        self.delivery_reports[index].inc();
     }
 
     /// Every metric in Prometheus' text format.

@@ -8,6 +8,7 @@ use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    callbacks::{self, PlivoReports},
     code::CodeHasher,
     config::Config,
     metrics::ApiMetrics,
@@ -53,7 +54,7 @@ impl Application {
         let otp = &config.otp;
         let limits = &config.limits;
         let store = RedisStore::new(
-            redis,
+            redis.clone(),
             config.redis.keys(),
             StorePolicy {
                 code_ttl_seconds: otp.otp_validity_seconds,
@@ -98,6 +99,19 @@ impl Application {
             "OTP API",
             env!("CARGO_PKG_VERSION"),
         );
+        let reports = match (
+            &config.reports.plivo_auth_token,
+            &config.reports.sms_status_callback_url,
+        ) {
+            (Some(token), Some(url)) => Some(Arc::new(PlivoReports {
+                auth_token: token.clone(),
+                callback_url: url.clone(),
+                redis: redis.clone(),
+                keys: config.redis.keys(),
+                metrics: metrics.clone(),
+            })),
+            _ => None,
+        };
         let spec = Arc::new(crate::openapi::document(&api.spec(), otp.otp_length.into()));
         let docs = api.swagger_ui();
         let app = Route::new()
@@ -111,6 +125,10 @@ impl Application {
                 })),
             )
             .nest("/docs", docs)
+            .at(
+                "/api/otp/callbacks/plivo",
+                poem::post(callbacks::plivo).data(reports),
+            )
             .with(CatchPanic::new().with_handler(panic_response))
             .around(move |ep, req| around(ep, req, metrics.clone(), body_timeout))
             .boxed();

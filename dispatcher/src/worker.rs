@@ -24,7 +24,7 @@ use otp_shared::{
     job::{JobContent, SendJob},
     keys::Keys,
     phone::mask_e164,
-    status::{self, DeliveryState, FIELD_PROVIDER_ID, FIELD_REASON},
+    status::{self, DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER_ID, FIELD_REASON},
     telemetry::adopt_trace_context,
 };
 
@@ -37,6 +37,8 @@ use crate::{
     retry::{RetryPolicy, run_attempts},
 };
 
+/// How long a provider message id stays mapped to its verification after the code expires.
+const REPORT_MARGIN_SECONDS: u64 = 3600;
 /// How long to wait before asking Redis again when it is unreachable.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 
@@ -250,7 +252,55 @@ impl Worker {
             }
         }
         let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.set_state(job, state, outcome.attempts(), &extra).await;
+        match outcome {
+            Final::Sent {
+                provider_id: Some(id),
+                ..
+            } => self.record_sent(job, id, outcome.attempts(), &extra).await,
+            _ => self.set_state(job, state, outcome.attempts(), &extra).await,
+        }
+    }
+
+    /// `sent`, forward only (a fast delivery report may already have said `delivered`), and
+    /// the provider's message id mapped to the verification, for its delivery reports.
+    async fn record_sent(
+        &self,
+        job: &SendJob,
+        provider_id: &str,
+        attempts: u32,
+        extra: &[(&str, &str)],
+    ) {
+        let mut conn = self.redis.clone();
+        // Reports can trail the code's expiry (carriers report late); keep the mapping an hour
+        // longer.
+        let left = (job.expires_at - OffsetDateTime::now_utc())
+            .whole_seconds()
+            .max(0);
+        let ttl = left as u64 + REPORT_MARGIN_SECONDS;
+        let mapped: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(self.keys.provider_message("plivo", provider_id))
+            .arg(job.verification_id.to_string())
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = mapped {
+            tracing::warn!(error = %e, "could not map the message id; its delivery reports will be ignored");
+        }
+        let attempts = attempts.to_string();
+        let mut fields = vec![(FIELD_ATTEMPTS, attempts.as_str())];
+        fields.extend_from_slice(extra);
+        if let Err(e) = status::advance(
+            &mut conn,
+            &self.keys,
+            job.verification_id,
+            DeliveryState::Sent,
+            &fields,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "could not record the delivery state");
+        }
     }
 
     async fn set_state(

@@ -71,6 +71,17 @@ impl Keys {
         format!("{}idem:{key_digest}", self.prefix)
     }
 
+    /// A provider's message id (Plivo's message_uuid) to its verification id, so delivery
+    /// reports find their record. TTL: the code's lifetime plus a margin.
+    pub fn provider_message(&self, provider: &str, message_id: &str) -> String {
+        format!("{}msg:{provider}:{message_id}", self.prefix)
+    }
+
+    /// A delivery-report nonce already used (replays change nothing). TTL: 24 h.
+    pub fn report_nonce(&self, provider: &str, nonce: &str) -> String {
+        format!("{}nonce:{provider}:{nonce}", self.prefix)
+    }
+
     /// Hash: delivery state of one verification, shown by `GET /api/otp/status/{id}`.
     pub fn status(&self, verification_id: Uuid) -> String {
         format!("{}status:{verification_id}", self.prefix)

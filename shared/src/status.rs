@@ -21,10 +21,26 @@ pub const FIELD_REASON: &str = "reason";
 pub enum DeliveryState {
     Queued,
     Sending,
+    /// Accepted by the provider.
     Sent,
+    /// The provider's delivery report: the phone has it.
+    Delivered,
+    /// The provider's delivery report: the carrier could not deliver it.
+    Undelivered,
+    /// Refused by the provider (permanently), or reported failed by it.
     Failed,
     Expired,
 }
+
+const ALL_STATES: [DeliveryState; 7] = [
+    DeliveryState::Queued,
+    DeliveryState::Sending,
+    DeliveryState::Sent,
+    DeliveryState::Delivered,
+    DeliveryState::Undelivered,
+    DeliveryState::Failed,
+    DeliveryState::Expired,
+];
 
 impl DeliveryState {
     pub fn as_str(self) -> &'static str {
@@ -32,8 +48,21 @@ impl DeliveryState {
             Self::Queued => "queued",
             Self::Sending => "sending",
             Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Undelivered => "undelivered",
             Self::Failed => "failed",
             Self::Expired => "expired",
+        }
+    }
+
+    /// States only move forward: a late `sent` report never replaces `delivered`. Final states
+    /// share the top rank, so the first one recorded stays.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Queued => 0,
+            Self::Sending => 1,
+            Self::Sent => 2,
+            Self::Delivered | Self::Undelivered | Self::Failed | Self::Expired => 3,
         }
     }
 }
@@ -48,16 +77,10 @@ impl FromStr for DeliveryState {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Self::Queued,
-            Self::Sending,
-            Self::Sent,
-            Self::Failed,
-            Self::Expired,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
-        .ok_or_else(|| format!("unknown delivery state '{s}'"))
+        ALL_STATES
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery state '{s}'"))
     }
 }
 
@@ -98,6 +121,37 @@ pub async fn record<C: redis::aio::ConnectionLike + Send>(
         .await
 }
 
+/// Moves a record to `state` only if that is forward (by [`DeliveryState::rank`]) and the record
+/// still exists; returns whether it moved. Used for provider reports and the final `sent`, which
+/// may race each other.
+pub async fn advance<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    verification_id: Uuid,
+    state: DeliveryState,
+    extra: &[(&str, &str)],
+) -> redis::RedisResult<bool> {
+    static ADVANCE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(include_str!("advance.lua")));
+    let ranks: Vec<String> = ALL_STATES
+        .iter()
+        .map(|s| format!("{}={}", s.as_str(), s.rank()))
+        .collect();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut invocation = ADVANCE.key(keys.status(verification_id));
+    invocation
+        .arg(state.as_str())
+        .arg(state.rank())
+        .arg(ranks.join(","))
+        .arg(now)
+        .arg(STATUS_TTL_SECONDS);
+    for (k, v) in extra {
+        invocation.arg(*k).arg(*v);
+    }
+    let moved: i64 = invocation.invoke_async(conn).await?;
+    Ok(moved == 1)
+}
+
 /// Reads a delivery record; `None` when the id is unknown (or its record has expired).
 pub async fn load<C: redis::aio::ConnectionLike + Send + Sync>(
     conn: &mut C,
@@ -126,9 +180,18 @@ mod tests {
 
     #[test]
     fn states_round_trip_through_their_names() {
-        for s in ["queued", "sending", "sent", "failed", "expired"] {
+        for s in [
+            "queued",
+            "sending",
+            "sent",
+            "delivered",
+            "undelivered",
+            "failed",
+            "expired",
+        ] {
             assert_eq!(s.parse::<DeliveryState>().unwrap().as_str(), s);
         }
-        assert!("delivered".parse::<DeliveryState>().is_err());
+        assert!("read".parse::<DeliveryState>().is_err());
+        assert!(DeliveryState::Delivered.rank() > DeliveryState::Sent.rank());
     }
 }

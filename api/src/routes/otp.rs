@@ -75,7 +75,8 @@ struct Verified {
 #[oai(rename_all = "camelCase")]
 struct DeliveryStatusBody {
     verification_id: Uuid,
-    /// queued, sending, sent, failed or expired.
+    /// queued, sending, sent (accepted by the provider), delivered or undelivered (the
+    /// carrier's report), failed or expired.
     state: String,
     /// Provider calls made so far.
     attempts: u32,

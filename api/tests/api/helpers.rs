@@ -75,6 +75,10 @@ pub fn test_config() -> Config {
             keep_alive_timeout_seconds: 60,
             max_connections: 10_000,
         },
+        reports: otp_api::config::ReportSettings {
+            plivo_auth_token: None,
+            sms_status_callback_url: None,
+        },
         app_env: otp_shared::config::AppEnv::Development,
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 2,

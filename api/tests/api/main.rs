@@ -9,6 +9,7 @@ mod idempotency;
 mod limits;
 mod metrics;
 mod process;
+mod reports;
 mod request;
 mod resilience;
 mod tls;

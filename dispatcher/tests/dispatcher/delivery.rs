@@ -20,10 +20,25 @@ async fn one_job_gives_exactly_one_call_with_the_right_fields_and_auth() {
         .await;
     let (world, _dispatcher) = start(&plivo).await;
 
-    let (_, status) = world.send_one(PHONE, "012345").await;
+    let (job, status) = world.send_one(PHONE, "012345").await;
     assert_eq!(status.state.as_str(), "sent");
     assert_eq!(status.attempts, 1);
     assert_eq!(status.provider_message_id.as_deref(), Some("msg-1"));
+    // Delivery reports find the verification through Plivo's message id, for a while longer
+    // than the code lives.
+    let key = world.keys().provider_message("plivo", "msg-1");
+    let mapped: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut world.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(mapped, Some(job.verification_id.to_string()));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut world.redis.clone())
+        .await
+        .unwrap();
+    assert!(ttl > 300 && ttl <= 300 + 3600, "{ttl}");
     plivo.verify().await;
 }
 

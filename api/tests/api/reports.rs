@@ -1,0 +1,192 @@
+//! Plivo delivery reports: signed ones move the delivery state forward, nothing else changes it.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use uuid::Uuid;
+
+use otp_shared::{
+    keys::Keys,
+    status::{self, DeliveryState},
+};
+
+use crate::helpers::{PHONE, TestApp, assert_error, spawn_with};
+
+const TOKEN: &str = "report-test-token";
+const URL: &str = "https://otp.example.com/api/otp/callbacks/plivo?tenant=a";
+
+fn hmac_b64(payload: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+    mac.update(payload.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Plivo's V3 construction, written out for this URL: base + `?` + sorted query + `.`, then
+/// the sorted POST parameters as name+value, then `.` + nonce.
+fn v3(params: &[(&str, &str)], nonce: &str) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let body: String = sorted.iter().map(|(k, v)| format!("{k}{v}")).collect();
+    hmac_b64(&format!(
+        "https://otp.example.com/api/otp/callbacks/plivo?tenant=a.{body}.{nonce}"
+    ))
+}
+
+async fn reporting_app() -> TestApp {
+    spawn_with(|c| {
+        c.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
+        c.reports.sms_status_callback_url = Some(URL.into());
+    })
+    .await
+}
+
+/// A code request whose SMS Plivo accepted as `message`: what the dispatcher leaves behind.
+async fn sent(app: &TestApp, phone: &str, message: &str) -> Uuid {
+    let resp = app.request_otp(phone).await;
+    let body: Value = resp.json().await.unwrap();
+    let vid = Uuid::parse_str(body["verificationId"].as_str().unwrap()).unwrap();
+    let keys = Keys::new(app.prefix());
+    let mut redis = app.redis.clone();
+    let _: () = redis::cmd("SET")
+        .arg(keys.provider_message("plivo", message))
+        .arg(vid.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    status::advance(&mut redis, &keys, vid, DeliveryState::Sent, &[])
+        .await
+        .unwrap();
+    vid
+}
+
+async fn state(app: &TestApp, vid: Uuid) -> String {
+    let body: Value = app
+        .get(&format!("/api/otp/status/{vid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["state"].as_str().unwrap().to_owned()
+}
+
+async fn report(
+    app: &TestApp,
+    params: &[(&str, &str)],
+    headers: &[(&str, String)],
+) -> reqwest::Response {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let mut req = app
+        .client
+        .post(format!("{}/api/otp/callbacks/plivo", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    req.send().await.unwrap()
+}
+
+fn v3_headers(params: &[(&str, &str)], nonce: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-plivo-signature-v3", v3(params, nonce)),
+        ("x-plivo-signature-v3-nonce", nonce.to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn a_signed_report_moves_the_state_forward_and_never_back() {
+    let app = reporting_app().await;
+    let vid = sent(&app, PHONE, "m-1").await;
+    let delivered = [
+        ("MessageUUID", "m-1"),
+        ("Status", "delivered"),
+        ("ErrorCode", "000"),
+        ("To", PHONE),
+    ];
+    let resp = report(&app, &delivered, &v3_headers(&delivered, "n-1")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(state(&app, vid).await, "delivered");
+
+    // A late `sent` (reports arrive out of order) does not undo it.
+    let late = [("MessageUUID", "m-1"), ("Status", "sent")];
+    assert_eq!(
+        report(&app, &late, &v3_headers(&late, "n-2"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(state(&app, vid).await, "delivered");
+
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"otp_delivery_reports_total{provider="plivo",status="delivered"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn unsigned_tampered_and_replayed_reports_change_nothing() {
+    let app = reporting_app().await;
+    let vid = sent(&app, PHONE, "m-2").await;
+    let failed = [
+        ("MessageUUID", "m-2"),
+        ("Status", "undelivered"),
+        ("ErrorCode", "30"),
+    ];
+
+    let unsigned = report(&app, &failed, &[]).await;
+    assert_error(unsigned, 403, "INVALID_SIGNATURE").await;
+    // Signed for `delivered`, sent as `undelivered`.
+    let signed_other = [
+        ("MessageUUID", "m-2"),
+        ("Status", "delivered"),
+        ("ErrorCode", "30"),
+    ];
+    let tampered = report(&app, &failed, &v3_headers(&signed_other, "n-3")).await;
+    assert_error(tampered, 403, "INVALID_SIGNATURE").await;
+    assert_eq!(state(&app, vid).await, "sent");
+
+    // Several signatures: any valid one is enough.
+    let mut headers = v3_headers(&failed, "n-4");
+    headers[0].1 = format!("bm9wZQ==,{}", headers[0].1);
+    assert_eq!(report(&app, &failed, &headers).await.status(), 200);
+    assert_eq!(state(&app, vid).await, "undelivered");
+
+    // Nonce n-4 again, validly signed for another message: a replay, ignored.
+    let other = sent(&app, "+14155550177", "m-3").await;
+    let replay = [("MessageUUID", "m-3"), ("Status", "delivered")];
+    assert_eq!(
+        report(&app, &replay, &v3_headers(&replay, "n-4"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(state(&app, other).await, "sent");
+}
+
+#[tokio::test]
+async fn v2_signatures_are_accepted_and_unknown_messages_are_retried_later() {
+    let app = reporting_app().await;
+    let vid = sent(&app, PHONE, "m-4").await;
+    let delivered = [("MessageUUID", "m-4"), ("Status", "delivered")];
+    let v2 = vec![
+        ("x-plivo-signature-v2", hmac_b64(&format!("{URL}n-5"))),
+        ("x-plivo-signature-v2-nonce", "n-5".to_owned()),
+    ];
+    assert_eq!(report(&app, &delivered, &v2).await.status(), 200);
+    assert_eq!(state(&app, vid).await, "delivered");
+
+    let unknown = [("MessageUUID", "m-unknown"), ("Status", "delivered")];
+    let resp = report(&app, &unknown, &v3_headers(&unknown, "n-6")).await;
+    assert_error(resp, 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn without_a_token_and_url_the_endpoint_does_not_exist() {
+    let app = spawn_with(|_| {}).await;
+    let params = [("MessageUUID", "m"), ("Status", "delivered")];
+    let resp = report(&app, &params, &v3_headers(&params, "n")).await;
+    assert_error(resp, 404, "NOT_FOUND").await;
+}
