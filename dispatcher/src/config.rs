@@ -26,21 +26,62 @@ pub struct Config {
     #[command(flatten)]
     pub amqp: AmqpArgs,
 
-    /// Plivo account id (the `auth_id` in the API path and Basic auth).
+    /// SMS providers in order of preference: plivo, twilio, or both (`plivo,twilio`).
+    #[arg(long, env = "SMS_PROVIDERS", value_delimiter = ',', default_value = "plivo",
+          value_parser = parse_provider)]
+    pub sms_providers: Vec<&'static str>,
+
+    /// Plivo account id (the `auth_id` in the API path and Basic auth); required with plivo.
     #[arg(long, env = "PLIVO_AUTH_ID")]
-    pub plivo_auth_id: String,
-    /// Plivo auth token.
+    pub plivo_auth_id: Option<String>,
+    /// Plivo auth token; required with plivo.
     #[arg(long, env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
-    pub plivo_auth_token: SecretString,
-    /// Sender: an E.164 number (+14155550000) or an alphanumeric sender id (up to 11 characters).
+    pub plivo_auth_token: Option<SecretString>,
+    /// Sender: an E.164 number (+14155550000) or an alphanumeric sender id (up to 11
+    /// characters); required with plivo.
     #[arg(long, env = "PLIVO_SENDER_NUMBER", value_parser = parse_sender)]
-    pub plivo_sender_number: String,
+    pub plivo_sender_number: Option<String>,
     /// Plivo API base URL; point it at a fake for local runs and tests.
     #[arg(long, env = "PLIVO_BASE_URL", default_value = "https://api.plivo.com", value_parser = parse_http_url)]
     pub plivo_base_url: String,
     /// Optional URL Plivo calls with delivery reports (passed as `url`).
     #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_http_url)]
     pub sms_status_callback_url: Option<String>,
+    /// Twilio account SID (the path and Basic auth user); required with twilio.
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+    /// Twilio auth token; required with twilio.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<SecretString>,
+    /// Twilio sender (`From`): an E.164 number or an alphanumeric sender id; required with twilio.
+    #[arg(long, env = "TWILIO_FROM_NUMBER", value_parser = parse_sender)]
+    pub twilio_from_number: Option<String>,
+    /// Twilio API base URL; point it at a fake for local runs and tests.
+    #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com", value_parser = parse_http_url)]
+    pub twilio_base_url: String,
+    /// Retries a job spends on one provider before its next attempt goes to the next one.
+    #[arg(long, env = "FAILOVER_AFTER_RETRIES", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub failover_after_retries: u32,
+    /// Consecutive failed calls that open a provider's circuit breaker.
+    #[arg(long, env = "BREAKER_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub breaker_failures: u32,
+    /// Share of failed calls (0 to 1) in a window that opens the breaker...
+    #[arg(long, env = "BREAKER_FAILURE_RATIO", default_value_t = 0.5, value_parser = parse_ratio)]
+    pub breaker_failure_ratio: f64,
+    /// ...once the window holds at least this many calls.
+    #[arg(long, env = "BREAKER_MIN_CALLS", default_value_t = 20)]
+    pub breaker_min_calls: u32,
+    /// Seconds of the breaker's failure-share window.
+    #[arg(long, env = "BREAKER_WINDOW_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub breaker_window_seconds: u64,
+    /// Seconds an open breaker waits before letting one probe through.
+    #[arg(long, env = "BREAKER_COOLDOWN_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub breaker_cooldown_seconds: u64,
+
     /// Base64 AES-256 key (32 bytes) that opens send jobs; the same as otp-api's.
     #[arg(long, env = "JOB_ENCRYPTION_KEY", hide_env_values = true, value_parser = SecretParser(JobKey::from_base64))]
     pub job_encryption_key: JobKey,
@@ -96,6 +137,31 @@ impl Config {
     /// Checks what needs more than one setting: outside development, no known-bad key, and
     /// provider URLs over https unless they point at this host. The error names the variable.
     pub fn validate(&self) -> Result<(), String> {
+        let missing = |var: &str, provider: &str| {
+            format!("{var} is required when SMS_PROVIDERS includes {provider}")
+        };
+        if self.sms_providers.contains(&"plivo") {
+            if self.plivo_auth_id.is_none() {
+                return Err(missing("PLIVO_AUTH_ID", "plivo"));
+            }
+            if self.plivo_auth_token.is_none() {
+                return Err(missing("PLIVO_AUTH_TOKEN", "plivo"));
+            }
+            if self.plivo_sender_number.is_none() {
+                return Err(missing("PLIVO_SENDER_NUMBER", "plivo"));
+            }
+        }
+        if self.sms_providers.contains(&"twilio") {
+            if self.twilio_account_sid.is_none() {
+                return Err(missing("TWILIO_ACCOUNT_SID", "twilio"));
+            }
+            if self.twilio_auth_token.is_none() {
+                return Err(missing("TWILIO_AUTH_TOKEN", "twilio"));
+            }
+            if self.twilio_from_number.is_none() {
+                return Err(missing("TWILIO_FROM_NUMBER", "twilio"));
+            }
+        }
         otp_shared::keyring::check_keys(
             self.app_env,
             &[("JOB_ENCRYPTION_KEY", self.job_encryption_key.key_bytes())],
@@ -103,6 +169,7 @@ impl Config {
         if self.app_env == AppEnv::Production {
             let urls = [
                 ("PLIVO_BASE_URL", Some(&self.plivo_base_url)),
+                ("TWILIO_BASE_URL", Some(&self.twilio_base_url)),
                 (
                     "SMS_STATUS_CALLBACK_URL",
                     self.sms_status_callback_url.as_ref(),
@@ -145,6 +212,21 @@ fn parse_sender(value: &str) -> Result<String, String> {
         Ok(value.to_owned())
     } else {
         Err("must be an E.164 number (+14155550000) or an alphanumeric sender id of at most 11 characters".into())
+    }
+}
+
+fn parse_provider(value: &str) -> Result<&'static str, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "plivo" => Ok("plivo"),
+        "twilio" => Ok("twilio"),
+        other => Err(format!("'{other}' is not a provider (plivo or twilio)")),
+    }
+}
+
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err("must be a share above 0 and at most 1, e.g. 0.5".into()),
     }
 }
 

@@ -2,6 +2,8 @@
 //! (at-least-once), and a ledger suppresses duplicates (README "Delivery guarantees").
 //!
 //! # Layout
+//! - [`breaker`]: the per-provider circuit breaker, shared through Redis.
+//! - [`router`]: which provider a job's next attempt goes to (preference, breakers, failover).
 //! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
 //! - [`dlq`]: reading, replaying and removing dead letters.
 //! - [`config`]: every setting, read from the environment by clap (`otp-dispatcher --help`).
@@ -10,12 +12,15 @@
 //! - [`worker`]: one job end to end: decode, claim, send with retries, record, ack/dead-letter.
 //! - [`outcome`]: `Attempt` (one provider call) and `Final` (a job), and how they map to acks.
 //! - [`retry`]: `RetryPolicy` (capped exponential backoff, full jitter) and the retry loop.
+//! - [`sender`]: the `SmsSender` trait every provider implements.
+//! - [`twilio`]: the Twilio Messages API client, the second provider.
 //! - [`plivo`]: the Plivo Message API client and status-code classification.
 //! - [`ledger`]: the Redis idempotency ledger (job leases and outcomes).
 //! - [`limiter`]: the global PLIVO_MAX_RPS token bucket in Redis.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
@@ -27,5 +32,8 @@ pub mod metrics;
 pub mod outcome;
 pub mod plivo;
 pub mod retry;
+pub mod router;
+pub mod sender;
 pub mod startup;
+pub mod twilio;
 pub mod worker;

@@ -21,10 +21,15 @@ pub enum JobResult {
     Duplicate,
 }
 
+/// The providers metrics are kept for.
+const PROVIDERS: [&str; 2] = ["plivo", "twilio"];
+
 pub struct DispatcherMetrics {
     registry: Registry,
     jobs: [IntCounter; 5],
-    pub provider: ProviderMetrics,
+    /// Indexed like `PROVIDERS`.
+    providers: Vec<ProviderMetrics>,
+    breakers: Vec<IntGauge>,
     pub send_retries: IntCounter,
     pub jobs_in_flight: IntGauge,
     pub time_to_accept: Histogram,
@@ -71,8 +76,41 @@ impl DispatcherMetrics {
             "SMS provider calls, by provider and status class (2xx, 4xx, 5xx, other, error).",
             &["provider", "status_class"],
         );
-        let class = |c: &str| provider_requests.with_label_values(&["plivo", c]);
+        let duration = m::histogram_vec(
+            &registry,
+            "otp_provider_request_duration_seconds",
+            "Time an SMS provider call took, answered or not.",
+            &["provider"],
+            LATENCY_BUCKETS,
+        );
+        let breaker_state = m::gauge_vec(
+            &registry,
+            "otp_provider_breaker_state",
+            "Each provider's circuit breaker: 0 closed, 1 open, 2 half-open.",
+            &["provider"],
+        );
+        let providers = PROVIDERS
+            .iter()
+            .map(|p| {
+                let class = |c: &str| provider_requests.with_label_values(&[p, c]);
+                ProviderMetrics {
+                    by_class: [
+                        class("2xx"),
+                        class("4xx"),
+                        class("5xx"),
+                        class("other"),
+                        class("error"),
+                    ],
+                    duration: duration.with_label_values(&[p]),
+                }
+            })
+            .collect();
         Self {
+            providers,
+            breakers: PROVIDERS
+                .iter()
+                .map(|p| breaker_state.with_label_values(&[p]))
+                .collect(),
             jobs: [
                 job("sent"),
                 job("failed"),
@@ -80,21 +118,6 @@ impl DispatcherMetrics {
                 job("withdrawn"),
                 job("duplicate"),
             ],
-            provider: ProviderMetrics {
-                by_class: [
-                    class("2xx"),
-                    class("4xx"),
-                    class("5xx"),
-                    class("other"),
-                    class("error"),
-                ],
-                duration: m::histogram(
-                    &registry,
-                    "otp_provider_request_duration_seconds",
-                    "Time an SMS provider call took, answered or not.",
-                    LATENCY_BUCKETS,
-                ),
-            },
             send_retries: m::counter(
                 &registry,
                 "otp_send_retries_total",
@@ -123,6 +146,18 @@ impl DispatcherMetrics {
             ),
             registry,
         }
+    }
+
+    /// The call metrics of a provider (`plivo` or `twilio`).
+    pub fn provider(&self, name: &str) -> ProviderMetrics {
+        let index = PROVIDERS.iter().position(|p| *p == name).unwrap_or(0);
+        self.providers[index].clone()
+    }
+
+    /// The breaker-state gauge of a provider.
+    pub fn breaker(&self, name: &str) -> IntGauge {
+        let index = PROVIDERS.iter().position(|p| *p == name).unwrap_or(0);
+        self.breakers[index].clone()
     }
 
     pub fn job(&self, result: JobResult) {
@@ -172,7 +207,9 @@ mod tests {
     fn provider_calls_are_counted_by_status_class() {
         let metrics = DispatcherMetrics::new();
         for status in [Some(202), Some(429), Some(503), None] {
-            metrics.provider.observe(status, Duration::from_millis(5));
+            metrics
+                .provider("plivo")
+                .observe(status, Duration::from_millis(5));
         }
         {
             let _a = InFlight::start(&metrics.jobs_in_flight);
@@ -186,6 +223,6 @@ mod tests {
             assert!(text.contains(&line), "{line} missing in {text}");
         }
         assert!(text.contains("otp_jobs_in_flight 0"));
-        assert!(text.contains("otp_provider_request_duration_seconds_count 4"));
+        assert!(text.contains("otp_provider_request_duration_seconds_count{provider=\"plivo\"} 4"));
     }
 }

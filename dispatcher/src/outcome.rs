@@ -14,8 +14,12 @@ pub enum Attempt {
         reason: String,
         after: Option<Duration>,
     },
-    /// Will never succeed as is: 4xx other than 429.
+    /// Will never succeed, whichever provider tries: the destination or the request is the
+    /// problem (a 4xx about the number).
     Fail { reason: String },
+    /// This provider cannot send at all (credentials, account, configuration): another
+    /// provider may.
+    Unusable { reason: String },
 }
 
 /// How a job ended.

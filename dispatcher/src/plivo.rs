@@ -160,13 +160,20 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
             after: retry_after,
         };
     }
-    if status == StatusCode::UNAUTHORIZED {
-        tracing::error!(
-            operator_action = "check PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN",
-            "Plivo rejected the credentials (401)"
-        );
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            tracing::error!(
+                operator_action = "check PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN",
+                "Plivo rejected the credentials ({})",
+                status.as_u16()
+            );
+            Attempt::Unusable { reason }
+        }
+        // The account path does not exist or the API moved: no message will go through Plivo.
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Attempt::Unusable { reason },
+        // 400 and the like: the parameters, and of those only the number varies.
+        _ => Attempt::Fail { reason },
     }
-    Attempt::Fail { reason }
 }
 
 /// Provider error texts can quote the destination, plain (`+14155552671`) or formatted
@@ -238,6 +245,7 @@ mod tests {
         Sent(Option<&'static str>),
         Retry(Option<u64>),
         Fail(&'static str),
+        Unusable(&'static str),
     }
 
     #[test]
@@ -257,8 +265,8 @@ mod tests {
                 br#"{"error":"invalid dst +14155552671"}"#,
                 Want::Fail("plivo answered 400"),
             ),
-            (401, None, b"", Want::Fail("plivo answered 401")),
-            (404, None, b"", Want::Fail("plivo answered 404")),
+            (401, None, b"", Want::Unusable("plivo answered 401")),
+            (404, None, b"", Want::Unusable("plivo answered 404")),
             (307, None, b"", Want::Fail("plivo answered 307")),
             (422, None, b"", Want::Fail("plivo answered 422")),
         ];
@@ -274,6 +282,7 @@ mod tests {
                     *after == s.map(Duration::from_secs)
                 }
                 (Want::Fail(text), Attempt::Fail { reason }) => reason == text,
+                (Want::Unusable(text), Attempt::Unusable { reason }) => reason == text,
                 _ => false,
             };
             assert!(fine, "{status}: {got:?}");

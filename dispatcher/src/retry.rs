@@ -90,7 +90,9 @@ where
                     attempts,
                 };
             }
-            Attempt::Fail { reason } => return Final::Failed { reason, attempts },
+            Attempt::Fail { reason } | Attempt::Unusable { reason } => {
+                return Final::Failed { reason, attempts };
+            }
             Attempt::Retry { reason, after } => {
                 // `without_max_times` makes the iterator endless; the fallback only satisfies
                 // the type.

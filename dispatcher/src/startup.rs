@@ -15,6 +15,7 @@ use poem::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    breaker::{Breaker, BreakerSettings, SystemClock},
     config::Config,
     consumer::{self, Consumer},
     health::{self, Readiness},
@@ -22,8 +23,72 @@ use crate::{
     limiter::RateLimiter,
     metrics::DispatcherMetrics,
     plivo::{PlivoClient, PlivoSettings},
+    router::{Provider, Router},
+    sender::SmsSender,
+    twilio::{TwilioClient, TwilioSettings},
     worker::Worker,
 };
+
+/// The providers of SMS_PROVIDERS, in order, each with its circuit breaker.
+fn providers(
+    config: &Config,
+    redis: &redis::aio::ConnectionManager,
+    keys: &otp_shared::keys::Keys,
+    metrics: &Arc<DispatcherMetrics>,
+) -> anyhow::Result<Router> {
+    let connect_timeout = Some(Duration::from_millis(config.plivo_connect_timeout_ms));
+    let request_timeout = Some(Duration::from_millis(config.plivo_request_timeout_ms));
+    let breaker = BreakerSettings {
+        consecutive_failures: config.breaker_failures,
+        failure_ratio: config.breaker_failure_ratio,
+        min_calls: config.breaker_min_calls,
+        window: Duration::from_secs(config.breaker_window_seconds),
+        cooldown: Duration::from_secs(config.breaker_cooldown_seconds),
+    };
+    let mut list = Vec::new();
+    for name in &config.sms_providers {
+        // `validate` checked that the chosen providers' settings are present.
+        let missing = || anyhow::anyhow!("settings of {name} are missing");
+        let sender: Arc<dyn SmsSender> = match *name {
+            "twilio" => Arc::new(
+                TwilioClient::new(TwilioSettings {
+                    base_url: config.twilio_base_url.clone(),
+                    account_sid: config.twilio_account_sid.clone().ok_or_else(missing)?,
+                    auth_token: config.twilio_auth_token.clone().ok_or_else(missing)?,
+                    from: config.twilio_from_number.clone().ok_or_else(missing)?,
+                    status_callback_url: None,
+                    connect_timeout,
+                    request_timeout,
+                })
+                .context("building the Twilio HTTP client")?
+                .with_metrics(metrics.provider("twilio")),
+            ),
+            _ => Arc::new(
+                PlivoClient::new(PlivoSettings {
+                    base_url: config.plivo_base_url.clone(),
+                    auth_id: config.plivo_auth_id.clone().ok_or_else(missing)?,
+                    auth_token: config.plivo_auth_token.clone().ok_or_else(missing)?,
+                    sender: config.plivo_sender_number.clone().ok_or_else(missing)?,
+                    status_callback_url: config.sms_status_callback_url.clone(),
+                    connect_timeout,
+                    request_timeout,
+                })
+                .context("building the Plivo HTTP client")?
+                .with_metrics(metrics.provider("plivo")),
+            ),
+        };
+        let breaker = Breaker::new(
+            redis.clone(),
+            keys,
+            sender.name(),
+            breaker.clone(),
+            Arc::new(SystemClock),
+            metrics.breaker(sender.name()),
+        );
+        list.push(Provider { sender, breaker });
+    }
+    Ok(Router::new(list, config.failover_after_retries))
+}
 
 pub struct Application {
     consumer: Consumer,
@@ -42,17 +107,7 @@ impl Application {
         let metrics = Arc::new(DispatcherMetrics::new());
         let keys = config.redis.keys();
         let topology = config.amqp.topology();
-        let plivo = PlivoClient::new(PlivoSettings {
-            base_url: config.plivo_base_url.clone(),
-            auth_id: config.plivo_auth_id.clone(),
-            auth_token: config.plivo_auth_token.clone(),
-            sender: config.plivo_sender_number.clone(),
-            status_callback_url: config.sms_status_callback_url.clone(),
-            connect_timeout: Some(Duration::from_millis(config.plivo_connect_timeout_ms)),
-            request_timeout: Some(Duration::from_millis(config.plivo_request_timeout_ms)),
-        })
-        .context("building the Plivo HTTP client")?
-        .with_metrics(metrics.provider.clone());
+        let router = providers(&config, &redis, &keys, &metrics)?;
         let worker = Worker {
             ledger: Ledger::new(
                 redis.clone(),
@@ -60,7 +115,7 @@ impl Application {
                 Duration::from_secs(config.job_lease_seconds),
             ),
             limiter: RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps),
-            plivo,
+            router,
             policy: config.retry_policy()?,
             job_key: config.job_encryption_key.clone(),
             redis: redis.clone(),

@@ -24,7 +24,9 @@ use otp_shared::{
     job::{JobContent, SendJob},
     keys::Keys,
     phone::mask_e164,
-    status::{self, DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER_ID, FIELD_REASON},
+    status::{
+        self, DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER, FIELD_PROVIDER_ID, FIELD_REASON,
+    },
     telemetry::adopt_trace_context,
 };
 
@@ -33,8 +35,8 @@ use crate::{
     limiter::RateLimiter,
     metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
-    plivo::PlivoClient,
     retry::{RetryPolicy, run_attempts},
+    router::{JobRoute, Router},
 };
 
 /// How long a provider message id stays mapped to its verification after the code expires.
@@ -45,7 +47,7 @@ const REDIS_RETRY: Duration = Duration::from_secs(1);
 pub struct Worker {
     pub ledger: Ledger,
     pub limiter: RateLimiter,
-    pub plivo: PlivoClient,
+    pub router: Router,
     pub policy: RetryPolicy,
     pub job_key: JobKey,
     pub redis: ConnectionManager,
@@ -130,8 +132,9 @@ impl Worker {
         }
 
         let keep_alive = self.ledger.keep_alive(job.job_id, owner);
+        let route = self.router.route();
         let attempts = run_attempts(&self.policy, deadline, |n| {
-            self.attempt(job, content, n, deadline)
+            self.attempt(job, content, n, deadline, &route)
         });
         let outcome = tokio::select! {
             outcome = attempts => outcome,
@@ -143,7 +146,8 @@ impl Worker {
             }
         };
         drop(keep_alive);
-        self.record(job, owner, &outcome).await;
+        let provider = route.last_provider().unwrap_or("none");
+        self.record(job, owner, &outcome, provider).await;
         self.count(job, &outcome);
         match outcome.disposition() {
             Disposition::Ack => ack(delivery).await,
@@ -186,6 +190,7 @@ impl Worker {
         content: &JobContent,
         n: u32,
         deadline: Instant,
+        route: &JobRoute,
     ) -> Attempt {
         if n > 1 {
             self.metrics.send_retries.inc();
@@ -206,23 +211,26 @@ impl Worker {
                 };
             }
         }
-        self.plivo
-            .send(&content.destination, &content.message_text())
+        self.router
+            .attempt(route, &content.destination, &content.message_text())
             .await
     }
 
     /// Writes the outcome to the ledger first (that is what prevents a second send), then the
     /// delivery state shown to clients.
-    async fn record(&self, job: &SendJob, owner: Uuid, outcome: &Final) {
+    async fn record(&self, job: &SendJob, owner: Uuid, outcome: &Final, provider: &'static str) {
         let (ledger_value, state, extra): (String, DeliveryState, Vec<(&str, String)>) =
             match outcome {
                 Final::Sent { provider_id, .. } => {
                     let id = provider_id.clone().unwrap_or_default();
-                    tracing::info!(provider_id = %id, attempts = outcome.attempts(), "SMS accepted by Plivo");
+                    tracing::info!(provider, provider_id = %id, attempts = outcome.attempts(), "SMS accepted by the provider");
                     (
-                        format!("sent:{id}"),
+                        format!("sent:{provider}:{id}"),
                         DeliveryState::Sent,
-                        vec![(FIELD_PROVIDER_ID, id)],
+                        vec![
+                            (FIELD_PROVIDER_ID, id),
+                            (FIELD_PROVIDER, provider.to_owned()),
+                        ],
                     )
                 }
                 Final::Failed { reason, .. } => {
@@ -256,7 +264,10 @@ impl Worker {
             Final::Sent {
                 provider_id: Some(id),
                 ..
-            } => self.record_sent(job, id, outcome.attempts(), &extra).await,
+            } => {
+                self.record_sent(job, provider, id, outcome.attempts(), &extra)
+                    .await
+            }
             _ => self.set_state(job, state, outcome.attempts(), &extra).await,
         }
     }
@@ -266,6 +277,7 @@ impl Worker {
     async fn record_sent(
         &self,
         job: &SendJob,
+        provider: &str,
         provider_id: &str,
         attempts: u32,
         extra: &[(&str, &str)],
@@ -278,7 +290,7 @@ impl Worker {
             .max(0);
         let ttl = left as u64 + REPORT_MARGIN_SECONDS;
         let mapped: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(self.keys.provider_message("plivo", provider_id))
+            .arg(self.keys.provider_message(provider, provider_id))
             .arg(job.verification_id.to_string())
             .arg("EX")
             .arg(ttl)

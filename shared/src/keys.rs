@@ -77,6 +77,11 @@ impl Keys {
         format!("{}msg:{provider}:{message_id}", self.prefix)
     }
 
+    /// Hash: one provider's circuit breaker, shared by every dispatcher.
+    pub fn breaker(&self, provider: &str) -> String {
+        format!("{}breaker:{provider}", self.prefix)
+    }
+
     /// A delivery-report nonce already used (replays change nothing). TTL: 24 h.
     pub fn report_nonce(&self, provider: &str, nonce: &str) -> String {
         format!("{}nonce:{provider}:{nonce}", self.prefix)

@@ -6,8 +6,8 @@
 //! path never looks a label set up in the vector's map (which takes a read lock).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 0.5 ms to 10 s: request handling, publishes and provider
@@ -43,6 +43,14 @@ pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str])
 
 pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid gauge definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition");
     registry
         .register(Box::new(g.clone()))
         .expect("metric names are unique");

@@ -16,6 +16,8 @@ pub const FIELD_ATTEMPTS: &str = "attempts";
 pub const FIELD_UPDATED_AT: &str = "updatedAt";
 pub const FIELD_PROVIDER_ID: &str = "providerMessageId";
 pub const FIELD_REASON: &str = "reason";
+/// The provider that accepted the message (`plivo`, `twilio`).
+pub const FIELD_PROVIDER: &str = "provider";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {

@@ -34,6 +34,8 @@ pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const AUTH_ID: &str = "MATESTAUTHID";
 pub const AUTH_TOKEN: &str = "test-auth-token";
 pub const SENDER: &str = "+14155550000";
+pub const TWILIO_SID: &str = "ACtest";
+pub const TWILIO_TOKEN: &str = "twilio-test-token";
 pub const PHONE: &str = "+14155552671";
 
 pub fn job_key() -> JobKey {
@@ -120,9 +122,20 @@ impl World {
                 ..RedisArgs::default()
             },
             amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &self.queue),
-            plivo_auth_id: AUTH_ID.into(),
-            plivo_auth_token: AUTH_TOKEN.to_owned().into(),
-            plivo_sender_number: SENDER.into(),
+            sms_providers: vec!["plivo"],
+            plivo_auth_id: Some(AUTH_ID.into()),
+            plivo_auth_token: Some(AUTH_TOKEN.to_owned().into()),
+            plivo_sender_number: Some(SENDER.into()),
+            twilio_account_sid: Some(TWILIO_SID.into()),
+            twilio_auth_token: Some(TWILIO_TOKEN.to_owned().into()),
+            twilio_from_number: Some(SENDER.into()),
+            twilio_base_url: "http://127.0.0.1:9".into(),
+            failover_after_retries: 2,
+            breaker_failures: 5,
+            breaker_failure_ratio: 0.5,
+            breaker_min_calls: 20,
+            breaker_window_seconds: 60,
+            breaker_cooldown_seconds: 30,
             plivo_base_url: plivo.to_owned(),
             sms_status_callback_url: None,
             job_encryption_key: job_key(),

@@ -7,6 +7,7 @@ mod compose;
 mod delivery;
 mod dlq;
 mod end_to_end;
+mod failover;
 mod failures;
 mod metrics;
 mod operations;

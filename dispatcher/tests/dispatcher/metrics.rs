@@ -68,7 +68,11 @@ async fn every_job_result_and_provider_answer_is_counted() {
     assert_eq!(metric(&dispatcher, &class("5xx")).await, 1.0);
     assert_eq!(metric(&dispatcher, &class("2xx")).await, 1.0);
     assert_eq!(
-        metric(&dispatcher, "otp_provider_request_duration_seconds_count").await,
+        metric(
+            &dispatcher,
+            r#"otp_provider_request_duration_seconds_count{provider="plivo"}"#
+        )
+        .await,
         2.0
     );
     assert_eq!(

@@ -1,0 +1,169 @@
+//! A circuit breaker per provider, shared by every dispatcher through Redis: it opens after
+//! BREAKER_FAILURES consecutive failures, or when more than BREAKER_FAILURE_RATIO of at least
+//! BREAKER_MIN_CALLS calls in a BREAKER_WINDOW_SECONDS window failed; after
+//! BREAKER_COOLDOWN_SECONDS it lets one probe through, and closes again when a call succeeds.
+
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use prometheus::IntGauge;
+use redis::{Script, aio::ConnectionManager};
+
+use otp_shared::keys::Keys;
+
+static BREAKER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("breaker.lua")));
+
+/// Milliseconds on a clock every dispatcher shares (wall time in production).
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// Tokio's clock from a fixed start: follows `tokio::time::pause` and `advance` in tests.
+pub struct TokioClock(tokio::time::Instant);
+
+impl TokioClock {
+    pub fn new() -> Self {
+        Self(tokio::time::Instant::now())
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        1_000_000 + self.0.elapsed().as_millis() as u64
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerSettings {
+    pub consecutive_failures: u32,
+    /// Share of failed calls (0 to 1) in a window that opens the breaker.
+    pub failure_ratio: f64,
+    pub min_calls: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    fn parse(s: &str) -> Self {
+        match s {
+            "open" => Self::Open,
+            "half_open" => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+
+    /// The value of `otp_provider_breaker_state`.
+    fn gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Breaker {
+    conn: ConnectionManager,
+    key: String,
+    provider: &'static str,
+    settings: BreakerSettings,
+    clock: Arc<dyn Clock>,
+    gauge: IntGauge,
+}
+
+impl Breaker {
+    pub fn new(
+        conn: ConnectionManager,
+        keys: &Keys,
+        provider: &'static str,
+        settings: BreakerSettings,
+        clock: Arc<dyn Clock>,
+        gauge: IntGauge,
+    ) -> Self {
+        Self {
+            conn,
+            key: keys.breaker(provider),
+            provider,
+            settings,
+            clock,
+            gauge,
+        }
+    }
+
+    /// Whether a call may go to this provider now. Redis trouble allows it: the breaker guards
+    /// against a failing provider, not against our own store.
+    pub async fn allows(&self) -> bool {
+        match self.run("allow").await {
+            Ok((_, allowed)) => allowed,
+            Err(e) => {
+                tracing::warn!(provider = self.provider, error = %e, "circuit breaker unavailable; allowing the call");
+                true
+            }
+        }
+    }
+
+    /// Records a call's outcome: `ok` is any answer that shows the provider works.
+    pub async fn record(&self, ok: bool) {
+        if let Err(e) = self.run(if ok { "ok" } else { "fail" }).await {
+            tracing::warn!(provider = self.provider, error = %e, "could not record a call in the circuit breaker");
+        }
+    }
+
+    /// The state as stored, without changing it (tests, diagnostics).
+    pub async fn state(&self) -> redis::RedisResult<State> {
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(&self.key)
+            .arg("state")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(State::parse(state.as_deref().unwrap_or("closed")))
+    }
+
+    async fn run(&self, op: &str) -> redis::RedisResult<(State, bool)> {
+        let s = &self.settings;
+        let ttl = (s.window + s.cooldown).as_secs() * 10 + 60;
+        let (state, allowed, changed): (String, i64, String) = BREAKER
+            .key(&self.key)
+            .arg(op)
+            .arg(self.clock.now_ms())
+            .arg(s.consecutive_failures)
+            .arg((s.failure_ratio * 1000.0).round() as u64)
+            .arg(s.min_calls)
+            .arg(s.window.as_millis() as u64)
+            .arg(s.cooldown.as_millis() as u64)
+            .arg(ttl)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let state = State::parse(&state);
+        self.gauge.set(state.gauge());
+        if !changed.is_empty() {
+            tracing::warn!(provider = self.provider, state = %changed, "circuit breaker changed state");
+        }
+        Ok((state, allowed == 1))
+    }
+}

@@ -1,0 +1,205 @@
+//! A second provider behind circuit breakers: failover when Plivo fails, never when the number
+//! is the problem, and still exactly one accepted send per job.
+
+use std::{sync::Arc, time::Duration};
+
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{basic_auth, method, path},
+};
+
+use otp_dispatcher::breaker::{Breaker, BreakerSettings, State, TokioClock};
+
+use crate::helpers::{PHONE, TWILIO_SID, TWILIO_TOKEN, World, plivo_call, spawn_dispatcher};
+
+fn twilio_call() -> wiremock::MockBuilder {
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+        )))
+        .and(basic_auth(TWILIO_SID, TWILIO_TOKEN))
+}
+
+fn twilio_created() -> ResponseTemplate {
+    ResponseTemplate::new(201)
+        .set_body_json(serde_json::json!({ "sid": "SM-failover", "status": "queued" }))
+}
+
+async fn both(
+    world: &World,
+    plivo: &MockServer,
+    twilio: &MockServer,
+) -> otp_dispatcher::config::Config {
+    let mut config = world.config(&plivo.uri());
+    config.sms_providers = vec!["plivo", "twilio"];
+    config.twilio_base_url = twilio.uri();
+    config
+}
+
+#[tokio::test]
+async fn when_plivo_keeps_failing_the_job_moves_to_twilio_and_is_sent_once() {
+    let (plivo, twilio) = (MockServer::start().await, MockServer::start().await);
+    plivo_call()
+        .respond_with(ResponseTemplate::new(500))
+        .expect(2)
+        .mount(&plivo)
+        .await;
+    twilio_call()
+        .respond_with(twilio_created())
+        .expect(1)
+        .mount(&twilio)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(both(&world, &plivo, &twilio).await).await;
+
+    let (job, status) = world.send_one(PHONE, "271828").await;
+    assert_eq!(status.state.as_str(), "sent");
+    assert_eq!(status.provider_message_id.as_deref(), Some("SM-failover"));
+    let outcome = world.outcome(&job, Duration::from_secs(5)).await;
+    assert_eq!(outcome, "sent:twilio:SM-failover");
+    // Twilio's form carried the number and the text.
+    let sent = &twilio.received_requests().await.unwrap()[0];
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&sent.body)
+        .into_owned()
+        .collect();
+    assert!(form.contains(&("To".into(), PHONE.into())));
+    assert!(
+        form.iter()
+            .any(|(k, v)| k == "Body" && v.contains("271828"))
+    );
+    plivo.verify().await;
+    twilio.verify().await;
+}
+
+#[tokio::test]
+async fn rejected_credentials_fail_over_at_once_but_a_bad_number_does_not() {
+    let (plivo, twilio) = (MockServer::start().await, MockServer::start().await);
+    plivo_call()
+        .respond_with(ResponseTemplate::new(401))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    twilio_call()
+        .respond_with(twilio_created())
+        .expect(1)
+        .mount(&twilio)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(both(&world, &plivo, &twilio).await).await;
+    let (_, status) = world.send_one(PHONE, "314159").await;
+    assert_eq!(status.state.as_str(), "sent");
+    plivo.verify().await;
+    twilio.verify().await;
+
+    let (plivo, twilio) = (MockServer::start().await, MockServer::start().await);
+    plivo_call()
+        .respond_with(ResponseTemplate::new(400))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    twilio_call()
+        .respond_with(twilio_created())
+        .expect(0)
+        .mount(&twilio)
+        .await;
+    let world = World::new().await;
+    let _dispatcher = spawn_dispatcher(both(&world, &plivo, &twilio).await).await;
+    let (_, status) = world.send_one(PHONE, "161803").await;
+    assert_eq!(status.state.as_str(), "failed");
+    plivo.verify().await;
+    twilio.verify().await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_sends_jobs_straight_to_the_next_provider() {
+    let (plivo, twilio) = (MockServer::start().await, MockServer::start().await);
+    // Two failures open Plivo's breaker; after that no job calls Plivo until the cool-down.
+    plivo_call()
+        .respond_with(ResponseTemplate::new(503))
+        .expect(2)
+        .mount(&plivo)
+        .await;
+    twilio_call()
+        .respond_with(twilio_created())
+        .expect(3)
+        .mount(&twilio)
+        .await;
+    let world = World::new().await;
+    let mut config = both(&world, &plivo, &twilio).await;
+    config.breaker_failures = 2;
+    config.failover_after_retries = 10;
+    let _dispatcher = spawn_dispatcher(config).await;
+    for code in ["111111", "222222", "333333"] {
+        let (_, status) = world.send_one(PHONE, code).await;
+        assert_eq!(status.state.as_str(), "sent");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", _dispatcher.health))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"otp_provider_breaker_state{provider="plivo"} 1"#),
+        "{metrics}"
+    );
+    plivo.verify().await;
+    twilio.verify().await;
+}
+
+#[tokio::test]
+async fn the_breaker_opens_cools_down_probes_and_closes_on_the_paused_clock() {
+    let world = World::new().await;
+    let client = redis::Client::open(crate::helpers::REDIS_URL).unwrap();
+    // No response timeout: on a paused clock it would fire while Redis answers.
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    tokio::time::pause();
+    let settings = BreakerSettings {
+        consecutive_failures: 3,
+        failure_ratio: 0.5,
+        min_calls: 4,
+        window: Duration::from_secs(60),
+        cooldown: Duration::from_secs(30),
+    };
+    let gauge = prometheus::IntGauge::new("g", "g").unwrap();
+    let breaker = Breaker::new(
+        conn,
+        &world.keys(),
+        "plivo",
+        settings,
+        Arc::new(TokioClock::new()),
+        gauge.clone(),
+    );
+
+    for _ in 0..2 {
+        breaker.record(false).await;
+    }
+    assert_eq!(breaker.state().await.unwrap(), State::Closed);
+    breaker.record(false).await;
+    assert_eq!(breaker.state().await.unwrap(), State::Open);
+    assert_eq!(gauge.get(), 1);
+    assert!(!breaker.allows().await);
+
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(!breaker.allows().await, "still cooling down");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(breaker.allows().await, "one probe after the cool-down");
+    assert!(!breaker.allows().await, "only one probe at a time");
+    assert_eq!(breaker.state().await.unwrap(), State::HalfOpen);
+    // A failed probe opens it again; a successful one closes it.
+    breaker.record(false).await;
+    assert_eq!(breaker.state().await.unwrap(), State::Open);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert!(breaker.allows().await);
+    breaker.record(true).await;
+    assert_eq!(breaker.state().await.unwrap(), State::Closed);
+    assert_eq!(gauge.get(), 0);
+    assert!(breaker.allows().await);
+
+    // A failure share over the window opens it too, without consecutive failures.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for ok in [true, false, true, false] {
+        breaker.record(ok).await;
+    }
+    assert_eq!(breaker.state().await.unwrap(), State::Open);
+}
