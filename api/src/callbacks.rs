@@ -1,6 +1,7 @@
-//! Plivo's delivery reports: `POST /api/otp/callbacks/plivo` (form-encoded). A report counts
-//! only with a valid signature (V3, or the older V2) over the configured callback URL, keyed
-//! with the auth token; a nonce is used once; states only move forward.
+//! Delivery reports: `POST /api/otp/callbacks/plivo` and `/twilio` (form-encoded). A report
+//! counts only with a valid signature over the configured callback URL, keyed with the
+//! provider's auth token (Plivo: V3, or the older V2; Twilio: `X-Twilio-Signature`); a nonce
+//! (Twilio: the signature) is used once; states only move forward.
 
 use std::sync::Arc;
 
@@ -28,10 +29,15 @@ type HmacSha256 = Hmac<Sha256>;
 /// A nonce is remembered this long; a report replayed within it changes nothing.
 const NONCE_TTL_SECONDS: u64 = 24 * 60 * 60;
 
-pub struct PlivoReports {
+/// A provider's signing key and the callback URL as the dispatcher gives it to the provider.
+pub struct Signing {
     pub auth_token: SecretString,
-    /// SMS_STATUS_CALLBACK_URL, as the dispatcher gives it to Plivo.
     pub callback_url: String,
+}
+
+pub struct Reports {
+    pub plivo: Option<Signing>,
+    pub twilio: Option<Signing>,
     pub redis: ConnectionManager,
     pub keys: Keys,
     pub metrics: Arc<ApiMetrics>,
@@ -110,66 +116,159 @@ fn state_of(status: &str) -> Option<DeliveryState> {
     }
 }
 
-#[handler]
-pub async fn plivo(
-    req: &Request,
-    body: Vec<u8>,
-    reports: Data<&Option<Arc<PlivoReports>>>,
-) -> Response {
-    let Some(reports) = reports.0 else {
-        return ApiError::NotFound("Delivery reports are not configured.".into())
-            .into_response()
-            .into_response();
-    };
-    match handle(req, &body, reports).await {
+/// Twilio's signature: base64(HMAC-SHA1(token, URL + each POST parameter's name and value,
+/// sorted by name)), compared in constant time.
+pub fn twilio_signed(token: &str, url: &str, params: &[(String, String)], signature: &str) -> bool {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    // HMAC takes keys of any length.
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).expect("HMAC key");
+    mac.update(url.as_bytes());
+    for (name, value) in &sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    STANDARD
+        .decode(signature.trim())
+        .is_ok_and(|sig| mac.verify_slice(&sig).is_ok())
+}
+
+/// Twilio's `MessageStatus` as our delivery state; `None` for states that change nothing.
+fn twilio_state_of(status: &str) -> Option<DeliveryState> {
+    match status {
+        "sent" => Some(DeliveryState::Sent),
+        "delivered" => Some(DeliveryState::Delivered),
+        "undelivered" => Some(DeliveryState::Undelivered),
+        "failed" => Some(DeliveryState::Failed),
+        _ => None,
+    }
+}
+
+/// What a verified report says.
+struct Report<'a> {
+    provider: &'static str,
+    nonce: String,
+    message: &'a str,
+    status: &'a str,
+    state: Option<DeliveryState>,
+    error_code: Option<&'a str>,
+}
+
+fn respond(result: Result<(), ApiError>) -> Response {
+    match result {
         Ok(()) => Json(json!({ "success": true })).into_response(),
         Err(e) => e.into_response().into_response(),
     }
 }
 
-async fn handle(req: &Request, body: &[u8], reports: &PlivoReports) -> Result<(), ApiError> {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
-    let header = |name: &str| {
-        let value = req.headers().get(name)?.to_str().ok()?;
-        Some(value.to_owned())
+fn not_configured() -> ApiError {
+    ApiError::NotFound("Delivery reports are not configured.".into())
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    Some(req.headers().get(name)?.to_str().ok()?.to_owned())
+}
+
+fn field<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[handler]
+pub async fn plivo(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) -> Response {
+    let reports = reports.0;
+    let result = async {
+        let signing = reports.plivo.as_ref().ok_or_else(not_configured)?;
+        let params: Vec<(String, String)> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        let nonce = verify(
+            signing.auth_token.expose_secret(),
+            &signing.callback_url,
+            &params,
+            |name| header(req, name),
+        )
+        .ok_or_else(|| {
+            tracing::warn!("Plivo delivery report with a missing or wrong signature refused");
+            ApiError::InvalidSignature
+        })?;
+        let (Some(message), Some(status)) =
+            (field(&params, "MessageUUID"), field(&params, "Status"))
+        else {
+            return Err(ApiError::InvalidRequest(
+                "A delivery report needs MessageUUID and Status.".into(),
+            ));
+        };
+        let report = Report {
+            provider: "plivo",
+            nonce,
+            message,
+            status,
+            state: state_of(status),
+            error_code: field(&params, "ErrorCode"),
+        };
+        apply(reports, report).await
     };
-    let Some(nonce) = verify(
-        reports.auth_token.expose_secret(),
-        &reports.callback_url,
-        &params,
-        header,
-    ) else {
-        tracing::warn!("delivery report with a missing or wrong signature refused");
-        return Err(ApiError::InvalidSignature);
+    respond(result.await)
+}
+
+#[handler]
+pub async fn twilio(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) -> Response {
+    let reports = reports.0;
+    let result = async {
+        let signing = reports.twilio.as_ref().ok_or_else(not_configured)?;
+        let params: Vec<(String, String)> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        let signature = header(req, "x-twilio-signature").unwrap_or_default();
+        let token = signing.auth_token.expose_secret();
+        if signature.is_empty() || !twilio_signed(token, &signing.callback_url, &params, &signature)
+        {
+            tracing::warn!("Twilio delivery report with a missing or wrong signature refused");
+            return Err(ApiError::InvalidSignature);
+        }
+        let (Some(message), Some(status)) = (
+            field(&params, "MessageSid"),
+            field(&params, "MessageStatus"),
+        ) else {
+            return Err(ApiError::InvalidRequest(
+                "A delivery report needs MessageSid and MessageStatus.".into(),
+            ));
+        };
+        let report = Report {
+            provider: "twilio",
+            // Twilio signs no nonce; the signature is unique per report, so it serves as one.
+            nonce: signature.trim().to_owned(),
+            message,
+            status,
+            state: twilio_state_of(status),
+            error_code: field(&params, "ErrorCode"),
+        };
+        apply(reports, report).await
     };
-    let field = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let (Some(message), Some(plivo_status)) = (field("MessageUUID"), field("Status")) else {
-        return Err(ApiError::InvalidRequest(
-            "A delivery report needs MessageUUID and Status.".into(),
-        ));
-    };
-    reports.metrics.delivery_report("plivo", plivo_status);
-    let Some(state) = state_of(plivo_status) else {
+    respond(result.await)
+}
+
+async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
+    let provider = report.provider;
+    reports.metrics.delivery_report(provider, report.status);
+    let Some(state) = report.state else {
         return Ok(());
     };
     let mut redis = reports.redis.clone();
     let unavailable = |e: redis::RedisError| ApiError::Unavailable(e.into());
     let verification: Option<String> = redis::cmd("GET")
-        .arg(reports.keys.provider_message("plivo", message))
+        .arg(reports.keys.provider_message(provider, report.message))
         .query_async(&mut redis)
         .await
         .map_err(unavailable)?;
-    // Unknown (not mapped yet, or long expired): 404 makes Plivo try again later.
+    // Unknown (not mapped yet, or long expired): 404 makes the provider try again later.
     let verification = verification
         .and_then(|v| Uuid::parse_str(&v).ok())
         .ok_or_else(|| ApiError::NotFound("Unknown message.".into()))?;
+    let nonce_key = reports.keys.report_nonce(provider, &report.nonce);
     let fresh: Option<String> = redis::cmd("SET")
-        .arg(reports.keys.report_nonce("plivo", &nonce))
+        .arg(&nonce_key)
         .arg(1)
         .arg("NX")
         .arg("EX")
@@ -178,26 +277,28 @@ async fn handle(req: &Request, body: &[u8], reports: &PlivoReports) -> Result<()
         .await
         .map_err(unavailable)?;
     if fresh.is_none() {
-        tracing::warn!(%verification, "delivery report replayed (nonce seen before); ignored");
+        tracing::warn!(provider, %verification, "delivery report replayed (nonce seen before); ignored");
         return Ok(());
     }
-    let reason = field("ErrorCode")
-        .filter(|c| !c.is_empty() && *c != "000" && c.bytes().all(|b| b.is_ascii_digit()))
-        .map(|code| format!("plivo error {code}"));
+    let reason = report
+        .error_code
+        .filter(|c| {
+            !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && c.bytes().any(|b| b != b'0')
+        })
+        .map(|code| format!("{provider} error {code}"));
     let extra: Vec<(&str, &str)> = reason
         .as_deref()
         .map(|r| vec![(FIELD_REASON, r)])
         .unwrap_or_default();
-    let moved = status::advance(&mut redis, &reports.keys, verification, state, &extra).await;
-    match moved {
+    match status::advance(&mut redis, &reports.keys, verification, state, &extra).await {
         Ok(moved) => {
-            tracing::info!(%verification, %state, moved, "delivery report");
+            tracing::info!(provider, %verification, %state, moved, "delivery report");
             Ok(())
         }
         Err(e) => {
-            // Forget the nonce, so Plivo's retry of this report is not taken for a replay.
+            // Forget the nonce, so the provider's retry of this report is not taken for a replay.
             let _: redis::RedisResult<i64> = redis::cmd("DEL")
-                .arg(reports.keys.report_nonce("plivo", &nonce))
+                .arg(&nonce_key)
                 .query_async(&mut redis)
                 .await;
             Err(unavailable(e))
@@ -227,6 +328,30 @@ mod tests {
             v3_payload("https://x.example:8443/cb?b=2&a=1", &params(), "n1").unwrap(),
             "https://x.example:8443/cb?a=1&b=2.MessageUUIDabcStatusdeliveredTo+14155552671.n1"
         );
+    }
+
+    #[test]
+    fn twilio_signatures_cover_the_url_and_the_sorted_parameters() {
+        let params = vec![
+            ("MessageStatus".to_owned(), "delivered".to_owned()),
+            ("MessageSid".to_owned(), "SM1".to_owned()),
+        ];
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"tok").unwrap();
+        mac.update(b"https://x.example/cbMessageSidSM1MessageStatusdelivered");
+        let sig = STANDARD.encode(mac.finalize().into_bytes());
+        assert!(twilio_signed("tok", "https://x.example/cb", &params, &sig));
+        assert!(!twilio_signed(
+            "tok",
+            "https://x.example/other",
+            &params,
+            &sig
+        ));
+        assert!(!twilio_signed(
+            "nope",
+            "https://x.example/cb",
+            &params,
+            &sig
+        ));
     }
 
     #[test]

@@ -184,8 +184,8 @@ pub struct Limits {
     pub trusted_proxies: Vec<IpNet>,
 }
 
-/// Delivery reports from Plivo (`POST /api/otp/callbacks/plivo`); the endpoint answers 404
-/// unless both are set.
+/// Delivery reports (`POST /api/otp/callbacks/plivo` and `/twilio`); each endpoint answers 404
+/// unless its provider's token and callback URL are set.
 #[derive(Debug, Clone, Args)]
 pub struct ReportSettings {
     /// Plivo auth token: the key of the callbacks' signatures (the dispatcher's same setting).
@@ -195,6 +195,13 @@ pub struct ReportSettings {
     /// API may see another URL behind a proxy).
     #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
     pub sms_status_callback_url: Option<String>,
+    /// Twilio auth token: the key of Twilio's callback signatures (`POST
+    /// /api/otp/callbacks/twilio` answers 404 unless this and TWILIO_STATUS_CALLBACK_URL are set).
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<SecretString>,
+    /// The Twilio callback URL exactly as the dispatcher passes it (`StatusCallback`).
+    #[arg(long, env = "TWILIO_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
+    pub twilio_status_callback_url: Option<String>,
 }
 
 fn parse_callback_url(value: &str) -> Result<String, String> {

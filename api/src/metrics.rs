@@ -46,7 +46,7 @@ pub struct ApiMetrics {
     delivery_reports: Vec<IntCounter>,
 }
 
-/// Report statuses counted by name; any other is counted as `other`.
+/// Report statuses counted by name (Plivo's and Twilio's); any other is counted as `other`.
 const REPORT_STATUSES: [&str; 7] = [
     "queued",
     "sent",
@@ -145,9 +145,14 @@ impl ApiMetrics {
                 failure("timeout"),
                 failure("broker"),
             ],
-            delivery_reports: REPORT_STATUSES
+            delivery_reports: ["plivo", "twilio"]
                 .iter()
-                .map(|status| reports.with_label_values(&["plivo", status]))
+                .flat_map(|provider| {
+                    REPORT_STATUSES
+                        .iter()
+                        .map(move |status| (*provider, *status))
+                })
+                .map(|(provider, status)| reports.with_label_values(&[provider, status]))
                 .collect(),
             requests,
             request_series,
@@ -199,13 +204,14 @@ impl ApiMetrics {
         }
     }
 
-    /// Counts a signed delivery report (only Plivo's so far).
-    pub fn delivery_report(&self, _provider: &str, status: &str) {
-        let index = REPORT_STATUSES
+    /// Counts a signed delivery report of `provider` (plivo or twilio).
+    pub fn delivery_report(&self, provider: &str, status: &str) {
+        let status = REPORT_STATUSES
             .iter()
             .position(|s| *s == status)
             .unwrap_or(REPORT_STATUSES.len() - 1);
-        self.delivery_reports[index].inc();
+        let provider = usize::from(provider == "twilio");
+        self.delivery_reports[provider * REPORT_STATUSES.len() + status].inc();
     }
 
     /// Every metric in Prometheus' text format.

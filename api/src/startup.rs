@@ -8,7 +8,7 @@ use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    callbacks::{self, PlivoReports},
+    callbacks::{self, Reports, Signing},
     code::CodeHasher,
     config::Config,
     metrics::ApiMetrics,
@@ -99,19 +99,25 @@ impl Application {
             "OTP API",
             env!("CARGO_PKG_VERSION"),
         );
-        let reports = match (
-            &config.reports.plivo_auth_token,
-            &config.reports.sms_status_callback_url,
-        ) {
-            (Some(token), Some(url)) => Some(Arc::new(PlivoReports {
-                auth_token: token.clone(),
-                callback_url: url.clone(),
-                redis: redis.clone(),
-                keys: config.redis.keys(),
-                metrics: metrics.clone(),
-            })),
-            _ => None,
+        let signing = |token: &Option<secrecy::SecretString>, url: &Option<String>| {
+            Some(Signing {
+                auth_token: token.clone()?,
+                callback_url: url.clone()?,
+            })
         };
+        let reports = Arc::new(Reports {
+            plivo: signing(
+                &config.reports.plivo_auth_token,
+                &config.reports.sms_status_callback_url,
+            ),
+            twilio: signing(
+                &config.reports.twilio_auth_token,
+                &config.reports.twilio_status_callback_url,
+            ),
+            redis: redis.clone(),
+            keys: config.redis.keys(),
+            metrics: metrics.clone(),
+        });
         let spec = Arc::new(crate::openapi::document(&api.spec(), otp.otp_length.into()));
         let docs = api.swagger_ui();
         let app = Route::new()
@@ -127,7 +133,11 @@ impl Application {
             .nest("/docs", docs)
             .at(
                 "/api/otp/callbacks/plivo",
-                poem::post(callbacks::plivo).data(reports),
+                poem::post(callbacks::plivo).data(reports.clone()),
+            )
+            .at(
+                "/api/otp/callbacks/twilio",
+                poem::post(callbacks::twilio).data(reports),
             )
             .with(CatchPanic::new().with_handler(panic_response))
             .around(move |ep, req| around(ep, req, metrics.clone(), body_timeout))

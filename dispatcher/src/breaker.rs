@@ -29,27 +29,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// Tokio's clock from a fixed start: follows `tokio::time::pause` and `advance` in tests.
-pub struct TokioClock(tokio::time::Instant);
-
-impl TokioClock {
-    pub fn new() -> Self {
-        Self(tokio::time::Instant::now())
-    }
-}
-
-impl Default for TokioClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for TokioClock {
-    fn now_ms(&self) -> u64 {
-        1_000_000 + self.0.elapsed().as_millis() as u64
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct BreakerSettings {
     pub consecutive_failures: u32,

@@ -56,6 +56,10 @@ pub struct Config {
     /// Twilio sender (`From`): an E.164 number or an alphanumeric sender id; required with twilio.
     #[arg(long, env = "TWILIO_FROM_NUMBER", value_parser = parse_sender)]
     pub twilio_from_number: Option<String>,
+    /// Optional URL Twilio calls with delivery reports (passed as `StatusCallback`); the API's
+    /// `POST /api/otp/callbacks/twilio` as the outside world reaches it.
+    #[arg(long, env = "TWILIO_STATUS_CALLBACK_URL", value_parser = parse_http_url)]
+    pub twilio_status_callback_url: Option<String>,
     /// Twilio API base URL; point it at a fake for local runs and tests.
     #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com", value_parser = parse_http_url)]
     pub twilio_base_url: String,

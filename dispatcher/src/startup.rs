@@ -56,7 +56,7 @@ fn providers(
                     account_sid: config.twilio_account_sid.clone().ok_or_else(missing)?,
                     auth_token: config.twilio_auth_token.clone().ok_or_else(missing)?,
                     from: config.twilio_from_number.clone().ok_or_else(missing)?,
-                    status_callback_url: None,
+                    status_callback_url: config.twilio_status_callback_url.clone(),
                     connect_timeout,
                     request_timeout,
                 })

@@ -78,6 +78,8 @@ pub fn test_config() -> Config {
         reports: otp_api::config::ReportSettings {
             plivo_auth_token: None,
             sms_status_callback_url: None,
+            twilio_auth_token: None,
+            twilio_status_callback_url: None,
         },
         app_env: otp_shared::config::AppEnv::Development,
         log_format: LogFormat::Pretty,

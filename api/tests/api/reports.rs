@@ -33,23 +33,31 @@ fn v3(params: &[(&str, &str)], nonce: &str) -> String {
     ))
 }
 
+const TWILIO_URL: &str = "https://otp.example.com/api/otp/callbacks/twilio";
+
 async fn reporting_app() -> TestApp {
     spawn_with(|c| {
         c.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
         c.reports.sms_status_callback_url = Some(URL.into());
+        c.reports.twilio_auth_token = Some(TOKEN.to_owned().into());
+        c.reports.twilio_status_callback_url = Some(TWILIO_URL.into());
     })
     .await
 }
 
 /// A code request whose SMS Plivo accepted as `message`: what the dispatcher leaves behind.
 async fn sent(app: &TestApp, phone: &str, message: &str) -> Uuid {
+    sent_via(app, "plivo", phone, message).await
+}
+
+async fn sent_via(app: &TestApp, provider: &str, phone: &str, message: &str) -> Uuid {
     let resp = app.request_otp(phone).await;
     let body: Value = resp.json().await.unwrap();
     let vid = Uuid::parse_str(body["verificationId"].as_str().unwrap()).unwrap();
     let keys = Keys::new(app.prefix());
     let mut redis = app.redis.clone();
     let _: () = redis::cmd("SET")
-        .arg(keys.provider_message("plivo", message))
+        .arg(keys.provider_message(provider, message))
         .arg(vid.to_string())
         .query_async(&mut redis)
         .await
@@ -75,12 +83,21 @@ async fn report(
     params: &[(&str, &str)],
     headers: &[(&str, String)],
 ) -> reqwest::Response {
+    report_to(app, "plivo", params, headers).await
+}
+
+async fn report_to(
+    app: &TestApp,
+    provider: &str,
+    params: &[(&str, &str)],
+    headers: &[(&str, String)],
+) -> reqwest::Response {
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
         .finish();
     let mut req = app
         .client
-        .post(format!("{}/api/otp/callbacks/plivo", app.base))
+        .post(format!("{}/api/otp/callbacks/{provider}", app.base))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body);
     for (name, value) in headers {
@@ -189,4 +206,57 @@ async fn without_a_token_and_url_the_endpoint_does_not_exist() {
     let params = [("MessageUUID", "m"), ("Status", "delivered")];
     let resp = report(&app, &params, &v3_headers(&params, "n")).await;
     assert_error(resp, 404, "NOT_FOUND").await;
+}
+
+/// Twilio's signature, written out: HMAC-SHA1 over the URL and the sorted name+value pairs.
+fn twilio_signature(params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(TOKEN.as_bytes()).unwrap();
+    mac.update(TWILIO_URL.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn twilio_reports_follow_the_same_rules() {
+    let app = reporting_app().await;
+    let vid = sent_via(&app, "twilio", PHONE, "SM-1").await;
+    let undelivered = [
+        ("MessageSid", "SM-1"),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+    ];
+    let unsigned = report_to(&app, "twilio", &undelivered, &[]).await;
+    assert_error(unsigned, 403, "INVALID_SIGNATURE").await;
+    let forged = vec![(
+        "x-twilio-signature",
+        twilio_signature(&[("MessageSid", "SM-1")]),
+    )];
+    let tampered = report_to(&app, "twilio", &undelivered, &forged).await;
+    assert_error(tampered, 403, "INVALID_SIGNATURE").await;
+    assert_eq!(state(&app, vid).await, "sent");
+
+    let signed = vec![("x-twilio-signature", twilio_signature(&undelivered))];
+    assert_eq!(
+        report_to(&app, "twilio", &undelivered, &signed)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(state(&app, vid).await, "undelivered");
+    // The same report again (Twilio's retry, or a replay) is one change, not two.
+    assert_eq!(
+        report_to(&app, "twilio", &undelivered, &signed)
+            .await
+            .status(),
+        200
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"otp_delivery_reports_total{provider="twilio",status="undelivered"} 2"#)
+    );
 }

@@ -130,6 +130,7 @@ impl World {
             twilio_auth_token: Some(TWILIO_TOKEN.to_owned().into()),
             twilio_from_number: Some(SENDER.into()),
             twilio_base_url: "http://127.0.0.1:9".into(),
+            twilio_status_callback_url: None,
             failover_after_retries: 2,
             breaker_failures: 5,
             breaker_failure_ratio: 0.5,

@@ -1,5 +1,6 @@
 //! fake-plivo: answers `POST /v1/Account/{auth_id}/Message/` like Plivo does (202 with a
-//! `message_uuid`), with optional latency and failures, and keeps the last messages so a
+//! `message_uuid`), and Twilio's `POST /2010-04-01/Accounts/{sid}/Messages.json` (201 with a
+//! `sid`), with optional latency and failures (or one provider down, to show failover), and keeps the last messages so a
 //! developer can read the code that "was sent to the phone".
 //!
 //! It prints and stores message texts, which hold codes: it is a development tool only.
@@ -41,6 +42,10 @@ struct Config {
     /// Share of calls (0.0 to 1.0) answered with a 500, to exercise retries.
     #[arg(long, env = "FAKE_PLIVO_FAILURE_RATE", default_value_t = 0.0)]
     failure_rate: f64,
+    /// Answer every call of this provider's API with a 503 (plivo or twilio; empty: none), to
+    /// show failover.
+    #[arg(long, env = "FAKE_PLIVO_DOWN", default_value = "")]
+    down: String,
     /// Print every message (codes included) to stdout.
     #[arg(long, env = "FAKE_PLIVO_PRINT", default_value_t = true, action = clap::ArgAction::Set)]
     print: bool,
@@ -72,7 +77,7 @@ async fn send(
         )
             .into_response();
     };
-    if state.config.failure_rate > 0.0 && rng().random_bool(state.config.failure_rate.min(1.0)) {
+    if state.config.down == "plivo" || injected_failure(&state) {
         state.failed.fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,18 +86,73 @@ async fn send(
             .into_response();
     }
     let id = uuid::Uuid::new_v4().to_string();
+    let src = body["src"].as_str().map(str::to_owned);
+    keep(&state, &auth_id, "plivo", &id, dst, text, src);
+    (StatusCode::ACCEPTED, Json(json!({ "api_id": uuid::Uuid::new_v4(), "message": "message(s) queued", "message_uuid": [id] })))
+        .into_response()
+}
+
+/// Twilio's Messages API: form-encoded To, From, Body; 201 with a `sid`.
+#[handler]
+async fn twilio_send(
+    Path(account): Path<String>,
+    body: Vec<u8>,
+    state: Data<&Arc<State>>,
+) -> Response {
+    if state.config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(state.config.latency_ms)).await;
+    }
+    if state.config.down == "twilio" || injected_failure(&state) {
+        state.failed.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"code": 20500})),
+        )
+            .into_response();
+    }
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let (Some(dst), Some(text)) = (field("To"), field("Body")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": 21604, "message": "To and Body are required"})),
+        )
+            .into_response();
+    };
+    let id = format!("SM{}", uuid::Uuid::new_v4().simple());
+    keep(&state, &account, "twilio", &id, &dst, &text, field("From"));
+    (
+        StatusCode::CREATED,
+        Json(json!({ "sid": id, "status": "queued" })),
+    )
+        .into_response()
+}
+
+fn injected_failure(state: &State) -> bool {
+    state.config.failure_rate > 0.0 && rng().random_bool(state.config.failure_rate.min(1.0))
+}
+
+/// Counts, prints (if asked) and keeps an accepted message.
+fn keep(
+    state: &State,
+    account: &str,
+    provider: &str,
+    id: &str,
+    dst: &str,
+    text: &str,
+    src: Option<String>,
+) {
     state.accepted.fetch_add(1, Ordering::Relaxed);
     if state.config.print {
-        println!("[fake-plivo] account {auth_id} → {dst}: {text}");
+        println!("[fake-plivo] {provider} account {account} → {dst}: {text}");
     }
     let mut messages = state.messages.lock().unwrap_or_else(|e| e.into_inner());
     if messages.len() == KEEP {
         messages.pop_front();
     }
-    messages.push_back(json!({ "message_uuid": id, "dst": dst, "text": text, "src": body["src"] }));
-    drop(messages);
-    (StatusCode::ACCEPTED, Json(json!({ "api_id": uuid::Uuid::new_v4(), "message": "message(s) queued", "message_uuid": [id] })))
-        .into_response()
+    messages.push_back(
+        json!({ "provider": provider, "message_uuid": id, "dst": dst, "text": text, "src": src }),
+    );
 }
 
 #[derive(serde::Deserialize)]
@@ -154,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let app = Route::new()
         .at("/v1/Account/:auth_id/Message/", post(send))
+        .at("/2010-04-01/Accounts/:sid/Messages.json", post(twilio_send))
         .at("/messages", get(list_messages))
         .at("/stats", get(stats))
         .at("/readyz", get(readyz))
