@@ -18,11 +18,16 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use otp_shared::{
+    job::SendJob,
     keys::Keys,
     status::{self, DeliveryState, FIELD_REASON},
 };
 
-use crate::{error::ApiError, metrics::ApiMetrics};
+use crate::{
+    error::ApiError,
+    metrics::ApiMetrics,
+    queue::{AmqpPublisher, JobQueue},
+};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -38,6 +43,9 @@ pub struct Signing {
 pub struct Reports {
     pub plivo: Option<Signing>,
     pub twilio: Option<Signing>,
+    /// Where a resend after an undelivered report is published; `None` when
+    /// RESEND_ON_UNDELIVERED is off.
+    pub resend: Option<AmqpPublisher>,
     pub redis: ConnectionManager,
     pub keys: Keys,
     pub metrics: Arc<ApiMetrics>,
@@ -293,6 +301,16 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
     match status::advance(&mut redis, &reports.keys, verification, state, &extra).await {
         Ok(moved) => {
             tracing::info!(provider, %verification, %state, moved, "delivery report");
+            if matches!(state, DeliveryState::Undelivered | DeliveryState::Failed)
+                && let Err(e) = resend(reports, verification, provider).await
+            {
+                // Let the provider retry the report, and the resend with it.
+                let _: redis::RedisResult<i64> = redis::cmd("DEL")
+                    .arg(&nonce_key)
+                    .query_async(&mut redis)
+                    .await;
+                return Err(e);
+            }
             Ok(())
         }
         Err(e) => {
@@ -304,6 +322,49 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
             Err(unavailable(e))
         }
     }
+}
+
+/// Publishes the verification's kept job once more, asking for another provider: at most once
+/// per verification, and only while its code is unused, unreplaced and unexpired (the kept job
+/// is deleted when the code is used or replaced; the dispatcher checks again before sending).
+async fn resend(reports: &Reports, verification: Uuid, failed: &str) -> Result<(), ApiError> {
+    let Some(queue) = &reports.resend else {
+        return Ok(());
+    };
+    let mut redis = reports.redis.clone();
+    let unavailable = |e: redis::RedisError| ApiError::Unavailable(e.into());
+    let marker = reports.keys.resend_marker(verification);
+    let first: Option<String> = redis::cmd("SET")
+        .arg(&marker)
+        .arg(failed)
+        .arg("NX")
+        .arg("EX")
+        .arg(NONCE_TTL_SECONDS)
+        .query_async(&mut redis)
+        .await
+        .map_err(unavailable)?;
+    if first.is_none() {
+        return Ok(());
+    }
+    let kept: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(reports.keys.sealed_job(verification))
+        .query_async(&mut redis)
+        .await
+        .map_err(unavailable)?;
+    let job = kept.and_then(|bytes| serde_json::from_slice::<SendJob>(&bytes).ok());
+    let Some(job) = job.filter(|j| !j.is_expired(time::OffsetDateTime::now_utc())) else {
+        tracing::info!(%verification, "undelivered, but its code was used, replaced or expired: no resend");
+        return Ok(());
+    };
+    if let Err(e) = queue.republish(&job, failed).await {
+        let _: redis::RedisResult<i64> =
+            redis::cmd("DEL").arg(&marker).query_async(&mut redis).await;
+        return Err(ApiError::Unavailable(
+            anyhow::Error::new(e).context("publishing a resend"),
+        ));
+    }
+    tracing::info!(%verification, failed_provider = failed, "undelivered: resending once");
+    Ok(())
 }
 
 #[cfg(test)]

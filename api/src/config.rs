@@ -202,6 +202,10 @@ pub struct ReportSettings {
     /// The Twilio callback URL exactly as the dispatcher passes it (`StatusCallback`).
     #[arg(long, env = "TWILIO_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
     pub twilio_status_callback_url: Option<String>,
+    /// Send once more (through the next provider) when a report says undelivered or failed and
+    /// the code is still valid; at most once per verification.
+    #[arg(long, env = "RESEND_ON_UNDELIVERED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub resend_on_undelivered: bool,
 }
 
 fn parse_callback_url(value: &str) -> Result<String, String> {

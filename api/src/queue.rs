@@ -13,7 +13,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use otp_shared::{
-    amqp::{REQUEST_ID_HEADER, Topology, job_properties, long_string, open_confirmed_channel},
+    amqp::{
+        REQUEST_ID_HEADER, RESEND_HEADER, Topology, job_properties, long_string,
+        open_confirmed_channel,
+    },
     job::SendJob,
     telemetry::inject_trace_context,
     urls::AmqpUrl,
@@ -39,6 +42,14 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         job: &SendJob,
         request_id: &str,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Publishes a sent job again, for a resend after an undelivered report, asking the
+    /// dispatcher to avoid `provider` (the one that failed to deliver).
+    fn republish(
+        &self,
+        job: &SendJob,
+        provider: &str,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
     fn is_connected(&self) -> bool;
@@ -85,12 +96,34 @@ impl AmqpPublisher {
 
 impl JobQueue for AmqpPublisher {
     async fn publish(&self, job: &SendJob, request_id: &str) -> Result<(), PublishError> {
+        let mut headers = FieldTable::default();
+        headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
+        self.publish_with(job, headers).await
+    }
+
+    async fn republish(&self, job: &SendJob, provider: &str) -> Result<(), PublishError> {
+        let mut headers = FieldTable::default();
+        headers.insert(RESEND_HEADER.into(), long_string(provider));
+        self.publish_with(job, headers).await
+    }
+
+    fn is_connected(&self) -> bool {
+        self.channel().is_some()
+    }
+}
+
+impl AmqpPublisher {
+    /// Publishes `job` (persistent, mandatory) with `headers` plus the trace context, and waits
+    /// for the broker's confirm.
+    async fn publish_with(
+        &self,
+        job: &SendJob,
+        mut headers: FieldTable,
+    ) -> Result<(), PublishError> {
         let channel = self.channel().ok_or_else(|| {
             self.inner.broken.notify_one();
             PublishError::NotConnected
         })?;
-        let mut headers = FieldTable::default();
-        headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
         inject_trace_context(&mut headers);
         let topology = &self.inner.topology;
         let publish = async {
@@ -119,10 +152,6 @@ impl JobQueue for AmqpPublisher {
             self.inner.broken.notify_one();
         }
         result
-    }
-
-    fn is_connected(&self) -> bool {
-        self.channel().is_some()
     }
 }
 

@@ -71,7 +71,7 @@ impl Application {
         );
         let service = Arc::new(OtpService::new(
             store,
-            publisher,
+            publisher.clone(),
             CodeHasher::new(otp.otp_hmac_key.clone()),
             otp.job_encryption_key.clone(),
             CodePolicy {
@@ -106,6 +106,10 @@ impl Application {
             })
         };
         let reports = Arc::new(Reports {
+            resend: config
+                .reports
+                .resend_on_undelivered
+                .then(|| publisher.clone()),
             plivo: signing(
                 &config.reports.plivo_auth_token,
                 &config.reports.sms_status_callback_url,

@@ -63,6 +63,10 @@ pub struct Config {
     /// Twilio API base URL; point it at a fake for local runs and tests.
     #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com", value_parser = parse_http_url)]
     pub twilio_base_url: String,
+    /// Keep each sent job (still sealed) until its code expires, so the API can ask for one
+    /// resend after an undelivered report; the API's setting of the same name decides.
+    #[arg(long, env = "RESEND_ON_UNDELIVERED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub resend_on_undelivered: bool,
     /// Retries a job spends on one provider before its next attempt goes to the next one.
     #[arg(long, env = "FAILOVER_AFTER_RETRIES", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=100))]

@@ -23,6 +23,8 @@ pub struct JobRoute {
 }
 
 struct RouteState {
+    /// Provider indexes in the order this job tries them.
+    order: Vec<usize>,
     retries: Vec<u32>,
     unusable: Vec<bool>,
     last: Option<&'static str>,
@@ -49,9 +51,18 @@ impl Router {
     }
 
     pub fn route(&self) -> JobRoute {
+        self.route_avoiding(None)
+    }
+
+    /// A route that tries `avoid` last: a resend goes to the next provider when there is one.
+    pub fn route_avoiding(&self, avoid: Option<&str>) -> JobRoute {
         let n = self.providers.len();
+        let (mut order, last): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|i| Some(self.providers[*i].sender.name()) != avoid);
+        order.extend(last);
         JobRoute {
             state: Mutex::new(RouteState {
+                order,
                 retries: vec![0; n],
                 unusable: vec![false; n],
                 last: None,
@@ -63,7 +74,10 @@ impl Router {
     pub async fn attempt(&self, route: &JobRoute, destination: &str, text: &str) -> Attempt {
         let candidates = {
             let state = route.lock();
-            let usable: Vec<usize> = (0..self.providers.len())
+            let usable: Vec<usize> = state
+                .order
+                .iter()
+                .copied()
                 .filter(|i| !state.unusable[*i])
                 .collect();
             let within_budget: Vec<usize> = usable

@@ -122,6 +122,7 @@ impl Application {
             keys,
             topology: topology.clone(),
             metrics: metrics.clone(),
+            resend_on_undelivered: config.resend_on_undelivered,
         };
         let connected = Arc::new(AtomicBool::new(false));
         let consumer = Consumer {

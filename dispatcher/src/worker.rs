@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use otp_shared::{
     amqp::{
-        ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, REQUEST_ID_HEADER, Topology,
-        header_str, long_string,
+        ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, REQUEST_ID_HEADER, RESEND_HEADER,
+        Topology, header_str, long_string,
     },
     crypto::JobKey,
     job::{JobContent, SendJob},
@@ -44,6 +44,15 @@ const REPORT_MARGIN_SECONDS: u64 = 3600;
 /// How long to wait before asking Redis again when it is unreachable.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 
+/// How a job was handled, for recording its outcome.
+struct Sent {
+    ledger_id: Uuid,
+    owner: Uuid,
+    provider: &'static str,
+    /// A resend after an undelivered report.
+    resend: bool,
+}
+
 pub struct Worker {
     pub ledger: Ledger,
     pub limiter: RateLimiter,
@@ -54,6 +63,8 @@ pub struct Worker {
     pub keys: Keys,
     pub topology: Topology,
     pub metrics: Arc<DispatcherMetrics>,
+    /// RESEND_ON_UNDELIVERED: keep sent jobs' envelopes for one resend.
+    pub resend_on_undelivered: bool,
 }
 
 impl Worker {
@@ -81,7 +92,8 @@ impl Worker {
             redelivered = delivery.redelivered,
         );
         adopt_trace_context(&span, &delivery.properties);
-        self.process(channel, &delivery, &job, &content, abort)
+        let resend = header_str(&delivery.properties, RESEND_HEADER);
+        self.process(channel, &delivery, &job, &content, resend, abort)
             .instrument(span)
             .await;
     }
@@ -92,12 +104,19 @@ impl Worker {
         delivery: &Delivery,
         job: &SendJob,
         content: &JobContent,
+        resend: Option<String>,
         abort: CancellationToken,
     ) {
         let deadline = deadline_of(job);
         let owner = Uuid::new_v4();
+        // A resend after an undelivered report has its own ledger entry, derived from the job's,
+        // so it too is sent at most once however often it is delivered.
+        let ledger_id = match resend {
+            Some(_) => Uuid::new_v5(&job.job_id, b"resend"),
+            None => job.job_id,
+        };
         loop {
-            let wait = match self.ledger.claim(job.job_id, owner).await {
+            let wait = match self.ledger.claim(ledger_id, owner).await {
                 Ok(Claim::Claimed) => break,
                 Ok(Claim::Done(outcome)) => {
                     tracing::info!(%outcome, "job already handled; acknowledging the duplicate");
@@ -119,11 +138,16 @@ impl Worker {
             }
         }
 
-        if !self.still_wanted(job).await {
+        let live = match resend {
+            Some(_) => self.code_is_live(job, content).await,
+            None => self.still_wanted(job).await,
+        };
+        if !live {
             tracing::info!(
-                "the API withdrew this verification (its publish was not confirmed); not sending"
+                resend = resend.is_some(),
+                "the verification was withdrawn, or its code used or replaced; not sending"
             );
-            if let Err(e) = self.ledger.finish(job.job_id, owner, "withdrawn").await {
+            if let Err(e) = self.ledger.finish(ledger_id, owner, "withdrawn").await {
                 tracing::warn!(error = %e, "could not record the withdrawn job");
             }
             self.metrics.job(JobResult::Withdrawn);
@@ -131,8 +155,8 @@ impl Worker {
             return;
         }
 
-        let keep_alive = self.ledger.keep_alive(job.job_id, owner);
-        let route = self.router.route();
+        let keep_alive = self.ledger.keep_alive(ledger_id, owner);
+        let route = self.router.route_avoiding(resend.as_deref());
         let attempts = run_attempts(&self.policy, deadline, |n| {
             self.attempt(job, content, n, deadline, &route)
         });
@@ -140,14 +164,20 @@ impl Worker {
             outcome = attempts => outcome,
             _ = abort.cancelled() => {
                 drop(keep_alive);
-                let _ = self.ledger.release(job.job_id, owner).await;
+                let _ = self.ledger.release(ledger_id, owner).await;
                 tracing::warn!("shutdown grace period over mid-job; leaving it for redelivery");
                 return;
             }
         };
         drop(keep_alive);
         let provider = route.last_provider().unwrap_or("none");
-        self.record(job, owner, &outcome, provider).await;
+        let sent = Sent {
+            ledger_id,
+            owner,
+            provider,
+            resend: resend.is_some(),
+        };
+        self.record(job, &sent, &outcome).await;
         self.count(job, &outcome);
         match outcome.disposition() {
             Disposition::Ack => ack(delivery).await,
@@ -218,7 +248,8 @@ impl Worker {
 
     /// Writes the outcome to the ledger first (that is what prevents a second send), then the
     /// delivery state shown to clients.
-    async fn record(&self, job: &SendJob, owner: Uuid, outcome: &Final, provider: &'static str) {
+    async fn record(&self, job: &SendJob, how: &Sent, outcome: &Final) {
+        let provider = how.provider;
         let (ledger_value, state, extra): (String, DeliveryState, Vec<(&str, String)>) =
             match outcome {
                 Final::Sent { provider_id, .. } => {
@@ -251,7 +282,11 @@ impl Worker {
             };
         // A lost outcome could mean a second SMS on redelivery: try hard, but not forever.
         for attempt in 1..=5 {
-            match self.ledger.finish(job.job_id, owner, &ledger_value).await {
+            match self
+                .ledger
+                .finish(how.ledger_id, how.owner, &ledger_value)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if attempt == 5 => {
                     tracing::error!(error = %e, "could not record the job outcome; a redelivery may resend");
@@ -265,7 +300,7 @@ impl Worker {
                 provider_id: Some(id),
                 ..
             } => {
-                self.record_sent(job, provider, id, outcome.attempts(), &extra)
+                self.record_sent(job, how, id, outcome.attempts(), &extra)
                     .await
             }
             _ => self.set_state(job, state, outcome.attempts(), &extra).await,
@@ -277,11 +312,12 @@ impl Worker {
     async fn record_sent(
         &self,
         job: &SendJob,
-        provider: &str,
+        how: &Sent,
         provider_id: &str,
         attempts: u32,
         extra: &[(&str, &str)],
     ) {
+        let provider = how.provider;
         let mut conn = self.redis.clone();
         // Reports can trail the code's expiry (carriers report late); keep the mapping an hour
         // longer.
@@ -299,6 +335,26 @@ impl Worker {
         if let Err(e) = mapped {
             tracing::warn!(error = %e, "could not map the message id; its delivery reports will be ignored");
         }
+        if how.resend {
+            // A resend moves the record back from `undelivered` on purpose.
+            let mut fields = extra.to_vec();
+            fields.push(("resent", "1"));
+            self.set_state(job, DeliveryState::Sent, attempts, &fields)
+                .await;
+            return;
+        }
+        if self.resend_on_undelivered {
+            let kept: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(self.keys.sealed_job(job.verification_id))
+                .arg(job.to_bytes())
+                .arg("EX")
+                .arg(left.max(1))
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = kept {
+                tracing::warn!(error = %e, "could not keep the sealed job; no resend will be possible");
+            }
+        }
         let attempts = attempts.to_string();
         let mut fields = vec![(FIELD_ATTEMPTS, attempts.as_str())];
         fields.extend_from_slice(extra);
@@ -313,6 +369,17 @@ impl Worker {
         {
             tracing::warn!(error = %e, "could not record the delivery state");
         }
+    }
+
+    /// Whether the job's code is still the number's live code (not used, replaced or expired):
+    /// the condition of a resend.
+    async fn code_is_live(&self, job: &SendJob, content: &JobContent) -> bool {
+        let vid: redis::RedisResult<Option<String>> = redis::cmd("HGET")
+            .arg(self.keys.code(&content.destination))
+            .arg("vid")
+            .query_async(&mut self.redis.clone())
+            .await;
+        matches!(vid, Ok(Some(v)) if v == job.verification_id.to_string())
     }
 
     async fn set_state(

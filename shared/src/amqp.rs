@@ -21,6 +21,9 @@ pub const DEAD_REASON_HEADER: &str = "x-otp-dead-reason";
 pub const DEAD_AT_HEADER: &str = "x-otp-dead-at";
 /// Header the dispatcher sets on dead letters: provider calls made for the job.
 pub const ATTEMPTS_HEADER: &str = "x-otp-attempts";
+/// Header of a resend after an undelivered report: the provider that failed to deliver, which
+/// the resend avoids when another is configured.
+pub const RESEND_HEADER: &str = "x-otp-resend-avoid";
 /// A poison message is dead-lettered by RabbitMQ after this many deliveries, so a message that
 /// crashes every consumer cannot loop forever.
 pub const DELIVERY_LIMIT: i64 = 20;

@@ -77,6 +77,17 @@ impl Keys {
         format!("{}msg:{provider}:{message_id}", self.prefix)
     }
 
+    /// A sent job's sealed envelope, kept (still encrypted) until its code expires, is used or is
+    /// replaced, so an undelivered SMS can be sent once more.
+    pub fn sealed_job(&self, verification_id: Uuid) -> String {
+        format!("{}sealed:{verification_id}", self.prefix)
+    }
+
+    /// Set once a verification's SMS was resent after an undelivered report (at most once).
+    pub fn resend_marker(&self, verification_id: Uuid) -> String {
+        format!("{}resent:{verification_id}", self.prefix)
+    }
+
     /// Hash: one provider's circuit breaker, shared by every dispatcher.
     pub fn breaker(&self, provider: &str) -> String {
         format!("{}breaker:{provider}", self.prefix)

@@ -5,7 +5,7 @@
 --       7 global hourly counter, 8 country hourly counter
 -- ARGV: 1 ip limit, 2 cooldown seconds, 3 hourly limit, 4 verification id, 5 digest,
 --       6 code ttl, 7 status ttl, 8 now (unix seconds), 9 global hourly limit,
---       10 country hourly limit
+--       10 country hourly limit, 11 key prefix (for the replaced code's sealed job)
 -- Returns {outcome, limit, remaining, reset}: outcome is ok / ip / cooldown / hourly / global /
 -- country, and the other three describe the tightest per-client limit (for RateLimit-* headers).
 local ip_limit, cooldown, hourly_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -65,7 +65,9 @@ if global_limit > 0 then spend(KEYS[7]) end
 if cooldown > 0 then
   redis.call('SET', KEYS[2], ARGV[4], 'EX', cooldown)
 end
--- Replaces any previous code of this number: the old one stops working.
+-- Replaces any previous code of this number: the old one stops working, and is never resent.
+local old = redis.call('HGET', KEYS[4], 'vid')
+if old then redis.call('DEL', ARGV[11] .. 'sealed:' .. old) end
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[4], 'vid', ARGV[4], 'digest', ARGV[5])
 redis.call('EXPIRE', KEYS[4], ARGV[6])

@@ -140,6 +140,7 @@ impl OtpStore for RedisStore {
             .arg(unix_now())
             .arg(p.max_sends_per_hour)
             .arg(p.max_sends_per_country_per_hour.limit_for(phone.country()))
+            .arg(self.keys.prefix())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let rate = rate(limit, remaining, reset);
@@ -211,6 +212,7 @@ impl OtpStore for RedisStore {
         let consumed: i64 = VERIFY_FINISH
             .key(self.keys.code(e164))
             .key(self.keys.failures(e164))
+            .key(self.keys.sealed_job(verification_id.unwrap_or_default()))
             .arg(verification_id.map(|v| v.to_string()).unwrap_or_default())
             .arg(u8::from(matched))
             .arg(self.policy.max_attempts)

@@ -1,6 +1,6 @@
 -- Second half of a verify, atomic: consumes the code if the caller's constant-time comparison
 -- matched and the code is still the same one and not void; otherwise counts a failure.
--- KEYS: 1 code hash, 2 failures counter
+-- KEYS: 1 code hash, 2 failures counter, 3 the code's sealed job (kept for a resend)
 -- ARGV: 1 verification id seen in the first half ('' if none), 2 matched (1/0),
 --       3 max attempts, 4 failure counter ttl
 -- Returns 1 when the code was consumed, else 0.
@@ -12,7 +12,7 @@ if fails >= max then
   return 0
 end
 if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   return 1
 end
 fails = redis.call('INCR', KEYS[2])

@@ -63,6 +63,7 @@ pub fn api_config(world: &World) -> otp_api::config::Config {
             sms_status_callback_url: None,
             twilio_auth_token: None,
             twilio_status_callback_url: None,
+            resend_on_undelivered: true,
         },
         app_env: otp_shared::config::AppEnv::Development,
         log_format: LogFormat::Pretty,

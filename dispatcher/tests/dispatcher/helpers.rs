@@ -132,6 +132,7 @@ impl World {
             twilio_base_url: "http://127.0.0.1:9".into(),
             twilio_status_callback_url: None,
             failover_after_retries: 2,
+            resend_on_undelivered: true,
             breaker_failures: 5,
             breaker_failure_ratio: 0.5,
             breaker_min_calls: 20,

@@ -12,5 +12,6 @@ mod failures;
 mod metrics;
 mod operations;
 mod process;
+mod resend;
 mod rotation;
 mod traces;

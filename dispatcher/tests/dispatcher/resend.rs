@@ -1,0 +1,186 @@
+//! An SMS the carrier could not deliver is sent once more through the next provider, while its
+//! code is still valid: once, and never after the code was used.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{method, path},
+};
+
+use crate::{
+    end_to_end::{api_config, spawn_api_with},
+    helpers::{PHONE, TWILIO_SID, World, accepted, plivo_call, spawn_dispatcher},
+};
+
+const TOKEN: &str = "resend-test-token";
+const CALLBACK: &str = "https://otp.example.com/api/otp/callbacks/plivo";
+
+struct Stack {
+    world: World,
+    plivo: MockServer,
+    twilio: MockServer,
+    base: String,
+    http: reqwest::Client,
+    _api: tokio::sync::oneshot::Sender<()>,
+    _dispatcher: crate::helpers::Running,
+}
+
+async fn stack(twilio_calls: u64) -> Stack {
+    let (plivo, twilio) = (MockServer::start().await, MockServer::start().await);
+    plivo_call()
+        .respond_with(accepted("m-plivo"))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+        )))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "sid": "SM-resend" })))
+        .expect(twilio_calls)
+        .mount(&twilio)
+        .await;
+    let world = World::new().await;
+    let mut dispatcher = world.config(&plivo.uri());
+    dispatcher.sms_providers = vec!["plivo", "twilio"];
+    dispatcher.twilio_base_url = twilio.uri();
+    let dispatcher = spawn_dispatcher(dispatcher).await;
+    let mut api = api_config(&world);
+    api.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
+    api.reports.sms_status_callback_url = Some(CALLBACK.into());
+    let (base, stop) = spawn_api_with(api).await;
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Stack {
+        world,
+        plivo,
+        twilio,
+        base,
+        http,
+        _api: stop,
+        _dispatcher: dispatcher,
+    }
+}
+
+impl Stack {
+    /// Requests a code and waits until Plivo accepted its SMS; returns the code.
+    async fn code_sent_by_plivo(&self) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/otp/request", self.base))
+            .json(&json!({ "phoneNumber": PHONE }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let vid = resp.json::<Value>().await.unwrap()["verificationId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for _ in 0..200 {
+            if let Some(status) = self.world.status(vid.parse().unwrap()).await
+                && status.state.as_str() == "sent"
+            {
+                let sms = &self.plivo.received_requests().await.unwrap()[0];
+                let body: Value = serde_json::from_slice(&sms.body).unwrap();
+                return body["text"]
+                    .as_str()
+                    .unwrap()
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("Plivo never accepted the SMS");
+    }
+
+    /// A signed (V2) Plivo report for the message.
+    async fn report(&self, status: &str, nonce: &str) -> u16 {
+        let mut mac = Hmac::<Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+        mac.update(format!("{CALLBACK}{nonce}").as_bytes());
+        let signature = STANDARD.encode(mac.finalize().into_bytes());
+        self.http
+            .post(format!("{}/api/otp/callbacks/plivo", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-plivo-signature-v2", signature)
+            .header("x-plivo-signature-v2-nonce", nonce)
+            .body(format!("MessageUUID=m-plivo&Status={status}&ErrorCode=30"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn verify(&self, code: &str) -> u16 {
+        self.http
+            .post(format!("{}/api/otp/verify", self.base))
+            .json(&json!({ "phoneNumber": PHONE, "otp": code }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn twilio_texts(&self) -> Vec<String> {
+        self.twilio
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_undelivered_sms_is_resent_once_through_the_next_provider() {
+    let stack = stack(1).await;
+    let code = stack.code_sent_by_plivo().await;
+    assert_eq!(stack.report("undelivered", "n-1").await, 200);
+    let mut texts = Vec::new();
+    for _ in 0..200 {
+        texts = stack.twilio_texts().await;
+        if !texts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(texts.len(), 1, "resent through Twilio");
+    assert!(texts[0].contains(&code), "the same code");
+    // Another bad report: no second resend.
+    assert_eq!(stack.report("failed", "n-2").await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.twilio_texts().await.len(), 1);
+    assert_eq!(stack.verify(&code).await, 200);
+    stack.plivo.verify().await;
+    stack.twilio.verify().await;
+}
+
+#[tokio::test]
+async fn a_used_code_is_never_resent() {
+    let stack = stack(0).await;
+    let code = stack.code_sent_by_plivo().await;
+    assert_eq!(stack.verify(&code).await, 200);
+    assert_eq!(stack.report("undelivered", "n-3").await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(stack.twilio_texts().await.is_empty());
+    stack.twilio.verify().await;
+}
