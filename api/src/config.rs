@@ -21,7 +21,7 @@ pub use crate::code::HmacKey;
     name = "otp-api",
     version,
     about = "Issues and verifies SMS one-time passwords.",
-    after_help = "`otp-api healthcheck` asks this host's API for /readyz and exits 0 when it is ready."
+    after_help = "Operator subcommands: `otp-api healthcheck` (exit 0 when this host's API is ready) and `otp-api fraud --help` (blocked destination prefixes: list, block, unblock)."
 )]
 pub struct Config {
     /// TCP port to listen on.
@@ -44,6 +44,8 @@ pub struct Config {
     pub limits: Limits,
     #[command(flatten)]
     pub http: HttpLimits,
+    #[command(flatten)]
+    pub fraud: crate::fraud::FraudSettings,
 
     #[command(flatten)]
     pub reports: ReportSettings,

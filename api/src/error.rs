@@ -38,6 +38,9 @@ pub enum ApiError {
     /// 400 INVALID_OTP: identical for every reason a code does not verify.
     #[error("Invalid or expired OTP.")]
     InvalidOtp,
+    /// 403 DESTINATION_BLOCKED: the fraud guard blocked the destination's prefix.
+    #[error("SMS to this destination is not possible right now.")]
+    DestinationBlocked,
     /// 403 INVALID_SIGNATURE: a provider callback without a valid signature.
     #[error("The callback signature is missing or wrong.")]
     InvalidSignature,
@@ -92,6 +95,7 @@ impl ApiError {
             Self::InvalidPhoneNumber(_) => "INVALID_PHONE_NUMBER",
             Self::CountryNotAllowed => "COUNTRY_NOT_ALLOWED",
             Self::InvalidSignature => "INVALID_SIGNATURE",
+            Self::DestinationBlocked => "DESTINATION_BLOCKED",
             Self::InvalidOtp => "INVALID_OTP",
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -133,7 +137,7 @@ impl ApiError {
             Self::InvalidRequest(_) | Self::InvalidPhoneNumber(_) | Self::InvalidOtp => {
                 ErrorResponse::BadRequest(self.body(None))
             }
-            Self::CountryNotAllowed | Self::InvalidSignature => {
+            Self::CountryNotAllowed | Self::InvalidSignature | Self::DestinationBlocked => {
                 ErrorResponse::Forbidden(self.body(None))
             }
             Self::NotFound(_) => ErrorResponse::NotFound(self.body(None)),
@@ -170,7 +174,8 @@ pub enum ErrorResponse {
     /// INVALID_REQUEST, INVALID_PHONE_NUMBER or INVALID_OTP.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// COUNTRY_NOT_ALLOWED: ALLOWED_COUNTRIES excludes the destination.
+    /// COUNTRY_NOT_ALLOWED (ALLOWED_COUNTRIES excludes the destination) or DESTINATION_BLOCKED
+    /// (the fraud guard blocked it).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// NOT_FOUND.

@@ -12,16 +12,20 @@
 //! - [`openapi`]: the published OpenAPI document, completed with the live constraints.
 //! - [`queue`]: the `JobQueue` trait and the RabbitMQ publisher with confirms and reconnects.
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
+//! - [`fraud`]: the fraud guard's settings and destination prefixes (accounting is in Lua).
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`middleware`]: request ids, body limit, access log, framework-error mapping.
 //! - [`callbacks`]: Plivo delivery reports (signatures, replays, forward-only states).
+//! - [`cli`]: operator subcommands: `healthcheck`, `fraud list | block | unblock`.
 //! - [`client_ip`]: the client address behind trusted proxies.
 
 pub mod callbacks;
+pub mod cli;
 pub mod client_ip;
 pub mod code;
 pub mod config;
 pub mod error;
+pub mod fraud;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

@@ -1,33 +1,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use otp_api::{config::Config, startup::Application};
+use otp_api::{cli, config::Config, startup::Application};
 use otp_shared::telemetry;
-
-/// `otp-api healthcheck`: asks this host's API for /readyz (container images carry no curl).
-#[derive(Parser)]
-#[command(
-    name = "otp-api healthcheck",
-    about = "Exit 0 when this host's otp-api is ready."
-)]
-struct Healthcheck {
-    /// Port of the API.
-    #[arg(long, env = "PORT", default_value_t = 3000)]
-    port: u16,
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // A missing .env is normal; values in the real environment win over it.
     let _ = dotenvy::dotenv();
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "healthcheck")
-    {
-        let args = Healthcheck::parse_from(std::env::args_os().skip(1));
-        return tokio::task::spawn_blocking(move || otp_shared::probe::healthcheck(args.port))
-            .await
-            .unwrap_or(ExitCode::FAILURE);
+    if let Some(tool) = cli::requested() {
+        // Operator tools log their events (block, unblock) as JSON lines.
+        let _telemetry = telemetry::init("otp-api", otp_shared::config::LogFormat::Json);
+        return cli::run(tool).await;
     }
     // Listen for signals before anything else, so none is missed during start-up.
     let shutdown = otp_shared::shutdown::signal();

@@ -44,6 +44,10 @@ pub struct ApiMetrics {
     publish_failures: [IntCounter; 5],
     /// By report status, indexed like `REPORT_STATUSES`.
     delivery_reports: Vec<IntCounter>,
+    fraud_blocked_requests: IntCounterVec,
+    fraud_blocks: IntCounterVec,
+    /// Refreshed by the fraud guard's task; only countries seen in the window.
+    pub conversion_ratio: prometheus::GaugeVec,
 }
 
 /// Report statuses counted by name (Plivo's and Twilio's); any other is counted as `other`.
@@ -112,6 +116,29 @@ impl ApiMetrics {
             &["reason"],
         );
         let failure = |r: &str| failures.with_label_values(&[r]);
+        let fraud_blocked_requests = m::counter_vec(
+            &registry,
+            "otp_fraud_blocked_requests_total",
+            "Code requests to a prefix the fraud guard blocked (in monitor mode: would block).",
+            &["country"],
+        );
+        let fraud_blocks = m::counter_vec(
+            &registry,
+            "otp_fraud_blocks_total",
+            "Prefixes the fraud guard blocked (in monitor mode: would block).",
+            &["country"],
+        );
+        let conversion_ratio = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "otp_conversion_ratio",
+                "Verified ÷ sent over the fraud guard's window, per country seen in it.",
+            ),
+            &["country"],
+        )
+        .expect("valid gauge definition");
+        registry
+            .register(Box::new(conversion_ratio.clone()))
+            .expect("metric names are unique");
         let reports = m::counter_vec(
             &registry,
             "otp_delivery_reports_total",
@@ -154,6 +181,9 @@ impl ApiMetrics {
                 })
                 .map(|(provider, status)| reports.with_label_values(&[provider, status]))
                 .collect(),
+            fraud_blocked_requests,
+            fraud_blocks,
+            conversion_ratio,
             requests,
             request_series,
             durations,
@@ -212,6 +242,16 @@ impl ApiMetrics {
             .unwrap_or(REPORT_STATUSES.len() - 1);
         let provider = usize::from(provider == "twilio");
         self.delivery_reports[provider * REPORT_STATUSES.len() + status].inc();
+    }
+
+    /// A request to a blocked prefix (rare: the label lookup's lock is fine here).
+    pub fn fraud_blocked_request(&self, country: &str) {
+        self.fraud_blocked_requests.with_label_values(&[country]).inc();
+    }
+
+    /// A prefix newly blocked.
+    pub fn fraud_block(&self, country: &str) {
+        self.fraud_blocks.with_label_values(&[country]).inc();
     }
 
     /// Every metric in Prometheus' text format.

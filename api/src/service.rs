@@ -22,7 +22,10 @@ use crate::{
     error::ApiError,
     metrics::{ApiMetrics, VerifyOutcome},
     queue::JobQueue,
-    store::{IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, VerifyLookup},
+    fraud::FraudSettings,
+    store::{
+        FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, VerifyLookup,
+    },
 };
 
 /// Code policy the service applies.
@@ -58,6 +61,7 @@ pub struct OtpService<S, Q> {
     job_key: JobKey,
     policy: CodePolicy,
     metrics: Arc<ApiMetrics>,
+    fraud: FraudSettings,
 }
 
 impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
@@ -68,6 +72,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         job_key: JobKey,
         policy: CodePolicy,
         metrics: Arc<ApiMetrics>,
+        fraud: FraudSettings,
     ) -> Self {
         Self {
             store,
@@ -76,6 +81,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             job_key,
             policy,
             metrics,
+            fraud,
         }
     }
 
@@ -147,6 +153,36 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         result
     }
 
+    /// Logs and counts what the fraud guard saw; `enforced` when the request was refused.
+    fn fraud_signal(&self, phone: &PhoneNumber, signal: FraudSignal, enforced: bool) {
+        let country = self.fraud.destination(phone).country;
+        let country = country.as_str();
+        match signal {
+            FraudSignal::Clear => {}
+            FraudSignal::Unavailable => {
+                tracing::warn!("fraud guard state unavailable; the request was not blocked on its account");
+            }
+            FraudSignal::Blocked | FraudSignal::NewBlock => {
+                self.metrics.fraud_blocked_request(country);
+                if signal == FraudSignal::NewBlock {
+                    self.metrics.fraud_block(country);
+                    tracing::warn!(
+                        event = "fraud_block",
+                        prefix = %self.fraud_prefix(phone),
+                        country,
+                        enforced,
+                        "fraud guard blocked a destination prefix (low conversion)"
+                    );
+                }
+                tracing::info!(country, enforced, "request to a blocked destination prefix");
+            }
+        }
+    }
+
+    fn fraud_prefix(&self, phone: &PhoneNumber) -> String {
+        self.fraud.destination(phone).prefix
+    }
+
     /// Logs and counts a refusal by `limit`, and makes it the 429.
     fn limited(&self, limit: LimitKind, rate: RateLimit) -> ApiError {
         self.metrics.rate_limited(limit);
@@ -175,8 +211,20 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             .issue(phone, client, verification_id, &digest)
             .await?
         {
-            IssueOutcome::Issued(rate) => rate,
+            IssueOutcome::Issued(rate, signal) => {
+                self.fraud_signal(phone, signal, false);
+                rate
+            }
             IssueOutcome::Limited(kind, rate) => return Err(self.limited(kind, rate)),
+            IssueOutcome::Blocked { new } => {
+                let signal = if new {
+                    FraudSignal::NewBlock
+                } else {
+                    FraudSignal::Blocked
+                };
+                self.fraud_signal(phone, signal, true);
+                return Err(ApiError::DestinationBlocked);
+            }
         };
         let now = OffsetDateTime::now_utc();
         let job = SendJob::seal(

@@ -67,6 +67,7 @@ impl Application {
                 max_verifies_per_ip_per_minute: limits.max_verifies_per_ip_per_minute,
                 max_sends_per_hour: limits.max_sends_per_hour,
                 max_sends_per_country_per_hour: limits.max_sends_per_country_per_hour.clone(),
+                fraud: config.fraud.clone(),
             },
         );
         let service = Arc::new(OtpService::new(
@@ -82,6 +83,7 @@ impl Application {
                 resend_cooldown_seconds: limits.resend_cooldown_seconds,
             },
             metrics.clone(),
+            config.fraud.clone(),
         ));
 
         let api = OpenApiService::new(
@@ -122,6 +124,16 @@ impl Application {
             keys: config.redis.keys(),
             metrics: metrics.clone(),
         });
+        if config.fraud.fraud_guard != crate::fraud::Mode::Off {
+            tokio::spawn(crate::fraud::watch_conversion(
+                redis.clone(),
+                config.redis.keys(),
+                config.fraud.clone(),
+                metrics.conversion_ratio.clone(),
+                Duration::from_secs(15),
+                background.clone(),
+            ));
+        }
         let spec = Arc::new(crate::openapi::document(&api.spec(), otp.otp_length.into()));
         let docs = api.swagger_ui();
         let app = Route::new()

@@ -88,6 +88,34 @@ impl Keys {
         format!("{}resent:{verification_id}", self.prefix)
     }
 
+    /// Fraud guard: sorted sets of verification ids by send time (ms), per destination prefix
+    /// and per country: all sends, and the ones that were verified.
+    pub fn fraud_sends(&self, prefix: &str) -> String {
+        format!("{}fg:sends:{prefix}", self.prefix)
+    }
+
+    pub fn fraud_verified(&self, prefix: &str) -> String {
+        format!("{}fg:verified:{prefix}", self.prefix)
+    }
+
+    pub fn fraud_country_sends(&self, country: &str) -> String {
+        format!("{}fg:sends-cc:{country}", self.prefix)
+    }
+
+    pub fn fraud_country_verified(&self, country: &str) -> String {
+        format!("{}fg:verified-cc:{country}", self.prefix)
+    }
+
+    /// Sorted set of the countries seen, by last send time (ms).
+    pub fn fraud_countries(&self) -> String {
+        format!("{}fg:countries", self.prefix)
+    }
+
+    /// Hash: a blocked prefix (counts when blocked); TTL: the block's remaining time.
+    pub fn fraud_block(&self, prefix: &str) -> String {
+        format!("{}fg:block:{prefix}", self.prefix)
+    }
+
     /// Hash: one provider's circuit breaker, shared by every dispatcher.
     pub fn breaker(&self, provider: &str) -> String {
         format!("{}breaker:{provider}", self.prefix)

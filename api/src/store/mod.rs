@@ -68,9 +68,24 @@ impl LimitKind {
 /// The result of trying to issue a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssueOutcome {
-    /// The digest is stored and the delivery state is `queued`.
-    Issued(RateLimit),
+    /// The digest is stored and the delivery state is `queued`; `fraud` is what the fraud
+    /// guard saw (in monitor mode a blocked prefix is issued anyway).
+    Issued(RateLimit, FraudSignal),
     Limited(LimitKind, RateLimit),
+    /// FRAUD_GUARD=enforce and the destination prefix is blocked (`new`: by this request).
+    Blocked { new: bool },
+}
+
+/// What the fraud guard saw when a code was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FraudSignal {
+    Clear,
+    /// The prefix is blocked (monitor mode: not enforced).
+    Blocked,
+    /// This request blocked the prefix (monitor mode: not enforced).
+    NewBlock,
+    /// The fraud state could not be used: the request was not blocked on its account.
+    Unavailable,
 }
 
 /// What a verify finds before comparing digests.

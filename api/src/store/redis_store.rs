@@ -13,10 +13,11 @@ use otp_shared::{
     status::{self, DeliveryStatus, STATUS_TTL_SECONDS},
 };
 
-use crate::config::CountryBudgets;
+use crate::{config::CountryBudgets, fraud::FraudSettings};
 
 use super::{
-    IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError, VerifyLookup,
+    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError,
+    VerifyLookup,
 };
 
 static ISSUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("issue.lua")));
@@ -54,6 +55,7 @@ pub struct StorePolicy {
     pub max_verifies_per_ip_per_minute: u32,
     pub max_sends_per_hour: u32,
     pub max_sends_per_country_per_hour: CountryBudgets,
+    pub fraud: FraudSettings,
 }
 
 /// The budget counter's name for a number's country (`ZZ`: no single country).
@@ -121,7 +123,9 @@ impl OtpStore for RedisStore {
         } else {
             0
         };
-        let (outcome, limit, remaining, reset): (String, i64, i64, i64) = ISSUE
+        let fraud = &p.fraud;
+        let destination = fraud.destination(phone);
+        let (outcome, limit, remaining, reset, signal): (String, i64, i64, i64, String) = ISSUE
             .key(self.keys.requests_per_ip(client.unwrap_or_default()))
             .key(self.keys.cooldown(e164))
             .key(self.keys.sends_per_hour(e164))
@@ -130,6 +134,11 @@ impl OtpStore for RedisStore {
             .key(self.keys.failures(e164))
             .key(self.keys.sends_all())
             .key(self.keys.sends_country(&country_of(phone)))
+            .key(self.keys.fraud_sends(&destination.prefix))
+            .key(self.keys.fraud_verified(&destination.prefix))
+            .key(self.keys.fraud_block(&destination.prefix))
+            .key(self.keys.fraud_country_sends(&destination.country))
+            .key(self.keys.fraud_countries())
             .arg(ip_limit)
             .arg(p.resend_cooldown_seconds)
             .arg(p.max_sends_per_number_per_hour)
@@ -141,11 +150,29 @@ impl OtpStore for RedisStore {
             .arg(p.max_sends_per_hour)
             .arg(p.max_sends_per_country_per_hour.limit_for(phone.country()))
             .arg(self.keys.prefix())
+            .arg(fraud.fraud_guard.code())
+            .arg(fraud.window().as_millis() as u64)
+            .arg(fraud.grace().as_millis() as u64)
+            .arg(fraud.fraud_guard_min_sends)
+            .arg(fraud.min_conversion_per_mille())
+            .arg(fraud.block().as_secs())
+            .arg(u8::from(destination.safe))
+            .arg(&destination.country)
+            .arg(&destination.prefix)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let rate = rate(limit, remaining, reset);
+        let signal = match signal.as_str() {
+            "blocked" => FraudSignal::Blocked,
+            "new_block" => FraudSignal::NewBlock,
+            "error" => FraudSignal::Unavailable,
+            _ => FraudSignal::Clear,
+        };
         Ok(match outcome.as_str() {
-            "ok" => IssueOutcome::Issued(rate),
+            "ok" => IssueOutcome::Issued(rate, signal),
+            "blocked" => IssueOutcome::Blocked {
+                new: signal == FraudSignal::NewBlock,
+            },
             "ip" => IssueOutcome::Limited(LimitKind::RequestsPerIp, rate),
             "cooldown" => IssueOutcome::Limited(LimitKind::ResendCooldown, rate),
             "hourly" => IssueOutcome::Limited(LimitKind::SendsPerHour, rate),
@@ -209,14 +236,18 @@ impl OtpStore for RedisStore {
         matched: bool,
     ) -> Result<bool, StoreError> {
         let e164 = phone.as_e164();
+        let destination = self.policy.fraud.destination(phone);
         let consumed: i64 = VERIFY_FINISH
             .key(self.keys.code(e164))
             .key(self.keys.failures(e164))
             .key(self.keys.sealed_job(verification_id.unwrap_or_default()))
+            .key(self.keys.fraud_verified(&destination.prefix))
+            .key(self.keys.fraud_country_verified(&destination.country))
             .arg(verification_id.map(|v| v.to_string()).unwrap_or_default())
             .arg(u8::from(matched))
             .arg(self.policy.max_attempts)
             .arg(self.policy.code_ttl_seconds)
+            .arg(self.policy.fraud.window().as_secs() + 60)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(consumed == 1)

@@ -58,6 +58,16 @@ pub fn api_config(world: &World) -> otp_api::config::Config {
             keep_alive_timeout_seconds: 60,
             max_connections: 10_000,
         },
+        fraud: otp_api::fraud::FraudSettings {
+            fraud_guard: otp_api::fraud::Mode::Monitor,
+            fraud_guard_prefix_drop_digits: 4,
+            fraud_guard_window_minutes: 60,
+            fraud_guard_grace_seconds: 120,
+            fraud_guard_min_sends: 20,
+            fraud_guard_min_conversion: 0.2,
+            fraud_guard_block_hours: 12,
+            fraud_guard_safe_prefixes: vec![],
+        },
         reports: otp_api::config::ReportSettings {
             plivo_auth_token: None,
             sms_status_callback_url: None,

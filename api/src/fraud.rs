@@ -1,0 +1,242 @@
+//! The fraud guard against SMS pumping: sends and successful verifications are counted per
+//! destination prefix (the number without its last FRAUD_GUARD_PREFIX_DROP_DIGITS digits) and
+//! per country, over a sliding window. A prefix whose counted sends reach FRAUD_GUARD_MIN_SENDS
+//! with a conversion (verified ÷ sent) below FRAUD_GUARD_MIN_CONVERSION is blocked for
+//! FRAUD_GUARD_BLOCK_HOURS, renewed while the pattern continues. Sends younger than
+//! FRAUD_GUARD_GRACE_SECONDS are not counted, so a code still being typed never counts against
+//! its prefix. The accounting runs inside the issue and verify scripts (no extra round trip).
+
+use std::{str::FromStr, time::Duration};
+
+use clap::Args;
+
+use otp_shared::phone::PhoneNumber;
+
+/// FRAUD_GUARD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Off,
+    /// Everything computed, logged and exported; nothing blocked.
+    Monitor,
+    Enforce,
+}
+
+impl Mode {
+    /// As the Lua scripts take it.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Off => 0,
+            Self::Monitor => 1,
+            Self::Enforce => 2,
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "monitor" => Ok(Self::Monitor),
+            "enforce" => Ok(Self::Enforce),
+            _ => Err(format!("'{s}' is not a mode (off, monitor or enforce)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FraudSettings {
+    /// off, monitor (compute, log and export; never block) or enforce.
+    #[arg(long, env = "FRAUD_GUARD", default_value = "monitor")]
+    pub fraud_guard: Mode,
+    /// A destination's prefix is its E.164 number without this many last digits.
+    #[arg(long, env = "FRAUD_GUARD_PREFIX_DROP_DIGITS", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub fraud_guard_prefix_drop_digits: u8,
+    /// Minutes of the sliding window sends and verifications are counted over.
+    #[arg(long, env = "FRAUD_GUARD_WINDOW_MINUTES", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub fraud_guard_window_minutes: u32,
+    /// Seconds a send is left out of the counts, while its code may still be typed.
+    #[arg(long, env = "FRAUD_GUARD_GRACE_SECONDS", default_value_t = 120)]
+    pub fraud_guard_grace_seconds: u32,
+    /// Counted sends in the window before a prefix's conversion can block it.
+    #[arg(long, env = "FRAUD_GUARD_MIN_SENDS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fraud_guard_min_sends: u32,
+    /// Conversion (verified ÷ sent, 0 to 1) below which a prefix is blocked.
+    #[arg(long, env = "FRAUD_GUARD_MIN_CONVERSION", default_value_t = 0.2,
+          value_parser = parse_share)]
+    pub fraud_guard_min_conversion: f64,
+    /// Hours a block lasts (renewed while the pattern continues).
+    #[arg(long, env = "FRAUD_GUARD_BLOCK_HOURS", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub fraud_guard_block_hours: u32,
+    /// Comma-separated prefixes never blocked, e.g. +1415555,+4420.
+    #[arg(long, env = "FRAUD_GUARD_SAFE_PREFIXES", value_delimiter = ',', value_parser = parse_prefix)]
+    pub fraud_guard_safe_prefixes: Vec<String>,
+}
+
+fn parse_share(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("must be a share from 0 to 1, e.g. 0.2".into()),
+    }
+}
+
+/// A prefix as operators write it: `+` and 1 to 15 digits.
+pub fn parse_prefix(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let digits = value.strip_prefix('+').unwrap_or_default();
+    if (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("'{value}' is not a prefix like +1415555"))
+    }
+}
+
+/// What the issue script needs to know about a destination.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub prefix: String,
+    /// ISO code, or `ZZ` for a number of no single country.
+    pub country: String,
+    pub safe: bool,
+}
+
+impl FraudSettings {
+    pub fn destination(&self, phone: &PhoneNumber) -> Destination {
+        let e164 = phone.as_e164();
+        let keep = e164
+            .len()
+            .saturating_sub(self.fraud_guard_prefix_drop_digits.into())
+            .max(2);
+        let prefix = e164[..keep].to_owned();
+        Destination {
+            safe: self
+                .fraud_guard_safe_prefixes
+                .iter()
+                .any(|safe| e164.starts_with(safe.as_str())),
+            country: phone
+                .country()
+                .map_or_else(|| "ZZ".to_owned(), |c| c.as_str().to_owned()),
+            prefix,
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.fraud_guard_window_minutes) * 60)
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.fraud_guard_grace_seconds.into())
+    }
+
+    pub fn block(&self) -> Duration {
+        Duration::from_secs(u64::from(self.fraud_guard_block_hours) * 3600)
+    }
+
+    /// Per mille, as the scripts take it.
+    pub fn min_conversion_per_mille(&self) -> u64 {
+        (self.fraud_guard_min_conversion * 1000.0).round() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(safe: &[&str]) -> FraudSettings {
+        FraudSettings {
+            fraud_guard: Mode::Monitor,
+            fraud_guard_prefix_drop_digits: 4,
+            fraud_guard_window_minutes: 60,
+            fraud_guard_grace_seconds: 120,
+            fraud_guard_min_sends: 20,
+            fraud_guard_min_conversion: 0.2,
+            fraud_guard_block_hours: 12,
+            fraud_guard_safe_prefixes: safe.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_prefix_drops_the_last_digits_and_safe_prefixes_match() {
+        let phone = PhoneNumber::parse("+14155552671").unwrap();
+        let d = settings(&["+1415555"]).destination(&phone);
+        assert_eq!(d.prefix, "+1415555");
+        assert_eq!(d.country, "US");
+        assert!(d.safe);
+        assert!(!settings(&["+4420"]).destination(&phone).safe);
+        assert!(parse_prefix("+1415555").is_ok());
+        assert!(parse_prefix("1415").is_err() && parse_prefix("+14a").is_err());
+    }
+}
+
+/// Keeps `otp_conversion_ratio{country}` current: verified ÷ counted sends per country seen in
+/// the window (sends younger than the grace are not counted), every `every`. Countries no longer
+/// seen lose their label.
+pub async fn watch_conversion(
+    redis: redis::aio::ConnectionManager,
+    keys: otp_shared::keys::Keys,
+    settings: FraudSettings,
+    gauge: prometheus::GaugeVec,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut shown: Vec<String> = Vec::new();
+    loop {
+        match conversion_by_country(&mut redis.clone(), &keys, &settings).await {
+            Ok(ratios) => {
+                for gone in shown.iter().filter(|c| !ratios.iter().any(|(r, _)| r == *c)) {
+                    let _ = gauge.remove_label_values(&[gone]);
+                }
+                shown = ratios.iter().map(|(c, _)| c.clone()).collect();
+                for (country, ratio) in ratios {
+                    gauge.with_label_values(&[&country]).set(ratio);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "conversion ratios unavailable"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// (country, verified ÷ counted sends) for the countries with counted sends in the window.
+pub async fn conversion_by_country(
+    redis: &mut redis::aio::ConnectionManager,
+    keys: &otp_shared::keys::Keys,
+    settings: &FraudSettings,
+) -> redis::RedisResult<Vec<(String, f64)>> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(redis).await?;
+    let now = secs * 1000 + micros / 1000;
+    let oldest = now.saturating_sub(settings.window().as_millis() as u64);
+    let newest = now.saturating_sub(settings.grace().as_millis() as u64);
+    let countries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys.fraud_countries())
+        .arg(oldest)
+        .arg("+inf")
+        .query_async(redis)
+        .await?;
+    let mut out = Vec::new();
+    for country in countries {
+        let (sends, verified): (u64, u64) = redis::pipe()
+            .cmd("ZCOUNT")
+            .arg(keys.fraud_country_sends(&country))
+            .arg(oldest)
+            .arg(newest)
+            .cmd("ZCOUNT")
+            .arg(keys.fraud_country_verified(&country))
+            .arg(oldest)
+            .arg(newest)
+            .query_async(redis)
+            .await?;
+        if sends > 0 {
+            out.push((country, verified as f64 / sends as f64));
+        }
+    }
+    Ok(out)
+}
