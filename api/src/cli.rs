@@ -97,11 +97,14 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
             }
             found.sort();
             for key in &found {
-                let fields: std::collections::HashMap<String, String> =
-                    redis::cmd("HGETALL").arg(key).query_async(&mut redis).await?;
+                let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut redis)
+                    .await?;
                 let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut redis).await?;
                 let get = |f: &str| fields.get(f).cloned().unwrap_or_else(|| "-".into());
-                let conversion = match (get("sends").parse::<f64>(), get("verified").parse::<f64>()) {
+                let conversion = match (get("sends").parse::<f64>(), get("verified").parse::<f64>())
+                {
                     (Ok(s), Ok(v)) if s > 0.0 => format!("{:.2}", v / s),
                     _ => "-".into(),
                 };
@@ -113,14 +116,24 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
                     get("verified"),
                     conversion,
                     ttl,
-                    if fields.contains_key("manual") { "  manual" } else { "" }
+                    if fields.contains_key("manual") {
+                        "  manual"
+                    } else {
+                        ""
+                    }
                 );
             }
             eprintln!("{} blocked prefix(es)", found.len());
         }
         FraudAction::Unblock { prefix } => {
-            let removed: i64 = redis::cmd("DEL")
+            // The prefix's counts go too: else its next request would block it again at once.
+            let (removed, _): (i64, i64) = redis::pipe()
+                .atomic()
+                .cmd("DEL")
                 .arg(keys.fraud_block(&prefix))
+                .cmd("DEL")
+                .arg(keys.fraud_sends(&prefix))
+                .arg(keys.fraud_verified(&prefix))
                 .query_async(&mut redis)
                 .await?;
             anyhow::ensure!(removed == 1, "{prefix} is not blocked");

@@ -143,36 +143,6 @@ impl FraudSettings {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(safe: &[&str]) -> FraudSettings {
-        FraudSettings {
-            fraud_guard: Mode::Monitor,
-            fraud_guard_prefix_drop_digits: 4,
-            fraud_guard_window_minutes: 60,
-            fraud_guard_grace_seconds: 120,
-            fraud_guard_min_sends: 20,
-            fraud_guard_min_conversion: 0.2,
-            fraud_guard_block_hours: 12,
-            fraud_guard_safe_prefixes: safe.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn a_prefix_drops_the_last_digits_and_safe_prefixes_match() {
-        let phone = PhoneNumber::parse("+14155552671").unwrap();
-        let d = settings(&["+1415555"]).destination(&phone);
-        assert_eq!(d.prefix, "+1415555");
-        assert_eq!(d.country, "US");
-        assert!(d.safe);
-        assert!(!settings(&["+4420"]).destination(&phone).safe);
-        assert!(parse_prefix("+1415555").is_ok());
-        assert!(parse_prefix("1415").is_err() && parse_prefix("+14a").is_err());
-    }
-}
-
 /// Keeps `otp_conversion_ratio{country}` current: verified ÷ counted sends per country seen in
 /// the window (sends younger than the grace are not counted), every `every`. Countries no longer
 /// seen lose their label.
@@ -188,7 +158,10 @@ pub async fn watch_conversion(
     loop {
         match conversion_by_country(&mut redis.clone(), &keys, &settings).await {
             Ok(ratios) => {
-                for gone in shown.iter().filter(|c| !ratios.iter().any(|(r, _)| r == *c)) {
+                for gone in shown
+                    .iter()
+                    .filter(|c| !ratios.iter().any(|(r, _)| r == *c))
+                {
                     let _ = gauge.remove_label_values(&[gone]);
                 }
                 shown = ratios.iter().map(|(c, _)| c.clone()).collect();
@@ -206,8 +179,8 @@ pub async fn watch_conversion(
 }
 
 /// (country, verified ÷ counted sends) for the countries with counted sends in the window.
-pub async fn conversion_by_country(
-    redis: &mut redis::aio::ConnectionManager,
+pub async fn conversion_by_country<C: redis::aio::ConnectionLike + Send>(
+    redis: &mut C,
     keys: &otp_shared::keys::Keys,
     settings: &FraudSettings,
 ) -> redis::RedisResult<Vec<(String, f64)>> {
@@ -239,4 +212,34 @@ pub async fn conversion_by_country(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(safe: &[&str]) -> FraudSettings {
+        FraudSettings {
+            fraud_guard: Mode::Monitor,
+            fraud_guard_prefix_drop_digits: 4,
+            fraud_guard_window_minutes: 60,
+            fraud_guard_grace_seconds: 120,
+            fraud_guard_min_sends: 20,
+            fraud_guard_min_conversion: 0.2,
+            fraud_guard_block_hours: 12,
+            fraud_guard_safe_prefixes: safe.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_prefix_drops_the_last_digits_and_safe_prefixes_match() {
+        let phone = PhoneNumber::parse("+14155552671").unwrap();
+        let d = settings(&["+1415555"]).destination(&phone);
+        assert_eq!(d.prefix, "+1415555");
+        assert_eq!(d.country, "US");
+        assert!(d.safe);
+        assert!(!settings(&["+4420"]).destination(&phone).safe);
+        assert!(parse_prefix("+1415555").is_ok());
+        assert!(parse_prefix("1415").is_err() && parse_prefix("+14a").is_err());
+    }
 }

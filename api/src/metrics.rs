@@ -246,7 +246,9 @@ impl ApiMetrics {
 
     /// A request to a blocked prefix (rare: the label lookup's lock is fine here).
     pub fn fraud_blocked_request(&self, country: &str) {
-        self.fraud_blocked_requests.with_label_values(&[country]).inc();
+        self.fraud_blocked_requests
+            .with_label_values(&[country])
+            .inc();
     }
 
     /// A prefix newly blocked.

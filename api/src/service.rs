@@ -20,9 +20,9 @@ use otp_shared::{
 use crate::{
     code::{CandidateCode, CodeHasher, OtpCode, hex},
     error::ApiError,
+    fraud::FraudSettings,
     metrics::{ApiMetrics, VerifyOutcome},
     queue::JobQueue,
-    fraud::FraudSettings,
     store::{
         FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, VerifyLookup,
     },
@@ -160,7 +160,9 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         match signal {
             FraudSignal::Clear => {}
             FraudSignal::Unavailable => {
-                tracing::warn!("fraud guard state unavailable; the request was not blocked on its account");
+                tracing::warn!(
+                    "fraud guard state unavailable; the request was not blocked on its account"
+                );
             }
             FraudSignal::Blocked | FraudSignal::NewBlock => {
                 self.metrics.fraud_blocked_request(country);

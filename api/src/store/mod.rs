@@ -73,7 +73,9 @@ pub enum IssueOutcome {
     Issued(RateLimit, FraudSignal),
     Limited(LimitKind, RateLimit),
     /// FRAUD_GUARD=enforce and the destination prefix is blocked (`new`: by this request).
-    Blocked { new: bool },
+    Blocked {
+        new: bool,
+    },
 }
 
 /// What the fraud guard saw when a code was requested.

@@ -122,9 +122,21 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Starts the app without waiting for its dependencies (for tests where they are down).
 pub async fn spawn_unready(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    otp_shared::telemetry::init_for_tests("otp-api-test");
     let mut config = test_config();
     tweak(&mut config);
+    start(config).await
+}
+
+/// Starts an app with exactly `config` (several apps may share one key prefix and queue, like
+/// API replicas) and waits until it is ready.
+pub async fn spawn_config(config: Config) -> TestApp {
+    let app = start(config).await;
+    app.wait_ready().await;
+    app
+}
+
+async fn start(config: Config) -> TestApp {
+    otp_shared::telemetry::init_for_tests("otp-api-test");
     let app = Application::build(config.clone())
         .await
         .expect("app builds");

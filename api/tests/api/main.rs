@@ -3,6 +3,7 @@
 mod helpers;
 
 mod docs;
+mod fraud;
 mod hardening;
 mod http;
 mod idempotency;

@@ -1,0 +1,240 @@
+//! The fraud guard against SMS pumping, on the real Redis, with small thresholds and a short
+//! grace: a prefix whose sends are not verified is blocked, verified traffic never is.
+
+use std::time::Duration;
+
+use otp_api::fraud::{FraudSettings, Mode};
+use otp_shared::keys::Keys;
+
+use crate::helpers::{TestApp, assert_error, spawn_with, test_config};
+
+fn guard(mode: Mode) -> FraudSettings {
+    FraudSettings {
+        fraud_guard: mode,
+        fraud_guard_prefix_drop_digits: 4,
+        fraud_guard_window_minutes: 60,
+        fraud_guard_grace_seconds: 1,
+        fraud_guard_min_sends: 3,
+        fraud_guard_min_conversion: 0.5,
+        fraud_guard_block_hours: 1,
+        fraud_guard_safe_prefixes: vec![],
+    }
+}
+
+async fn app_with(fraud: FraudSettings) -> TestApp {
+    spawn_with(|c| c.fraud = fraud).await
+}
+
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.rsplit_once(' ')
+                .filter(|(n, _)| *n == series)
+                .map(|(_, v)| v.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Three unverified sends to +1415555xxxx, then past the grace.
+async fn pump(app: &TestApp) {
+    for n in 0..3 {
+        let resp = app.request_otp(&format!("+1415555010{n}")).await;
+        assert_eq!(resp.status(), 202);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
+#[tokio::test]
+async fn pumping_a_prefix_gets_it_blocked_and_no_sms_is_sent() {
+    let app = app_with(guard(Mode::Enforce)).await;
+    pump(&app).await;
+    for n in 3..5 {
+        let resp = app.request_otp(&format!("+1415555010{n}")).await;
+        let body = assert_error(resp, 403, "DESTINATION_BLOCKED").await;
+        assert!(
+            !body["message"].as_str().unwrap().contains("1415"),
+            "generic message"
+        );
+    }
+    assert_eq!(app.queued_jobs().await, 3, "no SMS for blocked requests");
+    // Another prefix is unaffected.
+    assert_eq!(app.request_otp("+12125550100").await.status(), 202);
+    assert_eq!(
+        metric(&app, r#"otp_fraud_blocks_total{country="US"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&app, r#"otp_fraud_blocked_requests_total{country="US"}"#).await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn verified_traffic_is_never_blocked() {
+    let app = app_with(guard(Mode::Enforce)).await;
+    for n in 0..8 {
+        let phone = format!("+1212555010{n}");
+        let code = app.issue_code(&phone).await;
+        assert_eq!(app.verify(&phone, &code).await.status(), 200);
+        if n == 4 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+    }
+    let mut redis = app.redis.clone();
+    let keys = Keys::new(app.prefix());
+    let ratios = otp_api::fraud::conversion_by_country(&mut redis, &keys, &guard(Mode::Enforce))
+        .await
+        .unwrap();
+    assert_eq!(
+        ratios,
+        vec![("US".to_owned(), 1.0)],
+        "5 counted sends, all verified"
+    );
+}
+
+#[tokio::test]
+async fn monitor_mode_never_blocks_but_reports_the_same() {
+    let app = app_with(guard(Mode::Monitor)).await;
+    pump(&app).await;
+    for n in 3..5 {
+        assert_eq!(
+            app.request_otp(&format!("+1415555010{n}")).await.status(),
+            202
+        );
+    }
+    assert_eq!(app.queued_jobs().await, 5);
+    assert_eq!(
+        metric(&app, r#"otp_fraud_blocks_total{country="US"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&app, r#"otp_fraud_blocked_requests_total{country="US"}"#).await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_safe_listed_prefix_is_never_blocked() {
+    let mut fraud = guard(Mode::Enforce);
+    fraud.fraud_guard_safe_prefixes = vec!["+1415555".into()];
+    let app = app_with(fraud).await;
+    pump(&app).await;
+    assert_eq!(app.request_otp("+14155550103").await.status(), 202);
+}
+
+#[tokio::test]
+async fn the_fraud_path_failing_blocks_nothing() {
+    let app = app_with(guard(Mode::Enforce)).await;
+    // The prefix's counter is of the wrong type: every fraud-guard call on it fails.
+    let keys = Keys::new(app.prefix());
+    let _: () = redis::cmd("SET")
+        .arg(keys.fraud_sends("+1415555"))
+        .arg("not a sorted set")
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    for n in 0..5 {
+        assert_eq!(
+            app.request_otp(&format!("+1415555010{n}")).await.status(),
+            202
+        );
+        if n == 2 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+    }
+}
+
+/// Runs `otp-api fraud <args>` against this app's Redis keys.
+async fn fraud_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_otp-api"))
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("REDIS_URL", crate::helpers::REDIS_URL)
+        .env("REDIS_KEY_PREFIX", app.prefix())
+        .arg("fraud")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn operators_list_lift_and_set_blocks_and_blocks_expire() {
+    let app = app_with(guard(Mode::Enforce)).await;
+    pump(&app).await;
+    assert_error(
+        app.request_otp("+14155550103").await,
+        403,
+        "DESTINATION_BLOCKED",
+    )
+    .await;
+
+    let (ok, out) = fraud_cli(&app, &["list"]).await;
+    assert!(
+        ok && out.contains("+1415555")
+            && out.contains("sends=3")
+            && out.contains("conversion=0.00"),
+        "{out}"
+    );
+    let (ok, out) = fraud_cli(&app, &["unblock", "+1415555"]).await;
+    assert!(
+        ok && out.contains("fraud_unblock"),
+        "a structured event: {out}"
+    );
+    // Lifted at once, with its counts reset (else the next request would block it again).
+    assert_eq!(app.request_otp("+14155550104").await.status(), 202);
+
+    let (ok, out) = fraud_cli(&app, &["block", "+1212555", "--hours", "1"]).await;
+    assert!(ok && out.contains("fraud_block"), "{out}");
+    assert_error(
+        app.request_otp("+12125550100").await,
+        403,
+        "DESTINATION_BLOCKED",
+    )
+    .await;
+    // A block is a key with a lifetime: when it runs out, the prefix is free again.
+    let keys = Keys::new(app.prefix());
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(keys.fraud_block("+1212555"))
+        .arg(200)
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.request_otp("+12125550101").await.status(), 202);
+}
+
+#[tokio::test]
+async fn counts_are_exact_under_concurrent_requests_from_two_api_processes() {
+    let mut config = test_config();
+    config.fraud = guard(Mode::Monitor);
+    config.fraud.fraud_guard_min_sends = 1000;
+    let first = crate::helpers::spawn_config(config.clone()).await;
+    let second = crate::helpers::spawn_config(config).await;
+    let requests = (0..40).map(|n| {
+        let app = if n % 2 == 0 { &first } else { &second };
+        async move { app.request_otp(&format!("+1415555{n:04}")).await.status() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let keys = Keys::new(first.prefix());
+    let counted: u64 = redis::cmd("ZCARD")
+        .arg(keys.fraud_sends("+1415555"))
+        .query_async(&mut first.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(counted, 40);
+    let country: u64 = redis::cmd("ZCARD")
+        .arg(keys.fraud_country_sends("US"))
+        .query_async(&mut first.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(country, 40);
+}
