@@ -178,7 +178,11 @@ pub async fn watch_conversion(
     }
 }
 
-/// (country, verified ÷ counted sends) for the countries with counted sends in the window.
+/// The country counters' bucket width (issue.lua and verify_finish.lua use the same).
+const BUCKET_MS: u64 = 10_000;
+
+/// (country, verified ÷ counted sends) for the countries with counted sends in the window;
+/// a 10-second bucket counts once it started before the grace. Drops buckets past the window.
 pub async fn conversion_by_country<C: redis::aio::ConnectionLike + Send>(
     redis: &mut C,
     keys: &otp_shared::keys::Keys,
@@ -196,17 +200,32 @@ pub async fn conversion_by_country<C: redis::aio::ConnectionLike + Send>(
         .await?;
     let mut out = Vec::new();
     for country in countries {
-        let (sends, verified): (u64, u64) = redis::pipe()
-            .cmd("ZCOUNT")
-            .arg(keys.fraud_country_sends(&country))
-            .arg(oldest)
-            .arg(newest)
-            .cmd("ZCOUNT")
-            .arg(keys.fraud_country_verified(&country))
-            .arg(oldest)
-            .arg(newest)
-            .query_async(redis)
-            .await?;
+        let key = keys.fraud_country(&country);
+        let buckets: std::collections::HashMap<String, u64> =
+            redis::cmd("HGETALL").arg(&key).query_async(redis).await?;
+        let (mut sends, mut verified, mut stale) = (0, 0, Vec::new());
+        for (field, count) in buckets {
+            let Some((kind, bucket)) = field.split_once(':') else {
+                continue;
+            };
+            let start = bucket.parse::<u64>().unwrap_or(0) * BUCKET_MS;
+            if start + BUCKET_MS <= oldest {
+                stale.push(field);
+            } else if start <= newest {
+                match kind {
+                    "s" => sends += count,
+                    "v" => verified += count,
+                    _ => {}
+                }
+            }
+        }
+        if !stale.is_empty() {
+            let _: i64 = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&stale)
+                .query_async(redis)
+                .await?;
+        }
         if sends > 0 {
             out.push((country, verified as f64 / sends as f64));
         }

@@ -88,8 +88,9 @@ impl Keys {
         format!("{}resent:{verification_id}", self.prefix)
     }
 
-    /// Fraud guard: sorted sets of verification ids by send time (ms), per destination prefix
-    /// and per country: all sends, and the ones that were verified.
+    /// Fraud guard: sorted sets of verification ids by send time (ms), per destination prefix:
+    /// all sends, and the ones that were verified. (A pumped prefix is blocked within a few dozen
+    /// sends, so these stay small.)
     pub fn fraud_sends(&self, prefix: &str) -> String {
         format!("{}fg:sends:{prefix}", self.prefix)
     }
@@ -98,12 +99,10 @@ impl Keys {
         format!("{}fg:verified:{prefix}", self.prefix)
     }
 
-    pub fn fraud_country_sends(&self, country: &str) -> String {
-        format!("{}fg:sends-cc:{country}", self.prefix)
-    }
-
-    pub fn fraud_country_verified(&self, country: &str) -> String {
-        format!("{}fg:verified-cc:{country}", self.prefix)
+    /// Hash: a country's sends (`s:<bucket>`) and verified sends (`v:<bucket>`) per 10-second
+    /// bucket of send time: O(1) per request however much traffic a country has.
+    pub fn fraud_country(&self, country: &str) -> String {
+        format!("{}fg:cc:{country}", self.prefix)
     }
 
     /// Sorted set of the countries seen, by last send time (ms).

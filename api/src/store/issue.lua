@@ -3,7 +3,7 @@
 -- are checked before any is counted, so a refused request spends none of them.
 -- KEYS: 1 ip counter, 2 cooldown, 3 hourly counter, 4 code hash, 5 status hash, 6 failures,
 --       7 global hourly counter, 8 country hourly counter,
---       fraud guard: 9 prefix sends, 10 prefix verified, 11 prefix block, 12 country sends,
+--       fraud guard: 9 prefix sends, 10 prefix verified, 11 prefix block, 12 country buckets,
 --       13 countries seen
 -- ARGV: 1 ip limit, 2 cooldown seconds, 3 hourly limit, 4 verification id, 5 digest,
 --       6 code ttl, 7 status ttl, 8 now (unix seconds), 9 global hourly limit,
@@ -119,8 +119,7 @@ if mode > 0 and fraud ~= 'error' then
   -- Count the send; a verify of this code counts it as converted (at its send time).
   local ok = pcall(function()
     redis.call('ZADD', KEYS[9], now_ms, ARGV[4])
-    redis.call('ZADD', KEYS[12], now_ms, ARGV[4])
-    redis.call('ZREMRANGEBYSCORE', KEYS[12], '-inf', now_ms - tonumber(ARGV[13]))
+    redis.call('HINCRBY', KEYS[12], 's:' .. math.floor(now_ms / 10000), 1)
     redis.call('ZADD', KEYS[13], now_ms, ARGV[19])
     local ttl = math.ceil(tonumber(ARGV[13]) / 1000) + 60
     for _, key in ipairs({KEYS[9], KEYS[10], KEYS[12], KEYS[13]}) do

@@ -1,7 +1,7 @@
 -- Second half of a verify, atomic: consumes the code if the caller's constant-time comparison
 -- matched and the code is still the same one and not void; otherwise counts a failure.
 -- KEYS: 1 code hash, 2 failures counter, 3 the code's sealed job (kept for a resend),
---       fraud guard: 4 prefix verified, 5 country verified
+--       fraud guard: 4 prefix verified, 5 country buckets
 -- ARGV: 1 verification id seen in the first half ('' if none), 2 matched (1/0),
 --       3 max attempts, 4 failure counter ttl, 5 fraud counters' ttl (seconds)
 -- Returns 1 when the code was consumed, else 0.
@@ -19,7 +19,7 @@ if ARGV[2] == '1' then
   if sent then
     pcall(function()
       redis.call('ZADD', KEYS[4], sent, ARGV[1])
-      redis.call('ZADD', KEYS[5], sent, ARGV[1])
+      redis.call('HINCRBY', KEYS[5], 'v:' .. math.floor(tonumber(sent) / 10000), 1)
       redis.call('EXPIRE', KEYS[4], ARGV[5])
       redis.call('EXPIRE', KEYS[5], ARGV[5])
     end)

@@ -231,10 +231,15 @@ async fn counts_are_exact_under_concurrent_requests_from_two_api_processes() {
         .await
         .unwrap();
     assert_eq!(counted, 40);
-    let country: u64 = redis::cmd("ZCARD")
-        .arg(keys.fraud_country_sends("US"))
+    let buckets: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(keys.fraud_country("US"))
         .query_async(&mut first.redis.clone())
         .await
         .unwrap();
+    let country: u64 = buckets
+        .iter()
+        .filter(|(k, _)| k.starts_with("s:"))
+        .map(|(_, v)| v)
+        .sum();
     assert_eq!(country, 40);
 }
