@@ -1,21 +1,19 @@
--- Token bucket shared by every dispatcher: PLIVO_MAX_RPS tokens per second, bursts up to one
--- second's worth. Uses the Redis clock, so dispatcher clocks need not agree.
--- KEYS: 1 bucket; ARGV: 1 tokens per second
--- Returns 0 when a token was taken, else the milliseconds until one will be available.
-local rate = tonumber(ARGV[1])
-local burst = math.max(1, rate)
+-- PLIVO_MAX_RPS for every dispatcher together, as GCRA (the generic cell rate algorithm): each
+-- call reserves the next free send slot and says how long to wait for it, so a waiting task
+-- sleeps once and never polls. Bursts up to one second's worth. Uses the Redis clock, so
+-- dispatcher clocks need not agree.
+-- KEYS: 1 theoretical arrival time (ms)
+-- ARGV: 1 sends per second, 2 the longest wait the caller accepts (ms)
+-- Returns the milliseconds to wait before sending (0: now), or -1 when the next free slot is
+-- further away than the caller accepts (nothing is reserved then).
+local rate, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval = 1000 / rate
+local tolerance = interval * (math.max(1, rate) - 1)
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = math.ceil((1 - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local wait = math.max(0, tat - tolerance - now)
+if wait > max_wait then return -1 end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now + tolerance) + 1000)
+return math.ceil(wait)

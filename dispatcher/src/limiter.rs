@@ -1,4 +1,5 @@
-//! PLIVO_MAX_RPS as one global rate, shared by every dispatcher through a Redis token bucket.
+//! PLIVO_MAX_RPS as one global rate, shared by every dispatcher through Redis (GCRA): one
+//! script call per send reserves a slot, and the task sleeps until it.
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -25,23 +26,23 @@ impl RateLimiter {
         }
     }
 
-    /// Waits for a send token. Returns false if none could be had before `deadline`. If Redis
-    /// is unreachable the error is returned: sending blind could exceed the account's limit.
+    /// Reserves the next send slot and sleeps until it. Returns false, reserving nothing, if
+    /// the slot is at or after `deadline`. If Redis is unreachable the error is returned:
+    /// sending blind could exceed the account's limit.
     pub async fn acquire(&self, deadline: Instant) -> redis::RedisResult<bool> {
-        loop {
-            let wait_ms: u64 = BUCKET
-                .key(&self.key)
-                .arg(self.per_second)
-                .invoke_async(&mut self.conn.clone())
-                .await?;
-            if wait_ms == 0 {
-                return Ok(true);
-            }
-            let wait = Duration::from_millis(wait_ms);
-            if Instant::now() + wait >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(wait).await;
+        let max_wait = deadline.saturating_duration_since(Instant::now());
+        let wait_ms: i64 = BUCKET
+            .key(&self.key)
+            .arg(self.per_second)
+            .arg(max_wait.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        if wait_ms < 0 {
+            return Ok(false);
         }
+        if wait_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+        }
+        Ok(true)
     }
 }

@@ -232,3 +232,36 @@ async fn health_endpoints_answer() {
     assert_eq!(healthz.status().as_u16(), 200);
     assert_eq!(dispatcher.readyz().await, 200);
 }
+
+#[tokio::test]
+async fn three_dispatchers_share_the_cap_within_five_percent() {
+    let world = World::new().await;
+    let limiters: Vec<RateLimiter> = (0..3)
+        .map(|_| {
+            let conn = redis_manager(
+                &redis::Client::open(REDIS_URL).unwrap(),
+                Duration::from_secs(1),
+            )
+            .unwrap();
+            RateLimiter::new(conn, &world.keys(), 20)
+        })
+        .collect();
+    let started = Instant::now();
+    // 60 sends at 20/s: one second's burst (20) at once, the other 40 over two seconds.
+    let sends = limiters.iter().map(|limiter| async move {
+        for _ in 0..20 {
+            assert!(
+                limiter
+                    .acquire(Instant::now() + Duration::from_secs(10))
+                    .await
+                    .unwrap()
+            );
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let took = started.elapsed().as_secs_f64();
+    assert!(
+        (1.9..=2.1).contains(&took),
+        "60 sends took {took:.2} s, expected 2.0 s"
+    );
+}
