@@ -1,13 +1,17 @@
 -- Claims a send job for one dispatcher, so two never send the same job at once.
--- KEYS: 1 job outcome, 2 job lease
+-- KEYS: 1 job outcome, 2 job lease, 3 (optional) the verification's delivery record
 -- ARGV: 1 owner token, 2 lease milliseconds
 -- Returns {'done', outcome} when the job already ended, {'claimed', ''} when this owner holds
--- the lease now, or {'busy', ms} when another owner holds it for ms more.
+-- the lease now, {'claimed', 'withdrawn'} when it does but the delivery record (KEYS[3]) is gone,
+-- or {'busy', ms} when another owner holds it for ms more.
 local outcome = redis.call('GET', KEYS[1])
 if outcome then return {'done', outcome} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'claimed', ''} end
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+local held = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+if not held then
+  if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+  end
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return {'claimed', ''}
 end
-return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 0 then return {'claimed', 'withdrawn'} end
+return {'claimed', ''}

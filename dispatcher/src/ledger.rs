@@ -10,6 +10,8 @@ use otp_shared::keys::Keys;
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
+static FINISH_SENT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("finish_sent.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 
 /// Outcomes are kept a day: far longer than a job can live (codes last at most 10 minutes).
@@ -19,10 +21,24 @@ const OUTCOME_TTL_SECONDS: u64 = 24 * 60 * 60;
 pub enum Claim {
     /// This worker holds the lease.
     Claimed,
+    /// This worker holds the lease, but the verification's delivery record is gone: the API
+    /// withdrew it (see `claim_send`).
+    Withdrawn,
     /// The job already ended (`sent:<id>`, `failed:<reason>` or `expired`).
     Done(String),
     /// Another worker holds the lease for this much longer.
     Busy(Duration),
+}
+
+/// What an accepted send leaves besides its outcome.
+pub struct SentRecord {
+    /// `msg:<provider>:<message id>`, pointing at the verification.
+    pub mapping_key: String,
+    pub verification_id: Uuid,
+    pub mapping_ttl_seconds: u64,
+    /// The job's envelope, kept for one resend after an undelivered report.
+    pub sealed: Option<Vec<u8>>,
+    pub sealed_ttl_seconds: u64,
 }
 
 #[derive(Clone)]
@@ -43,15 +59,39 @@ impl Ledger {
 
     /// Claims `job_id` for `owner`, or renews the lease if `owner` already holds it.
     pub async fn claim(&self, job_id: Uuid, owner: Uuid) -> redis::RedisResult<Claim> {
-        let (state, value): (String, String) = CLAIM
-            .key(self.keys.job_outcome(job_id))
-            .key(self.keys.job_lease(job_id))
+        self.claim_with(job_id, owner, None).await
+    }
+
+    /// [`Self::claim`], also checking in the same round trip that the verification's delivery
+    /// record still exists ([`Claim::Withdrawn`] when not).
+    pub async fn claim_send(
+        &self,
+        job_id: Uuid,
+        owner: Uuid,
+        verification_id: Uuid,
+    ) -> redis::RedisResult<Claim> {
+        self.claim_with(job_id, owner, Some(verification_id)).await
+    }
+
+    async fn claim_with(
+        &self,
+        job_id: Uuid,
+        owner: Uuid,
+        verification_id: Option<Uuid>,
+    ) -> redis::RedisResult<Claim> {
+        let mut invocation = CLAIM.key(self.keys.job_outcome(job_id));
+        invocation.key(self.keys.job_lease(job_id));
+        if let Some(vid) = verification_id {
+            invocation.key(self.keys.status(vid));
+        }
+        let (state, value): (String, String) = invocation
             .arg(owner.to_string())
             .arg(self.lease.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match state.as_str() {
             "done" => Claim::Done(value),
+            "claimed" if value == "withdrawn" => Claim::Withdrawn,
             "claimed" => Claim::Claimed,
             _ => Claim::Busy(Duration::from_millis(value.parse().unwrap_or(0))),
         })
@@ -64,6 +104,32 @@ impl Ledger {
             .arg(owner.to_string())
             .arg(outcome)
             .arg(OUTCOME_TTL_SECONDS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Records an accepted send in one round trip: outcome, lease freed, the provider's message
+    /// id mapped to the verification, and the sealed job kept for a resend when given.
+    pub async fn finish_sent(
+        &self,
+        job_id: Uuid,
+        owner: Uuid,
+        outcome: &str,
+        sent: &SentRecord,
+    ) -> redis::RedisResult<()> {
+        let _: i64 = FINISH_SENT
+            .key(self.keys.job_outcome(job_id))
+            .key(self.keys.job_lease(job_id))
+            .key(&sent.mapping_key)
+            .key(self.keys.sealed_job(sent.verification_id))
+            .arg(owner.to_string())
+            .arg(outcome)
+            .arg(OUTCOME_TTL_SECONDS)
+            .arg(sent.verification_id.to_string())
+            .arg(sent.mapping_ttl_seconds.max(1))
+            .arg(sent.sealed.as_deref().unwrap_or_default())
+            .arg(sent.sealed_ttl_seconds.max(1))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
@@ -86,7 +152,7 @@ impl Ledger {
             loop {
                 tokio::time::sleep(ledger.lease / 3).await;
                 match ledger.claim(job_id, owner).await {
-                    Ok(Claim::Claimed) => {}
+                    Ok(Claim::Claimed | Claim::Withdrawn) => {}
                     Ok(other) => {
                         tracing::warn!(?other, "lost the lease of a job being sent");
                         return;

@@ -31,7 +31,7 @@ use otp_shared::{
 };
 
 use crate::{
-    ledger::{Claim, Ledger},
+    ledger::{Claim, Ledger, SentRecord},
     limiter::RateLimiter,
     metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
@@ -115,9 +115,23 @@ impl Worker {
             Some(_) => Uuid::new_v5(&job.job_id, b"resend"),
             None => job.job_id,
         };
+        let mut withdrawn = false;
         loop {
-            let wait = match self.ledger.claim(ledger_id, owner).await {
+            // A first send also learns, in the same round trip, whether the API withdrew it.
+            let claim = match resend {
+                Some(_) => self.ledger.claim(ledger_id, owner).await,
+                None => {
+                    self.ledger
+                        .claim_send(ledger_id, owner, job.verification_id)
+                        .await
+                }
+            };
+            let wait = match claim {
                 Ok(Claim::Claimed) => break,
+                Ok(Claim::Withdrawn) => {
+                    withdrawn = true;
+                    break;
+                }
                 Ok(Claim::Done(outcome)) => {
                     tracing::info!(%outcome, "job already handled; acknowledging the duplicate");
                     self.metrics.job(JobResult::Duplicate);
@@ -138,9 +152,12 @@ impl Worker {
             }
         }
 
+        // The API writes a delivery record before publishing and deletes it when the publish was
+        // not confirmed (it answered 503 and removed the code): such a job would deliver a dead
+        // code. A resend is wanted only while its code is still the number's live one.
         let live = match resend {
             Some(_) => self.code_is_live(job, content).await,
-            None => self.still_wanted(job).await,
+            None => !withdrawn,
         };
         if !live {
             tracing::info!(
@@ -201,17 +218,6 @@ impl Worker {
             Final::Expired { .. } => JobResult::Expired,
         };
         self.metrics.job(result);
-    }
-
-    /// The API writes a delivery record before publishing and deletes it when the publish was
-    /// not confirmed (it answered 503 and removed the code). A job whose record is gone would
-    /// deliver a dead code, so it is not sent. If Redis cannot say, the job is sent.
-    async fn still_wanted(&self, job: &SendJob) -> bool {
-        let exists: redis::RedisResult<bool> = redis::cmd("EXISTS")
-            .arg(self.keys.status(job.verification_id))
-            .query_async(&mut self.redis.clone())
-            .await;
-        exists.unwrap_or(true)
     }
 
     async fn attempt(
@@ -280,13 +286,28 @@ impl Worker {
                     ("expired".to_owned(), DeliveryState::Expired, vec![])
                 }
             };
+        let sent_record = match outcome {
+            Final::Sent {
+                provider_id: Some(id),
+                ..
+            } => Some(self.sent_record(job, how, id)),
+            _ => None,
+        };
         // A lost outcome could mean a second SMS on redelivery: try hard, but not forever.
         for attempt in 1..=5 {
-            match self
-                .ledger
-                .finish(how.ledger_id, how.owner, &ledger_value)
-                .await
-            {
+            let written = match &sent_record {
+                Some(sent) => {
+                    self.ledger
+                        .finish_sent(how.ledger_id, how.owner, &ledger_value, sent)
+                        .await
+                }
+                None => {
+                    self.ledger
+                        .finish(how.ledger_id, how.owner, &ledger_value)
+                        .await
+                }
+            };
+            match written {
                 Ok(()) => break,
                 Err(e) if attempt == 5 => {
                     tracing::error!(error = %e, "could not record the job outcome; a redelivery may resend");
@@ -297,44 +318,31 @@ impl Worker {
         let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         match outcome {
             Final::Sent {
-                provider_id: Some(id),
+                provider_id: Some(_),
                 ..
-            } => {
-                self.record_sent(job, how, id, outcome.attempts(), &extra)
-                    .await
-            }
+            } => self.record_sent(job, how, outcome.attempts(), &extra).await,
             _ => self.set_state(job, state, outcome.attempts(), &extra).await,
         }
     }
 
-    /// `sent`, forward only (a fast delivery report may already have said `delivered`), and
-    /// the provider's message id mapped to the verification, for its delivery reports.
-    async fn record_sent(
-        &self,
-        job: &SendJob,
-        how: &Sent,
-        provider_id: &str,
-        attempts: u32,
-        extra: &[(&str, &str)],
-    ) {
-        let provider = how.provider;
-        let mut conn = self.redis.clone();
-        // Reports can trail the code's expiry (carriers report late); keep the mapping an hour
-        // longer.
+    /// What the ledger keeps with an accepted send: the message id mapping (reports can trail
+    /// the code's expiry, so it lasts an hour longer) and, for a first send, the sealed job.
+    fn sent_record(&self, job: &SendJob, how: &Sent, provider_id: &str) -> SentRecord {
         let left = (job.expires_at - OffsetDateTime::now_utc())
             .whole_seconds()
-            .max(0);
-        let ttl = left as u64 + REPORT_MARGIN_SECONDS;
-        let mapped: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(self.keys.provider_message(provider, provider_id))
-            .arg(job.verification_id.to_string())
-            .arg("EX")
-            .arg(ttl)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = mapped {
-            tracing::warn!(error = %e, "could not map the message id; its delivery reports will be ignored");
+            .max(0) as u64;
+        SentRecord {
+            mapping_key: self.keys.provider_message(how.provider, provider_id),
+            verification_id: job.verification_id,
+            mapping_ttl_seconds: left + REPORT_MARGIN_SECONDS,
+            sealed: (self.resend_on_undelivered && !how.resend).then(|| job.to_bytes()),
+            sealed_ttl_seconds: left,
         }
+    }
+
+    /// `sent`, forward only (a fast delivery report may already have said `delivered`); a
+    /// resend moves back to `sent` unconditionally.
+    async fn record_sent(&self, job: &SendJob, how: &Sent, attempts: u32, extra: &[(&str, &str)]) {
         if how.resend {
             // A resend moves the record back from `undelivered` on purpose.
             let mut fields = extra.to_vec();
@@ -343,18 +351,7 @@ impl Worker {
                 .await;
             return;
         }
-        if self.resend_on_undelivered {
-            let kept: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(self.keys.sealed_job(job.verification_id))
-                .arg(job.to_bytes())
-                .arg("EX")
-                .arg(left.max(1))
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = kept {
-                tracing::warn!(error = %e, "could not keep the sealed job; no resend will be possible");
-            }
-        }
+        let mut conn = self.redis.clone();
         let attempts = attempts.to_string();
         let mut fields = vec![(FIELD_ATTEMPTS, attempts.as_str())];
         fields.extend_from_slice(extra);
