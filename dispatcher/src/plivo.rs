@@ -8,10 +8,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{metrics::ProviderMetrics, outcome::Attempt};
-
-/// The most of a provider answer that is read.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+use crate::{
+    metrics::ProviderMetrics,
+    outcome::Attempt,
+    sender::{http_client, read_capped},
+};
 
 pub struct PlivoClient {
     http: reqwest::Client,
@@ -50,18 +51,7 @@ struct Rejected {
 
 impl PlivoClient {
     pub fn new(settings: PlivoSettings) -> anyhow::Result<Self> {
-        let mut http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            // A redirect would re-POST the message text, code included, to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("otp-dispatcher/", env!("CARGO_PKG_VERSION")));
-        if let Some(limit) = settings.connect_timeout {
-            http = http.connect_timeout(limit);
-        }
-        if let Some(limit) = settings.request_timeout {
-            http = http.timeout(limit);
-        }
-        let http = http.build()?;
+        let http = http_client(settings.connect_timeout, settings.request_timeout)?;
         let base = settings.base_url.trim_end_matches('/');
         Ok(Self {
             http,
@@ -114,19 +104,10 @@ impl PlivoClient {
                 reason: format!("plivo unreachable: {}", error_chain(&e)),
                 after: None,
             },
-            Ok(mut resp) => {
+            Ok(resp) => {
                 let status = resp.status();
                 let retry_after = retry_after(resp.headers());
-                // Provider answers are small; a huge one is cut off, never buffered whole.
-                let mut body = Vec::new();
-                while let Ok(Some(chunk)) = resp.chunk().await {
-                    let room = MAX_RESPONSE_BYTES - body.len();
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if body.len() == MAX_RESPONSE_BYTES {
-                        break;
-                    }
-                }
-                classify(status, retry_after, &body)
+                classify(status, retry_after, &read_capped(resp).await)
             }
         }
     }

@@ -8,10 +8,11 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::{metrics::ProviderMetrics, outcome::Attempt, sender::SmsSender};
-
-/// The most of an answer that is read.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+use crate::{
+    metrics::ProviderMetrics,
+    outcome::Attempt,
+    sender::{SmsSender, http_client, read_capped},
+};
 
 /// Twilio error codes that are about the destination: no other provider will do better.
 /// 21211 invalid To, 21214 To not reachable, 21610 recipient unsubscribed, 21612 cannot route
@@ -48,20 +49,9 @@ struct Rejected {
 
 impl TwilioClient {
     pub fn new(settings: TwilioSettings) -> anyhow::Result<Self> {
-        let mut http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            // A redirect would re-POST the message text, code included, to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("otp-dispatcher/", env!("CARGO_PKG_VERSION")));
-        if let Some(limit) = settings.connect_timeout {
-            http = http.connect_timeout(limit);
-        }
-        if let Some(limit) = settings.request_timeout {
-            http = http.timeout(limit);
-        }
         let base = settings.base_url.trim_end_matches('/');
         Ok(Self {
-            http: http.build()?,
+            http: http_client(settings.connect_timeout, settings.request_timeout)?,
             url: format!(
                 "{base}/2010-04-01/Accounts/{}/Messages.json",
                 settings.account_sid
@@ -113,17 +103,9 @@ impl TwilioClient {
                 reason: "twilio unreachable".into(),
                 after: None,
             },
-            Ok(mut resp) => {
+            Ok(resp) => {
                 let status = resp.status();
-                let mut body = Vec::new();
-                while let Ok(Some(chunk)) = resp.chunk().await {
-                    let room = MAX_RESPONSE_BYTES - body.len();
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if body.len() == MAX_RESPONSE_BYTES {
-                        break;
-                    }
-                }
-                classify(status, &body)
+                classify(status, &read_capped(resp).await)
             }
         }
     }
