@@ -98,7 +98,8 @@ pub struct Config {
     #[arg(long, env = "DISPATCHER_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub dispatcher_concurrency: u16,
-    /// Provider calls per second across all dispatchers together (a Redis token bucket).
+    /// Provider calls per second across all dispatchers together (GCRA in Redis: a call
+    /// reserves a slot and sleeps until it; bursts up to one second's worth).
     #[arg(long, env = "PLIVO_MAX_RPS", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub plivo_max_rps: u32,

@@ -16,7 +16,7 @@
 //! - [`twilio`]: the Twilio Messages API client, the second provider.
 //! - [`plivo`]: the Plivo Message API client and status-code classification.
 //! - [`ledger`]: the Redis idempotency ledger (job leases and outcomes).
-//! - [`limiter`]: the global PLIVO_MAX_RPS token bucket in Redis.
+//! - [`limiter`]: the global PLIVO_MAX_RPS rate in Redis (GCRA reservations).
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 

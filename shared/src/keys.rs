@@ -140,7 +140,8 @@ impl Keys {
         format!("{}lease:{job_id}", self.prefix)
     }
 
-    /// The provider-wide token bucket shared by every dispatcher.
+    /// The provider-wide rate (GCRA: the theoretical arrival time, ms) shared by every
+    /// dispatcher.
     pub fn provider_bucket(&self) -> String {
         format!("{}plivo:bucket", self.prefix)
     }
