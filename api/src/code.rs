@@ -1,7 +1,7 @@
 //! One-time codes: generation, the keyed digest stored in Redis, and constant-time checking.
 
 use hmac::{Hmac, Mac};
-use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
+use rand::RngExt;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use uuid::Uuid;
@@ -23,12 +23,12 @@ pub const MAX_LENGTH: usize = 10;
 pub struct OtpCode(SecretString);
 
 impl OtpCode {
-    /// `length` uniformly random decimal digits from the operating system's CSPRNG.
-    /// Leading zeros are kept; rand's `unbiased` feature makes each digit exactly uniform.
+    /// `length` uniformly random decimal digits from rand's `ThreadRng`: a ChaCha12 CSPRNG per
+    /// thread, seeded and periodically reseeded from the operating system, so a code costs no
+    /// system call (a `getrandom` per digit did before). Leading zeros are kept; rand's
+    /// `unbiased` feature makes each digit exactly uniform.
     pub fn generate(length: usize) -> Self {
-        // If the OS cannot provide randomness there is no safe code to issue: panicking (one
-        // failed request, caught by the server) is the right outcome.
-        let mut rng = UnwrapErr(SysRng);
+        let mut rng = rand::rng();
         let code: String = (0..length)
             .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
             .collect();
