@@ -184,6 +184,20 @@ fn field<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A report's message id and status fields, which every report must have.
+fn required<'a>(
+    params: &'a [(String, String)],
+    message: &str,
+    status: &str,
+) -> Result<(&'a str, &'a str), ApiError> {
+    match (field(params, message), field(params, status)) {
+        (Some(m), Some(s)) => Ok((m, s)),
+        _ => Err(ApiError::InvalidRequest(format!(
+            "A delivery report needs {message} and {status}."
+        ))),
+    }
+}
+
 #[handler]
 pub async fn plivo(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) -> Response {
     let reports = reports.0;
@@ -201,13 +215,7 @@ pub async fn plivo(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) -
             tracing::warn!("Plivo delivery report with a missing or wrong signature refused");
             ApiError::InvalidSignature
         })?;
-        let (Some(message), Some(status)) =
-            (field(&params, "MessageUUID"), field(&params, "Status"))
-        else {
-            return Err(ApiError::InvalidRequest(
-                "A delivery report needs MessageUUID and Status.".into(),
-            ));
-        };
+        let (message, status) = required(&params, "MessageUUID", "Status")?;
         let report = Report {
             provider: "plivo",
             nonce,
@@ -235,14 +243,7 @@ pub async fn twilio(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) 
             tracing::warn!("Twilio delivery report with a missing or wrong signature refused");
             return Err(ApiError::InvalidSignature);
         }
-        let (Some(message), Some(status)) = (
-            field(&params, "MessageSid"),
-            field(&params, "MessageStatus"),
-        ) else {
-            return Err(ApiError::InvalidRequest(
-                "A delivery report needs MessageSid and MessageStatus.".into(),
-            ));
-        };
+        let (message, status) = required(&params, "MessageSid", "MessageStatus")?;
         let report = Report {
             provider: "twilio",
             // Twilio signs no nonce; the signature is unique per report, so it serves as one.

@@ -12,10 +12,12 @@ use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
 use crate::{queue::PublishError, store::LimitKind};
 
 /// Route labels: the API's paths as templates, plus `other` for anything unknown.
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 12] = [
     "/api/otp/request",
     "/api/otp/verify",
     "/api/otp/status/{verificationId}",
+    "/api/otp/callbacks/plivo",
+    "/api/otp/callbacks/twilio",
     "/",
     "/healthz",
     "/readyz",
@@ -192,8 +194,8 @@ impl ApiMetrics {
     }
 
     /// Counts one answered request and its latency.
-    pub fn observe_request(&self, path: &str, status: u16, elapsed: Duration) {
-        let route = route_index(path);
+    pub fn observe_request(&self, route: Route, status: u16, elapsed: Duration) {
+        let route = route.0;
         self.durations[route].observe(elapsed.as_secs_f64());
         match STATUSES.iter().position(|s| *s == status) {
             Some(s) => self.request_series[route * STATUSES.len() + s].inc(),
@@ -268,21 +270,35 @@ impl Default for ApiMetrics {
     }
 }
 
-fn route_index(path: &str) -> usize {
-    let route = match path {
-        "/api/otp/request" => 0,
-        "/api/otp/verify" => 1,
-        p if p.starts_with("/api/otp/status/") => 2,
-        "/" => 3,
-        "/healthz" => 4,
-        "/readyz" => 5,
-        "/metrics" => 6,
-        "/openapi.json" => 7,
-        p if p == "/docs" || p.starts_with("/docs/") => 8,
-        _ => 9,
-    };
-    debug_assert!(route < ROUTES.len());
-    route
+/// A request's route, from its path: the metrics label, and what a 405 allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(usize);
+
+impl Route {
+    pub fn of(path: &str) -> Self {
+        Self(match path {
+            "/api/otp/request" => 0,
+            "/api/otp/verify" => 1,
+            p if p.starts_with("/api/otp/status/") => 2,
+            "/api/otp/callbacks/plivo" => 3,
+            "/api/otp/callbacks/twilio" => 4,
+            "/" => 5,
+            "/healthz" => 6,
+            "/readyz" => 7,
+            "/metrics" => 8,
+            "/openapi.json" => 9,
+            p if p == "/docs" || p.starts_with("/docs/") => 10,
+            _ => ROUTES.len() - 1,
+        })
+    }
+
+    /// The `Allow` header of a 405 (RFC 9110 §15.5.6).
+    pub fn allow(self) -> &'static str {
+        match self.0 {
+            0 | 1 | 3 | 4 => "POST",
+            _ => "GET",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -292,9 +308,12 @@ mod tests {
     #[test]
     fn unknown_paths_and_statuses_stay_in_bounded_labels() {
         let metrics = ApiMetrics::new();
-        metrics.observe_request("/api/otp/status/1234", 404, Duration::from_millis(1));
-        metrics.observe_request("/wp-admin/+14155552671", 404, Duration::from_millis(1));
-        metrics.observe_request("/api/otp/request", 418, Duration::from_millis(1));
+        let ms = Duration::from_millis(1);
+        metrics.observe_request(Route::of("/api/otp/status/1234"), 404, ms);
+        metrics.observe_request(Route::of("/wp-admin/+14155552671"), 404, ms);
+        metrics.observe_request(Route::of("/api/otp/request"), 418, ms);
+        assert_eq!(Route::of("/api/otp/callbacks/twilio").allow(), "POST");
+        assert_eq!(Route::of("/readyz").allow(), "GET");
         let text = metrics.render();
         assert!(text.contains(
             "otp_http_requests_total{route=\"/api/otp/status/{verificationId}\",status=\"404\"} 1"

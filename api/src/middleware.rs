@@ -20,7 +20,10 @@ use uuid::Uuid;
 
 use otp_shared::telemetry::adopt_remote_context;
 
-use crate::{error::ApiError, metrics::ApiMetrics};
+use crate::{
+    error::ApiError,
+    metrics::{ApiMetrics, Route},
+};
 
 /// Bodies are tiny JSON objects; anything bigger is refused before parsing.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -58,7 +61,7 @@ pub async fn around<E: Endpoint>(
         let value = req.headers().get(name)?.to_str().ok()?;
         Some(value.to_owned())
     });
-    let path = req.uri().path().to_owned();
+    let route = Route::of(req.uri().path());
     async move {
         let started = Instant::now();
         req.extensions_mut().insert(RequestId(request_id.clone()));
@@ -78,10 +81,10 @@ pub async fn around<E: Endpoint>(
         headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
             resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allowed_methods(&path)));
+                .insert(ALLOW, HeaderValue::from_static(route.allow()));
         }
         let elapsed = started.elapsed();
-        metrics.observe_request(&path, resp.status().as_u16(), elapsed);
+        metrics.observe_request(route, resp.status().as_u16(), elapsed);
         tracing::info!(
             status = resp.status().as_u16(),
             latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -117,14 +120,6 @@ async fn read_body(req: Request, timeout: Duration) -> Result<Request, ApiError>
         Ok(Err(_)) => Err(ApiError::InvalidRequest(
             "The request body could not be read.".into(),
         )),
-    }
-}
-
-/// The `Allow` header of a 405 (RFC 9110 §15.5.6), by route.
-fn allowed_methods(path: &str) -> &'static str {
-    match path {
-        "/api/otp/request" | "/api/otp/verify" => "POST",
-        _ => "GET",
     }
 }
 

@@ -19,12 +19,5 @@ async fn main() -> ExitCode {
         Ok(app) => app.run_until(shutdown).await,
         Err(e) => Err(e),
     };
-    telemetry.shutdown().await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry.finish(result).await
 }

@@ -1,7 +1,7 @@
 //! The Plivo Message API client. It only classifies answers into [`Attempt`]s; retrying is the
 //! retry loop's business.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{StatusCode, header::HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::{
     metrics::ProviderMetrics,
     outcome::Attempt,
-    sender::{http_client, read_capped},
+    sender::{http_client, read_capped, send_counted},
 };
 
 pub struct PlivoClient {
@@ -83,19 +83,12 @@ impl PlivoClient {
             body["url"] = json!(url);
             body["method"] = json!("POST");
         }
-        let started = Instant::now();
-        let response = self
+        let request = self
             .http
             .post(&self.message_url)
             .basic_auth(&self.auth_id, Some(self.auth_token.expose_secret()))
-            .json(&body)
-            .send()
-            .await;
-        if let Some(metrics) = &self.metrics {
-            let status = response.as_ref().ok().map(|r| r.status().as_u16());
-            metrics.observe(status, started.elapsed());
-        }
-        match response {
+            .json(&body);
+        match send_counted(request, self.metrics.as_ref()).await {
             Err(e) if e.is_timeout() => Attempt::Retry {
                 reason: "plivo request timed out".into(),
                 after: None,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::outcome::Attempt;
+use crate::{metrics::ProviderMetrics, outcome::Attempt};
 
 /// The most of a provider answer that is read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -29,6 +29,20 @@ pub fn http_client(
         http = http.timeout(limit);
     }
     http.build()
+}
+
+/// Sends a provider call, counting it (status class and duration) in `metrics` when given.
+pub async fn send_counted(
+    request: reqwest::RequestBuilder,
+    metrics: Option<&ProviderMetrics>,
+) -> reqwest::Result<reqwest::Response> {
+    let started = std::time::Instant::now();
+    let response = request.send().await;
+    if let Some(metrics) = metrics {
+        let status = response.as_ref().ok().map(|r| r.status().as_u16());
+        metrics.observe(status, started.elapsed());
+    }
+    response
 }
 
 /// A provider's answer body, cut off at 64 KiB: answers are small, a huge one is never

@@ -1,7 +1,7 @@
 //! The Twilio Messages API, the second provider: `POST {base}/2010-04-01/Accounts/{sid}/
 //! Messages.json`, form-encoded `To`, `From`, `Body` (and `StatusCallback`), Basic auth.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use reqwest::StatusCode;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::{
     metrics::ProviderMetrics,
     outcome::Attempt,
-    sender::{SmsSender, http_client, read_capped},
+    sender::{SmsSender, http_client, read_capped, send_counted},
 };
 
 /// Twilio error codes that are about the destination: no other provider will do better.
@@ -78,8 +78,7 @@ impl TwilioClient {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let started = Instant::now();
-        let response = self
+        let request = self
             .http
             .post(&self.url)
             .basic_auth(
@@ -87,14 +86,8 @@ impl TwilioClient {
                 Some(self.settings.auth_token.expose_secret()),
             )
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await;
-        if let Some(metrics) = &self.metrics {
-            let status = response.as_ref().ok().map(|r| r.status().as_u16());
-            metrics.observe(status, started.elapsed());
-        }
-        match response {
+            .body(body);
+        match send_counted(request, self.metrics.as_ref()).await {
             Err(e) if e.is_timeout() => Attempt::Retry {
                 reason: "twilio request timed out".into(),
                 after: None,

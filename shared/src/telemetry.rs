@@ -20,6 +20,19 @@ use crate::config::LogFormat;
 pub struct TelemetryGuard(Option<SdkTracerProvider>);
 
 impl TelemetryGuard {
+    /// The end of a binary's `main`: flushes spans, prints the error (with its causes) if the
+    /// service failed, and gives the exit code.
+    pub async fn finish(self, result: anyhow::Result<()>) -> std::process::ExitCode {
+        self.shutdown().await;
+        match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+
     /// Exports what is still buffered. The exporter blocks its own thread, so the wait happens
     /// on a blocking thread, never on a runtime worker.
     pub async fn shutdown(mut self) {

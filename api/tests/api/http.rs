@@ -171,6 +171,9 @@ async fn a_405_says_what_is_allowed_and_nothing_is_cached() {
         .unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "GET");
+    let resp = app.get("/api/otp/callbacks/plivo").await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
 
     for resp in [
         app.request_otp(PHONE).await,

@@ -61,6 +61,20 @@ async fn dead_letter(world: &World, body: &[u8], message_id: &str, age: time::Du
     assert!(confirm.is_ack());
 }
 
+/// Messages a command left unacknowledged return to the queue when its channel closes, which
+/// the broker completes a moment later: wait (bounded) for the count to settle.
+async fn assert_dead_count(world: &World, expected: u32) {
+    let mut seen = dead_count(world).await;
+    for _ in 0..40 {
+        if seen == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = dead_count(world).await;
+    }
+    assert_eq!(seen, expected, "dead letters");
+}
+
 async fn dead_count(world: &World) -> u32 {
     let passive = QueueDeclareOptions {
         passive: true,
@@ -111,7 +125,7 @@ async fn list_shows_ids_reasons_and_attempts_never_a_number_or_code_and_keeps_ev
     assert!(rows[0]["reason"].is_string() && rows[0].get("deadLetteredAt").is_some());
 
     // Listing takes nothing away.
-    assert_eq!(dead_count(&world).await, 2);
+    assert_dead_count(&world, 2).await;
 }
 
 #[tokio::test]
@@ -139,18 +153,18 @@ async fn a_replayed_job_is_sent_once_and_a_sent_job_is_never_sent_again() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(dead_count(&world).await, 1);
+    assert_dead_count(&world, 1).await;
 
     let id = job.job_id.to_string();
     let (dry, out, _) = dlq(&world, &["replay", &id, "--dry-run"]).await;
     assert!(dry && out.contains("would be replayed"), "{out}");
-    assert_eq!(dead_count(&world).await, 1);
+    assert_dead_count(&world, 1).await;
 
     let (ok, out, err) = dlq(&world, &["replay", &id]).await;
     assert!(ok && out.contains("replayed"), "{out} {err}");
     let status = wait_for_state(&world, &job, "sent").await;
     assert_eq!(status, "sent");
-    assert_eq!(dead_count(&world).await, 0);
+    assert_dead_count(&world, 0).await;
 
     // The job is gone from the dead-letter queue now.
     let (ok, _, err) = dlq(&world, &["replay", &id]).await;
@@ -183,7 +197,7 @@ async fn expired_jobs_are_not_replayed_and_go_only_with_drop_expired() {
         ok && out.contains("code expired; not replayed; left in place"),
         "{out}"
     );
-    assert_eq!(dead_count(&world).await, 1);
+    assert_dead_count(&world, 1).await;
     assert_eq!(
         world.ready_messages().await,
         0,
@@ -192,7 +206,7 @@ async fn expired_jobs_are_not_replayed_and_go_only_with_drop_expired() {
 
     let (ok, out, _) = dlq(&world, &["replay", "--all", "--drop-expired"]).await;
     assert!(ok && out.contains("removed"), "{out}");
-    assert_eq!(dead_count(&world).await, 0);
+    assert_dead_count(&world, 0).await;
 }
 
 #[tokio::test]
@@ -205,7 +219,7 @@ async fn purge_removes_only_dead_letters_older_than_asked() {
 
     let (ok, _, err) = dlq(&world, &["purge", "--older-than", "1d", "--dry-run"]).await;
     assert!(ok && err.contains("would purge 1 of 2"), "{err}");
-    assert_eq!(dead_count(&world).await, 2);
+    assert_dead_count(&world, 2).await;
 
     let (ok, _, err) = dlq(&world, &["purge", "--older-than", "1d"]).await;
     assert!(ok && err.contains("purged 1 of 2"), "{err}");
