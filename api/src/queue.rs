@@ -171,7 +171,6 @@ async fn supervise(inner: Arc<Inner>, url: AmqpUrl, shutdown: CancellationToken)
         };
         match connection {
             Ok(connection) => {
-                tracing::info!(queue = %inner.topology.queue, "connected to RabbitMQ");
                 delays = backoff.build();
                 wait_until_broken(&inner, &connection, &shutdown).await;
                 let channel = inner

@@ -1,8 +1,10 @@
 //! Queue topology and the AMQP conventions both binaries share.
 //!
 //! The topology is declared idempotently by whichever process starts first, from this one
-//! definition, so api and dispatcher can never disagree about queue arguments (RabbitMQ refuses a
-//! redeclaration with different arguments).
+//! definition, so api and dispatcher create queues with the same arguments. A queue that already
+//! exists is used as it is: its arguments were fixed when it was created (RabbitMQ refuses a
+//! redeclaration with other arguments), and a queue holding jobs must never need deleting to
+//! start a new version.
 
 use anyhow::Context;
 use lapin::{
@@ -10,6 +12,10 @@ use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
+
+use std::time::Duration;
+
+use lapin::uri::AMQPUri;
 
 use crate::urls::AmqpUrl;
 
@@ -31,6 +37,9 @@ pub const DELIVERY_LIMIT: i64 = 20;
 pub const DEFAULT_DEAD_LETTER_TTL_HOURS: u32 = 168;
 /// ...and at most this many (DEAD_LETTER_MAX_MESSAGES); the oldest go first.
 pub const DEFAULT_DEAD_LETTER_MAX_MESSAGES: u32 = 100_000;
+/// Nodes that hold a copy of each queue (QUEUE_REPLICAS); RabbitMQ uses all nodes when the
+/// cluster has fewer. Three survive the loss of one node with a quorum left.
+pub const DEFAULT_QUEUE_REPLICAS: u16 = 3;
 
 /// The names that make up the send-job topology for one SMS_QUEUE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +53,8 @@ pub struct Topology {
     pub dead_queue: String,
     pub dead_letter_ttl_hours: u32,
     pub dead_letter_max_messages: u32,
+    /// `x-quorum-initial-group-size` of both queues.
+    pub replicas: u16,
 }
 
 impl Topology {
@@ -55,7 +66,13 @@ impl Topology {
             dead_queue: format!("{queue}.dead"),
             dead_letter_ttl_hours: DEFAULT_DEAD_LETTER_TTL_HOURS,
             dead_letter_max_messages: DEFAULT_DEAD_LETTER_MAX_MESSAGES,
+            replicas: DEFAULT_QUEUE_REPLICAS,
         }
+    }
+
+    pub fn with_replicas(mut self, replicas: u16) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     pub fn with_dead_letter_bounds(mut self, ttl_hours: u32, max_messages: u32) -> Self {
@@ -64,12 +81,9 @@ impl Topology {
         self
     }
 
-    /// Declares exchange, queues and binding; safe to call any number of times.
-    pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
+    /// Declares exchange, queues and binding; safe to call any number of times. Queues are
+    /// created when missing and otherwise used as they are (see the module docs).
+    pub async fn declare(&self, connection: &Connection, channel: &Channel) -> anyhow::Result<()> {
         channel
             .exchange_declare(
                 self.dead_exchange.as_str().into(),
@@ -83,18 +97,14 @@ impl Topology {
             .await
             .with_context(|| format!("declaring exchange {}", self.dead_exchange))?;
 
-        let mut dead_args = FieldTable::default();
-        dead_args.insert("x-queue-type".into(), long_string("quorum"));
+        let mut dead_args = self.quorum_args();
         let ttl_ms = i64::from(self.dead_letter_ttl_hours) * 3_600_000;
         dead_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
         dead_args.insert(
             "x-max-length".into(),
             AMQPValue::LongLongInt(self.dead_letter_max_messages.into()),
         );
-        channel
-            .queue_declare(self.dead_queue.as_str().into(), durable, dead_args)
-            .await
-            .with_context(|| format!("declaring queue {}", self.dead_queue))?;
+        ensure_queue(connection, channel, &self.dead_queue, dead_args).await?;
         channel
             .queue_bind(
                 self.dead_queue.as_str().into(),
@@ -106,8 +116,7 @@ impl Topology {
             .await
             .with_context(|| format!("binding queue {}", self.dead_queue))?;
 
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), long_string("quorum"));
+        let mut args = self.quorum_args();
         args.insert(
             "x-dead-letter-exchange".into(),
             long_string(&self.dead_exchange),
@@ -120,48 +129,118 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        channel
-            .queue_declare(self.queue.as_str().into(), durable, args)
-            .await
-            .with_context(|| format!("declaring queue {}", self.queue))?;
-        Ok(())
+        ensure_queue(connection, channel, &self.queue, args).await
+    }
+
+    fn quorum_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        args.insert(
+            "x-quorum-initial-group-size".into(),
+            AMQPValue::LongLongInt(self.replicas.into()),
+        );
+        args
     }
 }
 
-/// Connects (within 5 s), opens a channel with publisher confirms on, and declares `topology`:
-/// what both binaries do each time they (re)connect.
+/// Creates durable queue `name` with `args` unless it exists. The existence check is a passive
+/// declare on a channel of its own, because the broker closes the channel it fails on.
+async fn ensure_queue(
+    connection: &Connection,
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+) -> anyhow::Result<()> {
+    let probe = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let exists = probe
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    if exists {
+        let _ = probe.close(200, "done".into()).await;
+        return Ok(());
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name.into(), durable, args)
+        .await
+        .with_context(|| format!("declaring queue {name}"))?;
+    Ok(())
+}
+
+/// How long one node may take to accept a connection, open a channel and declare the topology
+/// before the next node is tried.
+pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects, opens a channel with publisher confirms on, and declares `topology`: what both
+/// binaries do each time they (re)connect. With several nodes in `url`, they are tried in turn
+/// from the one last reached, each within [`NODE_CONNECT_TIMEOUT`]; a node that accepts the
+/// connection but cannot declare (a minority node, say) counts as unreachable.
 pub async fn open_confirmed_channel(
     url: &AmqpUrl,
     name: &str,
     topology: &Topology,
 ) -> anyhow::Result<(Connection, Channel)> {
-    let connection = tokio::time::timeout(std::time::Duration::from_secs(5), connect_to(url, name))
-        .await
-        .context("connecting to RabbitMQ timed out")??;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .context("enabling publisher confirms")?;
-    topology.declare(&channel).await?;
-    Ok((connection, channel))
+    let mut errors = Vec::new();
+    for (index, node) in url.nodes() {
+        let attempt = async {
+            let connection = connect_node(node, name).await?;
+            let channel = connection
+                .create_channel()
+                .await
+                .context("opening a channel")?;
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await
+                .context("enabling publisher confirms")?;
+            topology.declare(&connection, &channel).await?;
+            anyhow::Ok((connection, channel))
+        };
+        let result = tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+        match result {
+            Ok(opened) => {
+                url.connected_to(index);
+                tracing::info!(node = %url.redacted_node(index), "connected to RabbitMQ");
+                return Ok(opened);
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", url.redacted_node(index))),
+        }
+    }
+    anyhow::bail!("no RabbitMQ node reachable ({})", errors.join("; "))
 }
 
 /// Opens a connection named after the process, so operators can tell clients apart.
-pub async fn connect_to(url: &AmqpUrl, name: &str) -> anyhow::Result<Connection> {
+async fn connect_node(node: &AMQPUri, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(url.uri().clone(), props)
+    Connection::connect_uri(node.clone(), props)
         .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", url.redacted()))
+        .context("connecting")
 }
 
-/// [`connect_to`] from a URL string (tools and tests); a bad URL's error never repeats it.
+/// Connects to the first reachable node of `url` (a string: tools and tests), without declaring
+/// anything; a bad URL's error never repeats it.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     let url = AmqpUrl::parse(url).map_err(|e| anyhow::anyhow!("AMQP_URL {e}"))?;
-    connect_to(&url, name).await
+    let mut errors = Vec::new();
+    for (index, node) in url.nodes() {
+        match connect_node(node, name).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => errors.push(format!("{}: {e:#}", url.redacted_node(index))),
+        }
+    }
+    anyhow::bail!("no RabbitMQ node reachable ({})", errors.join("; "))
 }
 
 pub fn long_string(value: &str) -> AMQPValue {

@@ -6,7 +6,10 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    amqp::{DEFAULT_DEAD_LETTER_MAX_MESSAGES, DEFAULT_DEAD_LETTER_TTL_HOURS, Topology},
+    amqp::{
+        DEFAULT_DEAD_LETTER_MAX_MESSAGES, DEFAULT_DEAD_LETTER_TTL_HOURS, DEFAULT_QUEUE_REPLICAS,
+        Topology,
+    },
     urls::AmqpUrl,
 };
 
@@ -152,7 +155,8 @@ impl RedisArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
     /// RabbitMQ URL: amqp://, or amqps:// for TLS (verified against the platform's roots)
-    /// (default amqp://guest:guest@127.0.0.1:5672/%2f).
+    /// (default amqp://guest:guest@127.0.0.1:5672/%2f). For a cluster, the nodes' URLs separated
+    /// by commas: the first that answers is used, the others when it is lost.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -173,6 +177,11 @@ pub struct AmqpArgs {
     #[arg(long, env = "DEAD_LETTER_MAX_MESSAGES", default_value_t = DEFAULT_DEAD_LETTER_MAX_MESSAGES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub dead_letter_max_messages: u32,
+    /// Nodes that hold a copy of each queue, set when the queue is created (capped by RabbitMQ at
+    /// the cluster's size). A publish is confirmed once a majority of them have it.
+    #[arg(long, env = "QUEUE_REPLICAS", default_value_t = DEFAULT_QUEUE_REPLICAS,
+          value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub queue_replicas: u16,
 }
 
 impl AmqpArgs {
@@ -183,12 +192,14 @@ impl AmqpArgs {
             sms_queue: sms_queue.to_owned(),
             dead_letter_ttl_hours: DEFAULT_DEAD_LETTER_TTL_HOURS,
             dead_letter_max_messages: DEFAULT_DEAD_LETTER_MAX_MESSAGES,
+            queue_replicas: DEFAULT_QUEUE_REPLICAS,
         }
     }
 
     pub fn topology(&self) -> Topology {
         Topology::new(&self.sms_queue)
             .with_dead_letter_bounds(self.dead_letter_ttl_hours, self.dead_letter_max_messages)
+            .with_replicas(self.queue_replicas)
     }
 }
 

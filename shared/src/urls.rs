@@ -1,49 +1,97 @@
 //! Connection URLs, checked when the process starts. They usually carry a password, so neither
 //! their `Debug` output nor any parse error ever repeats them.
 
-use std::{fmt, str::FromStr};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use lapin::uri::{AMQPScheme, AMQPUri};
 
-/// A parsed `amqp://` or `amqps://` URL (TLS with rustls and the platform's trust store).
+/// One or more `amqp://` or `amqps://` URLs (TLS with rustls and the platform's trust store),
+/// separated by commas: the nodes of one RabbitMQ cluster. A process connects to the first node
+/// that answers and stays on it; when that node is lost it tries the others in turn (see
+/// [`crate::amqp::open_confirmed_channel`]). Clones share which node was last reached.
 #[derive(Clone)]
-pub struct AmqpUrl(AMQPUri);
+pub struct AmqpUrl {
+    nodes: Arc<[AMQPUri]>,
+    /// Index of the node last connected to, where the next attempt starts.
+    current: Arc<AtomicUsize>,
+}
 
 impl AmqpUrl {
     pub fn parse(value: &str) -> Result<Self, String> {
-        let value = value.trim();
-        let scheme_ok = ["amqp://", "amqps://"]
-            .iter()
-            .any(|s| value.len() > s.len() && value[..s.len()].eq_ignore_ascii_case(s));
-        if !scheme_ok {
-            return Err("must start with amqp:// or amqps://".into());
-        }
-        AMQPUri::from_str(value).map(Self).map_err(|e| {
-            // lapin's messages sometimes quote the whole URL; only quote-free ones are kept.
-            let detail = if e.contains('\'') || e.contains('@') || e.contains("://") {
-                String::new()
-            } else {
-                format!(" ({e})")
-            };
-            format!(
-                "is not a valid AMQP URL{detail}; expected amqp[s]://user:password@host:port/vhost"
-            )
+        let nodes = value
+            .split(',')
+            .enumerate()
+            .map(|(i, node)| {
+                parse_node(node).map_err(|e| match value.contains(',') {
+                    true => format!("node {} {e}", i + 1),
+                    false => e,
+                })
+            })
+            .collect::<Result<Arc<[_]>, _>>()?;
+        Ok(Self {
+            nodes,
+            current: Arc::default(),
         })
     }
 
-    pub fn uri(&self) -> &AMQPUri {
-        &self.0
+    /// The nodes, each with its index, starting at the one last connected to.
+    pub fn nodes(&self) -> impl Iterator<Item = (usize, &AMQPUri)> {
+        let start = self.current.load(Ordering::Relaxed);
+        (0..self.nodes.len())
+            .map(move |i| (start + i) % self.nodes.len())
+            .map(|i| (i, &self.nodes[i]))
     }
 
-    /// Where it points, without credentials: for logs.
-    pub fn redacted(&self) -> String {
-        let scheme = match self.0.scheme {
-            AMQPScheme::AMQP => "amqp",
-            AMQPScheme::AMQPS => "amqps",
-        };
-        let auth = &self.0.authority;
-        format!("{scheme}://{}:{}/{}", auth.host, auth.port, self.0.vhost)
+    /// Records that node `index` answered: later attempts start there.
+    pub fn connected_to(&self, index: usize) {
+        self.current.store(index, Ordering::Relaxed);
     }
+
+    /// Where node `index` is, without credentials: for logs.
+    pub fn redacted_node(&self, index: usize) -> String {
+        redact(&self.nodes[index])
+    }
+
+    /// Where every node is, without credentials: for logs.
+    pub fn redacted(&self) -> String {
+        let nodes: Vec<String> = self.nodes.iter().map(redact).collect();
+        nodes.join(",")
+    }
+}
+
+fn parse_node(value: &str) -> Result<AMQPUri, String> {
+    let value = value.trim();
+    let scheme_ok = ["amqp://", "amqps://"]
+        .iter()
+        .any(|s| value.len() > s.len() && value[..s.len()].eq_ignore_ascii_case(s));
+    if !scheme_ok {
+        return Err("must start with amqp:// or amqps://".into());
+    }
+    AMQPUri::from_str(value).map_err(|e| {
+        // lapin's messages sometimes quote the whole URL; only quote-free ones are kept.
+        let detail = if e.contains('\'') || e.contains('@') || e.contains("://") {
+            String::new()
+        } else {
+            format!(" ({e})")
+        };
+        format!("is not a valid AMQP URL{detail}; expected amqp[s]://user:password@host:port/vhost")
+    })
+}
+
+fn redact(uri: &AMQPUri) -> String {
+    let scheme = match uri.scheme {
+        AMQPScheme::AMQP => "amqp",
+        AMQPScheme::AMQPS => "amqps",
+    };
+    let auth = &uri.authority;
+    format!("{scheme}://{}:{}/{}", auth.host, auth.port, uri.vhost)
 }
 
 impl FromStr for AmqpUrl {
@@ -90,6 +138,38 @@ mod tests {
         assert!(!format!("{url:?}").contains(SECRET));
         assert!(AmqpUrl::parse("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
         assert!(check_redis_url(&format!("rediss://:{SECRET}@cache:6380/0")).is_ok());
+    }
+
+    #[test]
+    fn a_node_list_is_tried_from_the_node_last_reached() {
+        let url = AmqpUrl::parse(&format!(
+            "amqp://otp:{SECRET}@mq1:5672/%2f, amqp://otp:{SECRET}@mq2:5672/%2f,amqp://otp:{SECRET}@mq3:5672/%2f"
+        ))
+        .unwrap();
+        let hosts = |url: &AmqpUrl| -> Vec<String> {
+            url.nodes().map(|(_, n)| n.authority.host.clone()).collect()
+        };
+        assert_eq!(hosts(&url), ["mq1", "mq2", "mq3"]);
+        let clone = url.clone();
+        clone.connected_to(2);
+        assert_eq!(
+            hosts(&url),
+            ["mq3", "mq1", "mq2"],
+            "clones share the node reached"
+        );
+        assert_eq!(
+            url.redacted(),
+            "amqp://mq1:5672/,amqp://mq2:5672/,amqp://mq3:5672/"
+        );
+        assert_eq!(url.redacted_node(1), "amqp://mq2:5672/");
+        assert!(!format!("{url:?}").contains(SECRET));
+
+        let err = AmqpUrl::parse(&format!("amqp://mq1/%2f,http://u:{SECRET}@mq2/")).unwrap_err();
+        assert!(err.starts_with("node 2 must start with amqp://"), "{err}");
+        assert!(
+            AmqpUrl::parse("amqp://mq1/%2f,").is_err(),
+            "an empty node is refused"
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl World {
             .expect("confirms");
         let queue = format!("test.sms.{id}");
         Topology::new(&queue)
-            .declare(&channel)
+            .declare(&amqp, &channel)
             .await
             .expect("topology");
         let redis = redis::Client::open(REDIS_URL)
