@@ -4,8 +4,10 @@
 # Then the schema fuzzer (tools/fuzz.sh) runs against a live API.
 #
 # Usage: tools/test.sh [--cluster] [cargo test arguments, e.g. -p otp-api]
-#   --cluster  also starts the local RabbitMQ cluster (tools/rabbitmq-cluster.sh), runs the
-#              node-loss drills against it, and stops it again (what CI runs).
+#   --cluster  then also starts the local Redis Cluster and RabbitMQ cluster
+#              (tools/redis-cluster.sh, tools/rabbitmq-cluster.sh), runs the API's and the
+#              dispatcher's Redis-backed tests again on Redis Cluster, runs the node-loss drills
+#              (dispatcher/tests/cluster/), and stops both clusters (what CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cluster=false
@@ -19,7 +21,11 @@ cargo test --workspace --locked "$@"
 # request rejected (schemathesis; fixed seed, so a run is repeatable).
 bash tools/fuzz.sh 100 --seed 1
 if $cluster; then
-  trap 'bash tools/rabbitmq-cluster.sh stop' EXIT
+  trap 'bash tools/redis-cluster.sh stop; bash tools/rabbitmq-cluster.sh stop' EXIT
+  bash tools/redis-cluster.sh start
   bash tools/rabbitmq-cluster.sh start
+  nodes=$(printf 'redis://127.0.0.1:%s,' 7000 7001 7002 7003 7004 7005)
+  OTP_TEST_REDIS_CLUSTER=${nodes%,} cargo test --locked -p otp-api -p otp-dispatcher \
+    --test api --test dispatcher
   cargo test --locked -p otp-dispatcher --test cluster -- --ignored --test-threads 1
 fi

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
+use otp_shared::redis_conn::RedisConn;
 use poem::{
     IntoResponse, Request, Response, handler,
     web::{Data, Json},
 };
-use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sha2::Sha256;
@@ -46,7 +46,7 @@ pub struct Reports {
     /// Where a resend after an undelivered report is published; `None` when
     /// RESEND_ON_UNDELIVERED is off.
     pub resend: Option<AmqpPublisher>,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub keys: Keys,
     pub metrics: Arc<ApiMetrics>,
 }

@@ -77,31 +77,34 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
     let mut redis = args.connect()?;
     match action {
         FraudAction::List => {
-            let pattern = format!("{}*", keys.fraud_block(""));
-            let mut found: Vec<String> = Vec::new();
-            let mut cursor = 0u64;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut redis)
-                    .await?;
-                found.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            // The index of blocks (one sorted set, by when each ends), not a scan: a scan would
+            // have to visit every node of a cluster.
+            let index = keys.fraud_blocked();
+            let (_, mut found): (i64, Vec<String>) = redis::pipe()
+                .atomic()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(unix_ms())
+                .cmd("ZRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut redis)
+                .await?;
             found.sort();
-            for key in &found {
+            let mut listed = 0;
+            for prefix in &found {
+                let key = keys.fraud_block(prefix);
                 let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-                    .arg(key)
+                    .arg(&key)
                     .query_async(&mut redis)
                     .await?;
-                let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut redis).await?;
+                if fields.is_empty() {
+                    continue; // unblocked meanwhile
+                }
+                listed += 1;
+                let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await?;
                 let get = |f: &str| fields.get(f).cloned().unwrap_or_else(|| "-".into());
                 let conversion = match (get("sends").parse::<f64>(), get("verified").parse::<f64>())
                 {
@@ -109,8 +112,7 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
                     _ => "-".into(),
                 };
                 println!(
-                    "{}  country={}  sends={}  verified={}  conversion={}  expires_in={}s{}",
-                    key.trim_start_matches(&keys.fraud_block("")),
+                    "{prefix}  country={}  sends={}  verified={}  conversion={}  expires_in={}s{}",
                     get("country"),
                     get("sends"),
                     get("verified"),
@@ -123,17 +125,20 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
                     }
                 );
             }
-            eprintln!("{} blocked prefix(es)", found.len());
+            eprintln!("{listed} blocked prefix(es)");
         }
         FraudAction::Unblock { prefix } => {
             // The prefix's counts go too: else its next request would block it again at once.
-            let (removed, _): (i64, i64) = redis::pipe()
+            let (removed, _, _): (i64, i64, i64) = redis::pipe()
                 .atomic()
                 .cmd("DEL")
                 .arg(keys.fraud_block(&prefix))
                 .cmd("DEL")
                 .arg(keys.fraud_sends(&prefix))
                 .arg(keys.fraud_verified(&prefix))
+                .cmd("ZREM")
+                .arg(keys.fraud_blocked())
+                .arg(&prefix)
                 .query_async(&mut redis)
                 .await?;
             anyhow::ensure!(removed == 1, "{prefix} is not blocked");
@@ -155,6 +160,11 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
                 .arg(&key)
                 .arg(u64::from(hours) * 3600)
                 .ignore()
+                .cmd("ZADD")
+                .arg(keys.fraud_blocked())
+                .arg(unix_ms() + u64::from(hours) * 3_600_000)
+                .arg(&prefix)
+                .ignore()
                 .query_async(&mut redis)
                 .await?;
             tracing::warn!(event = "fraud_block", %prefix, hours, manual = true, "fraud guard block set by an operator");
@@ -162,4 +172,8 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn unix_ms() -> u64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
 }

@@ -30,6 +30,10 @@ impl Mode {
             Self::Enforce => 2,
         }
     }
+
+    pub fn enabled(self) -> bool {
+        self != Self::Off
+    }
 }
 
 impl FromStr for Mode {
@@ -147,7 +151,7 @@ impl FraudSettings {
 /// the window (sends younger than the grace are not counted), every `every`. Countries no longer
 /// seen lose their label.
 pub async fn watch_conversion(
-    redis: redis::aio::ConnectionManager,
+    redis: otp_shared::redis_conn::RedisConn,
     keys: otp_shared::keys::Keys,
     settings: FraudSettings,
     gauge: prometheus::GaugeVec,

@@ -8,8 +8,9 @@ use std::{
     time::Duration,
 };
 
+use otp_shared::redis_conn::RedisConn;
 use prometheus::IntGauge;
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 
 use otp_shared::keys::Keys;
 
@@ -67,7 +68,7 @@ impl State {
 
 #[derive(Clone)]
 pub struct Breaker {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     provider: &'static str,
     settings: BreakerSettings,
@@ -77,7 +78,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(
-        conn: ConnectionManager,
+        conn: RedisConn,
         keys: &Keys,
         provider: &'static str,
         settings: BreakerSettings,

@@ -155,7 +155,7 @@ async fn act(args: &DlqArgs, queue: &DeadLetterQueue, taken: &[Taken]) -> anyhow
             }
             let (mut replayed, mut expired, mut unreadable) = (0, 0, 0);
             for t in selected {
-                let Some(id) = t.letter.job_id else {
+                let (Some(id), Some(vid)) = (t.letter.job_id, t.letter.verification_id) else {
                     unreadable += 1;
                     println!("-  not a readable send job; left in place");
                     continue;
@@ -178,7 +178,7 @@ async fn act(args: &DlqArgs, queue: &DeadLetterQueue, taken: &[Taken]) -> anyhow
                     println!("{id}  would be replayed");
                     continue;
                 }
-                reopen_failed(&mut redis, &keys, id)
+                reopen_failed(&mut redis, &keys, vid, id)
                     .await
                     .context("resetting the job's failed outcome in Redis")?;
                 queue.replay(t).await?;

@@ -199,8 +199,9 @@ impl DeadLetterQueue {
 /// Lets a replayed job be tried again: a job the ledger recorded as failed may be sent once
 /// more, while a job recorded as sent stays sent (the dispatcher acks it without a call).
 pub async fn reopen_failed(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut otp_shared::redis_conn::RedisConn,
     keys: &Keys,
+    verification_id: Uuid,
     job_id: Uuid,
 ) -> redis::RedisResult<bool> {
     let script = Script::new(
@@ -209,7 +210,7 @@ pub async fn reopen_failed(
          return 0",
     );
     let deleted: i64 = script
-        .key(keys.job_outcome(job_id))
+        .key(keys.job_outcome(verification_id, job_id))
         .invoke_async(redis)
         .await?;
     Ok(deleted == 1)

@@ -6,19 +6,19 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use otp_shared::redis_conn::RedisConn;
 use poem::{
     EndpointExt, IntoResponse, Response, Route, get, handler,
     http::StatusCode,
     web::{Data, Json},
 };
-use redis::aio::ConnectionManager;
 use serde_json::json;
 
 use crate::metrics::DispatcherMetrics;
 
 #[derive(Clone)]
 pub struct Readiness {
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub amqp_connected: Arc<AtomicBool>,
     pub metrics: Arc<DispatcherMetrics>,
 }

@@ -3,7 +3,8 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{Script, aio::ConnectionManager};
+use otp_shared::redis_conn::RedisConn;
+use redis::Script;
 use uuid::Uuid;
 
 use otp_shared::keys::Keys;
@@ -30,11 +31,17 @@ pub enum Claim {
     Busy(Duration),
 }
 
+/// One ledger entry: a send job, under its verification's hash tag (see `otp_shared::keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub verification_id: Uuid,
+    pub job_id: Uuid,
+}
+
 /// What an accepted send leaves besides its outcome.
 pub struct SentRecord {
     /// `msg:<provider>:<message id>`, pointing at the verification.
     pub mapping_key: String,
-    pub verification_id: Uuid,
     pub mapping_ttl_seconds: u64,
     /// The job's envelope, kept for one resend after an undelivered report.
     pub sealed: Option<Vec<u8>>,
@@ -43,13 +50,13 @@ pub struct SentRecord {
 
 #[derive(Clone)]
 pub struct Ledger {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     lease: Duration,
 }
 
 impl Ledger {
-    pub fn new(conn: ConnectionManager, keys: Keys, lease: Duration) -> Self {
+    pub fn new(conn: RedisConn, keys: Keys, lease: Duration) -> Self {
         Self { conn, keys, lease }
     }
 
@@ -57,32 +64,27 @@ impl Ledger {
         self.lease
     }
 
-    /// Claims `job_id` for `owner`, or renews the lease if `owner` already holds it.
-    pub async fn claim(&self, job_id: Uuid, owner: Uuid) -> redis::RedisResult<Claim> {
-        self.claim_with(job_id, owner, None).await
+    /// Claims `job` for `owner`, or renews the lease if `owner` already holds it.
+    pub async fn claim(&self, job: Entry, owner: Uuid) -> redis::RedisResult<Claim> {
+        self.claim_with(job, owner, false).await
     }
 
     /// [`Self::claim`], also checking in the same round trip that the verification's delivery
     /// record still exists ([`Claim::Withdrawn`] when not).
-    pub async fn claim_send(
-        &self,
-        job_id: Uuid,
-        owner: Uuid,
-        verification_id: Uuid,
-    ) -> redis::RedisResult<Claim> {
-        self.claim_with(job_id, owner, Some(verification_id)).await
+    pub async fn claim_send(&self, job: Entry, owner: Uuid) -> redis::RedisResult<Claim> {
+        self.claim_with(job, owner, true).await
     }
 
     async fn claim_with(
         &self,
-        job_id: Uuid,
+        job: Entry,
         owner: Uuid,
-        verification_id: Option<Uuid>,
+        check_status: bool,
     ) -> redis::RedisResult<Claim> {
-        let mut invocation = CLAIM.key(self.keys.job_outcome(job_id));
-        invocation.key(self.keys.job_lease(job_id));
-        if let Some(vid) = verification_id {
-            invocation.key(self.keys.status(vid));
+        let mut invocation = CLAIM.key(self.keys.job_outcome(job.verification_id, job.job_id));
+        invocation.key(self.keys.job_lease(job.verification_id, job.job_id));
+        if check_status {
+            invocation.key(self.keys.status(job.verification_id));
         }
         let (state, value): (String, String) = invocation
             .arg(owner.to_string())
@@ -97,10 +99,10 @@ impl Ledger {
         })
     }
 
-    pub async fn finish(&self, job_id: Uuid, owner: Uuid, outcome: &str) -> redis::RedisResult<()> {
+    pub async fn finish(&self, job: Entry, owner: Uuid, outcome: &str) -> redis::RedisResult<()> {
         let _: i64 = FINISH
-            .key(self.keys.job_outcome(job_id))
-            .key(self.keys.job_lease(job_id))
+            .key(self.keys.job_outcome(job.verification_id, job.job_id))
+            .key(self.keys.job_lease(job.verification_id, job.job_id))
             .arg(owner.to_string())
             .arg(outcome)
             .arg(OUTCOME_TTL_SECONDS)
@@ -109,35 +111,44 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records an accepted send in one round trip: outcome, lease freed, the provider's message
-    /// id mapped to the verification, and the sealed job kept for a resend when given.
+    /// Records an accepted send: outcome, lease freed and the sealed job kept for a resend (one
+    /// script under the verification's tag), and beside it the provider's message id mapped to
+    /// the verification (a key of its own, so a report can find it by message id alone).
     pub async fn finish_sent(
         &self,
-        job_id: Uuid,
+        job: Entry,
         owner: Uuid,
         outcome: &str,
         sent: &SentRecord,
     ) -> redis::RedisResult<()> {
-        let _: i64 = FINISH_SENT
-            .key(self.keys.job_outcome(job_id))
-            .key(self.keys.job_lease(job_id))
-            .key(&sent.mapping_key)
-            .key(self.keys.sealed_job(sent.verification_id))
+        let mut finish = FINISH_SENT.prepare_invoke();
+        finish
+            .key(self.keys.job_outcome(job.verification_id, job.job_id))
+            .key(self.keys.job_lease(job.verification_id, job.job_id))
+            .key(self.keys.sealed_job(job.verification_id))
             .arg(owner.to_string())
             .arg(outcome)
             .arg(OUTCOME_TTL_SECONDS)
-            .arg(sent.verification_id.to_string())
-            .arg(sent.mapping_ttl_seconds.max(1))
             .arg(sent.sealed.as_deref().unwrap_or_default())
-            .arg(sent.sealed_ttl_seconds.max(1))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+            .arg(sent.sealed_ttl_seconds.max(1));
+        let mapping = redis::cmd("SET")
+            .arg(&sent.mapping_key)
+            .arg(job.verification_id.to_string())
+            .arg("EX")
+            .arg(sent.mapping_ttl_seconds.max(1))
+            .to_owned();
+        let (mut a, mut b) = (self.conn.clone(), self.conn.clone());
+        let (finished, mapped) = tokio::join!(
+            finish.invoke_async::<i64>(&mut a),
+            mapping.query_async::<()>(&mut b)
+        );
+        finished?;
+        mapped
     }
 
-    pub async fn release(&self, job_id: Uuid, owner: Uuid) -> redis::RedisResult<()> {
+    pub async fn release(&self, job: Entry, owner: Uuid) -> redis::RedisResult<()> {
         let _: i64 = RELEASE
-            .key(self.keys.job_lease(job_id))
+            .key(self.keys.job_lease(job.verification_id, job.job_id))
             .arg(owner.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -146,12 +157,12 @@ impl Ledger {
 
     /// Renews the lease every third of its length until dropped, so a long retry sequence keeps
     /// it, while a crashed worker's lease lapses quickly.
-    pub fn keep_alive(&self, job_id: Uuid, owner: Uuid) -> KeepAlive {
+    pub fn keep_alive(&self, job: Entry, owner: Uuid) -> KeepAlive {
         let ledger = self.clone();
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ledger.lease / 3).await;
-                match ledger.claim(job_id, owner).await {
+                match ledger.claim(job, owner).await {
                     Ok(Claim::Claimed | Claim::Withdrawn) => {}
                     Ok(other) => {
                         tracing::warn!(?other, "lost the lease of a job being sent");

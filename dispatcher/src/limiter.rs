@@ -3,7 +3,8 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{Script, aio::ConnectionManager};
+use otp_shared::redis_conn::RedisConn;
+use redis::Script;
 use tokio::time::Instant;
 
 use otp_shared::keys::Keys;
@@ -12,13 +13,13 @@ static BUCKET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("buc
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     per_second: u32,
 }
 
 impl RateLimiter {
-    pub fn new(conn: ConnectionManager, keys: &Keys, per_second: u32) -> Self {
+    pub fn new(conn: RedisConn, keys: &Keys, per_second: u32) -> Self {
         Self {
             conn,
             key: keys.provider_bucket(),

@@ -32,7 +32,7 @@ use crate::{
 /// The providers of SMS_PROVIDERS, in order, each with its circuit breaker.
 fn providers(
     config: &Config,
-    redis: &redis::aio::ConnectionManager,
+    redis: &otp_shared::redis_conn::RedisConn,
     keys: &otp_shared::keys::Keys,
     metrics: &Arc<DispatcherMetrics>,
 ) -> anyhow::Result<Router> {

@@ -8,7 +8,7 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
 };
-use redis::aio::ConnectionManager;
+use otp_shared::redis_conn::RedisConn;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ use otp_shared::{
 };
 
 use crate::{
-    ledger::{Claim, Ledger, SentRecord},
+    ledger::{Claim, Entry, Ledger, SentRecord},
     limiter::RateLimiter,
     metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
@@ -46,7 +46,7 @@ const REDIS_RETRY: Duration = Duration::from_secs(1);
 
 /// How a job was handled, for recording its outcome.
 struct Sent {
-    ledger_id: Uuid,
+    ledger_id: Entry,
     owner: Uuid,
     provider: &'static str,
     /// A resend after an undelivered report.
@@ -59,7 +59,7 @@ pub struct Worker {
     pub router: Router,
     pub policy: RetryPolicy,
     pub job_key: JobKey,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub keys: Keys,
     pub topology: Topology,
     pub metrics: Arc<DispatcherMetrics>,
@@ -111,20 +111,19 @@ impl Worker {
         let owner = Uuid::new_v4();
         // A resend after an undelivered report has its own ledger entry, derived from the job's,
         // so it too is sent at most once however often it is delivered.
-        let ledger_id = match resend {
-            Some(_) => Uuid::new_v5(&job.job_id, b"resend"),
-            None => job.job_id,
+        let ledger_id = Entry {
+            verification_id: job.verification_id,
+            job_id: match resend {
+                Some(_) => Uuid::new_v5(&job.job_id, b"resend"),
+                None => job.job_id,
+            },
         };
         let mut withdrawn = false;
         loop {
             // A first send also learns, in the same round trip, whether the API withdrew it.
             let claim = match resend {
                 Some(_) => self.ledger.claim(ledger_id, owner).await,
-                None => {
-                    self.ledger
-                        .claim_send(ledger_id, owner, job.verification_id)
-                        .await
-                }
+                None => self.ledger.claim_send(ledger_id, owner).await,
             };
             let wait = match claim {
                 Ok(Claim::Claimed) => break,
@@ -333,7 +332,6 @@ impl Worker {
             .max(0) as u64;
         SentRecord {
             mapping_key: self.keys.provider_message(how.provider, provider_id),
-            verification_id: job.verification_id,
             mapping_ttl_seconds: left + REPORT_MARGIN_SECONDS,
             sealed: (self.resend_on_undelivered && !how.resend).then(|| job.to_bytes()),
             sealed_ttl_seconds: left,

@@ -10,6 +10,7 @@ use crate::{
         DEFAULT_DEAD_LETTER_MAX_MESSAGES, DEFAULT_DEAD_LETTER_TTL_HOURS, DEFAULT_QUEUE_REPLICAS,
         Topology,
     },
+    redis_conn::RedisConn,
     urls::AmqpUrl,
 };
 
@@ -71,7 +72,8 @@ impl fmt::Display for LogFormat {
 pub struct RedisArgs {
     /// Redis URL: redis://, or rediss:// for TLS (verified against the platform's roots, or
     /// REDIS_TLS_CA_FILE). When unset, REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB are used
-    /// (default redis://127.0.0.1:6379/0).
+    /// (default redis://127.0.0.1:6379/0). With REDIS_CLUSTER, one or more of the cluster's
+    /// nodes, separated by commas.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = SecretParser(parse_redis_url))]
     pub redis_url: Option<SecretString>,
     /// PEM file of the CA that signed a rediss:// server's certificate, for private CAs; unset,
@@ -90,8 +92,13 @@ pub struct RedisArgs {
     /// Legacy: Redis database number, used only when REDIS_URL is unset.
     #[arg(long, env = "REDIS_DB")]
     pub redis_db: Option<u32>,
-    /// Prefix of every Redis key the service writes (api and dispatcher must agree).
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "otp:")]
+    /// Redis is a Redis Cluster: REDIS_URL names seed nodes, and the cluster's slot map is
+    /// followed (through failovers too).
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key the service writes (api and dispatcher must agree). Without
+    /// braces: the keys' hash tags come after it.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "otp:", value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,
     /// Milliseconds a Redis command may take before it counts as failed.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
@@ -116,33 +123,50 @@ impl RedisArgs {
         format!("redis://{auth}{host}:{port}/{db}").into()
     }
 
-    /// A client that reconnects by itself; see [`redis_manager`].
-    pub fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        redis_manager(
-            &self.client()?,
-            Duration::from_millis(self.redis_timeout_ms),
-        )
+    /// The connection: to one server, or to Redis Cluster with REDIS_CLUSTER; either reconnects
+    /// by itself and connects lazily ([`crate::redis_conn`]).
+    pub fn connect(&self) -> anyhow::Result<RedisConn> {
+        let timeout = Duration::from_millis(self.redis_timeout_ms);
+        let url = self.url();
+        let nodes: Vec<&str> = url.expose_secret().split(',').map(str::trim).collect();
+        let certificates = self.certificates()?;
+        if self.redis_cluster {
+            let nodes = nodes
+                .iter()
+                .map(|node| redis::IntoConnectionInfo::into_connection_info(*node))
+                .collect::<redis::RedisResult<Vec<_>>>()
+                .map_err(|_| anyhow::anyhow!("REDIS_URL is not a list of valid Redis URLs"))?;
+            return crate::redis_conn::cluster(nodes, certificates, timeout)
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: cannot set up Redis Cluster ({e})"));
+        }
+        let [node] = nodes.as_slice() else {
+            anyhow::bail!(
+                "REDIS_URL lists several nodes; set REDIS_CLUSTER=true for Redis Cluster"
+            );
+        };
+        let client = match certificates {
+            None => redis::Client::open(*node)
+                .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"))?,
+            Some(certificates) => {
+                redis::Client::build_with_tls(*node, certificates).map_err(|e| {
+                    anyhow::anyhow!("REDIS_TLS_CA_FILE is not a usable PEM CA certificate: {e}")
+                })?
+            }
+        };
+        redis_manager(&client, timeout)
     }
 
-    /// The Redis client, with REDIS_TLS_CA_FILE as its trust root when set. Errors name the
-    /// setting and never repeat the URL.
-    pub fn client(&self) -> anyhow::Result<redis::Client> {
-        let url = self.url();
-        crate::urls::check_redis_url(url.expose_secret())
-            .map_err(|e| anyhow::anyhow!("REDIS_URL {e}"))?;
+    /// REDIS_TLS_CA_FILE as a trust root, when set.
+    fn certificates(&self) -> anyhow::Result<Option<redis::TlsCertificates>> {
         let Some(ca_file) = &self.redis_tls_ca_file else {
-            return redis::Client::open(url.expose_secret())
-                .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"));
+            return Ok(None);
         };
         let root_cert = std::fs::read(ca_file)
             .with_context(|| format!("REDIS_TLS_CA_FILE: reading {}", ca_file.display()))?;
-        let certificates = redis::TlsCertificates {
+        Ok(Some(redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(root_cert),
-        };
-        redis::Client::build_with_tls(url.expose_secret(), certificates).map_err(|e| {
-            anyhow::anyhow!("REDIS_TLS_CA_FILE is not a usable PEM CA certificate: {e}")
-        })
+        }))
     }
 
     pub fn keys(&self) -> crate::keys::Keys {
@@ -204,7 +228,9 @@ impl AmqpArgs {
 }
 
 fn parse_redis_url(value: &str) -> Result<SecretString, String> {
-    crate::urls::check_redis_url(value)?;
+    for node in value.split(',') {
+        crate::urls::check_redis_url(node)?;
+    }
     Ok(value.trim().to_owned().into())
 }
 
@@ -219,21 +245,16 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// A Redis client that reconnects by itself after Redis restarts. It connects lazily, so a
-/// process can start (and report not-ready) while Redis is still down; a call made while Redis is
-/// unreachable fails within `timeout` instead of hanging.
-pub fn redis_manager(
-    client: &redis::Client,
-    timeout: Duration,
-) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = client.clone();
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-        .context("creating the Redis connection manager")
+/// A single server's connection that reconnects by itself ([`crate::redis_conn::single`]).
+pub fn redis_manager(client: &redis::Client, timeout: Duration) -> anyhow::Result<RedisConn> {
+    crate::redis_conn::single(client, timeout).context("creating the Redis connection manager")
+}
+
+fn parse_key_prefix(value: &str) -> Result<String, String> {
+    if value.contains(['{', '}']) {
+        return Err("must not contain braces: the keys' hash tags follow it".into());
+    }
+    Ok(value.to_owned())
 }
 
 /// A clap value parser for secrets. clap's own errors quote the rejected value; this one names

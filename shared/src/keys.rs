@@ -2,6 +2,18 @@
 //!
 //! Every key starts with REDIS_KEY_PREFIX (default `otp:`), which lets several deployments, or
 //! parallel tests, share one Redis without touching each other's data.
+//!
+//! # Hash tags
+//! Keys that one script touches share a hash tag (the part in braces), so they live in one slot
+//! of Redis Cluster; on a single server the tags are just part of the names. There are three:
+//! - `{+14155552671}`: a number's code, failures, cooldown, hourly sends and verify counter;
+//! - `{<verification id>}`: its delivery record, sealed job, resend marker, and its send jobs'
+//!   ledger outcome and lease;
+//! - `{global}`: the send budgets and the fraud guard, which are counters over all traffic.
+//!
+//! Everything else is one key per call (per-IP counters, idempotency records, message-id
+//! mappings, breakers, the provider rate). Where one request touches several tags it takes
+//! several steps; `api/src/store/redis_store.rs` says which and why each order is safe.
 
 use uuid::Uuid;
 
@@ -23,22 +35,22 @@ impl Keys {
 
     /// Hash: the live code of a number (`vid`, `digest`). TTL: OTP validity.
     pub fn code(&self, e164: &str) -> String {
-        format!("{}code:{e164}", self.prefix)
+        format!("{}code:{{{e164}}}", self.prefix)
     }
 
     /// Counter of wrong guesses against a number's codes; survives code replacement.
     pub fn failures(&self, e164: &str) -> String {
-        format!("{}fail:{e164}", self.prefix)
+        format!("{}fail:{{{e164}}}", self.prefix)
     }
 
     /// Holds the verification id that started a number's resend cooldown.
     pub fn cooldown(&self, e164: &str) -> String {
-        format!("{}cool:{e164}", self.prefix)
+        format!("{}cool:{{{e164}}}", self.prefix)
     }
 
     /// Fixed-window counter of sends to a number in the current hour.
     pub fn sends_per_hour(&self, e164: &str) -> String {
-        format!("{}sends:{e164}", self.prefix)
+        format!("{}sends:{{{e164}}}", self.prefix)
     }
 
     /// Fixed-window counter of requests from one client IP in the current minute.
@@ -53,17 +65,17 @@ impl Keys {
 
     /// Fixed-window counter of sends to all numbers in the current hour (MAX_SENDS_PER_HOUR).
     pub fn sends_all(&self) -> String {
-        format!("{}sends-all", self.prefix)
+        format!("{}{{global}}:sends-all", self.prefix)
     }
 
     /// Fixed-window counter of sends to one destination country in the current hour.
     pub fn sends_country(&self, country: &str) -> String {
-        format!("{}sends-cc:{country}", self.prefix)
+        format!("{}{{global}}:sends-cc:{country}", self.prefix)
     }
 
     /// Fixed-window counter of verify calls for a number in the current 15 minutes.
     pub fn verifies(&self, e164: &str) -> String {
-        format!("{}verifies:{e164}", self.prefix)
+        format!("{}verifies:{{{e164}}}", self.prefix)
     }
 
     /// Stored first response for an Idempotency-Key (the key is hashed, never stored raw).
@@ -80,39 +92,45 @@ impl Keys {
     /// A sent job's sealed envelope, kept (still encrypted) until its code expires, is used or is
     /// replaced, so an undelivered SMS can be sent once more.
     pub fn sealed_job(&self, verification_id: Uuid) -> String {
-        format!("{}sealed:{verification_id}", self.prefix)
+        format!("{}sealed:{{{verification_id}}}", self.prefix)
     }
 
     /// Set once a verification's SMS was resent after an undelivered report (at most once).
     pub fn resend_marker(&self, verification_id: Uuid) -> String {
-        format!("{}resent:{verification_id}", self.prefix)
+        format!("{}resent:{{{verification_id}}}", self.prefix)
     }
 
     /// Fraud guard: sorted sets of verification ids by send time (ms), per destination prefix:
     /// all sends, and the ones that were verified. (A pumped prefix is blocked within a few dozen
     /// sends, so these stay small.)
     pub fn fraud_sends(&self, prefix: &str) -> String {
-        format!("{}fg:sends:{prefix}", self.prefix)
+        format!("{}{{global}}:fg:sends:{prefix}", self.prefix)
     }
 
     pub fn fraud_verified(&self, prefix: &str) -> String {
-        format!("{}fg:verified:{prefix}", self.prefix)
+        format!("{}{{global}}:fg:verified:{prefix}", self.prefix)
     }
 
     /// Hash: a country's sends (`s:<bucket>`) and verified sends (`v:<bucket>`) per 10-second
     /// bucket of send time: O(1) per request however much traffic a country has.
     pub fn fraud_country(&self, country: &str) -> String {
-        format!("{}fg:cc:{country}", self.prefix)
+        format!("{}{{global}}:fg:cc:{country}", self.prefix)
     }
 
     /// Sorted set of the countries seen, by last send time (ms).
     pub fn fraud_countries(&self) -> String {
-        format!("{}fg:countries", self.prefix)
+        format!("{}{{global}}:fg:countries", self.prefix)
+    }
+
+    /// Sorted set of the blocked prefixes, by when their block ends (ms): what `fraud list`
+    /// reads (a scan would have to visit every node of a cluster).
+    pub fn fraud_blocked(&self) -> String {
+        format!("{}{{global}}:fg:blocked", self.prefix)
     }
 
     /// Hash: a blocked prefix (counts when blocked); TTL: the block's remaining time.
     pub fn fraud_block(&self, prefix: &str) -> String {
-        format!("{}fg:block:{prefix}", self.prefix)
+        format!("{}{{global}}:fg:block:{prefix}", self.prefix)
     }
 
     /// Hash: one provider's circuit breaker, shared by every dispatcher.
@@ -127,17 +145,18 @@ impl Keys {
 
     /// Hash: delivery state of one verification, shown by `GET /api/otp/status/{id}`.
     pub fn status(&self, verification_id: Uuid) -> String {
-        format!("{}status:{verification_id}", self.prefix)
+        format!("{}status:{{{verification_id}}}", self.prefix)
     }
 
-    /// The final outcome of a send job, by job id: the dispatcher's idempotency record.
-    pub fn job_outcome(&self, job_id: Uuid) -> String {
-        format!("{}job:{job_id}", self.prefix)
+    /// The final outcome of a send job: the dispatcher's idempotency record. Tagged with its
+    /// verification, so claiming a job can check the delivery record in the same script.
+    pub fn job_outcome(&self, verification_id: Uuid, job_id: Uuid) -> String {
+        format!("{}job:{{{verification_id}}}:{job_id}", self.prefix)
     }
 
     /// Short-lived lease held by the dispatcher that is currently sending a job.
-    pub fn job_lease(&self, job_id: Uuid) -> String {
-        format!("{}lease:{job_id}", self.prefix)
+    pub fn job_lease(&self, verification_id: Uuid, job_id: Uuid) -> String {
+        format!("{}lease:{{{verification_id}}}:{job_id}", self.prefix)
     }
 
     /// The provider-wide rate (GCRA: the theoretical arrival time, ms) shared by every

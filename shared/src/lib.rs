@@ -13,6 +13,7 @@
 //! - [`telemetry`]: tracing setup and trace-context propagation through AMQP headers.
 //! - [`urls`]: AMQP and Redis URLs, checked at start-up, never shown with their password.
 //! - [`probe`]: the `healthcheck` self-probe of both binaries.
+//! - [`redis_conn`]: `RedisConn`, one connection type for a single Redis and Redis Cluster.
 //! - [`shutdown`]: SIGINT / SIGTERM handling.
 //! - `testing` (feature `test-support`): TCP proxy and cleanup helpers for integration tests.
 
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod metrics;
 pub mod phone;
 pub mod probe;
+pub mod redis_conn;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

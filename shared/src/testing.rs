@@ -11,7 +11,50 @@ use std::{
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 
-use crate::amqp::Topology;
+use crate::{amqp::Topology, config::RedisArgs, redis_conn::RedisConn};
+
+/// The local single Redis server, for the tests that need that one (a proxy in front of it).
+pub const SINGLE_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Names the nodes of a Redis Cluster (comma-separated URLs) to run the integration tests
+/// against instead of the single server; `tools/test.sh --cluster` sets it to the local cluster.
+pub const CLUSTER_ENV: &str = "OTP_TEST_REDIS_CLUSTER";
+
+/// The Redis the integration tests use (see [`CLUSTER_ENV`]).
+pub fn redis_url() -> String {
+    std::env::var(CLUSTER_ENV).unwrap_or_else(|_| SINGLE_REDIS_URL.to_owned())
+}
+
+/// Whether the integration tests run against Redis Cluster (the REDIS_CLUSTER setting).
+pub fn redis_cluster() -> bool {
+    std::env::var_os(CLUSTER_ENV).is_some()
+}
+
+/// Settings for the tests' Redis, with `prefix`.
+pub fn redis_args(prefix: &str, timeout_ms: u64) -> RedisArgs {
+    redis_args_for(&redis_url(), prefix, timeout_ms)
+}
+
+fn redis_args_for(url: &str, prefix: &str, timeout_ms: u64) -> RedisArgs {
+    RedisArgs {
+        redis_url: Some(url.to_owned().into()),
+        redis_cluster: std::env::var(CLUSTER_ENV).is_ok_and(|c| c == url),
+        redis_key_prefix: prefix.to_owned(),
+        redis_timeout_ms: timeout_ms,
+        ..RedisArgs::default()
+    }
+}
+
+/// A connection to the tests' Redis, for looking at and arranging its keys.
+pub fn redis_conn() -> RedisConn {
+    redis_conn_to(&redis_url())
+}
+
+/// A connection to `url`: the tests' cluster if it is that, else one server.
+pub fn redis_conn_to(url: &str) -> RedisConn {
+    redis_args_for(url, "", 2000)
+        .connect()
+        .expect("test Redis connection")
+}
 
 /// A TCP proxy in front of Redis or RabbitMQ, so a test can simulate a restart of the real
 /// server for its own connections only: `sever` drops every live connection, `refuse` makes new
@@ -141,9 +184,7 @@ pub fn cleanup_blocking(redis_url: String, key_prefix: String, amqp_url: String,
             .build()
             .expect("cleanup runtime");
         runtime.block_on(async move {
-            if let Ok(client) = redis::Client::open(redis_url.as_str())
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            {
+            if let Ok(mut conn) = redis_args_for(&redis_url, "", 2000).connect() {
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(format!("{key_prefix}*"))
                     .query_async(&mut conn)

@@ -1,16 +1,35 @@
-//! [`OtpStore`] on Redis: every multi-key step is one Lua script, so it is atomic and costs one
-//! round trip.
+//! [`OtpStore`] on Redis. Every multi-key step is one Lua script over keys of one hash tag (see
+//! `otp_shared::keys`), so it is atomic on a single server and on Redis Cluster alike.
+//!
+//! # Where a request takes several steps
+//! A request that touches keys of several tags takes one step per tag, ordered so that a
+//! failure between steps errs on the safe side:
+//! - **Issue**: (1) the per-IP counter, (2) `guard.lua` in `{global}`: send budgets and fraud
+//!   guard, (3) `issue.lua` in the number's tag: cooldown, hourly limit, the code, (4) the
+//!   delivery record and the replaced code's sealed job, in the verifications' tags. A request
+//!   refused at (2) or (3) still counted at (1): the per-IP limit counts attempts. One refused
+//!   at (3) gives back what (2) spent (`unguard.lua`); if that call fails, a budget is one send
+//!   too low for the rest of its hour, which only ever refuses more, never less.
+//! - **Verify**: (1) the per-IP verify counter, (2) `verify_begin.lua` and (3)
+//!   `verify_finish.lua` in the number's tag, which decide; then (4) the consumed code's sealed
+//!   job is removed and the fraud guard counts the conversion. A failure at (4) can leave a
+//!   sealed job until it expires (it is never resent: the dispatcher resends only a live code)
+//!   or miss one conversion (the fraud guard then sees slightly less conversion than there was).
+//! - **Revoke** (publish failed): `revoke.lua` in the number's tag, then the delivery record and
+//!   the budgets. The record goes even if the rest fails, and a job without its record is
+//!   never sent (the dispatcher treats it as withdrawn).
 
 use std::sync::LazyLock;
 
-use redis::{Script, aio::ConnectionManager};
+use otp_shared::redis_conn::RedisConn;
+use redis::Script;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use otp_shared::{
     keys::Keys,
     phone::PhoneNumber,
-    status::{self, DeliveryStatus, STATUS_TTL_SECONDS},
+    status::{self, DeliveryState, DeliveryStatus},
 };
 
 use crate::{config::CountryBudgets, fraud::FraudSettings};
@@ -20,18 +39,23 @@ use super::{
     VerifyLookup,
 };
 
+static GUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("guard.lua")));
+static UNGUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unguard.lua")));
 static ISSUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("issue.lua")));
+static CONVERTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("converted.lua")));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("revoke.lua")));
 static VERIFY_BEGIN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_begin.lua")));
 static VERIFY_FINISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_finish.lua")));
-/// One request counted against its client's per-minute limit; returns {count, ttl}.
-static IP_HIT: LazyLock<Script> = LazyLock::new(|| {
+/// One call counted against a fixed window (ARGV[1] seconds); returns {count, ttl}.
+static HIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "local n = redis.call('INCR', KEYS[1]) \
-         if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end \
-         return {n, redis.call('TTL', KEYS[1])}",
+         if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end \
+         local t = redis.call('TTL', KEYS[1]) \
+         if t < 0 then t = tonumber(ARGV[1]) end \
+         return {n, t}",
     )
 });
 static IDEMPOTENCY: LazyLock<Script> =
@@ -67,7 +91,7 @@ fn country_of(phone: &PhoneNumber) -> String {
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     policy: StorePolicy,
 }
@@ -79,7 +103,7 @@ struct IdempotencyRecord {
 }
 
 impl RedisStore {
-    pub fn new(conn: ConnectionManager, keys: Keys, policy: StorePolicy) -> Self {
+    pub fn new(conn: RedisConn, keys: Keys, policy: StorePolicy) -> Self {
         Self { conn, keys, policy }
     }
 }
@@ -92,8 +116,71 @@ fn rate(limit: i64, remaining: i64, reset: i64) -> RateLimit {
     }
 }
 
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+impl RedisStore {
+    /// Counts one call against `key`'s window of `seconds`; `Some` when over `limit`, else the
+    /// limit's state.
+    async fn hit(&self, key: String, limit: u32, seconds: u64) -> Result<HitOutcome, StoreError> {
+        let (n, reset): (i64, i64) = HIT
+            .key(key)
+            .arg(seconds)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let limit = i64::from(limit);
+        let rate = rate(limit, limit - n, reset);
+        Ok(if n > limit {
+            HitOutcome::Over(rate)
+        } else {
+            HitOutcome::Under(rate)
+        })
+    }
+
+    async fn del(&self, key: String) -> redis::RedisResult<i64> {
+        redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Gives back what `guard.lua` spent for `verification_id` (see the module docs).
+    async fn unguard(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+        sent_ms: i64,
+    ) -> Result<(), StoreError> {
+        let p = &self.policy;
+        let budgets = p.max_sends_per_hour > 0
+            || p.max_sends_per_country_per_hour.limit_for(phone.country()) > 0;
+        if !budgets && !p.fraud.fraud_guard.enabled() {
+            return Ok(());
+        }
+        let destination = p.fraud.destination(phone);
+        let _: i64 = UNGUARD
+            .key(self.keys.sends_all())
+            .key(self.keys.sends_country(&country_of(phone)))
+            .key(self.keys.fraud_sends(&destination.prefix))
+            .key(self.keys.fraud_country(&destination.country))
+            .arg(u8::from(budgets))
+            .arg(verification_id.to_string())
+            .arg(sent_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+enum HitOutcome {
+    Under(RateLimit),
+    Over(RateLimit),
+}
+
+/// The tighter of two limits' states (fewer remaining); a disabled one (limit 0) never wins.
+fn tighter(a: Option<RateLimit>, b: RateLimit) -> Option<RateLimit> {
+    match a {
+        _ if b.limit == 0 => a,
+        Some(a) if a.remaining <= b.remaining => Some(a),
+        _ => Some(b),
+    }
 }
 
 impl OtpStore for RedisStore {
@@ -102,11 +189,15 @@ impl OtpStore for RedisStore {
         if limit == 0 {
             return Ok(None);
         }
-        let (n, reset): (i64, i64) = IP_HIT
-            .key(self.keys.requests_per_ip(client))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok((n > i64::from(limit)).then(|| rate(limit.into(), 0, reset)))
+        Ok(
+            match self
+                .hit(self.keys.requests_per_ip(client), limit, 60)
+                .await?
+            {
+                HitOutcome::Over(rate) => Some(rate),
+                HitOutcome::Under(_) => None,
+            },
+        )
     }
 
     async fn issue(
@@ -118,83 +209,153 @@ impl OtpStore for RedisStore {
     ) -> Result<IssueOutcome, StoreError> {
         let e164 = phone.as_e164();
         let p = &self.policy;
-        let ip_limit = if client.is_some() {
-            p.max_requests_per_ip_per_minute
-        } else {
-            0
-        };
+        let vid = verification_id.to_string();
+
+        // (1) The client's per-IP limit: counts attempts, whatever happens next.
+        let mut best = None;
+        if let Some(client) = client
+            && p.max_requests_per_ip_per_minute > 0
+        {
+            let key = self.keys.requests_per_ip(client);
+            match self.hit(key, p.max_requests_per_ip_per_minute, 60).await? {
+                HitOutcome::Over(rate) => {
+                    return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate));
+                }
+                HitOutcome::Under(rate) => best = tighter(best, rate),
+            }
+        }
+
+        // (2) Send budgets and fraud guard, over all traffic.
         let fraud = &p.fraud;
-        let destination = fraud.destination(phone);
-        let (outcome, limit, remaining, reset, signal): (String, i64, i64, i64, String) = ISSUE
-            .key(self.keys.requests_per_ip(client.unwrap_or_default()))
+        let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
+        let guarded = p.max_sends_per_hour > 0 || country_limit > 0 || fraud.fraud_guard.enabled();
+        let (mut signal, mut sent_ms) = (String::new(), 0i64);
+        if guarded {
+            let destination = fraud.destination(phone);
+            let (outcome, limit, reset, fraud_signal, sent): (String, i64, i64, String, i64) =
+                GUARD
+                    .key(self.keys.sends_all())
+                    .key(self.keys.sends_country(&country_of(phone)))
+                    .key(self.keys.fraud_sends(&destination.prefix))
+                    .key(self.keys.fraud_verified(&destination.prefix))
+                    .key(self.keys.fraud_block(&destination.prefix))
+                    .key(self.keys.fraud_country(&destination.country))
+                    .key(self.keys.fraud_countries())
+                    .key(self.keys.fraud_blocked())
+                    .arg(p.max_sends_per_hour)
+                    .arg(country_limit)
+                    .arg(fraud.fraud_guard.code())
+                    .arg(fraud.window().as_millis() as u64)
+                    .arg(fraud.grace().as_millis() as u64)
+                    .arg(fraud.fraud_guard_min_sends)
+                    .arg(fraud.min_conversion_per_mille())
+                    .arg(fraud.block().as_secs())
+                    .arg(u8::from(destination.safe))
+                    .arg(&destination.country)
+                    .arg(&destination.prefix)
+                    .arg(&vid)
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+            let refused = rate(limit, 0, reset);
+            match outcome.as_str() {
+                "ok" => {}
+                "blocked" => {
+                    return Ok(IssueOutcome::Blocked {
+                        new: fraud_signal == "new_block",
+                    });
+                }
+                "country" => {
+                    return Ok(IssueOutcome::Limited(
+                        LimitKind::CountrySendsPerHour,
+                        refused,
+                    ));
+                }
+                "global" => {
+                    return Ok(IssueOutcome::Limited(LimitKind::TotalSendsPerHour, refused));
+                }
+                other => return Err(StoreError::Corrupt(format!("guard outcome '{other}'"))),
+            }
+            (signal, sent_ms) = (fraud_signal, sent);
+        }
+
+        // (3) The number's limits and its code.
+        let (outcome, limit, remaining, reset, replaced): (String, i64, i64, i64, String) = ISSUE
             .key(self.keys.cooldown(e164))
             .key(self.keys.sends_per_hour(e164))
             .key(self.keys.code(e164))
-            .key(self.keys.status(verification_id))
             .key(self.keys.failures(e164))
-            .key(self.keys.sends_all())
-            .key(self.keys.sends_country(&country_of(phone)))
-            .key(self.keys.fraud_sends(&destination.prefix))
-            .key(self.keys.fraud_verified(&destination.prefix))
-            .key(self.keys.fraud_block(&destination.prefix))
-            .key(self.keys.fraud_country(&destination.country))
-            .key(self.keys.fraud_countries())
-            .arg(ip_limit)
             .arg(p.resend_cooldown_seconds)
             .arg(p.max_sends_per_number_per_hour)
-            .arg(verification_id.to_string())
+            .arg(&vid)
             .arg(digest)
             .arg(p.code_ttl_seconds)
-            .arg(STATUS_TTL_SECONDS)
-            .arg(unix_now())
-            .arg(p.max_sends_per_hour)
-            .arg(p.max_sends_per_country_per_hour.limit_for(phone.country()))
-            .arg(self.keys.prefix())
-            .arg(fraud.fraud_guard.code())
-            .arg(fraud.window().as_millis() as u64)
-            .arg(fraud.grace().as_millis() as u64)
-            .arg(fraud.fraud_guard_min_sends)
-            .arg(fraud.min_conversion_per_mille())
-            .arg(fraud.block().as_secs())
-            .arg(u8::from(destination.safe))
-            .arg(&destination.country)
-            .arg(&destination.prefix)
+            .arg(sent_ms)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let rate = rate(limit, remaining, reset);
+        let number_rate = rate(limit, remaining, reset);
+        let kind = match outcome.as_str() {
+            "ok" => None,
+            "cooldown" => Some(LimitKind::ResendCooldown),
+            "hourly" => Some(LimitKind::SendsPerHour),
+            other => return Err(StoreError::Corrupt(format!("issue outcome '{other}'"))),
+        };
+        if let Some(kind) = kind {
+            if guarded && let Err(e) = self.unguard(phone, verification_id, sent_ms).await {
+                tracing::warn!(error = %e, "could not give back the send budgets of a refused request");
+            }
+            return Ok(IssueOutcome::Limited(kind, number_rate));
+        }
+
+        // (4) The delivery record, and the replaced code's sealed job (never resent now).
+        let mut conn = self.conn.clone();
+        let record = status::record(
+            &mut conn,
+            &self.keys,
+            verification_id,
+            DeliveryState::Queued,
+            0,
+            &[],
+        );
+        let drop_replaced = async {
+            match Uuid::parse_str(&replaced) {
+                Ok(old) => self.del(self.keys.sealed_job(old)).await,
+                Err(_) => Ok(0),
+            }
+        };
+        let (recorded, dropped) = tokio::join!(record, drop_replaced);
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "could not remove the replaced code's sealed job");
+        }
+        if let Err(e) = recorded {
+            let _ = self.revoke(phone, verification_id).await;
+            return Err(e.into());
+        }
+
+        let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
         let signal = match signal.as_str() {
             "blocked" => FraudSignal::Blocked,
             "new_block" => FraudSignal::NewBlock,
             "error" => FraudSignal::Unavailable,
             _ => FraudSignal::Clear,
         };
-        Ok(match outcome.as_str() {
-            "ok" => IssueOutcome::Issued(rate, signal),
-            "blocked" => IssueOutcome::Blocked {
-                new: signal == FraudSignal::NewBlock,
-            },
-            "ip" => IssueOutcome::Limited(LimitKind::RequestsPerIp, rate),
-            "cooldown" => IssueOutcome::Limited(LimitKind::ResendCooldown, rate),
-            "hourly" => IssueOutcome::Limited(LimitKind::SendsPerHour, rate),
-            "country" => IssueOutcome::Limited(LimitKind::CountrySendsPerHour, rate),
-            "global" => IssueOutcome::Limited(LimitKind::TotalSendsPerHour, rate),
-            other => return Err(StoreError::Corrupt(format!("issue outcome '{other}'"))),
-        })
+        Ok(IssueOutcome::Issued(best, signal))
     }
 
     async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {
         let e164 = phone.as_e164();
-        let _: i64 = REVOKE
+        let sent_ms: i64 = REVOKE
             .key(self.keys.code(e164))
             .key(self.keys.cooldown(e164))
             .key(self.keys.sends_per_hour(e164))
-            .key(self.keys.status(verification_id))
-            .key(self.keys.sends_all())
-            .key(self.keys.sends_country(&country_of(phone)))
             .arg(verification_id.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(())
+        let (forgot, unguarded) = tokio::join!(
+            self.del(self.keys.status(verification_id)),
+            self.unguard(phone, verification_id, sent_ms)
+        );
+        forgot?;
+        unguarded
     }
 
     async fn begin_verify(
@@ -203,6 +364,18 @@ impl OtpStore for RedisStore {
         client: &str,
     ) -> Result<VerifyLookup, StoreError> {
         let e164 = phone.as_e164();
+        let p = &self.policy;
+        // The per-IP limit first: a call it refuses does not count against the number.
+        let mut best = None;
+        if p.max_verifies_per_ip_per_minute > 0 {
+            let key = self.keys.verifies_per_ip(client);
+            match self.hit(key, p.max_verifies_per_ip_per_minute, 60).await? {
+                HitOutcome::Over(rate) => {
+                    return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate));
+                }
+                HitOutcome::Under(rate) => best = tighter(best, rate),
+            }
+        }
         let (outcome, limit, remaining, reset, vid, digest): (
             String,
             i64,
@@ -213,18 +386,18 @@ impl OtpStore for RedisStore {
         ) = VERIFY_BEGIN
             .key(self.keys.verifies(e164))
             .key(self.keys.code(e164))
-            .key(self.keys.verifies_per_ip(client))
-            .arg(self.policy.max_verifies_per_number_per_15_minutes)
+            .arg(p.max_verifies_per_number_per_15_minutes)
             .arg(VERIFY_WINDOW_SECONDS)
-            .arg(self.policy.max_verifies_per_ip_per_minute)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let rate = rate(limit, remaining, reset);
-        match outcome.as_str() {
-            "ip" => return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate)),
-            "number" => return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerNumber, rate)),
-            _ => {}
+        let number_rate = rate(limit, remaining, reset);
+        if outcome == "number" {
+            return Ok(VerifyLookup::Limited(
+                LimitKind::VerifiesPerNumber,
+                number_rate,
+            ));
         }
+        let rate = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
         let record = Uuid::parse_str(&vid).ok().map(|vid| (vid, digest));
         Ok(VerifyLookup::Found { rate, record })
     }
@@ -236,21 +409,40 @@ impl OtpStore for RedisStore {
         matched: bool,
     ) -> Result<bool, StoreError> {
         let e164 = phone.as_e164();
-        let destination = self.policy.fraud.destination(phone);
-        let consumed: i64 = VERIFY_FINISH
+        let (consumed, sent_ms): (i64, i64) = VERIFY_FINISH
             .key(self.keys.code(e164))
             .key(self.keys.failures(e164))
-            .key(self.keys.sealed_job(verification_id.unwrap_or_default()))
-            .key(self.keys.fraud_verified(&destination.prefix))
-            .key(self.keys.fraud_country(&destination.country))
             .arg(verification_id.map(|v| v.to_string()).unwrap_or_default())
             .arg(u8::from(matched))
             .arg(self.policy.max_attempts)
             .arg(self.policy.code_ttl_seconds)
-            .arg(self.policy.fraud.window().as_secs() + 60)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(consumed == 1)
+        let Some(vid) = verification_id.filter(|_| consumed == 1) else {
+            return Ok(false);
+        };
+        // The code is used: its sealed job is never resent, and the fraud guard counts the
+        // conversion (both best effort; see the module docs).
+        let drop_sealed = self.del(self.keys.sealed_job(vid));
+        let destination = self.policy.fraud.destination(phone);
+        let convert = async {
+            if sent_ms == 0 {
+                return Ok(0);
+            }
+            CONVERTED
+                .key(self.keys.fraud_verified(&destination.prefix))
+                .key(self.keys.fraud_country(&destination.country))
+                .arg(vid.to_string())
+                .arg(sent_ms)
+                .arg(self.policy.fraud.window().as_secs() + 60)
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await
+        };
+        let (dropped, converted) = tokio::join!(drop_sealed, convert);
+        if let Err(e) = dropped.and(converted) {
+            tracing::warn!(error = %e, "could not tidy up after a verified code");
+        }
+        Ok(true)
     }
 
     async fn claim_idempotency(

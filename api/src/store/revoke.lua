@@ -1,14 +1,15 @@
--- Undoes an issue whose send job could not be published, so nothing is left half done:
--- the code, the cooldown it started, its hourly send, its share of the send budgets and its
--- delivery record are removed. Only what this verification created is touched (a newer request
--- may have replaced it).
--- KEYS: 1 code hash, 2 cooldown, 3 hourly counter, 4 status hash, 5 global hourly counter,
---       6 country hourly counter
+-- The number's side of undoing an issue whose send job could not be published: the code, the
+-- cooldown it started and its hourly send. Only what this verification created is touched (a
+-- newer request may have replaced it). The caller removes the delivery record and gives back
+-- the budgets (unguard.lua), which live under other hash tags.
+-- KEYS: 1 code hash, 2 cooldown, 3 hourly counter
 -- ARGV: 1 verification id
-if redis.call('HGET', KEYS[1], 'vid') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-for _, key in ipairs({KEYS[3], KEYS[5], KEYS[6]}) do
-  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+-- Returns the send time the fraud guard counted for the code (ms), or 0.
+local sent = 0
+if redis.call('HGET', KEYS[1], 'vid') == ARGV[1] then
+  sent = tonumber(redis.call('HGET', KEYS[1], 'fgs') or '0')
+  redis.call('DEL', KEYS[1])
 end
-redis.call('DEL', KEYS[4])
-return 1
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
+return sent

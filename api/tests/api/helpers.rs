@@ -13,13 +13,13 @@ use otp_api::{
     startup::Application,
 };
 use otp_shared::{
-    config::{AmqpArgs, LogFormat, RedisArgs},
+    config::{AmqpArgs, LogFormat},
     crypto::JobKey,
     job::{JobContent, SendJob},
     testing::Cleanup,
 };
 
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub use otp_shared::testing::{redis_cluster, redis_url};
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const PHONE: &str = "+14155552671";
 
@@ -34,16 +34,7 @@ pub fn test_config() -> Config {
     Config {
         port: 0,
         bind_address: Ipv4Addr::LOCALHOST.into(),
-        redis: RedisArgs {
-            redis_url: Some(REDIS_URL.to_owned().into()),
-            redis_host: None,
-            redis_port: None,
-            redis_password: None,
-            redis_db: None,
-            redis_tls_ca_file: None,
-            redis_key_prefix: format!("test:{id}:"),
-            redis_timeout_ms: 500,
-        },
+        redis: otp_shared::testing::redis_args(&format!("test:{id}:"), 500),
         amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &format!("test.sms.{id}")),
         publish_confirm_timeout_ms: 2000,
         otp: OtpSettings {
@@ -102,7 +93,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub config: Config,
-    pub redis: redis::aio::MultiplexedConnection,
+    pub redis: otp_shared::redis_conn::RedisConn,
     pub channel: lapin::Channel,
     _amqp: lapin::Connection,
     _cleanup: Cleanup,
@@ -145,17 +136,19 @@ async fn start(config: Config) -> TestApp {
     tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("test Redis connection");
+    // A test that pins the app to the single server (a proxy in front of it) looks and cleans
+    // up there too.
+    let redis_url = match config.redis.redis_cluster {
+        true => redis_url(),
+        false => otp_shared::testing::SINGLE_REDIS_URL.to_owned(),
+    };
+    let redis = otp_shared::testing::redis_conn_to(&redis_url);
     let amqp = otp_shared::amqp::connect(AMQP_URL, "otp-api-test")
         .await
         .expect("test RabbitMQ connection");
     let channel = amqp.create_channel().await.expect("test channel");
     let cleanup = Cleanup {
-        redis_url: REDIS_URL.into(),
+        redis_url,
         key_prefix: config.redis.redis_key_prefix.clone(),
         amqp_url: AMQP_URL.into(),
         queue: config.amqp.sms_queue.clone(),

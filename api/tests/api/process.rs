@@ -11,7 +11,7 @@ use tokio::{
 
 use otp_shared::{job::SendJob, testing::Cleanup};
 
-use crate::helpers::{AMQP_URL, PHONE, REDIS_URL, job_key};
+use crate::helpers::{AMQP_URL, PHONE, job_key, redis_cluster, redis_url};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -23,7 +23,8 @@ fn otp_api() -> (Command, Cleanup) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-api"));
     cmd.env_clear()
         .current_dir(std::env::temp_dir())
-        .env("REDIS_URL", REDIS_URL)
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_CLUSTER", redis_cluster().to_string())
         .env("REDIS_KEY_PREFIX", &prefix)
         .env("AMQP_URL", AMQP_URL)
         .env("SMS_QUEUE", &queue)
@@ -34,7 +35,7 @@ fn otp_api() -> (Command, Cleanup) {
         .env("APP_ENV", "development")
         .kill_on_drop(true);
     let cleanup = Cleanup {
-        redis_url: REDIS_URL.into(),
+        redis_url: redis_url(),
         key_prefix: prefix,
         amqp_url: AMQP_URL.into(),
         queue,

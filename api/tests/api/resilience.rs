@@ -39,9 +39,11 @@ fn code_keys(keys: &[String]) -> Vec<&String> {
 
 #[tokio::test]
 async fn redis_down_gives_503_and_not_ready() {
-    let app =
-        spawn_unready(|c| c.redis.redis_url = Some("redis://127.0.0.1:1/0".to_owned().into()))
-            .await;
+    let app = spawn_unready(|c| {
+        c.redis.redis_url = Some("redis://127.0.0.1:1/0".to_owned().into());
+        c.redis.redis_cluster = false;
+    })
+    .await;
     assert_unavailable(app.request_otp(PHONE).await).await;
     assert_unavailable(app.verify(PHONE, "123456").await).await;
     let (status, body) = readiness(&app).await;
@@ -128,7 +130,12 @@ async fn the_api_reconnects_after_a_broker_restart() {
 async fn the_api_reconnects_after_a_redis_restart() {
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let url = format!("redis://{}/0", proxy.addr);
-    let app = spawn_with(|c| c.redis.redis_url = Some(url.into())).await;
+    // A single server behind a proxy, whichever Redis the other tests use.
+    let app = spawn_with(|c| {
+        c.redis.redis_url = Some(url.into());
+        c.redis.redis_cluster = false;
+    })
+    .await;
     assert_eq!(app.request_otp(PHONE).await.status().as_u16(), 202);
 
     proxy.refuse();

@@ -125,6 +125,7 @@ async fn the_api_works_over_rediss_with_its_certificate_verified() {
     let ca = dir.join("ca.pem");
     let app = spawn_with(|c| {
         c.redis.redis_url = Some(url.clone().into());
+        c.redis.redis_cluster = false;
         c.redis.redis_tls_ca_file = Some(ca.clone());
     })
     .await;
@@ -135,6 +136,7 @@ async fn the_api_works_over_rediss_with_its_certificate_verified() {
     // Without the CA the server's certificate is not trusted: Redis counts as down.
     let untrusting = crate::helpers::spawn_unready(|c| {
         c.redis.redis_url = Some(url.clone().into());
+        c.redis.redis_cluster = false;
     })
     .await;
     assert_eq!(untrusting.get("/readyz").await.status(), 503);

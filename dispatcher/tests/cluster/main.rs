@@ -7,4 +7,5 @@
 //! the clusters, runs them with `--ignored`, and stops the clusters again.
 
 mod rabbitmq;
+mod redis_cluster;
 mod support;

@@ -67,7 +67,10 @@ impl Stack {
             .env("RESEND_COOLDOWN_SECONDS", "0")
             .env("MAX_SENDS_PER_NUMBER_PER_HOUR", "0")
             .env("MAX_REQUESTS_PER_IP_PER_MINUTE", "0")
-            .env("FRAUD_GUARD", "off");
+            .env("MAX_VERIFIES_PER_IP_PER_MINUTE", "0")
+            .env("FRAUD_GUARD", "off")
+            // Last, so a drill's own settings (`env`) win.
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd.spawn().expect("otp-api starts");
         let base = format!("http://127.0.0.1:{port}");
         wait_ready(&base).await;
@@ -146,13 +149,23 @@ impl Plivo {
         self.0.uri()
     }
 
-    /// SMS received, by destination number (Plivo's `dst`, without the `+`).
-    pub async fn sends(&self) -> HashMap<String, usize> {
-        let mut sends = HashMap::new();
+    /// Every SMS received: (destination number without the `+`, the code it carries).
+    pub async fn messages(&self) -> Vec<(String, String)> {
+        let mut messages = Vec::new();
         for request in self.0.received_requests().await.unwrap_or_default() {
             let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
             let dst = body["dst"].as_str().unwrap().trim_start_matches('+');
-            *sends.entry(dst.to_owned()).or_default() += 1;
+            let code = body["text"].as_str().unwrap().chars();
+            messages.push((dst.to_owned(), code.filter(char::is_ascii_digit).collect()));
+        }
+        messages
+    }
+
+    /// SMS received, by destination number (Plivo's `dst`, without the `+`).
+    pub async fn sends(&self) -> HashMap<String, usize> {
+        let mut sends = HashMap::new();
+        for (dst, _) in self.messages().await {
+            *sends.entry(dst).or_default() += 1;
         }
         sends
     }
@@ -164,6 +177,8 @@ pub struct Outcome {
     pub number: String,
     /// The HTTP status, or `None` when the request got no answer.
     pub status: Option<u16>,
+    /// The `verificationId` of an accepted request.
+    pub verification_id: Option<String>,
     pub at: Instant,
 }
 
@@ -200,11 +215,21 @@ impl Load {
                         .json(&json!({ "phoneNumber": format!("+{number}") }))
                         .send()
                         .await;
-                    let status = response.ok().map(|r| r.status().as_u16());
+                    let at = Instant::now();
+                    let (status, verification_id) = match response {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let body: serde_json::Value = r.json().await.unwrap_or_default();
+                            let vid = body["verificationId"].as_str().map(str::to_owned);
+                            (Some(status), vid)
+                        }
+                        Err(_) => (None, None),
+                    };
                     outcomes.lock().unwrap().push(Outcome {
                         number,
                         status,
-                        at: Instant::now(),
+                        verification_id,
+                        at,
                     });
                 });
             }

@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wiremock::MockServer;
 
-use crate::helpers::{AMQP_URL, PHONE, REDIS_URL, World, accepted, plivo_call, spawn_dispatcher};
+use crate::helpers::{AMQP_URL, PHONE, World, accepted, plivo_call, spawn_dispatcher};
 
 /// The API, configured like the dispatcher (same queue, key prefix and job key).
 async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) {
@@ -13,16 +13,11 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
 /// The API's settings for `world` (same queue, key prefix and job key as its dispatcher).
 pub fn api_config(world: &World) -> otp_api::config::Config {
     use otp_api::config::{Config, HmacKey, Limits, OtpSettings};
-    use otp_shared::config::{AmqpArgs, LogFormat, RedisArgs};
+    use otp_shared::config::{AmqpArgs, LogFormat};
     Config {
         port: 0,
         bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
-        redis: RedisArgs {
-            redis_url: Some(REDIS_URL.to_owned().into()),
-            redis_key_prefix: world.prefix.clone(),
-            redis_timeout_ms: 1000,
-            ..RedisArgs::default()
-        },
+        redis: otp_shared::testing::redis_args(&world.prefix, 1000),
         amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &world.queue),
         publish_confirm_timeout_ms: 2000,
         otp: OtpSettings {

@@ -170,11 +170,7 @@ impl Clock for TestClock {
 #[tokio::test]
 async fn the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock() {
     let world = World::new().await;
-    let conn = otp_shared::config::redis_manager(
-        &redis::Client::open(crate::helpers::REDIS_URL).unwrap(),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let conn = otp_shared::testing::redis_conn();
     let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
     let settings = BreakerSettings {
         consecutive_failures: 3,

@@ -20,7 +20,7 @@ use wiremock::{
 use otp_dispatcher::{config::Config, startup::Application};
 use otp_shared::{
     amqp::{DEAD_REASON_HEADER, Topology, header_str, job_properties},
-    config::{AmqpArgs, LogFormat, RedisArgs},
+    config::{AmqpArgs, LogFormat},
     crypto::JobKey,
     job::SendJob,
     keys::Keys,
@@ -29,7 +29,7 @@ use otp_shared::{
     testing::Cleanup,
 };
 
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub use otp_shared::testing::{redis_cluster, redis_url};
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const AUTH_ID: &str = "MATESTAUTHID";
 pub const AUTH_TOKEN: &str = "test-auth-token";
@@ -65,14 +65,25 @@ pub struct World {
     pub queue: String,
     pub prefix: String,
     pub channel: Channel,
-    pub redis: redis::aio::MultiplexedConnection,
+    pub redis: otp_shared::redis_conn::RedisConn,
     _amqp: Connection,
     /// Removes this world's keys and queues when it is dropped, even after a panic.
     _cleanup: Cleanup,
 }
 
 impl World {
+    /// A world on the tests' Redis (the single server, or the cluster: see
+    /// `otp_shared::testing::CLUSTER_ENV`).
     pub async fn new() -> Self {
+        Self::on(redis_url()).await
+    }
+
+    /// A world on the single local Redis server, for tests that put a proxy in front of it.
+    pub async fn on_single_redis() -> Self {
+        Self::on(otp_shared::testing::SINGLE_REDIS_URL.to_owned()).await
+    }
+
+    async fn on(redis_url: String) -> Self {
         otp_shared::telemetry::init_for_tests("otp-dispatcher-test");
         let id = Uuid::new_v4().simple().to_string();
         let amqp = otp_shared::amqp::connect(AMQP_URL, "otp-dispatcher-test")
@@ -88,15 +99,11 @@ impl World {
             .declare(&amqp, &channel)
             .await
             .expect("topology");
-        let redis = redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("test Redis connection");
+        let redis = otp_shared::testing::redis_conn_to(&redis_url);
         let prefix = format!("test:{id}:");
         Self {
             _cleanup: Cleanup {
-                redis_url: REDIS_URL.into(),
+                redis_url,
                 key_prefix: prefix.clone(),
                 amqp_url: AMQP_URL.into(),
                 queue: queue.clone(),
@@ -115,12 +122,7 @@ impl World {
 
     pub fn config(&self, plivo: &str) -> Config {
         Config {
-            redis: RedisArgs {
-                redis_url: Some(REDIS_URL.to_owned().into()),
-                redis_key_prefix: self.prefix.clone(),
-                redis_timeout_ms: 1000,
-                ..RedisArgs::default()
-            },
+            redis: otp_shared::testing::redis_args(&self.prefix, 1000),
             amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &self.queue),
             sms_providers: vec!["plivo"],
             plivo_auth_id: Some(AUTH_ID.into()),
@@ -277,7 +279,7 @@ impl World {
         let started = std::time::Instant::now();
         loop {
             let value: Option<String> = redis::cmd("GET")
-                .arg(self.keys().job_outcome(job.job_id))
+                .arg(self.keys().job_outcome(job.verification_id, job.job_id))
                 .query_async(&mut self.redis.clone())
                 .await
                 .expect("GET");
@@ -295,7 +297,8 @@ impl World {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_otp-dispatcher"));
         cmd.env_clear()
             .current_dir(std::env::temp_dir())
-            .env("REDIS_URL", REDIS_URL)
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_CLUSTER", redis_cluster().to_string())
             .env("REDIS_KEY_PREFIX", &self.prefix)
             .env("AMQP_URL", AMQP_URL)
             .env("SMS_QUEUE", &self.queue)

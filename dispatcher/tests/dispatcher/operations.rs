@@ -4,9 +4,9 @@ use tokio::time::Instant;
 use wiremock::{MockServer, ResponseTemplate};
 
 use otp_dispatcher::limiter::RateLimiter;
-use otp_shared::{config::redis_manager, testing::Proxy};
+use otp_shared::testing::Proxy;
 
-use crate::helpers::{PHONE, REDIS_URL, World, accepted, plivo_call, spawn_dispatcher};
+use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher};
 
 async fn wait_for_calls(plivo: &MockServer, n: usize, within: Duration) {
     let started = std::time::Instant::now();
@@ -115,10 +115,11 @@ async fn sending_resumes_after_a_redis_restart() {
         .expect(2)
         .mount(&plivo)
         .await;
-    let world = World::new().await;
+    let world = World::on_single_redis().await;
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let mut config = world.config(&plivo.uri());
     config.redis.redis_url = Some(format!("redis://{}/0", proxy.addr).into());
+    config.redis.redis_cluster = false;
     let dispatcher = spawn_dispatcher(config).await;
 
     let first = world.job(PHONE, "131313", time::Duration::minutes(5));
@@ -196,13 +197,7 @@ async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
 #[tokio::test]
 async fn the_provider_rate_is_shared_by_every_dispatcher() {
     let world = World::new().await;
-    let conn = || {
-        redis_manager(
-            &redis::Client::open(REDIS_URL).unwrap(),
-            Duration::from_secs(1),
-        )
-        .unwrap()
-    };
+    let conn = otp_shared::testing::redis_conn;
     let one = RateLimiter::new(conn(), &world.keys(), 2);
     let other = RateLimiter::new(conn(), &world.keys(), 2);
     let now = Instant::now() + Duration::from_millis(100);
@@ -237,14 +232,7 @@ async fn health_endpoints_answer() {
 async fn three_dispatchers_share_the_cap_within_five_percent() {
     let world = World::new().await;
     let limiters: Vec<RateLimiter> = (0..3)
-        .map(|_| {
-            let conn = redis_manager(
-                &redis::Client::open(REDIS_URL).unwrap(),
-                Duration::from_secs(1),
-            )
-            .unwrap();
-            RateLimiter::new(conn, &world.keys(), 20)
-        })
+        .map(|_| RateLimiter::new(otp_shared::testing::redis_conn(), &world.keys(), 20))
         .collect();
     let started = Instant::now();
     // 60 sends at 20/s: one second's burst (20) at once, the other 40 over two seconds.
