@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# Benchmarks on release builds against the local Redis and RabbitMQ, with fake-plivo standing in
-# for Plivo: API request and verify throughput/latency (wrk), dispatcher drain rate, the
-# PLIVO_MAX_RPS cap, and resident memory. Uses its own queue and key prefix, removed at the end.
-# Usage: tools/bench.sh [seconds per wrk run, default 20]
+# The benchmark suite (BENCHMARKS.md): release builds against the local Redis and RabbitMQ, with
+# fake-plivo standing in for the provider. Each scenario prints one summary line at the end.
+# Usage: tools/bench.sh SCENARIO [seconds, default 20]
+#   request      POST /api/otp/request alone (no dispatcher), provider instant, slow and down
+#   system       the whole system, provider instant: codes/s, latency, CPU per code per process
+#   dispatchers  drain against a 250 ms provider: 1, 2 and 3 dispatchers; then PLIVO_MAX_RPS
+#                shared by 3 dispatchers
+#   memory       resident memory under `system` load and with a 100,000-job backlog
+#   verify       POST /api/otp/verify rejections, and verify timing (no code vs wrong guess)
+# Everything it starts stops when it ends; it uses its own queue and key prefix and removes
+# them. Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-20}
+scenario=${1:?usage: tools/bench.sh request|system|dispatchers|memory|verify [seconds]}
+secs=${2:-20}
 bash tools/services.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release -q -p otp-api -p otp-dispatcher -p fake-plivo
 
 set -a
 . ./.env.example
-LOG_FORMAT=json RUST_LOG=warn APP_ENV=development
+LOG_FORMAT=json RUST_LOG=warn APP_ENV=development FRAUD_GUARD=off
 SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
 MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
-MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 OTP_MAX_ATTEMPTS=100
+MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 MAX_VERIFIES_PER_IP_PER_MINUTE=0 OTP_MAX_ATTEMPTS=100
 PORT=3900 DISPATCHER_HTTP_PORT=3901 FAKE_PLIVO_PORT=3902 PLIVO_BASE_URL=http://127.0.0.1:3902
-FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=50
+FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 PLIVO_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
 set +a
 
 pids=()
@@ -29,44 +37,164 @@ cleanup() {
   redis-cli --scan --pattern "$REDIS_KEY_PREFIX*" | xargs -r -n 500 redis-cli del >/dev/null
 }
 trap cleanup EXIT
-wait_http() { for _ in $(seq 1 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; return 1; }
-rss_mib() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
-accepted() { curl -sf "http://127.0.0.1:$FAKE_PLIVO_PORT/stats" | sed 's/.*"accepted":\([0-9]*\).*/\1/' | grep -E '^[0-9]+$' || echo 0; }
-# Jobs the dispatcher on port $1 has finished, whatever their end (sent, expired, failed...).
-jobs_done() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^otp_jobs_total/ {s+=$2} END {print s+0}' || echo 0; }
 
-target/release/fake-plivo & pids+=($!)
-target/release/otp-api & api=$!; pids+=($api)
-wait_http "http://127.0.0.1:$PORT/readyz"
+wait_http() { for _ in $(seq 1 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "$1 not up" >&2; return 1; }
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+# CPU time a process has used, in microseconds.
+cpu_us() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) * 1000000 / hz}' "/proc/$1/stat"; }
+redis_pid() { redis-cli info server | awk -F: '/^process_id/ {print $2+0}'; }
+rabbit_pid() { ss -ltnpH 'sport = :5672' | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1; }
+# Fake-plivo's accepted sends; fails loudly rather than reading as 0.
+accepted() {
+  local body
+  body=$(curl -sf "http://127.0.0.1:$FAKE_PLIVO_PORT/stats") || { echo "fake-plivo /stats failed" >&2; return 1; }
+  echo "$body" | sed 's/.*"accepted":\([0-9]*\).*/\1/'
+}
+queued() { rabbitmqctl -q list_queues name messages | awk -v q="$SMS_QUEUE" '$1 == q {print $2+0}'; }
+# Waits until fake-plivo has accepted $1 sends or $2 seconds passed; prints the count.
+wait_sends() {
+  local want=$1 deadline=$(($(date +%s) + $2)) got
+  while :; do
+    got=$(accepted)
+    if [ "$got" -ge "$want" ] || [ "$(date +%s)" -ge "$deadline" ]; then echo "$got"; return; fi
+    sleep 0.5
+  done
+}
+# wrk's requests/s, p50 and p99 (ms), 2xx share, from its --latency output on stdin.
+wrk_summary() {
+  awk '
+    /Requests\/sec/ {rps=$2}
+    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
+    /requests in/ {total=$1}
+    /Non-2xx/ {bad=$5}
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    END {printf "%.0f req/s, p50 %.2f ms, p99 %.2f ms, %d requests, %d non-2xx", rps, ms(p50), ms(p99), total, bad+0}'
+}
+load() { # connections seconds [script]
+  wrk -t2 -c"$1" -d"$2s" --latency -s "${3:-tools/bench/request.lua}" "http://127.0.0.1:$PORT"
+}
+start_api() { target/release/otp-api & api=$!; pids+=("$api"); wait_http "http://127.0.0.1:$PORT/readyz"; }
+start_plivo() { FAKE_PLIVO_LATENCY_MS=${1:-0} FAKE_PLIVO_DOWN=${2:-} target/release/fake-plivo & plivo=$!; pids+=("$plivo"); wait_http "http://127.0.0.1:$FAKE_PLIVO_PORT/readyz"; }
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+start_dispatcher() { # port [extra env...]
+  env DISPATCHER_HTTP_PORT="$1" "${@:2}" target/release/otp-dispatcher & disp=$!; pids+=("$disp")
+  wait_http "http://127.0.0.1:$1/readyz"
+}
 
-echo "== POST /api/otp/request, ${secs}s, 64 connections (dispatcher stopped, jobs pile up)"
-wrk -t2 -c64 -d"${secs}s" --latency -s tools/bench/request.lua "http://127.0.0.1:$PORT" | grep -E "Latency|50%|99%|Requests/sec|Non-2xx|requests in"
-echo "otp-api RSS after load: $(rss_mib $api)"
-queued=$(rabbitmqctl -q list_queues name messages | awk -v q="$SMS_QUEUE" '$1 == q {print $2}')
-echo "jobs queued: $queued"
+scenario_request() {
+  start_plivo 0
+  start_api
+  echo "== POST /api/otp/request alone (no dispatcher; jobs pile up), ${secs}s, 32 connections"
+  local result line
+  result=$(load 32 "$secs" | wrk_summary)
+  echo "$result"
+  line="alone: $result"
+  stop_pid "$plivo"
+  rabbitmqctl -q purge_queue "$SMS_QUEUE" >/dev/null
+  for provider in instant slow down; do
+    case $provider in
+      instant) start_plivo 0 ;;
+      slow) start_plivo 250 ;;
+      down) start_plivo 0 plivo ;;
+    esac
+    start_dispatcher 3901
+    echo "== with a dispatcher, provider $provider: ${secs}s, 32 connections"
+    result=$(load 32 "$secs" | wrk_summary)
+    echo "$result"
+    line="$line; provider $provider: $result"
+    stop_pid "$disp"; stop_pid "$plivo"
+    rabbitmqctl -q purge_queue "$SMS_QUEUE" >/dev/null
+  done
+  echo "SUMMARY request: $line"
+}
 
-echo "== POST /api/otp/verify (rejections), ${secs}s, 64 connections"
-wrk -t2 -c64 -d"${secs}s" --latency -s tools/bench/verify.lua "http://127.0.0.1:$PORT" | grep -E "Latency|50%|99%|Requests/sec|Non-2xx|requests in"
+scenario_system() {
+  start_plivo 0
+  start_api
+  start_dispatcher 3901 DISPATCHER_CONCURRENCY=64
+  local procs=("$api" "$disp" "$(redis_pid)" "$(rabbit_pid)") names=(otp-api otp-dispatcher redis rabbitmq)
+  local before=() after=() i
+  for i in "${!procs[@]}"; do before[i]=$(cpu_us "${procs[i]}"); done
+  local sent0; sent0=$(accepted)
+  echo "== whole system, provider instant: ${secs}s, 32 connections"
+  result=$(load 32 "$secs" | wrk_summary)
+  echo "$result"
+  local issued; issued=$(curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^otp_codes_issued_total/ {print $2+0}')
+  sent=$(wait_sends "$issued" 60)
+  for i in "${!procs[@]}"; do after[i]=$(cpu_us "${procs[i]}"); done
+  local delivered=$((sent - sent0)) per="" total=0 us
+  for i in "${!procs[@]}"; do
+    us=$(((after[i] - before[i]) / (delivered > 0 ? delivered : 1)))
+    total=$((total + us))
+    per="$per ${names[i]} ${us}"
+  done
+  echo "SUMMARY system: $result; $delivered codes delivered ($(awk -v n="$delivered" -v s="$secs" 'BEGIN {printf "%.0f", n/s}')/s over the load); CPU µs per code:${per}; total ${total}"
+}
 
-echo "== verify timing: no code vs live code with a wrong guess (sequential, one connection)"
-python3 tools/bench/verify_timing.py "$PORT"
+scenario_dispatchers() {
+  start_plivo 250
+  start_api
+  local n jobs=6000 line=""
+  for n in 1 2 3; do
+    start_dispatcher 3901 >/dev/null; stop_pid "$disp" # declares the queue
+    load 16 5 >/dev/null
+    rabbitmqctl -q purge_queue "$SMS_QUEUE" >/dev/null
+    # A fixed backlog, then n dispatchers drain it.
+    while [ "$(queued)" -lt "$jobs" ]; do load 16 2 >/dev/null; done
+    backlog=$(queued)
+    local sent0 start end ds=()
+    sent0=$(accepted); start=$(date +%s.%N)
+    for i in $(seq 1 "$n"); do start_dispatcher $((3910 + i)); ds+=("$disp"); done
+    deadline=$(($(date +%s) + 120))
+    while [ "$(queued)" -gt 0 ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.5; done
+    sent=$(wait_sends $((sent0 + backlog)) 30); end=$(date +%s.%N)
+    rate=$(awk -v n=$((sent - sent0)) -v s="$start" -v e="$end" 'BEGIN {printf "%.0f", n/(e-s)}')
+    echo "$n dispatcher(s), concurrency $DISPATCHER_CONCURRENCY, provider 250 ms: $((sent - sent0)) of $backlog sends, $rate sends/s"
+    line="$line; $n: $rate/s"
+    for d in "${ds[@]}"; do stop_pid "$d"; done
+  done
+  # The cap: 3 dispatchers share PLIVO_MAX_RPS=200 over a backlog.
+  rabbitmqctl -q purge_queue "$SMS_QUEUE" >/dev/null
+  while [ "$(queued)" -lt 4000 ]; do load 16 2 >/dev/null; done
+  ds=()
+  for i in 1 2 3; do start_dispatcher $((3920 + i)) PLIVO_MAX_RPS=200; ds+=("$disp"); done
+  sleep 3
+  local a b; a=$(accepted); sleep 10; b=$(accepted)
+  cap=$(awk -v n=$((b - a)) 'BEGIN {printf "%.1f", n/10}')
+  err=$(awk -v r="$cap" 'BEGIN {printf "%+.1f", (r-200)/2}')
+  echo "PLIVO_MAX_RPS=200 shared by 3 dispatchers: $cap sends/s over 10 s (${err}% from the cap)"
+  echo "SUMMARY dispatchers (250 ms provider)${line}; cap 200/s held at $cap/s (${err}%)"
+}
 
-echo "== dispatcher drain: $queued jobs, Plivo latency ${FAKE_PLIVO_LATENCY_MS}ms, concurrency $DISPATCHER_CONCURRENCY, no rate cap"
-PLIVO_MAX_RPS=100000 target/release/otp-dispatcher & disp=$!; pids+=($disp)
-start=$(date +%s.%N)
-# Until every job has ended (sent, or expired if the backlog outlived its codes), or 10 minutes.
-deadline=$(( $(date +%s) + 600 ))
-while [ "$(jobs_done "$DISPATCHER_HTTP_PORT")" -lt "$queued" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.5; done
-end=$(date +%s.%N)
-sent=$(accepted)
-awk -v n="$sent" -v q="$queued" -v s="$start" -v e="$end" 'BEGIN {printf "drained: %d sends in %.1f s (%d jobs were queued by the request run): %.0f sends/s\n", n, e-s, q, n/(e-s)}'
-echo "otp-dispatcher RSS after drain: $(rss_mib $disp)"
-kill "$disp"; wait "$disp" 2>/dev/null || true
+scenario_memory() {
+  start_plivo 0
+  start_api
+  start_dispatcher 3901
+  load 32 "$secs" >/dev/null
+  local api_load disp_load; api_load=$(rss_mib "$api"); disp_load=$(rss_mib "$disp")
+  stop_pid "$disp"
+  echo "== a 100,000-job backlog"
+  while [ "$(queued)" -lt 100000 ]; do load 32 5 >/dev/null; done
+  backlog=$(queued)
+  start_dispatcher 3901 PLIVO_MAX_RPS=50
+  sleep 10
+  local disp_backlog api_after; disp_backlog=$(rss_mib "$disp"); api_after=$(rss_mib "$api")
+  echo "SUMMARY memory: under load otp-api ${api_load} MiB, otp-dispatcher ${disp_load} MiB; with a ${backlog}-job backlog otp-api ${api_after} MiB, otp-dispatcher ${disp_backlog} MiB (prefetch ${DISPATCHER_CONCURRENCY})"
+}
 
-echo "== PLIVO_MAX_RPS=50 shared by two dispatchers, 10 s of backlog"
-wrk -t1 -c16 -d5s -s tools/bench/request.lua "http://127.0.0.1:$PORT" >/dev/null
-PLIVO_MAX_RPS=50 DISPATCHER_HTTP_PORT=3903 target/release/otp-dispatcher & pids+=($!)
-PLIVO_MAX_RPS=50 DISPATCHER_HTTP_PORT=3904 target/release/otp-dispatcher & pids+=($!)
-sleep 2
-before=$(accepted); sleep 10; after=$(accepted)
-echo "sends in 10 s: $((after - before)) (cap: 500 + burst)"
+scenario_verify() {
+  start_plivo 0
+  start_api
+  echo "== POST /api/otp/verify (rejections), ${secs}s, 64 connections"
+  result=$(load 64 "$secs" tools/bench/verify.lua | wrk_summary)
+  echo "$result"
+  echo "== verify timing: no code vs live code with a wrong guess (sequential, one connection)"
+  timing=$(python3 tools/bench/verify_timing.py "$PORT")
+  echo "$timing"
+  echo "SUMMARY verify: $result; $(echo "$timing" | tail -1)"
+}
+
+case "$scenario" in
+  request | system | dispatchers | memory | verify) "scenario_$scenario" ;;
+  *) echo "unknown scenario $scenario (request|system|dispatchers|memory|verify)" >&2; exit 2 ;;
+esac

@@ -104,7 +104,7 @@ impl Topology {
             "x-max-length".into(),
             AMQPValue::LongLongInt(self.dead_letter_max_messages.into()),
         );
-        ensure_queue(connection, channel, &self.dead_queue, dead_args).await?;
+        ensure_queue(connection, &self.dead_queue, dead_args).await?;
         channel
             .queue_bind(
                 self.dead_queue.as_str().into(),
@@ -129,7 +129,7 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        ensure_queue(connection, channel, &self.queue, args).await
+        ensure_queue(connection, &self.queue, args).await
     }
 
     fn quorum_args(&self) -> FieldTable {
@@ -143,40 +143,37 @@ impl Topology {
     }
 }
 
-/// Creates durable queue `name` with `args` unless it exists. The existence check is a passive
-/// declare on a channel of its own, because the broker closes the channel it fails on.
-async fn ensure_queue(
-    connection: &Connection,
-    channel: &Channel,
-    name: &str,
-    args: FieldTable,
-) -> anyhow::Result<()> {
+/// Declares durable queue `name` with `args`. If it exists with other arguments (made by an older
+/// version, or with other settings), it is used as it is, with a warning: the declare that the
+/// broker refuses runs on a channel of its own, because the broker closes the channel it fails on.
+async fn ensure_queue(connection: &Connection, name: &str, args: FieldTable) -> anyhow::Result<()> {
     let probe = connection
         .create_channel()
         .await
         .context("opening a channel")?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let exists = probe
-        .queue_declare(name.into(), passive, FieldTable::default())
-        .await
-        .is_ok();
-    if exists {
-        let _ = probe.close(200, "done".into()).await;
-        return Ok(());
-    }
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .queue_declare(name.into(), durable, args)
-        .await
-        .with_context(|| format!("declaring queue {name}"))?;
-    Ok(())
+    match probe.queue_declare(name.into(), durable, args).await {
+        Ok(_) => {
+            let _ = probe.close(200, "done".into()).await;
+            Ok(())
+        }
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == PRECONDITION_FAILED) =>
+        {
+            tracing::warn!(
+                queue = name,
+                "the queue exists with other arguments (set when it was created); using it as it is"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("declaring queue {name}")),
+    }
 }
+
+/// AMQP's reply code for a redeclaration with other arguments.
+const PRECONDITION_FAILED: u16 = 406;
 
 /// How long one node may take to accept a connection, open a channel and declare the topology
 /// before the next node is tried.

@@ -165,3 +165,59 @@ impl Keys {
         format!("{}plivo:bucket", self.prefix)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Redis Cluster hashes: the part between the first `{` and the next `}`.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').expect("a hash tag") + 1;
+        let close = key[open..].find('}').expect("a closed hash tag") + open;
+        &key[open..close]
+    }
+
+    #[test]
+    fn keys_one_script_touches_share_one_hash_tag() {
+        let keys = Keys::new("otp:");
+        let (number, vid, job) = ("+14155552671", Uuid::new_v4(), Uuid::new_v4());
+        let number_keys = [
+            keys.code(number),
+            keys.failures(number),
+            keys.cooldown(number),
+            keys.sends_per_hour(number),
+            keys.verifies(number),
+        ];
+        assert!(
+            number_keys.iter().all(|k| tag(k) == number),
+            "{number_keys:?}"
+        );
+        let verification_keys = [
+            keys.status(vid),
+            keys.sealed_job(vid),
+            keys.resend_marker(vid),
+            keys.job_outcome(vid, job),
+            keys.job_lease(vid, job),
+        ];
+        let vid = vid.to_string();
+        assert!(
+            verification_keys.iter().all(|k| tag(k) == vid),
+            "{verification_keys:?}"
+        );
+        let global_keys = [
+            keys.sends_all(),
+            keys.sends_country("US"),
+            keys.fraud_sends("+1415555"),
+            keys.fraud_verified("+1415555"),
+            keys.fraud_block("+1415555"),
+            keys.fraud_country("US"),
+            keys.fraud_countries(),
+            keys.fraud_blocked(),
+        ];
+        assert!(
+            global_keys.iter().all(|k| tag(k) == "global"),
+            "{global_keys:?}"
+        );
+        assert!(keys.code(number).starts_with("otp:"));
+    }
+}

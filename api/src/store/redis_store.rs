@@ -279,7 +279,7 @@ impl OtpStore for RedisStore {
         }
 
         // (3) The number's limits and its code.
-        let (outcome, limit, remaining, reset, replaced): (String, i64, i64, i64, String) = ISSUE
+        let number: redis::RedisResult<(String, i64, i64, i64, String)> = ISSUE
             .key(self.keys.cooldown(e164))
             .key(self.keys.sends_per_hour(e164))
             .key(self.keys.code(e164))
@@ -291,19 +291,27 @@ impl OtpStore for RedisStore {
             .arg(p.code_ttl_seconds)
             .arg(sent_ms)
             .invoke_async(&mut self.conn.clone())
-            .await?;
+            .await;
+        // Refused, or not known to be issued: give back what (2) spent.
+        let issued = matches!(&number, Ok((outcome, ..)) if outcome == "ok");
+        if !issued
+            && guarded
+            && let Err(e) = self.unguard(phone, verification_id, sent_ms).await
+        {
+            tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
+        }
+        let (outcome, limit, remaining, reset, replaced) = number?;
         let number_rate = rate(limit, remaining, reset);
-        let kind = match outcome.as_str() {
-            "ok" => None,
-            "cooldown" => Some(LimitKind::ResendCooldown),
-            "hourly" => Some(LimitKind::SendsPerHour),
-            other => return Err(StoreError::Corrupt(format!("issue outcome '{other}'"))),
-        };
-        if let Some(kind) = kind {
-            if guarded && let Err(e) = self.unguard(phone, verification_id, sent_ms).await {
-                tracing::warn!(error = %e, "could not give back the send budgets of a refused request");
+        match outcome.as_str() {
+            "ok" => {}
+            "cooldown" => {
+                return Ok(IssueOutcome::Limited(
+                    LimitKind::ResendCooldown,
+                    number_rate,
+                ));
             }
-            return Ok(IssueOutcome::Limited(kind, number_rate));
+            "hourly" => return Ok(IssueOutcome::Limited(LimitKind::SendsPerHour, number_rate)),
+            other => return Err(StoreError::Corrupt(format!("issue outcome '{other}'"))),
         }
 
         // (4) The delivery record, and the replaced code's sealed job (never resent now).

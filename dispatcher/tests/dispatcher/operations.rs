@@ -216,6 +216,30 @@ async fn the_provider_rate_is_shared_by_every_dispatcher() {
     assert!(before.elapsed() >= Duration::from_millis(300));
 }
 
+/// Queue arguments apply when a queue is created: a queue made with others (by an older version,
+/// or before QUEUE_REPLICAS changed) is used as it is, jobs and all, not refused.
+#[tokio::test]
+async fn a_queue_made_with_other_arguments_is_used_as_it_is() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("m"))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let job = world.job(PHONE, "151515", time::Duration::minutes(5));
+    world.publish(&job).await;
+    let mut config = world.config(&plivo.uri());
+    config.amqp.queue_replicas = 1;
+    let dispatcher = spawn_dispatcher(config).await;
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    assert_eq!(dispatcher.readyz().await, 200);
+    plivo.verify().await;
+}
+
 #[tokio::test]
 async fn health_endpoints_answer() {
     let plivo = MockServer::start().await;
