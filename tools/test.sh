@@ -7,7 +7,7 @@
 #   --cluster  then also starts the local Redis Cluster and RabbitMQ cluster
 #              (tools/redis-cluster.sh, tools/rabbitmq-cluster.sh), runs the API's and the
 #              dispatcher's Redis-backed tests again on Redis Cluster, runs the node-loss drills
-#              (dispatcher/tests/cluster/), and stops both clusters (what CI runs).
+#              (dispatcher/tests/drills/), and stops both clusters (what CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cluster=false
@@ -27,5 +27,5 @@ if $cluster; then
   nodes=$(printf 'redis://127.0.0.1:%s,' 7000 7001 7002 7003 7004 7005)
   OTP_TEST_REDIS_CLUSTER=${nodes%,} cargo test --locked -p otp-api -p otp-dispatcher \
     --test api --test dispatcher
-  cargo test --locked -p otp-dispatcher --test cluster -- --ignored --test-threads 1
+  cargo test --locked -p otp-dispatcher --test drills -- --ignored --test-threads 1
 fi

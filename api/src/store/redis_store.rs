@@ -102,12 +102,6 @@ struct IdempotencyRecord {
     response: Option<String>,
 }
 
-impl RedisStore {
-    pub fn new(conn: RedisConn, keys: Keys, policy: StorePolicy) -> Self {
-        Self { conn, keys, policy }
-    }
-}
-
 fn rate(limit: i64, remaining: i64, reset: i64) -> RateLimit {
     RateLimit {
         limit: limit.clamp(0, u32::MAX.into()) as u32,
@@ -117,8 +111,12 @@ fn rate(limit: i64, remaining: i64, reset: i64) -> RateLimit {
 }
 
 impl RedisStore {
-    /// Counts one call against `key`'s window of `seconds`; `Some` when over `limit`, else the
-    /// limit's state.
+    pub fn new(conn: RedisConn, keys: Keys, policy: StorePolicy) -> Self {
+        Self { conn, keys, policy }
+    }
+
+    /// Counts one call against `key`'s fixed window of `seconds`, and says whether it went
+    /// over `limit`, with the limit's state.
     async fn hit(&self, key: String, limit: u32, seconds: u64) -> Result<HitOutcome, StoreError> {
         let (n, reset): (i64, i64) = HIT
             .key(key)
