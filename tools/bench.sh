@@ -6,6 +6,8 @@
 #   system       the whole system, provider instant: codes/s, latency, CPU per code per process
 #   dispatchers  drain against a 250 ms provider: 1, 2 and 3 dispatchers; then PLIVO_MAX_RPS
 #                shared by 3 dispatchers
+#   outage       the provider down for 60 s under steady load, then back: every SMS exactly once,
+#                and the backlog's drain rate against the cap (a drill, on release builds)
 #   memory       resident memory under `system` load and with a 100,000-job backlog
 #   verify       POST /api/otp/verify rejections, and verify timing (no code vs wrong guess)
 #   faults       the fault drills, 3 rounds: kill -9 of a dispatcher, RabbitMQ restart, Redis
@@ -15,7 +17,7 @@
 # them. Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scenario=${1:?usage: tools/bench.sh request|system|dispatchers|memory|verify|faults [seconds]}
+scenario=${1:?usage: tools/bench.sh request|system|dispatchers|outage|faults|memory|verify [seconds]}
 secs=${2:-20}
 bash tools/services.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -201,19 +203,32 @@ scenario_verify() {
   echo "SUMMARY verify: $result; $(echo "$timing" | tail -1)"
 }
 
-scenario_faults() {
+# Runs drills of dispatcher/tests/drills/faults.rs on release builds, one at a time; prints
+# their DRILL lines.
+drills() { # filter [env...]
   local out
-  out=$(DRILL_ROUNDS=3 DRILL_LOAD_SECONDS=$((secs / 2)) cargo test --release --locked -q \
-    -p otp-dispatcher --test drills -- --ignored --nocapture faults 2>&1) || { echo "$out"; return 1; }
+  out=$(env "${@:2}" cargo test --release --locked -q -p otp-dispatcher --test drills -- \
+    --ignored --nocapture --test-threads 1 "$1" 2>&1) || { echo "$out" | grep -v '^{'; return 1; }
   echo "$out" | grep '^DRILL'
-  echo "SUMMARY faults: $(echo "$out" | grep '^DRILL' | awk '
+}
+
+scenario_outage() {
+  local out; out=$(drills a_provider_outage DRILL_OUTAGE_SECONDS=60 DRILL_LOAD_SECONDS=$((secs / 2)))
+  echo "$out"
+  echo "SUMMARY outage: ${out#DRILL }"
+}
+
+scenario_faults() {
+  local out; out=$(drills faults_lose DRILL_ROUNDS=3 DRILL_LOAD_SECONDS=$((secs / 2)))
+  echo "$out"
+  echo "SUMMARY faults: $(echo "$out" | awk '
     {split($0, a, ": "); split(a[2], f, ", "); name=a[1]; sub(/^DRILL /, "", name); sub(/ round [0-9]+/, "", name)
      acc[name]+=f[1]; del[name]+=f[2]; lost[name]+=f[3]; dup[name]+=f[4]; err[name]+=f[5]
      split(f[6], r, " "); if (r[3] > rec[name]) rec[name]=r[3]}
-    END {for (n in acc) printf "%s: %d accepted, %d delivered, %d lost, %d duplicated, %d 5xx, recovery <= %s s; ", n, acc[n], del[n], lost[n], dup[n], err[n], rec[n]}')"
+    END {for (n in acc) printf "%s x3: %d accepted, %d delivered, %d lost, %d duplicated, %d 5xx, recovery <= %s s; ", n, acc[n], del[n], lost[n], dup[n], err[n], rec[n]}')"
 }
 
 case "$scenario" in
-  request | system | dispatchers | memory | verify | faults) "scenario_$scenario" ;;
-  *) echo "unknown scenario $scenario (request|system|dispatchers|memory|verify|faults)" >&2; exit 2 ;;
+  request | system | dispatchers | outage | faults | memory | verify) "scenario_$scenario" ;;
+  *) echo "unknown scenario $scenario (request|system|dispatchers|outage|faults|memory|verify)" >&2; exit 2 ;;
 esac

@@ -152,6 +152,82 @@ async fn faults_lose_and_duplicate_no_sms() {
     }
 }
 
+/// The benchmark suite's scenario 4: the provider answers 503 to everything for
+/// `DRILL_OUTAGE_SECONDS` (default 10) under steady load (20 requests/s), then recovers. Codes
+/// live 300 s, far longer than the outage, so none expires: every accepted request's SMS must
+/// arrive exactly once. The backlog drains at the `PLIVO_MAX_RPS` cap (50 here) after the
+/// limiter's one-second burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a long drill: tools/test.sh --cluster runs it alone"]
+async fn a_provider_outage_drains_at_the_cap_and_loses_nothing() {
+    const CAP: f64 = 50.0;
+    let outage = Duration::from_secs(env_number("DRILL_OUTAGE_SECONDS", 10).into());
+    let mut stack = Stack::new(SINGLE_REDIS_URL);
+    // Short breaker cooldown and retry ceiling, so the drain starts soon after the provider is
+    // back and what is measured is the drain itself.
+    stack.env = vec![
+        ("PLIVO_MAX_RPS".into(), CAP.to_string()),
+        ("BREAKER_COOLDOWN_SECONDS".into(), "5".into()),
+        ("RETRY_MAX_DELAY_MS".into(), "5000".into()),
+    ];
+    let _cleanup = cleanup(&stack, SINGLE_REDIS_URL);
+    let plivo = Arc::new(Plivo::start().await);
+    let (arrivals, watcher) = Arrivals::watch(plivo.clone());
+    let (_api, base) = stack.api(AMQP_URL).await;
+    let _dispatchers = [
+        stack.dispatcher(AMQP_URL, &plivo.uri()).await,
+        stack.dispatcher(AMQP_URL, &plivo.uri()).await,
+    ];
+    let load = Load::start(&base, 20);
+    tokio::time::sleep(load_time()).await;
+    plivo.set_down(true);
+    tokio::time::sleep(outage).await;
+    plivo.set_down(false);
+    let back_at = Instant::now();
+    tokio::time::sleep(load_time()).await;
+    let outcomes = load.stop().await;
+
+    let report = tally(&outcomes, &plivo, Duration::from_secs(120)).await;
+    watcher.abort();
+    // The backlog: requests accepted before the provider came back and not sent by then. Its
+    // drain rate is taken after the limiter's first second of burst.
+    let mut backlog: Vec<Instant> = outcomes
+        .iter()
+        .filter(|o| o.status == Some(202) && o.at <= back_at)
+        .filter_map(|o| arrivals.at(&o.number))
+        .filter(|at| *at > back_at)
+        .collect();
+    backlog.sort();
+    let first = backlog.first().copied();
+    let steady: Vec<Instant> = backlog
+        .iter()
+        .copied()
+        .filter(|at| first.is_some_and(|f| *at > f + Duration::from_secs(1)))
+        .collect();
+    let drain = match (steady.first(), steady.last()) {
+        (Some(a), Some(b)) if *b - *a >= Duration::from_secs(2) => {
+            (steady.len() - 1) as f64 / (*b - *a).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    println!(
+        "DRILL provider outage of {} s: {} accepted, {} SMS delivered, {} lost, {} duplicated, {} 5xx; backlog of {} drained at {drain:.1}/s (cap {CAP}/s), starting {:.1} s after the provider came back",
+        outage.as_secs(),
+        report.accepted,
+        report.delivered,
+        report.lost,
+        report.duplicated,
+        report.server_errors,
+        backlog.len(),
+        first.map_or(0.0, |f| (f - back_at).as_secs_f64()),
+    );
+    assert_clean(&report, false);
+    assert!(
+        drain <= CAP * 1.1,
+        "the drain kept to the cap: {drain:.1}/s against {CAP}/s"
+    );
+}
+
 /// SIGKILL of one of two dispatchers: its unacknowledged jobs go back to the queue at once; the
 /// ones it had claimed wait for their lease (JOB_LEASE_SECONDS) before the other sends them.
 async fn killed_dispatcher(round: u32) {
@@ -199,6 +275,8 @@ async fn rabbitmq_restart(round: u32) {
     let broker = BrokerStopped::now().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let back_at = broker.start().await;
+    load.wait_accepted_after(back_at, Duration::from_secs(20))
+        .await;
     tokio::time::sleep(load_time()).await;
     let outcomes = load.stop().await;
 
@@ -266,6 +344,8 @@ async fn redis_restart(round: u32) {
     let mut redis = redis.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let back_at = redis.restart().await;
+    load.wait_accepted_after(back_at, Duration::from_secs(20))
+        .await;
     tokio::time::sleep(load_time()).await;
     let outcomes = load.stop().await;
 

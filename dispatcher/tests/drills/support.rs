@@ -5,7 +5,10 @@ use std::{
     collections::HashMap,
     net::TcpListener,
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -13,7 +16,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use wiremock::{
-    Mock, MockServer, ResponseTemplate,
+    Mock, MockServer, Respond, ResponseTemplate,
     matchers::{method, path},
 };
 
@@ -87,7 +90,9 @@ impl Stack {
             .env("PLIVO_AUTH_TOKEN", "drill-token")
             .env("PLIVO_SENDER_NUMBER", "+14155550000")
             .env("PLIVO_BASE_URL", plivo)
-            .env("PLIVO_MAX_RPS", "10000");
+            .env("PLIVO_MAX_RPS", "10000")
+            // Last, so a drill's own settings (`env`) win.
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd.spawn().expect("otp-dispatcher starts");
         wait_ready(&format!("http://127.0.0.1:{port}")).await;
         child
@@ -128,40 +133,66 @@ async fn wait_ready(base: &str) {
     panic!("{base} did not become ready within 30 s");
 }
 
-/// A fake Plivo that accepts everything at once and keeps every request.
-pub struct Plivo(MockServer);
+/// A fake Plivo that accepts everything at once (or answers 503 to everything while `down`),
+/// and keeps every SMS it accepted.
+pub struct Plivo {
+    server: MockServer,
+    state: Arc<PlivoState>,
+}
+
+#[derive(Default)]
+struct PlivoState {
+    down: AtomicBool,
+    /// (destination without the `+`, the code it carries), in order of acceptance.
+    accepted: Mutex<Vec<(String, String)>>,
+}
+
+struct Answer(Arc<PlivoState>);
+
+impl Respond for Answer {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        if self.0.down.load(Ordering::SeqCst) {
+            return ResponseTemplate::new(503);
+        }
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let dst = body["dst"].as_str().unwrap().trim_start_matches('+');
+        let code = body["text"].as_str().unwrap().chars();
+        let code = code.filter(char::is_ascii_digit).collect();
+        self.0.accepted.lock().unwrap().push((dst.to_owned(), code));
+        ResponseTemplate::new(202).set_body_json(json!({
+            "api_id": "drill", "message": "message(s) queued",
+            "message_uuid": [uuid::Uuid::new_v4().to_string()]
+        }))
+    }
+}
 
 impl Plivo {
     pub async fn start() -> Self {
         let server = MockServer::start().await;
+        let state = Arc::new(PlivoState::default());
         Mock::given(method("POST"))
             .and(path(format!("/v1/Account/{AUTH_ID}/Message/")))
-            .respond_with(ResponseTemplate::new(202).set_body_json(json!({
-                "api_id": "drill", "message": "message(s) queued",
-                "message_uuid": [uuid::Uuid::new_v4().to_string()]
-            })))
+            .respond_with(Answer(state.clone()))
             .mount(&server)
             .await;
-        Self(server)
+        Self { server, state }
     }
 
     pub fn uri(&self) -> String {
-        self.0.uri()
+        self.server.uri()
     }
 
-    /// Every SMS received: (destination number without the `+`, the code it carries).
+    /// While down, every call gets a 503.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Every SMS accepted: (destination number without the `+`, the code it carries).
     pub async fn messages(&self) -> Vec<(String, String)> {
-        let mut messages = Vec::new();
-        for request in self.0.received_requests().await.unwrap_or_default() {
-            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
-            let dst = body["dst"].as_str().unwrap().trim_start_matches('+');
-            let code = body["text"].as_str().unwrap().chars();
-            messages.push((dst.to_owned(), code.filter(char::is_ascii_digit).collect()));
-        }
-        messages
+        self.state.accepted.lock().unwrap().clone()
     }
 
-    /// SMS received, by destination number (Plivo's `dst`, without the `+`).
+    /// SMS accepted, by destination number (without the `+`).
     pub async fn sends(&self) -> HashMap<String, usize> {
         let mut sends = HashMap::new();
         for (dst, _) in self.messages().await {
@@ -240,6 +271,17 @@ impl Load {
             stop,
             task,
         }
+    }
+
+    /// Waits until a request sent after `from` is accepted, or `within` has passed.
+    pub async fn wait_accepted_after(&self, from: Instant, within: Duration) {
+        eventually(within, || async {
+            let outcomes = self.outcomes.lock().unwrap();
+            outcomes
+                .iter()
+                .any(|o| o.status == Some(202) && o.at > from)
+        })
+        .await;
     }
 
     /// Stops sending and returns every request's outcome once all have answered.
