@@ -197,6 +197,7 @@ mod tests {
             .chain([Attempt::Sent { provider_id: None }])
             .collect();
         let (_, calls) = play(&policy(), Duration::from_secs(60), script).await;
+        assert_eq!(calls.len(), 9, "eight retries, then the send");
         let ceilings = [100, 200, 400, 800, 800, 800, 800, 800];
         for (gap, ceiling) in calls.windows(2).map(|w| w[1] - w[0]).zip(ceilings) {
             assert!(
