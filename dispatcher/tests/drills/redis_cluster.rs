@@ -84,11 +84,8 @@ async fn losing_a_redis_master_loses_no_sms_and_sends_none_twice() {
         queue: stack.queue.clone(),
     };
     let plivo = Plivo::start().await;
-    let (_api, base) = stack.api(AMQP_URL).await;
-    let _dispatchers = [
-        stack.dispatcher(AMQP_URL, &plivo.uri()).await,
-        stack.dispatcher(AMQP_URL, &plivo.uri()).await,
-    ];
+    let running = stack.start(AMQP_URL, AMQP_URL, &plivo).await;
+    let base = &running.base;
     let slot: u16 = redis_cli(7000, &["cluster", "keyslot", "{global}"])
         .await
         .trim()
@@ -96,7 +93,7 @@ async fn losing_a_redis_master_loses_no_sms_and_sends_none_twice() {
         .expect("a slot");
     let victim = master_of(slot).await.expect("a master serves {global}");
 
-    let load = Load::start(&base, 40);
+    let load = Load::start(base, 40);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed_at = Instant::now();
     cluster(SCRIPT, &["kill-node", &victim.to_string()]).await;
