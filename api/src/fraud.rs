@@ -182,7 +182,7 @@ pub async fn watch_conversion(
     }
 }
 
-/// The country counters' bucket width (issue.lua and verify_finish.lua use the same).
+/// The country counters' bucket width (guard.lua, unguard.lua and converted.lua use the same).
 const BUCKET_MS: u64 = 10_000;
 
 /// (country, verified ÷ counted sends) for the countries with counted sends in the window;

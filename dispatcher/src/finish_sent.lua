@@ -1,4 +1,4 @@
--- Records an accepted send in one round trip: the ledger outcome (and frees the lease), and, for
+-- Records an accepted send in one script: the ledger outcome (and frees the lease), and, for
 -- one resend after an undelivered report, the still-sealed job. (The provider's message id is
 -- mapped to the verification beside it, under a key of its own.)
 -- KEYS: 1 job outcome, 2 job lease, 3 sealed job (all under the verification's hash tag)
