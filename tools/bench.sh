@@ -8,6 +8,8 @@
 #                shared by 3 dispatchers
 #   outage       the provider down for 60 s under steady load, then back: every SMS exactly once,
 #                and the backlog's drain rate against the cap (a drill, on release builds)
+#   limiter      Redis work per send draining 10,000 jobs uncapped, then at PLIVO_MAX_RPS=500:
+#                commands and script calls per send (INFO commandstats) and Redis CPU per send
 #   memory       resident memory under `system` load and with a 100,000-job backlog
 #   verify       POST /api/otp/verify rejections, and verify timing (no code vs wrong guess)
 #   faults       the fault drills, 3 rounds: kill -9 of a dispatcher, RabbitMQ restart, Redis
@@ -17,7 +19,7 @@
 # them. Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scenario=${1:?usage: tools/bench.sh request|system|dispatchers|outage|faults|memory|verify [seconds]}
+scenario=${1:?usage: tools/bench.sh request|system|dispatchers|limiter|outage|faults|memory|verify [seconds]}
 secs=${2:-20}
 bash tools/services.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -174,6 +176,39 @@ scenario_dispatchers() {
   echo "SUMMARY dispatchers (250 ms provider)${line}; cap 200/s held at $cap/s (${err}%)"
 }
 
+# Redis commands since the last CONFIG RESETSTAT: "all scripts" (EVAL, EVALSHA, FCALL).
+redis_calls() {
+  redis-cli info commandstats | awk -F'[:=,]' '/^cmdstat_/ {all += $3; if ($1 ~ /cmdstat_(eval|evalsha|fcall)$/) scripts += $3}
+    END {printf "%d %d", all, scripts}'
+}
+
+scenario_limiter() {
+  start_plivo 0
+  start_api
+  local jobs=${BENCH_BACKLOG:-10000} redis line="" idle0 idle1
+  redis=$(redis_pid)
+  idle0=$(cpu_us "$redis"); sleep 5; idle1=$(cpu_us "$redis")
+  local idle=$(((idle1 - idle0) / 5))
+  echo "Redis idle: $idle µs of CPU per second"
+  for cap in 100000 500; do
+    local before; before=$(issued); backlog_of "$jobs"; local backlog=$(($(issued) - before))
+    local sent0 cpu0 start; sent0=$(accepted)
+    redis-cli config resetstat >/dev/null
+    cpu0=$(cpu_us "$redis"); start=$(date +%s.%N)
+    start_dispatcher 3901 PLIVO_MAX_RPS="$cap"
+    local sent; sent=$(wait_sends $((sent0 + backlog)) $((backlog / 250 + 60)))
+    local cpu1 end; cpu1=$(cpu_us "$redis"); end=$(date +%s.%N)
+    stop_pid "$disp"
+    local n=$((sent - sent0)) calls; calls=($(redis_calls))
+    local stats; stats=$(awk -v n="$n" -v all="${calls[0]}" -v sc="${calls[1]}" -v cpu=$((cpu1 - cpu0)) -v s="$start" -v e="$end" \
+      'BEGIN {printf "%d sends at %.0f/s: %.2f commands and %.2f script calls per send, %.0f µs of Redis CPU per send", n, n/(e-s), all/n, sc/n, cpu/n}')
+    [ "$cap" = 100000 ] && label=uncapped || label="PLIVO_MAX_RPS=$cap"
+    echo "$label: $stats"
+    line="$line; $label: $stats"
+  done
+  echo "SUMMARY limiter (Redis idle ${idle} µs/s)${line}"
+}
+
 scenario_memory() {
   start_plivo 0
   start_api
@@ -229,6 +264,6 @@ scenario_faults() {
 }
 
 case "$scenario" in
-  request | system | dispatchers | outage | faults | memory | verify) "scenario_$scenario" ;;
-  *) echo "unknown scenario $scenario (request|system|dispatchers|outage|faults|memory|verify)" >&2; exit 2 ;;
+  request | system | dispatchers | limiter | outage | faults | memory | verify) "scenario_$scenario" ;;
+  *) echo "unknown scenario $scenario (request|system|dispatchers|limiter|outage|faults|memory|verify)" >&2; exit 2 ;;
 esac
