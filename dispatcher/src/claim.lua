@@ -1,9 +1,10 @@
 -- Claims a send job for one dispatcher, so two never send the same job at once.
 -- KEYS: 1 job outcome, 2 job lease, 3 (optional) the verification's delivery record
--- ARGV: 1 owner token, 2 lease milliseconds
+-- ARGV: 1 owner token, 2 lease milliseconds; with KEYS[3]: 3 the state to mark the record with
+--       once claimed (attempt 1), 4 now (unix seconds), 5 the record's ttl (s)
 -- Returns {'done', outcome} when the job already ended, {'claimed', ''} when this owner holds
--- the lease now, {'claimed', 'withdrawn'} when it does but the delivery record (KEYS[3]) is gone,
--- or {'busy', ms} when another owner holds it for ms more.
+-- the lease now (and KEYS[3] is marked), {'claimed', 'withdrawn'} when it does but the delivery
+-- record (KEYS[3]) is gone, or {'busy', ms} when another owner holds it for ms more.
 local outcome = redis.call('GET', KEYS[1])
 if outcome then return {'done', outcome} end
 local held = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
@@ -13,5 +14,9 @@ if not held then
   end
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 0 then return {'claimed', 'withdrawn'} end
+if KEYS[3] then
+  if redis.call('EXISTS', KEYS[3]) == 0 then return {'claimed', 'withdrawn'} end
+  redis.call('HSET', KEYS[3], 'state', ARGV[3], 'attempts', 1, 'updatedAt', ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
 return {'claimed', ''}

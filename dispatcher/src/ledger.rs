@@ -7,12 +7,20 @@ use otp_shared::redis_conn::RedisConn;
 use redis::Script;
 use uuid::Uuid;
 
-use otp_shared::keys::Keys;
+use otp_shared::{
+    keys::Keys,
+    status::{self, DeliveryState},
+};
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
-static FINISH_SENT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("finish_sent.lua")));
+static FINISH_SENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{}{}",
+        status::ADVANCE_FN,
+        include_str!("finish_sent.lua")
+    ))
+});
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 
 /// Outcomes are kept a day: far longer than a job can live (codes last at most 10 minutes).
@@ -46,6 +54,9 @@ pub struct SentRecord {
     /// The job's envelope, kept for one resend after an undelivered report.
     pub sealed: Option<Vec<u8>>,
     pub sealed_ttl_seconds: u64,
+    /// Fields of the delivery record, moved forward to `sent` with the outcome; `None` leaves
+    /// the record alone (a resend sets its own).
+    pub status: Option<Vec<(&'static str, String)>>,
 }
 
 #[derive(Clone)]
@@ -70,7 +81,8 @@ impl Ledger {
     }
 
     /// [`Self::claim`], also checking in the same round trip that the verification's delivery
-    /// record still exists ([`Claim::Withdrawn`] when not).
+    /// record still exists ([`Claim::Withdrawn`] when not), and marking it `sending` (attempt 1)
+    /// when claimed.
     pub async fn claim_send(&self, job: Entry, owner: Uuid) -> redis::RedisResult<Claim> {
         self.claim_with(job, owner, true).await
     }
@@ -83,14 +95,18 @@ impl Ledger {
     ) -> redis::RedisResult<Claim> {
         let mut invocation = CLAIM.key(self.keys.job_outcome(job.verification_id, job.job_id));
         invocation.key(self.keys.job_lease(job.verification_id, job.job_id));
-        if check_status {
-            invocation.key(self.keys.status(job.verification_id));
-        }
-        let (state, value): (String, String) = invocation
+        invocation
             .arg(owner.to_string())
-            .arg(self.lease.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(self.lease.as_millis() as u64);
+        if check_status {
+            invocation
+                .key(self.keys.status(job.verification_id))
+                .arg(DeliveryState::Sending.as_str())
+                .arg(time::OffsetDateTime::now_utc().unix_timestamp())
+                .arg(status::STATUS_TTL_SECONDS);
+        }
+        let (state, value): (String, String) =
+            invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(match state.as_str() {
             "done" => Claim::Done(value),
             "claimed" if value == "withdrawn" => Claim::Withdrawn,
@@ -111,8 +127,8 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records an accepted send: outcome, lease freed and the sealed job kept for a resend (one
-    /// script under the verification's tag), and beside it the provider's message id mapped to
+    /// Records an accepted send: outcome, lease freed, the sealed job kept for a resend and the
+    /// delivery record moved to `sent` (one script under the verification's tag), and beside it the provider's message id mapped to
     /// the verification (a key of its own, so a report can find it by message id alone).
     pub async fn finish_sent(
         &self,
@@ -131,6 +147,11 @@ impl Ledger {
             .arg(OUTCOME_TTL_SECONDS)
             .arg(sent.sealed.as_deref().unwrap_or_default())
             .arg(sent.sealed_ttl_seconds.max(1));
+        if let Some(fields) = &sent.status {
+            finish.key(self.keys.status(job.verification_id));
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            status::advance_args(&mut finish, DeliveryState::Sent, &fields);
+        }
         let mapping = redis::cmd("SET")
             .arg(&sent.mapping_key)
             .arg(job.verification_id.to_string())

@@ -173,8 +173,10 @@ impl Worker {
 
         let keep_alive = self.ledger.keep_alive(ledger_id, owner);
         let route = self.router.route_avoiding(resend.as_deref());
+        // A first send's claim marked its record `sending` for attempt 1.
+        let marked = resend.is_none();
         let attempts = run_attempts(&self.policy, deadline, |n| {
-            self.attempt(job, content, n, deadline, &route)
+            self.attempt(job, content, n, marked, deadline, &route)
         });
         let outcome = tokio::select! {
             outcome = attempts => outcome,
@@ -224,13 +226,16 @@ impl Worker {
         job: &SendJob,
         content: &JobContent,
         n: u32,
+        marked: bool,
         deadline: Instant,
         route: &JobRoute,
     ) -> Attempt {
         if n > 1 {
             self.metrics.send_retries.inc();
         }
-        self.set_state(job, DeliveryState::Sending, n, &[]).await;
+        if n > 1 || !marked {
+            self.set_state(job, DeliveryState::Sending, n, &[]).await;
+        }
         match self.limiter.acquire(deadline).await {
             Ok(true) => {}
             Ok(false) => {
@@ -289,7 +294,7 @@ impl Worker {
             Final::Sent {
                 provider_id: Some(id),
                 ..
-            } => Some(self.sent_record(job, how, id)),
+            } => Some(self.sent_record(job, how, id, outcome.attempts())),
             _ => None,
         };
         // A lost outcome could mean a second SMS on redelivery: try hard, but not forever.
@@ -314,55 +319,52 @@ impl Worker {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
             }
         }
-        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         match outcome {
+            // A first send's record moved to `sent` with the ledger outcome.
             Final::Sent {
                 provider_id: Some(_),
                 ..
-            } => self.record_sent(job, how, outcome.attempts(), &extra).await,
+            } if !how.resend => {}
+            // A resend moves the record back from `undelivered` on purpose.
+            Final::Sent {
+                provider_id: Some(_),
+                ..
+            } => {
+                extra.push(("resent", "1"));
+                self.set_state(job, state, outcome.attempts(), &extra).await;
+            }
             _ => self.set_state(job, state, outcome.attempts(), &extra).await,
         }
     }
 
-    /// What the ledger keeps with an accepted send: the message id mapping (reports can trail
-    /// the code's expiry, so it lasts an hour longer) and, for a first send, the sealed job.
-    fn sent_record(&self, job: &SendJob, how: &Sent, provider_id: &str) -> SentRecord {
+    /// What an accepted send leaves besides its outcome: the message id mapping (reports can
+    /// trail the code's expiry, so it lasts an hour longer), and for a first send the sealed job
+    /// and the delivery record's move to `sent` (forward only: a fast delivery report may
+    /// already have said `delivered`).
+    fn sent_record(
+        &self,
+        job: &SendJob,
+        how: &Sent,
+        provider_id: &str,
+        attempts: u32,
+    ) -> SentRecord {
         let left = (job.expires_at - OffsetDateTime::now_utc())
             .whole_seconds()
             .max(0) as u64;
+        let first = !how.resend;
         SentRecord {
             mapping_key: self.keys.provider_message(how.provider, provider_id),
             mapping_ttl_seconds: left + REPORT_MARGIN_SECONDS,
-            sealed: (self.resend_on_undelivered && !how.resend).then(|| job.to_bytes()),
+            sealed: (self.resend_on_undelivered && first).then(|| job.to_bytes()),
             sealed_ttl_seconds: left,
-        }
-    }
-
-    /// `sent`, forward only (a fast delivery report may already have said `delivered`); a
-    /// resend moves back to `sent` unconditionally.
-    async fn record_sent(&self, job: &SendJob, how: &Sent, attempts: u32, extra: &[(&str, &str)]) {
-        if how.resend {
-            // A resend moves the record back from `undelivered` on purpose.
-            let mut fields = extra.to_vec();
-            fields.push(("resent", "1"));
-            self.set_state(job, DeliveryState::Sent, attempts, &fields)
-                .await;
-            return;
-        }
-        let mut conn = self.redis.clone();
-        let attempts = attempts.to_string();
-        let mut fields = vec![(FIELD_ATTEMPTS, attempts.as_str())];
-        fields.extend_from_slice(extra);
-        if let Err(e) = status::advance(
-            &mut conn,
-            &self.keys,
-            job.verification_id,
-            DeliveryState::Sent,
-            &fields,
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "could not record the delivery state");
+            status: first.then(|| {
+                vec![
+                    (FIELD_ATTEMPTS, attempts.to_string()),
+                    (FIELD_PROVIDER_ID, provider_id.to_owned()),
+                    (FIELD_PROVIDER, how.provider.to_owned()),
+                ]
+            }),
         }
     }
 

@@ -1,16 +1,19 @@
--- Moves a delivery record forward only (see DeliveryState::rank), if it still exists.
--- KEYS: 1 status hash
--- ARGV: 1 new state, 2 its rank, 3 "state=rank,..." for every state, 4 now, 5 ttl,
---       6.. extra field/value pairs
+-- advance(key, first): moves a delivery record forward only (see DeliveryState::rank), if it
+-- still exists. Any script that advances a record starts with this function (see
+-- status::ADVANCE_FN), so the rule is written once; its arguments are ARGV[first] onwards: the
+-- new state, its rank, "state=rank,..." for every state, now, ttl, then field/value pairs to the
+-- end of ARGV.
 -- Returns 1 when the record moved, else 0.
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return 0 end
-local current_rank = -1
-for name, rank in string.gmatch(ARGV[3], '(%w+)=(%d+)') do
-  if name == current then current_rank = tonumber(rank) end
+local function advance(key, first)
+  local current = redis.call('HGET', key, 'state')
+  if not current then return 0 end
+  local current_rank = -1
+  for name, rank in string.gmatch(ARGV[first + 2], '(%w+)=(%d+)') do
+    if name == current then current_rank = tonumber(rank) end
+  end
+  if tonumber(ARGV[first + 1]) <= current_rank then return 0 end
+  redis.call('HSET', key, 'state', ARGV[first], 'updatedAt', ARGV[first + 3])
+  for i = first + 5, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', key, ARGV[first + 4])
+  return 1
 end
-if tonumber(ARGV[2]) <= current_rank then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updatedAt', ARGV[4])
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1

@@ -123,6 +123,35 @@ pub async fn record<C: redis::aio::ConnectionLike + Send>(
         .await
 }
 
+/// The Lua function `advance(key, first)` (`advance.lua`): the forward-only rule of
+/// [`advance`], for scripts that advance a record as one of their steps. Its arguments are
+/// appended by [`advance_args`].
+pub const ADVANCE_FN: &str = include_str!("advance.lua");
+
+/// Appends the arguments of `advance(key, first)` to a script call (they must come last).
+pub fn advance_args(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    state: DeliveryState,
+    extra: &[(&str, &str)],
+) {
+    static RANKS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let ranks: Vec<String> = ALL_STATES
+            .iter()
+            .map(|s| format!("{}={}", s.as_str(), s.rank()))
+            .collect();
+        ranks.join(",")
+    });
+    invocation
+        .arg(state.as_str())
+        .arg(state.rank())
+        .arg(RANKS.as_str())
+        .arg(time::OffsetDateTime::now_utc().unix_timestamp())
+        .arg(STATUS_TTL_SECONDS);
+    for (k, v) in extra {
+        invocation.arg(*k).arg(*v);
+    }
+}
+
 /// Moves a record to `state` only if that is forward (by [`DeliveryState::rank`]) and the record
 /// still exists; returns whether it moved. Used for provider reports and the final `sent`, which
 /// may race each other.
@@ -133,23 +162,11 @@ pub async fn advance<C: redis::aio::ConnectionLike + Send>(
     state: DeliveryState,
     extra: &[(&str, &str)],
 ) -> redis::RedisResult<bool> {
-    static ADVANCE: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(include_str!("advance.lua")));
-    let ranks: Vec<String> = ALL_STATES
-        .iter()
-        .map(|s| format!("{}={}", s.as_str(), s.rank()))
-        .collect();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    static ADVANCE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(&format!("{ADVANCE_FN}\nreturn advance(KEYS[1], 1)\n"))
+    });
     let mut invocation = ADVANCE.key(keys.status(verification_id));
-    invocation
-        .arg(state.as_str())
-        .arg(state.rank())
-        .arg(ranks.join(","))
-        .arg(now)
-        .arg(STATUS_TTL_SECONDS);
-    for (k, v) in extra {
-        invocation.arg(*k).arg(*v);
-    }
+    advance_args(&mut invocation, state, extra);
     let moved: i64 = invocation.invoke_async(conn).await?;
     Ok(moved == 1)
 }

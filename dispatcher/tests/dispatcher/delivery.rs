@@ -42,6 +42,38 @@ async fn one_job_gives_exactly_one_call_with_the_right_fields_and_auth() {
     plivo.verify().await;
 }
 
+/// The claim marks the record `sending` (attempt 1) in the same step: it says so while the
+/// provider call is in flight, and `sent` after.
+#[tokio::test]
+async fn the_record_says_sending_while_the_provider_call_is_in_flight() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("msg-slow").set_delay(Duration::from_millis(1500)))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let (world, _dispatcher) = start(&plivo).await;
+    let job = world.job(PHONE, "012345", time::Duration::minutes(5));
+    world.publish(&job).await;
+
+    let started = std::time::Instant::now();
+    let during = loop {
+        let status = world.status(job.verification_id).await.expect("record");
+        if status.state.as_str() != "queued" {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((during.state.as_str(), during.attempts), ("sending", 1));
+    let status = world
+        .final_status(job.verification_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(status.state.as_str(), "sent");
+    assert_eq!(status.provider_message_id.as_deref(), Some("msg-slow"));
+    plivo.verify().await;
+}
+
 #[tokio::test]
 async fn the_status_callback_url_is_passed_to_plivo() {
     let plivo = MockServer::start().await;
