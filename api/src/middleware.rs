@@ -16,7 +16,6 @@ use poem::{
 };
 use tokio::io::AsyncReadExt;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use otp_shared::telemetry::adopt_remote_context;
 
@@ -49,7 +48,7 @@ pub async fn around<E: Endpoint>(
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+        .map_or_else(|| otp_shared::ids::random_uuid().to_string(), str::to_owned);
     let span = tracing::info_span!(
         "http_request",
         method = %req.method(),

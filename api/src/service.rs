@@ -203,7 +203,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         client: Option<&str>,
         request_id: &str,
     ) -> Result<Issued, ApiError> {
-        let verification_id = Uuid::new_v4();
+        let verification_id = otp_shared::ids::random_uuid();
         tracing::Span::current()
             .record("verification_id", tracing::field::display(verification_id));
         let code = OtpCode::generate(self.policy.length);

@@ -108,7 +108,7 @@ impl Worker {
         abort: CancellationToken,
     ) {
         let deadline = deadline_of(job);
-        let owner = Uuid::new_v4();
+        let owner = otp_shared::ids::random_uuid();
         // A resend after an undelivered report has its own ledger entry, derived from the job's,
         // so it too is sent at most once however often it is delivered.
         let ledger_id = Entry {

@@ -99,7 +99,7 @@ impl SendJob {
     ) -> Self {
         let mut job = SendJob {
             schema_version: SCHEMA_VERSION,
-            job_id: Uuid::new_v4(),
+            job_id: crate::ids::random_uuid(),
             verification_id,
             key_id: key.current_id(),
             // RFC 3339 keeps whole seconds faithfully; truncate so the AAD survives a round trip.

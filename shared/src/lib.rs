@@ -5,6 +5,7 @@
 //! - [`crypto`]: base64 key decoding and the AES-256-GCM `JobKey`.
 //! - [`job`]: the send-job contract (`SendJob` envelope + sealed `JobContent`).
 //! - [`amqp`]: queue topology (`Topology`) and AMQP header conventions.
+//! - [`ids`]: random UUIDs without a system call each.
 //! - [`keyring`]: key lists for rotation (`id:base64,...`) and the weak-key check.
 //! - [`keys`]: the Redis keyspace of both binaries.
 //! - [`metrics`]: Prometheus registration helpers and the text exposition.
@@ -20,6 +21,7 @@
 pub mod amqp;
 pub mod config;
 pub mod crypto;
+pub mod ids;
 pub mod job;
 pub mod keyring;
 pub mod keys;
