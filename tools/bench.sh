@@ -15,6 +15,8 @@
 #   faults       the fault drills, 3 rounds: kill -9 of a dispatcher, RabbitMQ restart, Redis
 #                restart (dispatcher/tests/drills/faults.rs on release builds; restarts the
 #                local RabbitMQ)
+# BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
+# declare (declared first, with pika; the services then use it as it is, with a warning).
 # Everything it starts stops when it ends; it uses its own queue and key prefix and removes
 # them. Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -36,6 +38,18 @@ FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 PLIVO_MAX_RPS=100000 RESEND_ON_UN
 set +a
 
 pids=()
+if [ "${BENCH_QUEUE_TYPE:-quorum}" = classic ]; then
+  python3 -c 'import pika' 2>/dev/null || pip install -q pika
+  python3 - "$SMS_QUEUE" <<'PY'
+import sys, pika
+queue = sys.argv[1]
+channel = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1")).channel()
+channel.exchange_declare(queue + ".dlx", "direct", durable=True)
+channel.queue_declare(queue, durable=True, arguments={
+    "x-queue-type": "classic", "x-dead-letter-exchange": queue + ".dlx",
+    "x-dead-letter-routing-key": queue + ".dead"})
+PY
+fi
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
