@@ -15,6 +15,8 @@
 #   faults       the fault drills, 3 rounds: kill -9 of a dispatcher, RabbitMQ restart, Redis
 #                restart (dispatcher/tests/drills/faults.rs on release builds; restarts the
 #                local RabbitMQ)
+# BENCH_PROFILE=debug uses the debug builds (the test suite's seconds-long smoke run of `system`,
+# so this script cannot rot); numbers from it mean nothing.
 # BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
 # declare (declared first, with pika; the services then use it as it is, with a warning).
 # Everything it starts stops when it ends; it uses its own queue and key prefix and removes
@@ -25,7 +27,13 @@ scenario=${1:?usage: tools/bench.sh request|system|dispatchers|limiter|outage|fa
 secs=${2:-20}
 bash tools/services.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release -q -p otp-api -p otp-dispatcher -p fake-plivo
+profile=${BENCH_PROFILE:-release}
+case $profile in
+  release) cargo build --release --locked -q -p otp-api -p otp-dispatcher -p fake-plivo ;;
+  debug) cargo build --locked -q -p otp-api -p otp-dispatcher -p fake-plivo ;;
+  *) echo "BENCH_PROFILE is release or debug" >&2; exit 2 ;;
+esac
+bin=target/$profile
 
 set -a
 . ./.env.example
@@ -104,11 +112,11 @@ wrk_summary() {
 load() { # connections seconds [script]
   wrk -t2 -c"$1" -d"$2s" --latency -s "${3:-tools/bench/request.lua}" "http://127.0.0.1:$PORT"
 }
-start_api() { target/release/otp-api & api=$!; pids+=("$api"); wait_http "http://127.0.0.1:$PORT/readyz"; }
-start_plivo() { FAKE_PLIVO_LATENCY_MS=${1:-0} FAKE_PLIVO_DOWN=${2:-} target/release/fake-plivo & plivo=$!; pids+=("$plivo"); wait_http "http://127.0.0.1:$FAKE_PLIVO_PORT/readyz"; }
+start_api() { $bin/otp-api & api=$!; pids+=("$api"); wait_http "http://127.0.0.1:$PORT/readyz"; }
+start_plivo() { FAKE_PLIVO_LATENCY_MS=${1:-0} FAKE_PLIVO_DOWN=${2:-} $bin/fake-plivo & plivo=$!; pids+=("$plivo"); wait_http "http://127.0.0.1:$FAKE_PLIVO_PORT/readyz"; }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 start_dispatcher() { # port [extra env...]
-  env DISPATCHER_HTTP_PORT="$1" "${@:2}" target/release/otp-dispatcher & disp=$!; pids+=("$disp")
+  env DISPATCHER_HTTP_PORT="$1" "${@:2}" $bin/otp-dispatcher & disp=$!; pids+=("$disp")
   wait_http "http://127.0.0.1:$1/readyz"
 }
 
@@ -154,11 +162,16 @@ scenario_system() {
   sent=$(wait_sends "$issued" 60)
   for i in "${!procs[@]}"; do after[i]=$(cpu_us "${procs[i]}"); done
   local delivered=$((sent - sent0)) per="" total=0 us
+  local failed; failed=$(echo "$result" | sed 's/.* \([0-9]*\) non-2xx.*/\1/')
   for i in "${!procs[@]}"; do
     us=$(((after[i] - before[i]) / (delivered > 0 ? delivered : 1)))
     total=$((total + us))
     per="$per ${names[i]} ${us}"
   done
+  if [ "$delivered" -lt "$issued" ] || [ "$failed" != 0 ]; then
+    echo "system: $delivered of $issued codes delivered, $failed non-2xx answers" >&2
+    exit 1
+  fi
   echo "SUMMARY system: $result; $delivered codes delivered ($(awk -v n="$delivered" -v s="$secs" 'BEGIN {printf "%.0f", n/s}')/s over the load); CPU µs per code:${per}; total ${total}"
 }
 
@@ -256,7 +269,8 @@ scenario_verify() {
 # their DRILL lines.
 drills() { # filter [env...]
   local out
-  out=$(env "${@:2}" cargo test --release --locked -q -p otp-dispatcher --test drills -- \
+  local release=--release; [ "$profile" = debug ] && release=
+  out=$(env "${@:2}" cargo test $release --locked -q -p otp-dispatcher --test drills -- \
     --ignored --nocapture --test-threads 1 "$1" 2>&1) || { echo "$out" | grep -v '^{'; return 1; }
   echo "$out" | grep '^DRILL'
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Testing"): makes sure Redis and RabbitMQ are installed and
 # running (tools/services.sh), then builds the workspace and runs every test against them.
-# Then the schema fuzzer (tools/fuzz.sh) runs against a live API.
+# Then the schema fuzzer (tools/fuzz.sh) runs against a live API, and a seconds-long smoke run of
+# the benchmark suite's whole-system scenario (tools/bench.sh) on the debug builds.
 #
 # Usage: tools/test.sh [--cluster] [cargo test arguments, e.g. -p otp-api]
 #   --cluster  then also starts the local Redis Cluster and RabbitMQ cluster
@@ -20,6 +21,9 @@ cargo test --workspace --locked "$@"
 # The OpenAPI document against the running API: no 5xx, no undeclared status, no schema-valid
 # request rejected (schemathesis; fixed seed, so a run is repeatable).
 bash tools/fuzz.sh 100 --seed 1
+# The benchmark's whole-system scenario for 3 s on the debug builds, so the benchmark tools cannot
+# rot (tools/bench/BENCHMARKS.md): it fails unless every code issued is delivered with no error.
+BENCH_PROFILE=debug bash tools/bench.sh system 3
 if $cluster; then
   trap 'bash tools/redis-cluster.sh stop; bash tools/rabbitmq-cluster.sh stop' EXIT
   bash tools/redis-cluster.sh start
