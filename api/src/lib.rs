@@ -8,7 +8,8 @@
 //! - [`sms_text`]: the SMS text with autofill lines, and its segment count.
 //! - [`service`]: the use cases: request a code, verify it, read delivery state.
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
-//! - [`store`]: the `OtpStore` trait and its Redis implementation (Lua scripts beside it).
+//! - [`store`]: the `OtpStore` trait, its Redis implementation (Lua scripts beside it) and the
+//!   same rules in memory (`MemoryStore`), kept in step by one conformance suite.
 //! - [`openapi`]: the published OpenAPI document, completed with the live constraints.
 //! - [`queue`]: the `JobQueue` trait and the RabbitMQ publisher with confirms and reconnects.
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.

@@ -56,19 +56,7 @@ impl Application {
         let store = RedisStore::new(
             redis.clone(),
             config.redis.keys(),
-            StorePolicy {
-                code_ttl_seconds: otp.otp_validity_seconds,
-                max_attempts: otp.otp_max_attempts,
-                resend_cooldown_seconds: limits.resend_cooldown_seconds,
-                max_sends_per_number_per_hour: limits.max_sends_per_number_per_hour,
-                max_requests_per_ip_per_minute: limits.max_requests_per_ip_per_minute,
-                max_verifies_per_number_per_15_minutes: limits
-                    .max_verifies_per_number_per_15_minutes,
-                max_verifies_per_ip_per_minute: limits.max_verifies_per_ip_per_minute,
-                max_sends_per_hour: limits.max_sends_per_hour,
-                max_sends_per_country_per_hour: limits.max_sends_per_country_per_hour.clone(),
-                fraud: config.fraud.clone(),
-            },
+            StorePolicy::from_config(&config),
         );
         let service = Arc::new(OtpService::new(
             store,

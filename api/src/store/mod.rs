@@ -1,6 +1,8 @@
 //! Where codes, limits and idempotency records live. The service talks to the [`OtpStore`] trait;
-//! [`RedisStore`] is the production implementation.
+//! [`RedisStore`] is the production implementation, [`MemoryStore`] the same rules in process
+//! memory (the conformance suite, `api/tests/api/conformance.rs`, keeps the two in step).
 
+mod memory;
 mod redis_store;
 
 use std::future::Future;
@@ -9,7 +11,47 @@ use uuid::Uuid;
 
 use otp_shared::{phone::PhoneNumber, status::DeliveryStatus};
 
-pub use redis_store::{RedisStore, StorePolicy};
+use crate::{
+    config::{Config, CountryBudgets},
+    fraud::FraudSettings,
+};
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+/// The limits and lifetimes the store applies; 0 disables a limit.
+#[derive(Debug, Clone)]
+pub struct StorePolicy {
+    pub code_ttl_seconds: u32,
+    pub max_attempts: u32,
+    pub resend_cooldown_seconds: u32,
+    pub max_sends_per_number_per_hour: u32,
+    pub max_requests_per_ip_per_minute: u32,
+    pub max_verifies_per_number_per_15_minutes: u32,
+    pub max_verifies_per_ip_per_minute: u32,
+    pub max_sends_per_hour: u32,
+    pub max_sends_per_country_per_hour: CountryBudgets,
+    pub fraud: FraudSettings,
+}
+
+impl StorePolicy {
+    /// The policy `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        let (otp, limits) = (&config.otp, &config.limits);
+        Self {
+            code_ttl_seconds: otp.otp_validity_seconds,
+            max_attempts: otp.otp_max_attempts,
+            resend_cooldown_seconds: limits.resend_cooldown_seconds,
+            max_sends_per_number_per_hour: limits.max_sends_per_number_per_hour,
+            max_requests_per_ip_per_minute: limits.max_requests_per_ip_per_minute,
+            max_verifies_per_number_per_15_minutes: limits.max_verifies_per_number_per_15_minutes,
+            max_verifies_per_ip_per_minute: limits.max_verifies_per_ip_per_minute,
+            max_sends_per_hour: limits.max_sends_per_hour,
+            max_sends_per_country_per_hour: limits.max_sends_per_country_per_hour.clone(),
+            fraud: config.fraud.clone(),
+        }
+    }
+}
 
 /// A limit's state, for the RateLimit-* and Retry-After headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +158,9 @@ pub enum IdempotencyClaim {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend could not be reached or failed; the source says how.
     #[error("the code store is unavailable")]
-    Unavailable(#[from] redis::RedisError),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the code store returned something unexpected: {0}")]
     Corrupt(String),
 }

@@ -32,11 +32,9 @@ use otp_shared::{
     status::{self, DeliveryState, DeliveryStatus},
 };
 
-use crate::{config::CountryBudgets, fraud::FraudSettings};
-
 use super::{
     FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError,
-    VerifyLookup,
+    StorePolicy, VerifyLookup,
 };
 
 static GUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("guard.lua")));
@@ -62,28 +60,13 @@ static IDEMPOTENCY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("idempotency.lua")));
 
 /// Replayable responses are kept this long (the Idempotency-Key promise).
-const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 60 * 60;
+pub(super) const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 60 * 60;
 /// A claim whose request never finished (process killed) frees itself after this long.
-const IDEMPOTENCY_PENDING_TTL_SECONDS: u64 = 30;
-const VERIFY_WINDOW_SECONDS: u64 = 15 * 60;
-
-/// The limits and lifetimes the store applies; 0 disables a limit.
-#[derive(Debug, Clone)]
-pub struct StorePolicy {
-    pub code_ttl_seconds: u32,
-    pub max_attempts: u32,
-    pub resend_cooldown_seconds: u32,
-    pub max_sends_per_number_per_hour: u32,
-    pub max_requests_per_ip_per_minute: u32,
-    pub max_verifies_per_number_per_15_minutes: u32,
-    pub max_verifies_per_ip_per_minute: u32,
-    pub max_sends_per_hour: u32,
-    pub max_sends_per_country_per_hour: CountryBudgets,
-    pub fraud: FraudSettings,
-}
+pub(super) const IDEMPOTENCY_PENDING_TTL_SECONDS: u64 = 30;
+pub(super) const VERIFY_WINDOW_SECONDS: u64 = 15 * 60;
 
 /// The budget counter's name for a number's country (`ZZ`: no single country).
-fn country_of(phone: &PhoneNumber) -> String {
+pub(super) fn country_of(phone: &PhoneNumber) -> String {
     phone
         .country()
         .map_or_else(|| "ZZ".to_owned(), |c| c.as_str().to_owned())
@@ -102,7 +85,13 @@ struct IdempotencyRecord {
     response: Option<String>,
 }
 
-fn rate(limit: i64, remaining: i64, reset: i64) -> RateLimit {
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(Box::new(e))
+    }
+}
+
+pub(super) fn rate(limit: i64, remaining: i64, reset: i64) -> RateLimit {
     RateLimit {
         limit: limit.clamp(0, u32::MAX.into()) as u32,
         remaining: remaining.clamp(0, u32::MAX.into()) as u32,
@@ -173,7 +162,7 @@ enum HitOutcome {
 }
 
 /// The tighter of two limits' states (fewer remaining); a disabled one (limit 0) never wins.
-fn tighter(a: Option<RateLimit>, b: RateLimit) -> Option<RateLimit> {
+pub(super) fn tighter(a: Option<RateLimit>, b: RateLimit) -> Option<RateLimit> {
     match a {
         _ if b.limit == 0 => a,
         Some(a) if a.remaining <= b.remaining => Some(a),

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod conformance;
 mod docs;
 mod fraud;
 mod hardening;

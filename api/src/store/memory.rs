@@ -1,0 +1,594 @@
+//! [`OtpStore`] in process memory: the rules of the Lua scripts beside [`super::RedisStore`]
+//! (limits, codes, attempts, idempotency, send budgets, the fraud guard's prefix counts), kept
+//! under one lock, so every call is atomic. Time is tokio's clock, so tests can pause it.
+//! Nothing survives the process; one process is the only replica.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use otp_shared::{
+    phone::PhoneNumber,
+    status::{DeliveryState, DeliveryStatus},
+};
+
+use super::{
+    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError,
+    StorePolicy, VerifyLookup,
+    redis_store::{
+        IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
+        country_of, rate, tighter,
+    },
+};
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * 60;
+/// Expired entries are swept out every this many calls, so memory follows live entries only.
+const SWEEP_EVERY: u64 = 1024;
+
+#[derive(Clone)]
+pub struct MemoryStore {
+    policy: StorePolicy,
+    state: Arc<Mutex<State>>,
+}
+
+/// A value with an expiry, like a Redis key with a TTL.
+struct Expiring<T> {
+    value: T,
+    until: Instant,
+}
+
+impl<T> Expiring<T> {
+    fn new(value: T, ttl: Duration) -> Self {
+        Self {
+            value,
+            until: Instant::now() + ttl,
+        }
+    }
+
+    /// Seconds left, rounded up (what Retry-After reports).
+    fn ttl_seconds(&self) -> u64 {
+        let left = self.until.saturating_duration_since(Instant::now());
+        left.as_millis().div_ceil(1000) as u64
+    }
+}
+
+/// Keys whose values expire: reads skip expired entries, and [`State::sweep`] drops them.
+struct Table<K, V>(HashMap<K, Expiring<V>>);
+
+impl<K: std::hash::Hash + Eq, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Table<K, V> {
+    fn get(&self, key: &K) -> Option<&Expiring<V>> {
+        self.0.get(key).filter(|e| e.until > Instant::now())
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut Expiring<V>> {
+        self.0.get_mut(key).filter(|e| e.until > Instant::now())
+    }
+
+    fn set(&mut self, key: K, value: V, ttl: Duration) {
+        self.0.insert(key, Expiring::new(value, ttl));
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let now = Instant::now();
+        self.0
+            .remove(key)
+            .filter(|e| e.until > now)
+            .map(|e| e.value)
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.0.retain(|_, e| e.until > now);
+    }
+}
+
+/// Fixed-window counters by name: the first count starts the window.
+#[derive(Default)]
+struct Counters(Table<String, u32>);
+
+impl Counters {
+    fn count(&self, key: &str) -> u32 {
+        self.0.get(&key.to_owned()).map_or(0, |e| e.value)
+    }
+
+    /// Adds one; returns the new count and the seconds left in its window.
+    fn hit(&mut self, key: &str, window: Duration) -> (u32, u64) {
+        let key = key.to_owned();
+        match self.0.get_mut(&key) {
+            Some(e) => {
+                e.value += 1;
+                (e.value, e.ttl_seconds())
+            }
+            None => {
+                self.0.set(key, 1, window);
+                (1, window.as_secs())
+            }
+        }
+    }
+
+    fn give_back(&mut self, key: &str) {
+        if let Some(e) = self.0.get_mut(&key.to_owned()) {
+            e.value = e.value.saturating_sub(1);
+        }
+    }
+
+    fn ttl_or(&self, key: &str, default: u64) -> u64 {
+        self.0
+            .get(&key.to_owned())
+            .map_or(default, Expiring::ttl_seconds)
+    }
+}
+
+struct Code {
+    verification_id: Uuid,
+    digest: String,
+    /// When the fraud guard counted its send (ms on [`State::clock_ms`]; 0: not counted).
+    sent_ms: u64,
+}
+
+enum Idempotency {
+    Pending { body: String },
+    Done { body: String, response: String },
+}
+
+/// One destination prefix's sends and verified codes, by send time (ms), for the fraud guard.
+#[derive(Default)]
+struct Prefix {
+    sends: Vec<(u64, Uuid)>,
+    verified: Vec<(u64, Uuid)>,
+    blocked_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    counters: Counters,
+    /// Per number: the verification that started the cooldown.
+    cooldowns: Table<String, Uuid>,
+    codes: Table<String, Code>,
+    failures: Table<String, u32>,
+    idempotency: Table<String, Idempotency>,
+    statuses: Table<Uuid, DeliveryStatus>,
+    prefixes: HashMap<String, Prefix>,
+    started: Option<Instant>,
+    calls: u64,
+}
+
+impl State {
+    /// Milliseconds since the store started, from 1 (0 means "not counted").
+    fn clock_ms(&mut self) -> u64 {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn sweep(&mut self, fraud_window_ms: u64) {
+        self.calls += 1;
+        if !self.calls.is_multiple_of(SWEEP_EVERY) {
+            return;
+        }
+        let now = Instant::now();
+        self.counters.0.sweep(now);
+        self.cooldowns.sweep(now);
+        self.codes.sweep(now);
+        self.failures.sweep(now);
+        self.idempotency.sweep(now);
+        self.statuses.sweep(now);
+        let oldest = self.clock_ms().saturating_sub(fraud_window_ms);
+        self.prefixes.retain(|_, p| {
+            p.sends.retain(|(ms, _)| *ms > oldest);
+            p.verified.retain(|(ms, _)| *ms > oldest);
+            !p.sends.is_empty() || p.blocked_until.is_some_and(|until| until > now)
+        });
+    }
+}
+
+/// Counter names, one per limit (as the Redis keys are, without a prefix).
+fn requests_per_ip(client: &str) -> String {
+    format!("rip:{client}")
+}
+fn verifies_per_ip(client: &str) -> String {
+    format!("vip:{client}")
+}
+fn verifies(e164: &str) -> String {
+    format!("ver:{e164}")
+}
+fn sends_per_hour(e164: &str) -> String {
+    format!("hour:{e164}")
+}
+fn sends_country(country: &str) -> String {
+    format!("country:{country}")
+}
+const SENDS_ALL: &str = "all";
+
+fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+impl MemoryStore {
+    pub fn new(policy: StorePolicy) -> Self {
+        Self {
+            policy,
+            state: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind: keep using it.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.sweep(self.policy.fraud.window().as_millis() as u64);
+        state
+    }
+
+    /// Counts one call against `key`; `Err` with the limit's state when over it.
+    fn hit(state: &mut State, key: &str, limit: u32, window: u64) -> Result<RateLimit, RateLimit> {
+        let (n, reset) = state.counters.hit(key, secs(window));
+        let rate = rate(limit.into(), i64::from(limit) - i64::from(n), reset as i64);
+        if n > limit { Err(rate) } else { Ok(rate) }
+    }
+
+    /// The send budgets and the fraud guard (guard.lua): `Err` when they refuse the request;
+    /// otherwise spends the budgets, counts the send, and returns the signal and send time.
+    fn guard(
+        &self,
+        state: &mut State,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+    ) -> Result<(FraudSignal, u64), IssueOutcome> {
+        let p = &self.policy;
+        let country = sends_country(&country_of(phone));
+        let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
+        if country_limit > 0 && state.counters.count(&country) >= country_limit {
+            let reset = state.counters.ttl_or(&country, HOUR);
+            return Err(IssueOutcome::Limited(
+                LimitKind::CountrySendsPerHour,
+                rate(country_limit.into(), 0, reset as i64),
+            ));
+        }
+        let global_limit = p.max_sends_per_hour;
+        if global_limit > 0 && state.counters.count(SENDS_ALL) >= global_limit {
+            let reset = state.counters.ttl_or(SENDS_ALL, HOUR);
+            return Err(IssueOutcome::Limited(
+                LimitKind::TotalSendsPerHour,
+                rate(global_limit.into(), 0, reset as i64),
+            ));
+        }
+
+        let fraud = &p.fraud;
+        let mode = fraud.fraud_guard;
+        let now_ms = state.clock_ms();
+        let mut signal = FraudSignal::Clear;
+        if mode.enabled() {
+            let destination = fraud.destination(phone);
+            let window = fraud.window().as_millis() as u64;
+            let grace = fraud.grace().as_millis() as u64;
+            let (oldest, newest) = (now_ms.saturating_sub(window), now_ms.saturating_sub(grace));
+            let prefix = state.prefixes.entry(destination.prefix).or_default();
+            prefix.sends.retain(|(ms, _)| *ms > oldest);
+            prefix.verified.retain(|(ms, _)| *ms > oldest);
+            if !destination.safe {
+                let within = |list: &[(u64, Uuid)]| {
+                    list.iter().filter(|(ms, _)| *ms <= newest).count() as u64
+                };
+                let (sends, verified) = (within(&prefix.sends), within(&prefix.verified));
+                let now = Instant::now();
+                let blocked = prefix.blocked_until.is_some_and(|until| until > now);
+                let pumping = sends >= u64::from(fraud.fraud_guard_min_sends)
+                    && verified * 1000 < fraud.min_conversion_per_mille() * sends;
+                if pumping {
+                    prefix.blocked_until = Some(now + fraud.block());
+                }
+                signal = match (blocked, pumping) {
+                    (false, true) => FraudSignal::NewBlock,
+                    (true, _) => FraudSignal::Blocked,
+                    (false, false) => FraudSignal::Clear,
+                };
+            }
+            if mode.code() == 2 && signal != FraudSignal::Clear {
+                return Err(IssueOutcome::Blocked {
+                    new: signal == FraudSignal::NewBlock,
+                });
+            }
+        }
+
+        if country_limit > 0 {
+            state.counters.hit(&country, secs(HOUR));
+        }
+        if global_limit > 0 {
+            state.counters.hit(SENDS_ALL, secs(HOUR));
+        }
+        let mut sent_ms = 0;
+        if mode.enabled() {
+            let prefix = fraud.destination(phone).prefix;
+            let entry = state.prefixes.entry(prefix).or_default();
+            entry.sends.push((now_ms, verification_id));
+            sent_ms = now_ms;
+        }
+        Ok((signal, sent_ms))
+    }
+
+    /// Gives back what [`Self::guard`] spent (unguard.lua).
+    fn unguard(&self, state: &mut State, phone: &PhoneNumber, verification_id: Uuid) {
+        let p = &self.policy;
+        if p.max_sends_per_country_per_hour.limit_for(phone.country()) > 0 {
+            state.counters.give_back(&sends_country(&country_of(phone)));
+        }
+        if p.max_sends_per_hour > 0 {
+            state.counters.give_back(SENDS_ALL);
+        }
+        let prefix = p.fraud.destination(phone).prefix;
+        if let Some(entry) = state.prefixes.get_mut(&prefix) {
+            entry.sends.retain(|(_, vid)| *vid != verification_id);
+        }
+    }
+}
+
+impl OtpStore for MemoryStore {
+    async fn hit_request_ip(&self, client: &str) -> Result<Option<RateLimit>, StoreError> {
+        let limit = self.policy.max_requests_per_ip_per_minute;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let mut state = self.lock();
+        Ok(Self::hit(&mut state, &requests_per_ip(client), limit, MINUTE).err())
+    }
+
+    async fn issue(
+        &self,
+        phone: &PhoneNumber,
+        client: Option<&str>,
+        verification_id: Uuid,
+        digest: &str,
+    ) -> Result<IssueOutcome, StoreError> {
+        let p = &self.policy;
+        let e164 = phone.as_e164().to_owned();
+        let mut state = self.lock();
+        let state = &mut *state;
+
+        let mut best = None;
+        if let Some(client) = client
+            && p.max_requests_per_ip_per_minute > 0
+        {
+            let key = requests_per_ip(client);
+            match Self::hit(state, &key, p.max_requests_per_ip_per_minute, MINUTE) {
+                Ok(rate) => best = tighter(best, rate),
+                Err(rate) => return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate)),
+            }
+        }
+
+        let (signal, sent_ms) = match self.guard(state, phone, verification_id) {
+            Ok(guarded) => guarded,
+            Err(refused) => return Ok(refused),
+        };
+
+        // The number's limits (issue.lua); a refusal gives back what the guard spent.
+        let cooldown = p.resend_cooldown_seconds;
+        if cooldown > 0
+            && let Some(until) = state.cooldowns.get(&e164)
+        {
+            let reset = until.ttl_seconds();
+            self.unguard(state, phone, verification_id);
+            return Ok(IssueOutcome::Limited(
+                LimitKind::ResendCooldown,
+                rate(1, 0, reset as i64),
+            ));
+        }
+        let mut number_rate = rate(0, 0, 0);
+        let hourly = p.max_sends_per_number_per_hour;
+        if hourly > 0 {
+            let key = sends_per_hour(&e164);
+            if state.counters.count(&key) >= hourly {
+                let reset = state.counters.ttl_or(&key, HOUR);
+                self.unguard(state, phone, verification_id);
+                return Ok(IssueOutcome::Limited(
+                    LimitKind::SendsPerHour,
+                    rate(hourly.into(), 0, reset as i64),
+                ));
+            }
+            let (n, reset) = state.counters.hit(&key, secs(HOUR));
+            number_rate = rate(hourly.into(), i64::from(hourly - n), reset as i64);
+        }
+        if cooldown > 0 {
+            state
+                .cooldowns
+                .set(e164.clone(), verification_id, secs(cooldown.into()));
+        }
+        // Replaces any previous code; failed attempts survive, at least as long as the new code.
+        let ttl = secs(p.code_ttl_seconds.into());
+        let code = Code {
+            verification_id,
+            digest: digest.to_owned(),
+            sent_ms,
+        };
+        state.codes.set(e164.clone(), code, ttl);
+        if let Some(failures) = state.failures.get_mut(&e164) {
+            failures.until = failures.until.max(Instant::now() + ttl);
+        }
+        let queued = DeliveryStatus {
+            state: DeliveryState::Queued,
+            attempts: 0,
+            updated_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            provider_message_id: None,
+        };
+        state.statuses.set(
+            verification_id,
+            queued,
+            secs(otp_shared::status::STATUS_TTL_SECONDS),
+        );
+        let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
+        Ok(IssueOutcome::Issued(best, signal))
+    }
+
+    async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {
+        let e164 = phone.as_e164().to_owned();
+        let mut state = self.lock();
+        let state = &mut *state;
+        if state
+            .codes
+            .get(&e164)
+            .is_some_and(|c| c.value.verification_id == verification_id)
+        {
+            state.codes.remove(&e164);
+        }
+        if state
+            .cooldowns
+            .get(&e164)
+            .is_some_and(|c| c.value == verification_id)
+        {
+            state.cooldowns.remove(&e164);
+        }
+        state.counters.give_back(&sends_per_hour(&e164));
+        state.statuses.remove(&verification_id);
+        self.unguard(state, phone, verification_id);
+        Ok(())
+    }
+
+    async fn begin_verify(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+    ) -> Result<VerifyLookup, StoreError> {
+        let p = &self.policy;
+        let e164 = phone.as_e164();
+        let mut state = self.lock();
+        let mut best = None;
+        if p.max_verifies_per_ip_per_minute > 0 {
+            let key = verifies_per_ip(client);
+            match Self::hit(&mut state, &key, p.max_verifies_per_ip_per_minute, MINUTE) {
+                Ok(rate) => best = tighter(best, rate),
+                Err(rate) => return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate)),
+            }
+        }
+        let limit = p.max_verifies_per_number_per_15_minutes;
+        if limit > 0 {
+            let key = verifies(e164);
+            match Self::hit(&mut state, &key, limit, VERIFY_WINDOW_SECONDS) {
+                Ok(rate) => best = tighter(best, rate),
+                Err(rate) => {
+                    return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerNumber, rate));
+                }
+            }
+        }
+        let record = state
+            .codes
+            .get(&e164.to_owned())
+            .map(|c| (c.value.verification_id, c.value.digest.clone()));
+        Ok(VerifyLookup::Found {
+            rate: best.unwrap_or(rate(0, 0, 0)),
+            record,
+        })
+    }
+
+    async fn finish_verify(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Option<Uuid>,
+        matched: bool,
+    ) -> Result<bool, StoreError> {
+        let e164 = phone.as_e164().to_owned();
+        let max = self.policy.max_attempts;
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(vid) = verification_id else {
+            return Ok(false);
+        };
+        let sent_ms = match state.codes.get(&e164) {
+            Some(code) if code.value.verification_id == vid => code.value.sent_ms,
+            _ => return Ok(false),
+        };
+        let fails = state.failures.get(&e164).map_or(0, |f| f.value);
+        if fails >= max {
+            state.codes.remove(&e164);
+            return Ok(false);
+        }
+        if matched {
+            state.codes.remove(&e164);
+            state.failures.remove(&e164);
+            if sent_ms > 0 {
+                let prefix = self.policy.fraud.destination(phone).prefix;
+                let entry = state.prefixes.entry(prefix).or_default();
+                entry.verified.push((sent_ms, vid));
+            }
+            return Ok(true);
+        }
+        let fails = fails + 1;
+        let ttl = secs(self.policy.code_ttl_seconds.into());
+        state.failures.set(e164.clone(), fails, ttl);
+        if fails >= max {
+            state.codes.remove(&e164);
+        }
+        Ok(false)
+    }
+
+    async fn claim_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let mut state = self.lock();
+        let key = key_digest.to_owned();
+        Ok(match state.idempotency.get(&key).map(|e| &e.value) {
+            None => {
+                let pending = Idempotency::Pending {
+                    body: body_digest.to_owned(),
+                };
+                let ttl = secs(IDEMPOTENCY_PENDING_TTL_SECONDS);
+                state.idempotency.set(key, pending, ttl);
+                IdempotencyClaim::Claimed
+            }
+            Some(Idempotency::Pending { body } | Idempotency::Done { body, .. })
+                if body != body_digest =>
+            {
+                IdempotencyClaim::Conflict
+            }
+            Some(Idempotency::Pending { .. }) => IdempotencyClaim::InProgress,
+            Some(Idempotency::Done { response, .. }) => IdempotencyClaim::Replay(response.clone()),
+        })
+    }
+
+    async fn complete_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+        response_json: &str,
+    ) -> Result<(), StoreError> {
+        let done = Idempotency::Done {
+            body: body_digest.to_owned(),
+            response: response_json.to_owned(),
+        };
+        let ttl = secs(IDEMPOTENCY_TTL_SECONDS);
+        self.lock()
+            .idempotency
+            .set(key_digest.to_owned(), done, ttl);
+        Ok(())
+    }
+
+    async fn release_idempotency(&self, key_digest: &str) -> Result<(), StoreError> {
+        self.lock().idempotency.remove(&key_digest.to_owned());
+        Ok(())
+    }
+
+    async fn delivery_status(
+        &self,
+        verification_id: Uuid,
+    ) -> Result<Option<DeliveryStatus>, StoreError> {
+        Ok(self
+            .lock()
+            .statuses
+            .get(&verification_id)
+            .map(|e| e.value.clone()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,414 @@
+//! One behavioural suite for both code stores: every rule is checked once, through the
+//! `OtpStore` trait, against `RedisStore` (the Lua scripts, on the real Redis, or Redis Cluster
+//! with OTP_TEST_REDIS_CLUSTER) and `MemoryStore` (on tokio's paused clock, so waiting out a
+//! TTL takes no time). The suite is what keeps the two in step.
+
+use std::time::Duration;
+
+use otp_api::{
+    config::CountryBudgets,
+    fraud::{FraudSettings, Mode},
+    store::{
+        IdempotencyClaim, IssueOutcome, LimitKind, MemoryStore, OtpStore, RateLimit, RedisStore,
+        StorePolicy, VerifyLookup,
+    },
+};
+use otp_shared::{keys::Keys, phone::PhoneNumber, testing::Cleanup};
+use uuid::Uuid;
+
+use crate::helpers::{AMQP_URL, test_config};
+
+/// Makes a store with a policy; a Redis one isolates itself under a key prefix of its own.
+trait Backend {
+    type Store: OtpStore + Clone;
+    fn store(&mut self, policy: StorePolicy) -> Self::Store;
+}
+
+struct OnRedis {
+    prefix: String,
+    _cleanup: Cleanup,
+}
+
+impl OnRedis {
+    fn new() -> Self {
+        let prefix = format!("test:{}:", Uuid::new_v4().simple());
+        let cleanup = Cleanup {
+            redis_url: otp_shared::testing::redis_url(),
+            key_prefix: prefix.clone(),
+            amqp_url: AMQP_URL.into(),
+            queue: format!("test.conformance.{}", Uuid::new_v4().simple()),
+        };
+        Self {
+            prefix,
+            _cleanup: cleanup,
+        }
+    }
+}
+
+impl Backend for OnRedis {
+    type Store = RedisStore;
+    fn store(&mut self, policy: StorePolicy) -> RedisStore {
+        RedisStore::new(
+            otp_shared::testing::redis_conn(),
+            Keys::new(self.prefix.clone()),
+            policy,
+        )
+    }
+}
+
+struct InMemory;
+
+impl Backend for InMemory {
+    type Store = MemoryStore;
+    fn store(&mut self, policy: StorePolicy) -> MemoryStore {
+        MemoryStore::new(policy)
+    }
+}
+
+/// Runs each named check against both backends.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(&mut super::OnRedis::new()).await;
+                }
+            )*
+        }
+        mod in_memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $check() {
+                    super::$check(&mut super::InMemory).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_code_expires_with_its_ttl,
+    the_attempt_cap_voids_the_code,
+    a_replacement_keeps_the_failure_count,
+    a_code_is_used_once_under_50_concurrent_verifies,
+    a_wrong_verification_id_never_consumes,
+    request_and_verify_limits_say_when_to_retry,
+    send_limits_say_when_to_retry,
+    the_cooldown_ends_with_its_window,
+    revoke_gives_back_what_issue_took,
+    idempotency_claims_replays_and_conflicts,
+    the_fraud_guard_blocks_a_prefix_that_does_not_convert,
+);
+
+const NUMBER: &str = "+14155552671";
+const OTHER: &str = "+14155552672";
+
+fn phone(raw: &str) -> PhoneNumber {
+    PhoneNumber::parse(raw).expect("valid number")
+}
+
+/// The test config's policy: every limit off, codes live 300 s and allow 5 attempts; the fraud
+/// guard off, and when a check turns it on, quick to judge (3 sends, no grace, 50%).
+fn policy() -> StorePolicy {
+    let policy = StorePolicy::from_config(&test_config());
+    StorePolicy {
+        fraud: FraudSettings {
+            fraud_guard: Mode::Off,
+            fraud_guard_grace_seconds: 0,
+            fraud_guard_min_sends: 3,
+            fraud_guard_min_conversion: 0.5,
+            ..policy.fraud
+        },
+        ..policy
+    }
+}
+
+/// Issues a code for `number` (digest "d-<vid>"); panics unless it was issued.
+async fn issue(store: &impl OtpStore, number: &str) -> Uuid {
+    let vid = Uuid::new_v4();
+    match store
+        .issue(&phone(number), None, vid, &format!("d-{vid}"))
+        .await
+        .unwrap()
+    {
+        IssueOutcome::Issued(..) => vid,
+        other => panic!("not issued: {other:?}"),
+    }
+}
+
+/// The number's live code: (verification id, digest).
+async fn live_code(store: &impl OtpStore, number: &str) -> Option<(Uuid, String)> {
+    match store.begin_verify(&phone(number), "client").await.unwrap() {
+        VerifyLookup::Found { record, .. } => record,
+        VerifyLookup::Limited(kind, _) => panic!("limited by {kind:?}"),
+    }
+}
+
+async fn verify(store: &impl OtpStore, number: &str, vid: Uuid, matched: bool) -> bool {
+    store
+        .finish_verify(&phone(number), Some(vid), matched)
+        .await
+        .unwrap()
+}
+
+fn assert_retry(rate: RateLimit, limit: u32, within: u64) {
+    assert_eq!((rate.limit, rate.remaining), (limit, 0), "{rate:?}");
+    assert!(
+        (1..=within).contains(&rate.reset_seconds),
+        "Retry-After {} not within 1..={within}",
+        rate.reset_seconds
+    );
+}
+
+async fn a_code_expires_with_its_ttl(backend: &mut impl Backend) {
+    let store = backend.store(StorePolicy {
+        code_ttl_seconds: 1,
+        ..policy()
+    });
+    let vid = issue(&store, NUMBER).await;
+    assert_eq!(
+        live_code(&store, NUMBER).await,
+        Some((vid, format!("d-{vid}")))
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(live_code(&store, NUMBER).await, None);
+    assert!(
+        !verify(&store, NUMBER, vid, true).await,
+        "expired code used"
+    );
+}
+
+async fn the_attempt_cap_voids_the_code(backend: &mut impl Backend) {
+    let store = backend.store(StorePolicy {
+        max_attempts: 3,
+        ..policy()
+    });
+    let vid = issue(&store, NUMBER).await;
+    for _ in 0..2 {
+        assert!(!verify(&store, NUMBER, vid, false).await);
+    }
+    assert!(live_code(&store, NUMBER).await.is_some(), "voided too soon");
+    assert!(!verify(&store, NUMBER, vid, false).await);
+    assert_eq!(
+        live_code(&store, NUMBER).await,
+        None,
+        "not voided at the cap"
+    );
+    assert!(!verify(&store, NUMBER, vid, true).await, "voided code used");
+}
+
+async fn a_replacement_keeps_the_failure_count(backend: &mut impl Backend) {
+    let store = backend.store(StorePolicy {
+        max_attempts: 3,
+        ..policy()
+    });
+    let first = issue(&store, NUMBER).await;
+    assert!(!verify(&store, NUMBER, first, false).await);
+    assert!(!verify(&store, NUMBER, first, false).await);
+    let second = issue(&store, NUMBER).await;
+    assert_eq!(
+        live_code(&store, NUMBER).await.map(|(vid, _)| vid),
+        Some(second)
+    );
+    assert!(
+        !verify(&store, NUMBER, first, true).await,
+        "replaced code used"
+    );
+    // Two failures carried over: one more voids the new code.
+    assert!(!verify(&store, NUMBER, second, false).await);
+    assert_eq!(live_code(&store, NUMBER).await, None);
+}
+
+async fn a_code_is_used_once_under_50_concurrent_verifies(backend: &mut impl Backend) {
+    let store = backend.store(policy());
+    let vid = issue(&store, NUMBER).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        tasks.spawn(async move { verify(&store, NUMBER, vid, true).await });
+    }
+    let wins = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|won| *won)
+        .count();
+    assert_eq!(wins, 1);
+    assert_eq!(live_code(&store, NUMBER).await, None);
+}
+
+async fn a_wrong_verification_id_never_consumes(backend: &mut impl Backend) {
+    let store = backend.store(policy());
+    let vid = issue(&store, NUMBER).await;
+    assert!(!verify(&store, NUMBER, Uuid::new_v4(), true).await);
+    assert!(
+        !store
+            .finish_verify(&phone(NUMBER), None, true)
+            .await
+            .unwrap()
+    );
+    assert!(verify(&store, NUMBER, vid, true).await);
+}
+
+async fn request_and_verify_limits_say_when_to_retry(backend: &mut impl Backend) {
+    let store = backend.store(StorePolicy {
+        max_requests_per_ip_per_minute: 2,
+        max_verifies_per_ip_per_minute: 3,
+        max_verifies_per_number_per_15_minutes: 2,
+        ..policy()
+    });
+    // Requests per IP, on their own and as part of an issue.
+    assert_eq!(store.hit_request_ip("ip-a").await.unwrap(), None);
+    let (number, vid) = (phone(NUMBER), Uuid::new_v4());
+    let Ok(IssueOutcome::Issued(rate, _)) = store.issue(&number, Some("ip-a"), vid, "d").await
+    else {
+        panic!("the second request of the minute was refused");
+    };
+    assert_eq!((rate.limit, rate.remaining), (2, 0));
+    let refused = store
+        .hit_request_ip("ip-a")
+        .await
+        .unwrap()
+        .expect("limited");
+    assert_retry(refused, 2, 60);
+    match store.issue(&number, Some("ip-a"), vid, "d").await.unwrap() {
+        IssueOutcome::Limited(LimitKind::RequestsPerIp, rate) => assert_retry(rate, 2, 60),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.hit_request_ip("ip-b").await.unwrap(), None);
+
+    // Verifies per number, counted whether or not it has a code.
+    for _ in 0..2 {
+        let found = store.begin_verify(&phone(OTHER), "ip-c").await.unwrap();
+        assert!(matches!(found, VerifyLookup::Found { record: None, .. }));
+    }
+    match store.begin_verify(&phone(OTHER), "ip-c").await.unwrap() {
+        VerifyLookup::Limited(LimitKind::VerifiesPerNumber, rate) => {
+            assert_retry(rate, 2, 15 * 60);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Verifies per IP: that third call counted for ip-c; one more is over.
+    match store.begin_verify(&phone(NUMBER), "ip-c").await.unwrap() {
+        VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate) => assert_retry(rate, 3, 60),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn send_limits_say_when_to_retry(backend: &mut impl Backend) {
+    let store = backend.store(StorePolicy {
+        max_sends_per_number_per_hour: 2,
+        max_sends_per_hour: 3,
+        max_sends_per_country_per_hour: CountryBudgets::parse("GB=1").unwrap(),
+        ..policy()
+    });
+    issue(&store, NUMBER).await;
+    issue(&store, NUMBER).await;
+    let (number, vid) = (phone(NUMBER), Uuid::new_v4());
+    match store.issue(&number, None, vid, "d").await.unwrap() {
+        IssueOutcome::Limited(LimitKind::SendsPerHour, rate) => assert_retry(rate, 2, 3600),
+        other => panic!("{other:?}"),
+    }
+    // The country budget: one send to GB an hour.
+    issue(&store, "+447400123456").await;
+    let gb = phone("+447400123457");
+    match store.issue(&gb, None, vid, "d").await.unwrap() {
+        IssueOutcome::Limited(LimitKind::CountrySendsPerHour, rate) => {
+            assert_retry(rate, 1, 3600);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The global budget: three sends in all (the refused ones spent nothing).
+    match store.issue(&phone(OTHER), None, vid, "d").await.unwrap() {
+        IssueOutcome::Limited(LimitKind::TotalSendsPerHour, rate) => {
+            assert_retry(rate, 3, 3600);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn the_cooldown_ends_with_its_window(backend: &mut impl Backend) {
+    let store = backend.store(StorePolicy {
+        resend_cooldown_seconds: 1,
+        ..policy()
+    });
+    issue(&store, NUMBER).await;
+    match store
+        .issue(&phone(NUMBER), None, Uuid::new_v4(), "d")
+        .await
+        .unwrap()
+    {
+        IssueOutcome::Limited(LimitKind::ResendCooldown, rate) => assert_retry(rate, 1, 1),
+        other => panic!("{other:?}"),
+    }
+    issue(&store, OTHER).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    issue(&store, NUMBER).await;
+}
+
+async fn revoke_gives_back_what_issue_took(backend: &mut impl Backend) {
+    let store = backend.store(StorePolicy {
+        resend_cooldown_seconds: 60,
+        max_sends_per_number_per_hour: 1,
+        max_sends_per_hour: 1,
+        ..policy()
+    });
+    let vid = issue(&store, NUMBER).await;
+    assert!(store.delivery_status(vid).await.unwrap().is_some());
+    store.revoke(&phone(NUMBER), vid).await.unwrap();
+    assert_eq!(live_code(&store, NUMBER).await, None);
+    assert_eq!(store.delivery_status(vid).await.unwrap(), None);
+    // Cooldown, hourly send and global budget were all given back.
+    let again = issue(&store, NUMBER).await;
+    let status = store.delivery_status(again).await.unwrap().expect("record");
+    assert_eq!((status.state.as_str(), status.attempts), ("queued", 0));
+}
+
+async fn idempotency_claims_replays_and_conflicts(backend: &mut impl Backend) {
+    let store = backend.store(policy());
+    let claim = |body: &'static str| {
+        let store = store.clone();
+        async move { store.claim_idempotency("key", body).await.unwrap() }
+    };
+    assert_eq!(claim("body").await, IdempotencyClaim::Claimed);
+    assert_eq!(claim("body").await, IdempotencyClaim::InProgress);
+    assert_eq!(claim("other").await, IdempotencyClaim::Conflict);
+    store
+        .complete_idempotency("key", "body", "{\"ok\":1}")
+        .await
+        .unwrap();
+    assert_eq!(
+        claim("body").await,
+        IdempotencyClaim::Replay("{\"ok\":1}".into())
+    );
+    assert_eq!(claim("other").await, IdempotencyClaim::Conflict);
+    // A key whose request failed is freed for a retry.
+    assert_eq!(
+        store.claim_idempotency("failed", "b").await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    store.release_idempotency("failed").await.unwrap();
+    assert_eq!(
+        store.claim_idempotency("failed", "b").await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+}
+
+async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(backend: &mut impl Backend) {
+    let mut base = policy();
+    base.fraud.fraud_guard = Mode::Enforce;
+    let store = backend.store(base);
+    // Three sends to one prefix (min sends 3, no grace), one verified: 33% < 50%.
+    let first = issue(&store, "+14155550001").await;
+    assert!(verify(&store, "+14155550001", first, true).await);
+    issue(&store, "+14155550002").await;
+    issue(&store, "+14155550003").await;
+    let (pumped, vid) = (phone("+14155550004"), Uuid::new_v4());
+    let outcome = store.issue(&pumped, None, vid, "d").await.unwrap();
+    assert_eq!(outcome, IssueOutcome::Blocked { new: true });
+    let outcome = store.issue(&pumped, None, vid, "d").await.unwrap();
+    assert_eq!(outcome, IssueOutcome::Blocked { new: false });
+    // Another prefix is not affected.
+    issue(&store, "+14155560001").await;
+}
