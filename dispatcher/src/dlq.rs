@@ -21,6 +21,7 @@ use otp_shared::{
     amqp::{ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, Topology, header_str},
     job::SendJob,
     keys::Keys,
+    ledger::JobOutcome,
 };
 
 /// One dead letter as an operator sees it.
@@ -206,11 +207,12 @@ pub async fn reopen_failed(
 ) -> redis::RedisResult<bool> {
     let script = Script::new(
         "local v = redis.call('GET', KEYS[1]) \
-         if v and string.sub(v, 1, 7) == 'failed:' then return redis.call('DEL', KEYS[1]) end \
+         if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
          return 0",
     );
     let deleted: i64 = script
         .key(keys.job_outcome(verification_id, job_id))
+        .arg(JobOutcome::FAILED_PREFIX)
         .invoke_async(redis)
         .await?;
     Ok(deleted == 1)

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use otp_shared::{
     keys::Keys,
+    ledger::JobOutcome,
     status::{self, DeliveryState},
 };
 
@@ -33,8 +34,8 @@ pub enum Claim {
     /// This worker holds the lease, but the verification's delivery record is gone: the API
     /// withdrew it (see `claim_send`).
     Withdrawn,
-    /// The job already ended (`sent:<id>`, `failed:<reason>` or `expired`).
-    Done(String),
+    /// The job already ended.
+    Done(JobOutcome),
     /// Another worker holds the lease for this much longer.
     Busy(Duration),
 }
@@ -107,20 +108,37 @@ impl Ledger {
         }
         let (state, value): (String, String) =
             invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(match state.as_str() {
-            "done" => Claim::Done(value),
-            "claimed" if value == "withdrawn" => Claim::Withdrawn,
-            "claimed" => Claim::Claimed,
-            _ => Claim::Busy(Duration::from_millis(value.parse().unwrap_or(0))),
+        let claim = match (state.as_str(), value.as_str()) {
+            ("done", outcome) => JobOutcome::parse(outcome).map(Claim::Done),
+            ("claimed", "withdrawn") => Ok(Claim::Withdrawn),
+            ("claimed", "") => Ok(Claim::Claimed),
+            ("busy", ms) => ms
+                .parse()
+                .map(|ms| Claim::Busy(Duration::from_millis(ms)))
+                .map_err(|_| format!("lease time '{ms}'")),
+            _ => Err(format!("reply ({state}, {value})")),
+        };
+        // Never a guess: a reply read as "busy" would stall the job, as "claimed" send it twice.
+        claim.map_err(|detail| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected reply from the ledger's claim",
+                detail,
+            ))
         })
     }
 
-    pub async fn finish(&self, job: Entry, owner: Uuid, outcome: &str) -> redis::RedisResult<()> {
+    pub async fn finish(
+        &self,
+        job: Entry,
+        owner: Uuid,
+        outcome: &JobOutcome,
+    ) -> redis::RedisResult<()> {
         let _: i64 = FINISH
             .key(self.keys.job_outcome(job.verification_id, job.job_id))
             .key(self.keys.job_lease(job.verification_id, job.job_id))
             .arg(owner.to_string())
-            .arg(outcome)
+            .arg(outcome.encode())
             .arg(OUTCOME_TTL_SECONDS)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -128,13 +146,14 @@ impl Ledger {
     }
 
     /// Records an accepted send: outcome, lease freed, the sealed job kept for a resend and the
-    /// delivery record moved to `sent` (one script under the verification's tag), and beside it the provider's message id mapped to
-    /// the verification (a key of its own, so a report can find it by message id alone).
+    /// delivery record moved to `sent` (one script under the verification's tag), and beside it
+    /// the provider's message id mapped to the verification (a key of its own, so a report can
+    /// find it by message id alone).
     pub async fn finish_sent(
         &self,
         job: Entry,
         owner: Uuid,
-        outcome: &str,
+        outcome: &JobOutcome,
         sent: &SentRecord,
     ) -> redis::RedisResult<()> {
         let mut finish = FINISH_SENT.prepare_invoke();
@@ -143,7 +162,7 @@ impl Ledger {
             .key(self.keys.job_lease(job.verification_id, job.job_id))
             .key(self.keys.sealed_job(job.verification_id))
             .arg(owner.to_string())
-            .arg(outcome)
+            .arg(outcome.encode())
             .arg(OUTCOME_TTL_SECONDS)
             .arg(sent.sealed.as_deref().unwrap_or_default())
             .arg(sent.sealed_ttl_seconds.max(1));

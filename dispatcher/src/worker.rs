@@ -23,6 +23,7 @@ use otp_shared::{
     crypto::JobKey,
     job::{JobContent, SendJob},
     keys::Keys,
+    ledger::JobOutcome,
     phone::mask_e164,
     status::{
         self, DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER, FIELD_PROVIDER_ID, FIELD_REASON,
@@ -163,7 +164,11 @@ impl Worker {
                 resend = resend.is_some(),
                 "the verification was withdrawn, or its code used or replaced; not sending"
             );
-            if let Err(e) = self.ledger.finish(ledger_id, owner, "withdrawn").await {
+            if let Err(e) = self
+                .ledger
+                .finish(ledger_id, owner, &JobOutcome::Withdrawn)
+                .await
+            {
                 tracing::warn!(error = %e, "could not record the withdrawn job");
             }
             self.metrics.job(JobResult::Withdrawn);
@@ -260,13 +265,16 @@ impl Worker {
     /// delivery state shown to clients.
     async fn record(&self, job: &SendJob, how: &Sent, outcome: &Final) {
         let provider = how.provider;
-        let (ledger_value, state, extra): (String, DeliveryState, Vec<(&str, String)>) =
+        let (ledger_value, state, extra): (JobOutcome, DeliveryState, Vec<(&str, String)>) =
             match outcome {
                 Final::Sent { provider_id, .. } => {
                     let id = provider_id.clone().unwrap_or_default();
                     tracing::info!(provider, provider_id = %id, attempts = outcome.attempts(), "SMS accepted by the provider");
                     (
-                        format!("sent:{provider}:{id}"),
+                        JobOutcome::Sent {
+                            provider: provider.to_owned(),
+                            message_id: id.clone(),
+                        },
                         DeliveryState::Sent,
                         vec![
                             (FIELD_PROVIDER_ID, id),
@@ -277,7 +285,9 @@ impl Worker {
                 Final::Failed { reason, .. } => {
                     tracing::error!(%reason, attempts = outcome.attempts(), "SMS failed permanently");
                     (
-                        format!("failed:{reason}"),
+                        JobOutcome::Failed {
+                            reason: reason.clone(),
+                        },
                         DeliveryState::Failed,
                         vec![(FIELD_REASON, reason.clone())],
                     )
@@ -287,7 +297,7 @@ impl Worker {
                         attempts = outcome.attempts(),
                         "code expired before the SMS could be sent"
                     );
-                    ("expired".to_owned(), DeliveryState::Expired, vec![])
+                    (JobOutcome::Expired, DeliveryState::Expired, vec![])
                 }
             };
         let sent_record = match outcome {

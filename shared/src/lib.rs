@@ -8,6 +8,7 @@
 //! - [`ids`]: random UUIDs without a system call each.
 //! - [`keyring`]: key lists for rotation (`id:base64,...`) and the weak-key check.
 //! - [`keys`]: the Redis keyspace of both binaries.
+//! - [`ledger`]: how a send job ended (`JobOutcome`), as the ledger stores it.
 //! - [`metrics`]: Prometheus registration helpers and the text exposition.
 //! - [`status`]: delivery state records (queued → sending → sent / failed / expired).
 //! - [`config`]: settings read the same way by both binaries (Redis location, log format).
@@ -25,6 +26,7 @@ pub mod ids;
 pub mod job;
 pub mod keyring;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod phone;
 pub mod probe;

@@ -9,6 +9,7 @@ mod dlq;
 mod end_to_end;
 mod failover;
 mod failures;
+mod ledger;
 mod metrics;
 mod operations;
 mod process;
