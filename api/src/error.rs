@@ -72,7 +72,7 @@ pub enum ApiError {
     #[error("The service is temporarily unavailable; please retry.")]
     Unavailable(#[source] anyhow::Error),
     /// 503 SERVICE_UNAVAILABLE from /readyz, naming the dependencies that are down.
-    #[error("Not ready: {} unavailable.", .0.join(", "))]
+    #[error("{}", otp_shared::supervise::not_ready(.0))]
     NotReady(Vec<&'static str>),
     /// 500 INTERNAL: generic by design.
     #[error("An internal error occurred.")]

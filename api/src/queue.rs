@@ -7,7 +7,6 @@ use std::{
     time::Duration,
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{Channel, Confirmation, Connection, options::BasicPublishOptions, types::FieldTable};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,7 @@ use otp_shared::{
         open_confirmed_channel,
     },
     job::SendJob,
+    supervise::Session,
     telemetry::inject_trace_context,
     urls::AmqpUrl,
 };
@@ -155,51 +155,34 @@ impl AmqpPublisher {
     }
 }
 
-/// Keeps a connection up for as long as the process runs: connect, declare topology, wait for
-/// the connection to break, retry with capped exponential backoff.
+/// Keeps a connection up for as long as the process runs (`otp_shared::supervise`).
 async fn supervise(inner: Arc<Inner>, url: AmqpUrl, shutdown: CancellationToken) {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times();
-    let mut delays = backoff.build();
-    loop {
-        let connection = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = open(&inner, &url) => result,
-        };
-        match connection {
-            Ok(connection) => {
-                delays = backoff.build();
-                wait_until_broken(&inner, &connection, &shutdown).await;
-                let channel = inner
-                    .channel
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                // Closing what is already dead can hang; bound it.
-                let close = async {
-                    if let Some(channel) = channel {
-                        let _ = channel.close(200, "closing".into()).await;
-                    }
-                    let _ = connection.close(200, "closing".into()).await;
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                tracing::warn!("lost the RabbitMQ connection; reconnecting");
-            }
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot reach RabbitMQ; retrying"),
-        }
-        // The iterator never ends (`without_max_times`); the fallback only satisfies the type.
-        let delay = delays.next().unwrap_or(Duration::from_secs(5));
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    let (inner, url, shutdown) = (&inner, &url, &shutdown);
+    otp_shared::supervise::supervise(shutdown, move || session(inner, url, shutdown)).await;
+}
+
+/// One connection: open it and declare the topology, wait for it to break, close it.
+async fn session(
+    inner: &Inner,
+    url: &AmqpUrl,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Session<()>> {
+    let connection = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(Session::Stopped(())),
+        result = open(inner, url) => result?,
+    };
+    wait_until_broken(inner, &connection, shutdown).await;
+    let channel = inner
+        .channel
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    otp_shared::supervise::close(connection, channel).await;
+    Ok(if shutdown.is_cancelled() {
+        Session::Stopped(())
+    } else {
+        Session::Broken
+    })
 }
 
 async fn open(inner: &Inner, url: &AmqpUrl) -> anyhow::Result<Connection> {
@@ -208,12 +191,15 @@ async fn open(inner: &Inner, url: &AmqpUrl) -> anyhow::Result<Connection> {
     Ok(connection)
 }
 
+/// How often a quiet connection is checked; a failed publish wakes the check at once.
+const CONNECTION_CHECK: Duration = Duration::from_millis(500);
+
 async fn wait_until_broken(inner: &Inner, connection: &Connection, shutdown: &CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = inner.broken.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(CONNECTION_CHECK) => {}
         }
         let channel_ok = inner
             .channel

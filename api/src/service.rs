@@ -315,14 +315,10 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
 
     /// Names of the dependencies that are down; empty when ready.
     pub async fn unavailable_dependencies(&self) -> Vec<&'static str> {
-        let mut down = Vec::new();
-        if self.store.ping().await.is_err() {
-            down.push("redis");
-        }
-        if !self.queue.is_connected() {
-            down.push("rabbitmq");
-        }
-        down
+        otp_shared::supervise::unavailable(
+            self.store.ping().await.is_ok(),
+            self.queue.is_connected(),
+        )
     }
 }
 

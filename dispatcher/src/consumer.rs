@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{
     Channel, Connection,
@@ -22,6 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use otp_shared::{
     amqp::{Topology, open_confirmed_channel},
+    supervise::{CLOSE_TIMEOUT, Session, close, supervise},
     urls::AmqpUrl,
 };
 
@@ -42,77 +42,71 @@ const DEPTH_REFRESH: Duration = Duration::from_secs(5);
 
 impl Consumer {
     /// Consumes until `stop` fires, then cancels the consumer and hands back the connection and
-    /// channel, which must stay open until in-flight jobs have acked.
+    /// channel, which must stay open until in-flight jobs have acked. Reconnects by itself
+    /// (`otp_shared::supervise`).
     pub async fn run(
         self,
         stop: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
     ) -> Option<(Connection, Channel)> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backoff.build();
         let tag = format!("otp-dispatcher-{}", uuid::Uuid::new_v4());
+        let (this, tag, stop, abort, tracker) = (&self, &tag, &stop, &abort, &tracker);
+        supervise(stop, move || this.session(tag, stop, abort, tracker))
+            .await
+            .flatten()
+    }
+
+    /// One connection: consume, handing each delivery to a worker task, until the connection
+    /// breaks or `stop` fires.
+    async fn session(
+        &self,
+        tag: &str,
+        stop: &CancellationToken,
+        abort: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<Session<Option<(Connection, Channel)>>> {
+        let (connection, channel, mut deliveries) = tokio::select! {
+            _ = stop.cancelled() => return Ok(Session::Stopped(None)),
+            opened = self.open(tag) => opened?,
+        };
+        tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
+        self.connected.store(true, Ordering::SeqCst);
+        let depths = tokio::spawn(watch_depths(
+            connection.create_channel().await,
+            self.topology.clone(),
+            self.metrics.clone(),
+        ));
         loop {
-            let opened = tokio::select! {
-                _ = stop.cancelled() => return None,
-                opened = self.open(&tag) => opened,
-            };
-            match opened {
-                Ok((connection, channel, mut deliveries)) => {
-                    tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
-                    self.connected.store(true, Ordering::SeqCst);
-                    delays = backoff.build();
-                    let depths = tokio::spawn(watch_depths(
-                        connection.create_channel().await,
-                        self.topology.clone(),
-                        self.metrics.clone(),
-                    ));
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => {
-                                depths.abort();
-                                self.connected.store(false, Ordering::SeqCst);
-                                let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
-                                let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
-                                tracing::info!("stopped consuming");
-                                return Some((connection, channel));
-                            }
-                            next = deliveries.next() => match next {
-                                Some(Ok(delivery)) => {
-                                    let (worker, channel, abort) = (self.worker.clone(), channel.clone(), abort.clone());
-                                    tracker.spawn(async move { worker.handle(&channel, delivery, abort).await });
-                                }
-                                Some(Err(e)) => {
-                                    tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting");
-                                    break;
-                                }
-                                None => {
-                                    tracing::warn!("the broker cancelled the consumer; reconnecting");
-                                    break;
-                                }
-                            }
-                        }
-                    }
+            tokio::select! {
+                _ = stop.cancelled() => {
                     depths.abort();
                     self.connected.store(false, Ordering::SeqCst);
-                    close(connection, channel).await;
+                    let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
+                    tracing::info!("stopped consuming");
+                    return Ok(Session::Stopped(Some((connection, channel))));
                 }
-                Err(e) => tracing::warn!(
-                    error = format!("{e:#}"),
-                    "cannot consume from RabbitMQ; retrying"
-                ),
-            }
-            // Endless iterator (`without_max_times`); the fallback only satisfies the type.
-            let delay = delays.next().unwrap_or(Duration::from_secs(10));
-            tokio::select! {
-                _ = stop.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let (worker, channel, abort) = (self.worker.clone(), channel.clone(), abort.clone());
+                        tracker.spawn(async move { worker.handle(&channel, delivery, abort).await });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the RabbitMQ connection failed");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("the broker cancelled the consumer");
+                        break;
+                    }
+                }
             }
         }
+        depths.abort();
+        self.connected.store(false, Ordering::SeqCst);
+        close(connection, Some(channel)).await;
+        Ok(Session::Broken)
     }
 
     async fn open(&self, tag: &str) -> anyhow::Result<(Connection, Channel, lapin::Consumer)> {
@@ -167,14 +161,4 @@ async fn watch_depths(
         }
         tokio::time::sleep(DEPTH_REFRESH).await;
     }
-}
-
-/// Closes channel then connection (in that order lapin closes quietly), bounded in time because
-/// closing what is already dead can hang.
-pub async fn close(connection: Connection, channel: Channel) {
-    let close = async {
-        let _ = channel.close(200, "closing".into()).await;
-        let _ = connection.close(200, "closing".into()).await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
 }

@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use otp_shared::redis_conn::RedisConn;
+use otp_shared::{redis_conn::RedisConn, supervise};
 use poem::{
     EndpointExt, IntoResponse, Response, Route, get, handler,
     http::StatusCode,
@@ -30,23 +30,17 @@ fn healthz() -> Json<serde_json::Value> {
 
 #[handler]
 async fn readyz(state: Data<&Readiness>) -> Response {
-    let mut down = Vec::new();
-    let ping: redis::RedisResult<String> = redis::cmd("PING")
-        .query_async(&mut state.redis.clone())
-        .await;
-    if ping.is_err() {
-        down.push("redis");
-    }
-    if !state.amqp_connected.load(Ordering::SeqCst) {
-        down.push("rabbitmq");
-    }
+    let down = supervise::unavailable(
+        supervise::redis_answers(&state.redis).await,
+        state.amqp_connected.load(Ordering::SeqCst),
+    );
     if down.is_empty() {
         return Json(json!({ "status": "ok" })).into_response();
     }
     let body = json!({
         "success": false,
         "code": "SERVICE_UNAVAILABLE",
-        "message": format!("Not ready: {} unavailable.", down.join(", ")),
+        "message": supervise::not_ready(&down),
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

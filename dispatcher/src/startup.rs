@@ -17,7 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     breaker::{Breaker, BreakerSettings, SystemClock},
     config::Config,
-    consumer::{self, Consumer},
+    consumer::Consumer,
     health::{self, Readiness},
     ledger::Ledger,
     limiter::RateLimiter,
@@ -198,7 +198,7 @@ impl Application {
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         }
         if let Some((connection, channel)) = connection {
-            consumer::close(connection, channel).await;
+            otp_shared::supervise::close(connection, Some(channel)).await;
         }
         let _ = health.await;
         tracing::info!(in_flight_at_stop = in_flight, "otp-dispatcher stopped");

@@ -16,6 +16,7 @@
 //! - [`urls`]: AMQP and Redis URLs, checked at start-up, never shown with their password.
 //! - [`probe`]: the `healthcheck` self-probe of both binaries.
 //! - [`redis_conn`]: `RedisConn`, one connection type for a single Redis and Redis Cluster.
+//! - [`supervise`]: the RabbitMQ reconnect loop and the `/readyz` rule of both binaries.
 //! - [`shutdown`]: SIGINT / SIGTERM handling.
 //! - `testing` (feature `test-support`): TCP proxy and cleanup helpers for integration tests.
 
@@ -33,6 +34,7 @@ pub mod probe;
 pub mod redis_conn;
 pub mod shutdown;
 pub mod status;
+pub mod supervise;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
