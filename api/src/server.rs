@@ -26,6 +26,9 @@ use poem::{Endpoint, endpoint::BoxEndpoint, http::uri::Scheme, web::LocalAddr};
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// The pause after a failed accept (out of file descriptors, say), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
 /// How long a client may take, and how many may connect at once.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -64,7 +67,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },

@@ -20,6 +20,9 @@ use crate::{
     store::{RedisStore, StorePolicy},
 };
 
+/// How often the fraud guard's conversion gauge is recomputed.
+const CONVERSION_REFRESH: Duration = Duration::from_secs(15);
+
 /// The service as deployed: Redis store, RabbitMQ queue.
 pub type AppService = OtpService<RedisStore, AmqpPublisher>;
 
@@ -118,7 +121,7 @@ impl Application {
                 config.redis.keys(),
                 config.fraud.clone(),
                 metrics.conversion_ratio.clone(),
-                Duration::from_secs(15),
+                CONVERSION_REFRESH,
                 background.clone(),
             ));
         }
@@ -179,7 +182,8 @@ impl Application {
         tracing::info!(addr = %self.addr, "otp-api listening");
         let served = serve(self.listener, self.app, self.limits, shutdown, self.grace).await;
         self.background.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.publisher_task).await;
+        let _ =
+            tokio::time::timeout(otp_shared::supervise::CLOSE_TIMEOUT, self.publisher_task).await;
         tracing::info!("otp-api stopped");
         served.context("HTTP server failed")
     }

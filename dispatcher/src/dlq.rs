@@ -24,6 +24,9 @@ use otp_shared::{
     ledger::JobOutcome,
 };
 
+/// How long the broker may take to confirm a replayed job.
+const REPLAY_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One dead letter as an operator sees it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -185,7 +188,7 @@ impl DeadLetterQueue {
             )
             .await
             .context("republishing")?;
-        let confirm = tokio::time::timeout(Duration::from_secs(10), confirm)
+        let confirm = tokio::time::timeout(REPLAY_CONFIRM_TIMEOUT, confirm)
             .await
             .context("the broker did not confirm the replay in time")?
             .context("waiting for the broker's confirm")?;

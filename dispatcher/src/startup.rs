@@ -90,6 +90,11 @@ fn providers(
     Ok(Router::new(list, config.failover_after_retries))
 }
 
+/// How long the health endpoint's open requests may finish after a stop.
+const HEALTH_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long jobs aborted at the end of the grace period get to release their leases.
+const ABORTED_JOBS_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Application {
     consumer: Consumer,
     health: TcpAcceptor,
@@ -171,7 +176,7 @@ impl Application {
             Server::new_with_acceptor(self.health).run_with_graceful_shutdown(
                 health::routes(self.readiness),
                 stop.clone().cancelled_owned(),
-                Some(Duration::from_secs(1)),
+                Some(HEALTH_SHUTDOWN_GRACE),
             ),
         );
         tracing::info!(health = %self.health_addr, "otp-dispatcher started");
@@ -195,7 +200,7 @@ impl Application {
                 "grace period over; unfinished jobs are left for redelivery"
             );
             abort.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+            let _ = tokio::time::timeout(ABORTED_JOBS_GRACE, tracker.wait()).await;
         }
         if let Some((connection, channel)) = connection {
             otp_shared::supervise::close(connection, Some(channel)).await;

@@ -44,6 +44,13 @@ use crate::{
 const REPORT_MARGIN_SECONDS: u64 = 3600;
 /// How long to wait before asking Redis again when it is unreachable.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
+/// The shortest wait before claiming again a job another dispatcher holds.
+const BUSY_RECHECK_MIN: Duration = Duration::from_millis(50);
+/// Recording an outcome is retried after 1, 2, 3 and 4 times this.
+const RECORD_RETRY_STEP: Duration = Duration::from_millis(200);
+/// How long the broker may take to confirm a dead-letter copy before the original is rejected
+/// instead.
+const DEAD_LETTER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a job was handled, for recording its outcome.
 struct Sent {
@@ -140,7 +147,7 @@ impl Worker {
                 }
                 // Another dispatcher is sending this job (a duplicate delivery): wait for it
                 // to finish, or for its lease to lapse if it died.
-                Ok(Claim::Busy(left)) => left.max(Duration::from_millis(50)),
+                Ok(Claim::Busy(left)) => left.max(BUSY_RECHECK_MIN),
                 Err(e) => {
                     tracing::warn!(error = %e, "Redis unavailable; cannot claim the job yet");
                     REDIS_RETRY
@@ -326,7 +333,7 @@ impl Worker {
                 Err(e) if attempt == 5 => {
                     tracing::error!(error = %e, "could not record the job outcome; a redelivery may resend");
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
+                Err(_) => tokio::time::sleep(RECORD_RETRY_STEP * attempt).await,
             }
         }
         let mut extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -440,7 +447,7 @@ impl Worker {
                 .await?
                 .await
         };
-        match tokio::time::timeout(Duration::from_secs(5), published).await {
+        match tokio::time::timeout(DEAD_LETTER_CONFIRM_TIMEOUT, published).await {
             Ok(Ok(confirm)) if confirm.is_ack() => ack(delivery).await,
             other => {
                 tracing::warn!(

@@ -7,6 +7,9 @@ use std::{
     time::Duration,
 };
 
+/// How long `healthcheck` waits for the readiness endpoint.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// GETs `path` on 127.0.0.1:`port` and returns the HTTP status, within `timeout`.
 pub fn http_status(port: u16, path: &str, timeout: Duration) -> std::io::Result<u16> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -37,7 +40,7 @@ pub fn http_status(port: u16, path: &str, timeout: Duration) -> std::io::Result<
 /// Runs the probe for a `healthcheck` subcommand: prints the outcome, returns the exit code
 /// (0 ready, 1 not).
 pub fn healthcheck(port: u16) -> std::process::ExitCode {
-    match http_status(port, "/readyz", Duration::from_secs(3)) {
+    match http_status(port, "/readyz", PROBE_TIMEOUT) {
         Ok(200) => {
             println!("ready");
             std::process::ExitCode::SUCCESS

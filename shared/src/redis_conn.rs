@@ -47,6 +47,9 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// The longest wait between a single server connection's reconnect attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+
 /// A single server's connection that reconnects by itself after Redis restarts; a call made while
 /// Redis is unreachable fails within `timeout` instead of hanging.
 pub fn single(client: &redis::Client, timeout: Duration) -> redis::RedisResult<RedisConn> {
@@ -54,7 +57,7 @@ pub fn single(client: &redis::Client, timeout: Duration) -> redis::RedisResult<R
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
+        .set_max_delay(RECONNECT_MAX_DELAY);
     ConnectionManager::new_lazy_with_config(client.clone(), config).map(RedisConn::Single)
 }
 
