@@ -216,3 +216,33 @@ pub fn cleanup_blocking(redis_url: String, key_prefix: String, amqp_url: String,
     });
     let _ = worker.join();
 }
+
+/// Polls `check` every 25 ms until it holds or `within` has passed; returns whether it held.
+/// Tests wait with this, never with a fixed sleep.
+pub async fn eventually<F, Fut>(within: std::time::Duration, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_until(within, std::time::Duration::from_millis(25), check).await
+}
+
+/// [`eventually`], polling every `every` (for checks that cost more).
+pub async fn poll_until<F, Fut>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut check: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    check().await
+}

@@ -3,6 +3,8 @@ use std::time::Duration;
 use serde_json::json;
 use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
 
+use otp_shared::testing::eventually;
+
 use crate::helpers::{
     PHONE, SENDER, World, accepted, destinations, plivo_call, spawn_dispatcher, start,
 };
@@ -206,7 +208,7 @@ async fn the_same_job_delivered_twice_gives_one_call() {
         .expect(1)
         .mount(&plivo)
         .await;
-    let (world, _dispatcher) = start(&plivo).await;
+    let (world, dispatcher) = start(&plivo).await;
 
     let job = world.job(PHONE, "222222", time::Duration::minutes(5));
     world.publish(&job).await;
@@ -216,7 +218,7 @@ async fn the_same_job_delivered_twice_gives_one_call() {
         .await;
     // A third copy after the job ended is skipped too.
     world.publish(&job).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    dispatcher.wait_handled(3).await;
     assert_eq!(world.ready_messages().await, 0);
     plivo.verify().await;
 }
@@ -230,8 +232,8 @@ async fn two_dispatchers_on_one_queue_send_each_job_once() {
         .mount(&plivo)
         .await;
     let world = World::new().await;
-    let _a = spawn_dispatcher(world.config(&plivo.uri())).await;
-    let _b = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let a = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let b = spawn_dispatcher(world.config(&plivo.uri())).await;
 
     let mut jobs = Vec::new();
     for i in 0..30 {
@@ -250,7 +252,12 @@ async fn two_dispatchers_on_one_queue_send_each_job_once() {
             .final_status(job.verification_id, Duration::from_secs(20))
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each of the 60 copies decided by one dispatcher or the other.
+    let decided = eventually(Duration::from_secs(10), || async {
+        a.jobs_handled().await + b.jobs_handled().await == 60
+    })
+    .await;
+    assert!(decided, "not every copy was handled");
     let mut dsts = destinations(&plivo).await;
     dsts.sort();
     let before = dsts.len();

@@ -18,7 +18,7 @@ async fn a_400_is_not_retried_and_the_job_is_dead_lettered_with_a_reason() {
         .expect(1)
         .mount(&plivo)
         .await;
-    let (world, _dispatcher) = start(&plivo).await;
+    let (world, dispatcher) = start(&plivo).await;
 
     let (job, status) = world.send_one(PHONE, "444444").await;
     assert_eq!((status.state.as_str(), status.attempts), ("failed", 1));
@@ -26,7 +26,7 @@ async fn a_400_is_not_retried_and_the_job_is_dead_lettered_with_a_reason() {
     assert_eq!(body, job.to_bytes());
     // A fixed text: the provider's words (which quote the number) stay out of it.
     assert_eq!(reason.as_deref(), Some("plivo answered 400"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    dispatcher.wait_handled(1).await;
     plivo.verify().await;
 }
 
@@ -111,7 +111,7 @@ async fn retrying_stops_when_the_code_expires() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&plivo)
         .await;
-    let (world, _dispatcher) = start(&plivo).await;
+    let (world, dispatcher) = start(&plivo).await;
 
     let job = world.job(PHONE, "555555", time::Duration::seconds(2));
     world.publish(&job).await;
@@ -121,7 +121,7 @@ async fn retrying_stops_when_the_code_expires() {
     assert_eq!(status.state.as_str(), "expired");
     let calls = plivo.received_requests().await.unwrap().len();
     assert!(calls >= 2, "retried {calls} times");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    dispatcher.wait_handled(1).await;
     assert_eq!(
         plivo.received_requests().await.unwrap().len(),
         calls,
@@ -138,7 +138,7 @@ async fn malformed_and_undecryptable_messages_are_dead_lettered() {
         .expect(0)
         .mount(&plivo)
         .await;
-    let (world, _dispatcher) = start(&plivo).await;
+    let (world, dispatcher) = start(&plivo).await;
 
     world
         .publish_raw(b"{not json", job_properties("bad-1", FieldTable::default()))
@@ -161,7 +161,7 @@ async fn malformed_and_undecryptable_messages_are_dead_lettered() {
     world.publish(&foreign).await;
     let (_, reason) = world.dead_letter(Duration::from_secs(5)).await;
     assert!(reason.unwrap().contains("decrypted"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    dispatcher.wait_handled(2).await;
     assert_eq!(world.ready_messages().await, 0);
     plivo.verify().await;
 }
@@ -174,7 +174,7 @@ async fn a_job_the_api_withdrew_makes_no_call() {
         .expect(0)
         .mount(&plivo)
         .await;
-    let (world, _dispatcher) = start(&plivo).await;
+    let (world, dispatcher) = start(&plivo).await;
 
     let job = world.job(PHONE, "676767", time::Duration::minutes(5));
     world.publish_unannounced(&job).await;
@@ -183,7 +183,7 @@ async fn a_job_the_api_withdrew_makes_no_call() {
         "withdrawn"
     );
     assert!(world.status(job.verification_id).await.is_none());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    dispatcher.wait_handled(1).await;
     assert_eq!(world.ready_messages().await, 0);
     plivo.verify().await;
 }

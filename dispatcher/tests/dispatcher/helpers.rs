@@ -26,7 +26,7 @@ use otp_shared::{
     keys::Keys,
     phone::PhoneNumber,
     status::{self, DeliveryState, DeliveryStatus},
-    testing::Cleanup,
+    testing::{Cleanup, eventually},
 };
 
 pub use otp_shared::testing::{redis_cluster, redis_url};
@@ -360,6 +360,35 @@ pub async fn spawn_dispatcher(config: Config) -> Running {
 }
 
 impl Running {
+    /// Jobs this dispatcher has decided (`otp_jobs_total`, every result): once a job is counted,
+    /// it makes no further provider call.
+    pub async fn jobs_handled(&self) -> u64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.health))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with("otp_jobs_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// Waits until this dispatcher has decided `jobs` jobs in all; fails on more or on a timeout.
+    /// What tests wait on before checking that nothing else happened.
+    pub async fn wait_handled(&self, jobs: u64) {
+        let reached = eventually(Duration::from_secs(10), || async {
+            self.jobs_handled().await >= jobs
+        })
+        .await;
+        let handled = self.jobs_handled().await;
+        assert!(
+            reached && handled == jobs,
+            "{handled} jobs handled, not {jobs}"
+        );
+    }
+
     pub async fn readyz(&self) -> u16 {
         reqwest::get(format!("http://{}/readyz", self.health))
             .await

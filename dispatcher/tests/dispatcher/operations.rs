@@ -4,7 +4,7 @@ use tokio::time::Instant;
 use wiremock::{MockServer, ResponseTemplate};
 
 use otp_dispatcher::limiter::RateLimiter;
-use otp_shared::testing::Proxy;
+use otp_shared::testing::{Proxy, eventually};
 
 use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher};
 
@@ -53,13 +53,13 @@ async fn a_dispatcher_killed_mid_send_leaves_the_job_to_another_which_sends_it_o
     a.kill().await.expect("kill -9");
 
     // Dispatcher B gets the redelivered job once A's lease lapses, and sends it exactly once.
-    let _b = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let b = spawn_dispatcher(world.config(&plivo.uri())).await;
     let status = world
         .final_status(job.verification_id, Duration::from_secs(20))
         .await;
     assert_eq!(status.state.as_str(), "sent");
     assert_eq!(status.provider_message_id.as_deref(), Some("after-crash"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.wait_handled(1).await;
     plivo.verify().await;
 }
 
@@ -131,8 +131,11 @@ async fn sending_resumes_after_a_redis_restart() {
     proxy.refuse();
     let second = world.job("+14155550100", "141414", time::Duration::minutes(5));
     world.publish(&second).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_ne!(dispatcher.readyz().await, 200);
+    let noticed = eventually(Duration::from_secs(10), || async {
+        dispatcher.readyz().await != 200
+    })
+    .await;
+    assert!(noticed, "the Redis outage was not noticed");
     proxy.accept();
 
     let status = world
@@ -161,12 +164,11 @@ async fn shutdown_lets_in_flight_sends_finish_and_stops_consuming() {
     assert_eq!(status.state.as_str(), "sent");
     let later = world.job(PHONE, "343434", time::Duration::minutes(5));
     world.publish(&later).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        world.ready_messages().await,
-        1,
-        "a stopped dispatcher consumes nothing"
-    );
+    let queued = eventually(Duration::from_secs(5), || async {
+        world.ready_messages().await == 1
+    })
+    .await;
+    assert!(queued, "a stopped dispatcher consumes nothing");
     plivo.verify().await;
 }
 
@@ -190,8 +192,11 @@ async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
     let started = Instant::now();
     dispatcher.stop().await;
     assert!(started.elapsed() < Duration::from_secs(6));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(world.ready_messages().await, 1, "the job was not lost");
+    let back = eventually(Duration::from_secs(5), || async {
+        world.ready_messages().await == 1
+    })
+    .await;
+    assert!(back, "the job was not lost");
 }
 
 #[tokio::test]

@@ -340,20 +340,14 @@ pub async fn cluster(script: &str, args: &[&str]) {
     assert!(status.success(), "{script} {args:?} failed");
 }
 
-/// Polls `check` until it holds or `within` has passed; returns whether it held.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+/// Polls `check` every 200 ms (drill checks read every request the fake provider saw) until it
+/// holds or `within` has passed; returns whether it held.
+pub async fn eventually<F, Fut>(within: Duration, check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    check().await
+    otp_shared::testing::poll_until(within, Duration::from_millis(200), check).await
 }
 
 /// Checks a drill's outcome: only 202 and (for requests sent inside `windows`) 503 answers; every accepted
