@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use lapin::options::QueueDeleteOptions;
 use serde_json::Value;
 
-use otp_shared::testing::Proxy;
+use otp_shared::testing::{Proxy, eventually};
 
 use crate::helpers::{PHONE, TestApp, assert_error, spawn_unready, spawn_with};
 
@@ -117,9 +117,12 @@ async fn the_api_reconnects_after_a_broker_restart() {
     assert_eq!(app.request_otp(PHONE).await.status().as_u16(), 202);
 
     proxy.refuse();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let noticed = eventually(Duration::from_secs(5), || async {
+        readiness(&app).await.0 == 503
+    })
+    .await;
+    assert!(noticed, "the broken connection was not noticed");
     assert_unavailable(app.request_otp(PHONE).await).await;
-    assert_eq!(readiness(&app).await.0, 503);
 
     proxy.accept();
     wait_until_requests_succeed(&app, Duration::from_secs(20)).await;
