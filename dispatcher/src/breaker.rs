@@ -4,7 +4,10 @@
 //! BREAKER_COOLDOWN_SECONDS it lets one probe through, and closes again when a call succeeds.
 
 use std::{
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,6 +18,11 @@ use redis::Script;
 use otp_shared::keys::Keys;
 
 static BREAKER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("breaker.lua")));
+
+/// How long a dispatcher trusts a `closed` it read from Redis: meanwhile a send skips the
+/// `allow` round trip. A breaker another dispatcher opened is seen at most this late (this
+/// dispatcher's own failures see it at once: each is recorded, and the answer says `open`).
+const CLOSED_TRUST: Duration = Duration::from_secs(1);
 
 /// Milliseconds on a clock every dispatcher shares (wall time in production).
 pub trait Clock: Send + Sync {
@@ -74,6 +82,8 @@ pub struct Breaker {
     settings: BreakerSettings,
     clock: Arc<dyn Clock>,
     gauge: IntGauge,
+    /// Until when (on `clock`) the last state read is trusted to be `closed`; 0: not closed.
+    closed_until_ms: Arc<AtomicU64>,
 }
 
 impl Breaker {
@@ -92,12 +102,16 @@ impl Breaker {
             settings,
             clock,
             gauge,
+            closed_until_ms: Arc::default(),
         }
     }
 
     /// Whether a call may go to this provider now. Redis trouble allows it: the breaker guards
     /// against a failing provider, not against our own store.
     pub async fn allows(&self) -> bool {
+        if self.clock.now_ms() < self.closed_until_ms.load(Ordering::Relaxed) {
+            return true;
+        }
         match self.run("allow").await {
             Ok((_, allowed)) => allowed,
             Err(e) => {
@@ -127,10 +141,11 @@ impl Breaker {
     async fn run(&self, op: &str) -> redis::RedisResult<(State, bool)> {
         let s = &self.settings;
         let ttl = (s.window + s.cooldown).as_secs() * 10 + 60;
+        let now = self.clock.now_ms();
         let (state, allowed, changed): (String, i64, String) = BREAKER
             .key(&self.key)
             .arg(op)
-            .arg(self.clock.now_ms())
+            .arg(now)
             .arg(s.consecutive_failures)
             .arg((s.failure_ratio * 1000.0).round() as u64)
             .arg(s.min_calls)
@@ -141,6 +156,11 @@ impl Breaker {
             .await?;
         let state = State::parse(&state);
         self.gauge.set(state.gauge());
+        let trusted = match state {
+            State::Closed => now + CLOSED_TRUST.as_millis() as u64,
+            State::Open | State::HalfOpen => 0,
+        };
+        self.closed_until_ms.store(trusted, Ordering::Relaxed);
         if !changed.is_empty() {
             tracing::warn!(provider = self.provider, state = %changed, "circuit breaker changed state");
         }

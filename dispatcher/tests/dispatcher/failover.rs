@@ -221,3 +221,37 @@ async fn the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock() 
     }
     assert_eq!(breaker.state().await.unwrap(), State::Open);
 }
+
+/// A dispatcher trusts a `closed` it read for one second (no breaker round trip per send); a
+/// breaker another dispatcher opened is seen once that second is over.
+#[tokio::test]
+async fn a_breaker_opened_elsewhere_is_seen_within_a_second() {
+    let world = World::new().await;
+    let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
+    let settings = BreakerSettings {
+        consecutive_failures: 2,
+        failure_ratio: 0.5,
+        min_calls: 100,
+        window: Duration::from_secs(60),
+        cooldown: Duration::from_secs(30),
+    };
+    let breaker = || {
+        Breaker::new(
+            otp_shared::testing::redis_conn(),
+            &world.keys(),
+            "plivo",
+            settings.clone(),
+            clock.clone(),
+            prometheus::IntGauge::new("g", "g").unwrap(),
+        )
+    };
+    let (here, elsewhere) = (breaker(), breaker());
+    here.record(true).await;
+    elsewhere.record(false).await;
+    elsewhere.record(false).await;
+    assert_eq!(here.state().await.unwrap(), State::Open);
+    assert!(!elsewhere.allows().await);
+    assert!(here.allows().await, "trusted closed for a second");
+    clock.advance(Duration::from_millis(1001));
+    assert!(!here.allows().await, "the open breaker seen");
+}
