@@ -364,6 +364,7 @@ async fn resend(reports: &Reports, verification: Uuid, failed: &str) -> Result<(
             anyhow::Error::new(e).context("publishing a resend"),
         ));
     }
+    reports.metrics.resends.inc();
     tracing::info!(%verification, failed_provider = failed, "undelivered: resending once");
     Ok(())
 }

@@ -38,6 +38,8 @@ pub struct ApiMetrics {
     request_series: Vec<IntCounter>,
     durations: Vec<Histogram>,
     pub codes_issued: IntCounter,
+    /// Resends published after an undelivered or failed report.
+    pub resends: IntCounter,
     verify_success: IntCounter,
     verify_invalid: IntCounter,
     verify_rate_limited: IntCounter,
@@ -152,6 +154,11 @@ impl ApiMetrics {
                 &registry,
                 "otp_codes_issued_total",
                 "Codes issued whose send job the broker confirmed.",
+            ),
+            resends: m::counter(
+                &registry,
+                "otp_resends_total",
+                "Resends the broker confirmed after an undelivered or failed report.",
             ),
             verify_success: verifications.with_label_values(&["success"]),
             verify_invalid: verifications.with_label_values(&["invalid"]),
