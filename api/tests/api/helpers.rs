@@ -1,92 +1,27 @@
 //! `spawn_app()` and the typed helpers every API test uses.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::time::Duration;
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use otp_api::{
-    config::{Config, HmacKey, HttpLimits, Limits, OtpSettings},
-    startup::Application,
-};
+use otp_api::{config::Config, startup::Application};
 use otp_shared::{
-    config::{AmqpArgs, LogFormat},
-    crypto::JobKey,
     job::{JobContent, SendJob},
     testing::Cleanup,
 };
 
+pub use crate::settings::{AMQP_URL, api_config, job_key};
 pub use otp_shared::testing::{redis_cluster, redis_url};
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const PHONE: &str = "+14155552671";
-
-pub fn job_key() -> JobKey {
-    JobKey::from_base64(&STANDARD.encode([42u8; 32])).expect("test key")
-}
 
 /// A config isolated to one test: its own key prefix and queue, limits off unless a test
 /// turns them on.
 pub fn test_config() -> Config {
     let id = Uuid::new_v4().simple().to_string();
-    Config {
-        port: 0,
-        bind_address: Ipv4Addr::LOCALHOST.into(),
-        redis: otp_shared::testing::redis_args(&format!("test:{id}:"), 500),
-        amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &format!("test.sms.{id}")),
-        publish_confirm_timeout_ms: 2000,
-        otp: OtpSettings {
-            otp_length: 6,
-            otp_validity_seconds: 300,
-            otp_max_attempts: 5,
-            sms_template: "Your verification code is: {code}".into(),
-            otp_hmac_key: HmacKey::from_base64(&STANDARD.encode([7u8; 32])).unwrap(),
-            job_encryption_key: job_key(),
-            allowed_countries: vec![],
-            sms_origin: None,
-            sms_android_app_hash: None,
-            sms_max_segments: 2,
-        },
-        limits: Limits {
-            resend_cooldown_seconds: 0,
-            max_sends_per_number_per_hour: 0,
-            max_requests_per_ip_per_minute: 0,
-            max_verifies_per_number_per_15_minutes: 0,
-            max_verifies_per_ip_per_minute: 0,
-            max_sends_per_hour: 0,
-            max_sends_per_country_per_hour: Default::default(),
-            ipv6_prefix_length: 64,
-            trusted_proxies: vec![],
-        },
-        http: HttpLimits {
-            header_read_timeout_seconds: 10,
-            body_read_timeout_seconds: 10,
-            keep_alive_timeout_seconds: 60,
-            max_connections: 10_000,
-        },
-        fraud: otp_api::fraud::FraudSettings {
-            fraud_guard: otp_api::fraud::Mode::Monitor,
-            fraud_guard_prefix_drop_digits: 4,
-            fraud_guard_window_minutes: 60,
-            fraud_guard_grace_seconds: 120,
-            fraud_guard_min_sends: 20,
-            fraud_guard_min_conversion: 0.2,
-            fraud_guard_block_hours: 12,
-            fraud_guard_safe_prefixes: vec![],
-        },
-        reports: otp_api::config::ReportSettings {
-            plivo_auth_token: None,
-            sms_status_callback_url: None,
-            twilio_auth_token: None,
-            twilio_status_callback_url: None,
-            resend_on_undelivered: true,
-        },
-        app_env: otp_shared::config::AppEnv::Development,
-        log_format: LogFormat::Pretty,
-        shutdown_grace_seconds: 2,
-    }
+    api_config(&format!("test:{id}:"), &format!("test.sms.{id}"))
 }
 
 pub struct TestApp {

@@ -1,6 +1,7 @@
 //! Integration tests of otp-api against the real Redis and RabbitMQ on this machine.
 
 mod helpers;
+mod settings;
 
 mod conformance;
 mod docs;

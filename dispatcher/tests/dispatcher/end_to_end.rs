@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wiremock::MockServer;
 
-use crate::helpers::{AMQP_URL, PHONE, World, accepted, plivo_call, spawn_dispatcher};
+use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher};
 
 /// The API, configured like the dispatcher (same queue, key prefix and job key).
 async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) {
@@ -12,68 +12,7 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
 
 /// The API's settings for `world` (same queue, key prefix and job key as its dispatcher).
 pub fn api_config(world: &World) -> otp_api::config::Config {
-    use otp_api::config::{Config, HmacKey, Limits, OtpSettings};
-    use otp_shared::config::{AmqpArgs, LogFormat};
-    Config {
-        port: 0,
-        bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
-        redis: otp_shared::testing::redis_args(&world.prefix, 1000),
-        amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &world.queue),
-        publish_confirm_timeout_ms: 2000,
-        otp: OtpSettings {
-            otp_length: 6,
-            otp_validity_seconds: 300,
-            otp_max_attempts: 5,
-            sms_template: "Your verification code is: {code}".into(),
-            otp_hmac_key: HmacKey::from_base64(&base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                [1u8; 32],
-            ))
-            .unwrap(),
-            job_encryption_key: crate::helpers::job_key(),
-            allowed_countries: vec![],
-            sms_origin: None,
-            sms_android_app_hash: None,
-            sms_max_segments: 2,
-        },
-        limits: Limits {
-            resend_cooldown_seconds: 30,
-            max_sends_per_number_per_hour: 5,
-            max_requests_per_ip_per_minute: 20,
-            max_verifies_per_number_per_15_minutes: 10,
-            max_verifies_per_ip_per_minute: 60,
-            max_sends_per_hour: 0,
-            max_sends_per_country_per_hour: Default::default(),
-            ipv6_prefix_length: 64,
-            trusted_proxies: vec![],
-        },
-        http: otp_api::config::HttpLimits {
-            header_read_timeout_seconds: 10,
-            body_read_timeout_seconds: 10,
-            keep_alive_timeout_seconds: 60,
-            max_connections: 10_000,
-        },
-        fraud: otp_api::fraud::FraudSettings {
-            fraud_guard: otp_api::fraud::Mode::Monitor,
-            fraud_guard_prefix_drop_digits: 4,
-            fraud_guard_window_minutes: 60,
-            fraud_guard_grace_seconds: 120,
-            fraud_guard_min_sends: 20,
-            fraud_guard_min_conversion: 0.2,
-            fraud_guard_block_hours: 12,
-            fraud_guard_safe_prefixes: vec![],
-        },
-        reports: otp_api::config::ReportSettings {
-            plivo_auth_token: None,
-            sms_status_callback_url: None,
-            twilio_auth_token: None,
-            twilio_status_callback_url: None,
-            resend_on_undelivered: true,
-        },
-        app_env: otp_shared::config::AppEnv::Development,
-        log_format: LogFormat::Pretty,
-        shutdown_grace_seconds: 1,
-    }
+    crate::api_settings::api_config(&world.prefix, &world.queue)
 }
 
 /// Runs the API until the returned sender is dropped or fired; returns its base URL.

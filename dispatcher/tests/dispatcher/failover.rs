@@ -3,29 +3,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{basic_auth, method, path},
-};
+use wiremock::{MockServer, ResponseTemplate};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use otp_dispatcher::breaker::{Breaker, BreakerSettings, Clock, State};
 
-use crate::helpers::{PHONE, TWILIO_SID, TWILIO_TOKEN, World, plivo_call, spawn_dispatcher};
-
-fn twilio_call() -> wiremock::MockBuilder {
-    Mock::given(method("POST"))
-        .and(path(format!(
-            "/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
-        )))
-        .and(basic_auth(TWILIO_SID, TWILIO_TOKEN))
-}
-
-fn twilio_created() -> ResponseTemplate {
-    ResponseTemplate::new(201)
-        .set_body_json(serde_json::json!({ "sid": "SM-failover", "status": "queued" }))
-}
+use crate::helpers::{PHONE, World, plivo_call, spawn_dispatcher, twilio_call, twilio_created};
 
 async fn both(
     world: &World,
@@ -47,7 +31,7 @@ async fn when_plivo_keeps_failing_the_job_moves_to_twilio_and_is_sent_once() {
         .mount(&plivo)
         .await;
     twilio_call()
-        .respond_with(twilio_created())
+        .respond_with(twilio_created("SM-failover"))
         .expect(1)
         .mount(&twilio)
         .await;
@@ -84,7 +68,7 @@ async fn rejected_credentials_fail_over_at_once_but_a_bad_number_does_not() {
         .mount(&plivo)
         .await;
     twilio_call()
-        .respond_with(twilio_created())
+        .respond_with(twilio_created("SM-failover"))
         .expect(1)
         .mount(&twilio)
         .await;
@@ -102,7 +86,7 @@ async fn rejected_credentials_fail_over_at_once_but_a_bad_number_does_not() {
         .mount(&plivo)
         .await;
     twilio_call()
-        .respond_with(twilio_created())
+        .respond_with(twilio_created("SM-failover"))
         .expect(0)
         .mount(&twilio)
         .await;
@@ -124,7 +108,7 @@ async fn an_open_breaker_sends_jobs_straight_to_the_next_provider() {
         .mount(&plivo)
         .await;
     twilio_call()
-        .respond_with(twilio_created())
+        .respond_with(twilio_created("SM-failover"))
         .expect(3)
         .mount(&twilio)
         .await;

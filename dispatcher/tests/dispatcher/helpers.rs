@@ -21,7 +21,6 @@ use otp_dispatcher::{config::Config, startup::Application};
 use otp_shared::{
     amqp::{DEAD_REASON_HEADER, Topology, header_str, job_properties},
     config::{AmqpArgs, LogFormat},
-    crypto::JobKey,
     job::SendJob,
     keys::Keys,
     phone::PhoneNumber,
@@ -29,18 +28,14 @@ use otp_shared::{
     testing::{Cleanup, eventually},
 };
 
+pub use crate::api_settings::{AMQP_URL, job_key};
 pub use otp_shared::testing::{redis_cluster, redis_url};
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const AUTH_ID: &str = "MATESTAUTHID";
 pub const AUTH_TOKEN: &str = "test-auth-token";
 pub const SENDER: &str = "+14155550000";
 pub const TWILIO_SID: &str = "ACtest";
 pub const TWILIO_TOKEN: &str = "twilio-test-token";
 pub const PHONE: &str = "+14155552671";
-
-pub fn job_key() -> JobKey {
-    JobKey::from_base64(&STANDARD.encode([42u8; 32])).expect("test key")
-}
 
 pub fn message_path() -> String {
     format!("/v1/Account/{AUTH_ID}/Message/")
@@ -58,6 +53,20 @@ pub fn plivo_call() -> wiremock::MockBuilder {
     Mock::given(method("POST"))
         .and(path(message_path()))
         .and(basic_auth(AUTH_ID, AUTH_TOKEN))
+}
+
+/// A Twilio message request with the test account's credentials.
+pub fn twilio_call() -> wiremock::MockBuilder {
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+        )))
+        .and(basic_auth(TWILIO_SID, TWILIO_TOKEN))
+}
+
+/// Twilio's answer to an accepted message.
+pub fn twilio_created(sid: &str) -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({ "sid": sid, "status": "queued" }))
 }
 
 /// One test's isolated world: queue, key prefix, AMQP channel, Redis connection.

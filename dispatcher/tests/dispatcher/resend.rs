@@ -7,14 +7,11 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{method, path},
-};
+use wiremock::MockServer;
 
 use crate::{
     end_to_end::{api_config, spawn_api_with},
-    helpers::{PHONE, TWILIO_SID, World, accepted, plivo_call, spawn_dispatcher},
+    helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher, twilio_call, twilio_created},
 };
 
 const TOKEN: &str = "resend-test-token";
@@ -37,11 +34,8 @@ async fn stack(twilio_calls: u64) -> Stack {
         .expect(1)
         .mount(&plivo)
         .await;
-    Mock::given(method("POST"))
-        .and(path(format!(
-            "/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
-        )))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "sid": "SM-resend" })))
+    twilio_call()
+        .respond_with(twilio_created("SM-resend"))
         .expect(twilio_calls)
         .mount(&twilio)
         .await;

@@ -1,0 +1,80 @@
+//! The API's settings for tests, written once. The API's suite uses it through its helpers, and
+//! the dispatcher's suite includes this file (`#[path]`) to run the API beside its dispatchers.
+
+use std::net::Ipv4Addr;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use otp_api::config::{Config, HmacKey, HttpLimits, Limits, OtpSettings};
+use otp_shared::{
+    config::{AmqpArgs, LogFormat},
+    crypto::JobKey,
+};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The job key both suites seal and open jobs with.
+pub fn job_key() -> JobKey {
+    JobKey::from_base64(&STANDARD.encode([42u8; 32])).expect("test key")
+}
+
+/// Settings on the tests' Redis and RabbitMQ under `key_prefix` and `queue`: codes of 6 digits
+/// for 300 s with 5 attempts, every limit off (tests turn on what they check), the fraud guard
+/// in monitor mode.
+pub fn api_config(key_prefix: &str, queue: &str) -> Config {
+    Config {
+        port: 0,
+        bind_address: Ipv4Addr::LOCALHOST.into(),
+        redis: otp_shared::testing::redis_args(key_prefix, 500),
+        amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), queue),
+        publish_confirm_timeout_ms: 2000,
+        otp: OtpSettings {
+            otp_length: 6,
+            otp_validity_seconds: 300,
+            otp_max_attempts: 5,
+            sms_template: "Your verification code is: {code}".into(),
+            otp_hmac_key: HmacKey::from_base64(&STANDARD.encode([7u8; 32])).unwrap(),
+            job_encryption_key: job_key(),
+            allowed_countries: vec![],
+            sms_origin: None,
+            sms_android_app_hash: None,
+            sms_max_segments: 2,
+        },
+        limits: Limits {
+            resend_cooldown_seconds: 0,
+            max_sends_per_number_per_hour: 0,
+            max_requests_per_ip_per_minute: 0,
+            max_verifies_per_number_per_15_minutes: 0,
+            max_verifies_per_ip_per_minute: 0,
+            max_sends_per_hour: 0,
+            max_sends_per_country_per_hour: Default::default(),
+            ipv6_prefix_length: 64,
+            trusted_proxies: vec![],
+        },
+        http: HttpLimits {
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 10,
+            keep_alive_timeout_seconds: 60,
+            max_connections: 10_000,
+        },
+        fraud: otp_api::fraud::FraudSettings {
+            fraud_guard: otp_api::fraud::Mode::Monitor,
+            fraud_guard_prefix_drop_digits: 4,
+            fraud_guard_window_minutes: 60,
+            fraud_guard_grace_seconds: 120,
+            fraud_guard_min_sends: 20,
+            fraud_guard_min_conversion: 0.2,
+            fraud_guard_block_hours: 12,
+            fraud_guard_safe_prefixes: vec![],
+        },
+        reports: otp_api::config::ReportSettings {
+            plivo_auth_token: None,
+            sms_status_callback_url: None,
+            twilio_auth_token: None,
+            twilio_status_callback_url: None,
+            resend_on_undelivered: true,
+        },
+        app_env: otp_shared::config::AppEnv::Development,
+        log_format: LogFormat::Pretty,
+        shutdown_grace_seconds: 2,
+    }
+}
