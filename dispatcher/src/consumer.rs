@@ -1,6 +1,7 @@
-//! The RabbitMQ side: one connection, a confirm-mode channel with prefetch
+//! The RabbitMQ side (the AMQP adapter): one connection, a confirm-mode channel with prefetch
 //! DISPATCHER_CONCURRENCY, one task per delivery; reconnects with backoff whenever the broker
-//! goes away.
+//! goes away. The worker says what to do with each message ([`Settle`]); this module alone acks,
+//! rejects and dead-letters.
 
 use std::{
     sync::{
@@ -13,19 +14,34 @@ use std::{
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::{
-    Channel, Connection,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
+    BasicProperties, Channel, Connection,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+    },
     types::FieldTable,
 };
+use time::OffsetDateTime;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use otp_shared::{
-    amqp::{Topology, open_confirmed_channel},
+    amqp::{
+        ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, Topology, header_str, long_string,
+        open_confirmed_channel,
+    },
     supervise::{CLOSE_TIMEOUT, Session, close, supervise},
     urls::AmqpUrl,
 };
 
-use crate::{metrics::DispatcherMetrics, worker::Worker};
+use crate::{
+    metrics::DispatcherMetrics,
+    worker::{Incoming, Settle, Worker},
+};
+
+/// How long the broker may take to confirm a dead-letter copy before the original is rejected
+/// instead.
+const DEAD_LETTER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Consumer {
     pub url: AmqpUrl,
@@ -90,7 +106,17 @@ impl Consumer {
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let (worker, channel, abort) = (self.worker.clone(), channel.clone(), abort.clone());
-                        tracker.spawn(async move { worker.handle(&channel, delivery, abort).await });
+                        let topology = self.topology.clone();
+                        tracker.spawn(async move {
+                            let header = |name: &str| header_str(&delivery.properties, name);
+                            let incoming = Incoming {
+                                body: &delivery.data,
+                                redelivered: delivery.redelivered,
+                                header: &header,
+                            };
+                            let outcome = worker.handle(incoming, abort).await;
+                            settle(&channel, &topology, &delivery, outcome).await;
+                        });
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "the RabbitMQ connection failed");
@@ -160,5 +186,71 @@ async fn watch_depths(
             }
         }
         tokio::time::sleep(DEPTH_REFRESH).await;
+    }
+}
+
+/// Does what the worker said with a delivery: the only place that acks, rejects or
+/// dead-letters.
+async fn settle(channel: &Channel, topology: &Topology, delivery: &Delivery, settle: Settle) {
+    match settle {
+        Settle::Ack => ack(delivery).await,
+        Settle::DeadLetter { reason, attempts } => {
+            dead_letter(channel, topology, delivery, &reason, attempts).await
+        }
+        Settle::Leave => {}
+    }
+}
+
+/// Copies the message to the dead-letter queue with reason, time (unix seconds) and
+/// provider-attempt headers, then acks it. If that publish fails, the message is rejected
+/// instead, so the queue's own dead-letter exchange takes it (without our reason): it never
+/// loops.
+async fn dead_letter(
+    channel: &Channel,
+    topology: &Topology,
+    delivery: &Delivery,
+    reason: &str,
+    attempts: u32,
+) {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(DEAD_REASON_HEADER.into(), long_string(reason));
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    headers.insert(DEAD_AT_HEADER.into(), long_string(&now.to_string()));
+    headers.insert(ATTEMPTS_HEADER.into(), long_string(&attempts.to_string()));
+    let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+    let published = async {
+        channel
+            .basic_publish(
+                topology.dead_exchange.as_str().into(),
+                topology.dead_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await
+    };
+    match tokio::time::timeout(DEAD_LETTER_CONFIRM_TIMEOUT, published).await {
+        Ok(Ok(confirm)) if confirm.is_ack() => ack(delivery).await,
+        other => {
+            tracing::warn!(
+                ?other,
+                "dead-letter publish not confirmed; rejecting instead"
+            );
+            let reject = BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            };
+            if let Err(e) = delivery.nack(reject).await {
+                tracing::warn!(error = %e, "reject failed; the broker will redeliver");
+            }
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        // The channel is gone; the broker redelivers and the ledger makes that a no-op.
+        tracing::warn!(error = %e, "ack failed; the job will be redelivered and skipped");
     }
 }

@@ -8,8 +8,10 @@
 //! - [`dlq`]: reading, replaying and removing dead letters.
 //! - [`config`]: every setting, read from the environment by clap (`otp-dispatcher --help`).
 //! - [`startup`]: `Application::build` wires the parts; `run_until` handles graceful shutdown.
-//! - [`consumer`]: RabbitMQ connection, prefetch, one task per delivery, reconnects.
-//! - [`worker`]: one job end to end: decode, claim, send with retries, record, ack/dead-letter.
+//! - [`consumer`]: the AMQP adapter: connection, prefetch, one task per delivery, reconnects;
+//!   acks, rejects and dead-letter copies (the only module that does).
+//! - [`worker`]: one job end to end, whatever brought it: decode, claim, send with retries,
+//!   record; returns what to do with the message (`Settle`).
 //! - [`outcome`]: `Attempt` (one provider call) and `Final` (a job), and how they map to acks.
 //! - [`retry`]: `RetryPolicy` (capped exponential backoff, full jitter) and the retry loop.
 //! - [`sender`]: the `SmsSender` trait every provider implements.

@@ -125,7 +125,6 @@ impl Application {
             job_key: config.job_encryption_key.clone(),
             redis: redis.clone(),
             keys,
-            topology: topology.clone(),
             metrics: metrics.clone(),
             resend_on_undelivered: config.resend_on_undelivered,
         };

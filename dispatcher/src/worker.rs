@@ -3,11 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{
-    BasicProperties, Channel,
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
-};
 use otp_shared::redis_conn::RedisConn;
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -16,10 +11,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use otp_shared::{
-    amqp::{
-        ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, REQUEST_ID_HEADER, RESEND_HEADER,
-        Topology, header_str, long_string,
-    },
+    amqp::{REQUEST_ID_HEADER, RESEND_HEADER},
     crypto::JobKey,
     job::{JobContent, SendJob},
     keys::Keys,
@@ -28,7 +20,7 @@ use otp_shared::{
     status::{
         self, DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER, FIELD_PROVIDER_ID, FIELD_REASON,
     },
-    telemetry::adopt_trace_context,
+    telemetry::adopt_remote_context,
 };
 
 use crate::{
@@ -48,9 +40,6 @@ const REDIS_RETRY: Duration = Duration::from_secs(1);
 const BUSY_RECHECK_MIN: Duration = Duration::from_millis(50);
 /// Recording an outcome is retried after 1, 2, 3 and 4 times this.
 const RECORD_RETRY_STEP: Duration = Duration::from_millis(200);
-/// How long the broker may take to confirm a dead-letter copy before the original is rejected
-/// instead.
-const DEAD_LETTER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a job was handled, for recording its outcome.
 struct Sent {
@@ -61,6 +50,26 @@ struct Sent {
     resend: bool,
 }
 
+/// A send job as it arrives, whatever brought it (the AMQP adapter: `consumer`).
+pub struct Incoming<'a> {
+    pub body: &'a [u8],
+    /// Delivered before, to this or another dispatcher.
+    pub redelivered: bool,
+    /// The message's header by name (request id, resend, trace context).
+    pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
+}
+
+/// What to do with a job's message once the worker is done with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with (sent, failed for good and dead-lettered, expired, withdrawn or a duplicate).
+    Ack,
+    /// Keep it for an operator, with the reason and the provider attempts made.
+    DeadLetter { reason: String, attempts: u32 },
+    /// Not finished (shutdown): leave it unacknowledged for the broker to redeliver.
+    Leave,
+}
+
 pub struct Worker {
     pub ledger: Ledger,
     pub limiter: RateLimiter,
@@ -69,26 +78,27 @@ pub struct Worker {
     pub job_key: JobKey,
     pub redis: RedisConn,
     pub keys: Keys,
-    pub topology: Topology,
     pub metrics: Arc<DispatcherMetrics>,
     /// RESEND_ON_UNDELIVERED: keep sent jobs' envelopes for one resend.
     pub resend_on_undelivered: bool,
 }
 
 impl Worker {
-    /// Processes one delivery. `abort` fires when the shutdown grace period is over: the job is
-    /// then left unacknowledged, for the broker to redeliver to another dispatcher.
-    pub async fn handle(&self, channel: &Channel, delivery: Delivery, abort: CancellationToken) {
+    /// Works on one send job, whatever brought it, and says what to do with its message.
+    /// `abort` fires when the shutdown grace period is over: the job is then left for the broker
+    /// to redeliver to another dispatcher ([`Settle::Leave`]).
+    pub async fn handle(&self, incoming: Incoming<'_>, abort: CancellationToken) -> Settle {
         let _in_flight = InFlight::start(&self.metrics.jobs_in_flight);
-        let request_id = header_str(&delivery.properties, REQUEST_ID_HEADER).unwrap_or_default();
-        let (job, content) = match SendJob::decode(&delivery.data, &self.job_key) {
+        let request_id = (incoming.header)(REQUEST_ID_HEADER).unwrap_or_default();
+        let (job, content) = match SendJob::decode(incoming.body, &self.job_key) {
             Ok(decoded) => decoded,
             Err(e) => {
                 tracing::warn!(%request_id, error = %e, "unreadable send job; dead-lettering it");
                 self.metrics.job(JobResult::Failed);
-                self.dead_letter(channel, &delivery, &e.to_string(), 0)
-                    .await;
-                return;
+                return Settle::DeadLetter {
+                    reason: e.to_string(),
+                    attempts: 0,
+                };
             }
         };
         let span = tracing::info_span!(
@@ -97,24 +107,22 @@ impl Worker {
             verification_id = %job.verification_id,
             %request_id,
             phone = %mask_e164(&content.destination),
-            redelivered = delivery.redelivered,
+            redelivered = incoming.redelivered,
         );
-        adopt_trace_context(&span, &delivery.properties);
-        let resend = header_str(&delivery.properties, RESEND_HEADER);
-        self.process(channel, &delivery, &job, &content, resend, abort)
+        adopt_remote_context(&span, incoming.header);
+        let resend = (incoming.header)(RESEND_HEADER);
+        self.process(&job, &content, resend, abort)
             .instrument(span)
-            .await;
+            .await
     }
 
     async fn process(
         &self,
-        channel: &Channel,
-        delivery: &Delivery,
         job: &SendJob,
         content: &JobContent,
         resend: Option<String>,
         abort: CancellationToken,
-    ) {
+    ) -> Settle {
         let deadline = deadline_of(job);
         let owner = otp_shared::ids::random_uuid();
         // A resend after an undelivered report has its own ledger entry, derived from the job's,
@@ -142,8 +150,7 @@ impl Worker {
                 Ok(Claim::Done(outcome)) => {
                     tracing::info!(%outcome, "job already handled; acknowledging the duplicate");
                     self.metrics.job(JobResult::Duplicate);
-                    ack(delivery).await;
-                    return;
+                    return Settle::Ack;
                 }
                 // Another dispatcher is sending this job (a duplicate delivery): wait for it
                 // to finish, or for its lease to lapse if it died.
@@ -154,7 +161,7 @@ impl Worker {
                 }
             };
             tokio::select! {
-                _ = abort.cancelled() => return,
+                _ = abort.cancelled() => return Settle::Leave,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -179,8 +186,7 @@ impl Worker {
                 tracing::warn!(error = %e, "could not record the withdrawn job");
             }
             self.metrics.job(JobResult::Withdrawn);
-            ack(delivery).await;
-            return;
+            return Settle::Ack;
         }
 
         let keep_alive = self.ledger.keep_alive(ledger_id, owner);
@@ -196,7 +202,7 @@ impl Worker {
                 drop(keep_alive);
                 let _ = self.ledger.release(ledger_id, owner).await;
                 tracing::warn!("shutdown grace period over mid-job; leaving it for redelivery");
-                return;
+                return Settle::Leave;
             }
         };
         drop(keep_alive);
@@ -210,11 +216,11 @@ impl Worker {
         self.record(job, &sent, &outcome).await;
         self.count(job, &outcome);
         match outcome.disposition() {
-            Disposition::Ack => ack(delivery).await,
-            Disposition::DeadLetter(reason) => {
-                self.dead_letter(channel, delivery, &reason, outcome.attempts())
-                    .await
-            }
+            Disposition::Ack => Settle::Ack,
+            Disposition::DeadLetter(reason) => Settle::DeadLetter {
+                reason,
+                attempts: outcome.attempts(),
+            },
         }
     }
 
@@ -416,60 +422,6 @@ impl Worker {
         {
             tracing::warn!(error = %e, %state, "could not record the delivery state");
         }
-    }
-
-    /// Copies the message to the dead-letter queue with reason, time (unix seconds) and
-    /// provider-attempt headers, then acks it. If that publish fails, the message is rejected
-    /// instead, so the queue's own dead-letter exchange takes it (without our reason): it never
-    /// loops.
-    async fn dead_letter(
-        &self,
-        channel: &Channel,
-        delivery: &Delivery,
-        reason: &str,
-        attempts: u32,
-    ) {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(DEAD_REASON_HEADER.into(), long_string(reason));
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        headers.insert(DEAD_AT_HEADER.into(), long_string(&now.to_string()));
-        headers.insert(ATTEMPTS_HEADER.into(), long_string(&attempts.to_string()));
-        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
-        let published = async {
-            channel
-                .basic_publish(
-                    self.topology.dead_exchange.as_str().into(),
-                    self.topology.dead_queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &delivery.data,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(DEAD_LETTER_CONFIRM_TIMEOUT, published).await {
-            Ok(Ok(confirm)) if confirm.is_ack() => ack(delivery).await,
-            other => {
-                tracing::warn!(
-                    ?other,
-                    "dead-letter publish not confirmed; rejecting instead"
-                );
-                let reject = BasicNackOptions {
-                    requeue: false,
-                    ..BasicNackOptions::default()
-                };
-                if let Err(e) = delivery.nack(reject).await {
-                    tracing::warn!(error = %e, "reject failed; the broker will redeliver");
-                }
-            }
-        }
-    }
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        // The channel is gone; the broker redelivers and the ledger makes that a no-op.
-        tracing::warn!(error = %e, "ack failed; the job will be redelivered and skipped");
     }
 }
 

@@ -150,11 +150,6 @@ pub fn inject_trace_context(headers: &mut FieldTable) {
     }
 }
 
-/// Makes `span` a child of the trace context carried by an incoming message, if any.
-pub fn adopt_trace_context(span: &tracing::Span, properties: &lapin::BasicProperties) {
-    adopt_remote_context(span, |name| crate::amqp::header_str(properties, name));
-}
-
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::TraceContextExt;
@@ -171,7 +166,7 @@ mod tests {
         assert!(crate::amqp::header_str(&properties, "traceparent").is_some());
 
         let consume = tracing::info_span!("consume");
-        adopt_trace_context(&consume, &properties);
+        adopt_remote_context(&consume, |name| crate::amqp::header_str(&properties, name));
         let sent = publish.context().span().span_context().trace_id();
         let received = consume.context().span().span_context().trace_id();
         assert_ne!(sent, opentelemetry::trace::TraceId::INVALID);
