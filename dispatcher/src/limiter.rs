@@ -1,16 +1,30 @@
-//! PLIVO_MAX_RPS as one global rate, shared by every dispatcher through Redis (GCRA): one
-//! script call per send reserves a slot, and the task sleeps until it.
+//! PLIVO_MAX_RPS as one global rate (GCRA, the generic cell rate algorithm): one call reserves
+//! the next free send slot and says when it is, and the task sleeps until it. Never polls.
+//! [`RateLimiter`] shares the rate among every dispatcher through Redis; [`MemoryRateLimiter`]
+//! keeps it in this process. Both allow a burst of one second's worth.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{LazyLock, Mutex},
+    time::Duration,
+};
 
-use otp_shared::redis_conn::RedisConn;
+use futures_util::future::BoxFuture;
+use otp_shared::{backend::Unavailable, keys::Keys, redis_conn::RedisConn};
 use redis::Script;
 use tokio::time::Instant;
 
-use otp_shared::keys::Keys;
-
 static BUCKET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket.lua")));
 
+/// The provider rate, wherever it is kept.
+pub trait SendRate: Send + Sync {
+    /// Reserves the next send slot and sleeps until it. Returns false, reserving nothing, if
+    /// the slot is at or after `deadline`. A backend that cannot be reached is an error:
+    /// sending blind could exceed the account's limit.
+    fn acquire(&self, deadline: Instant) -> BoxFuture<'_, Result<bool, Unavailable>>;
+}
+
+/// The rate in Redis, shared by every dispatcher (`bucket.lua`; Redis's clock, so dispatcher
+/// clocks need not agree).
 #[derive(Clone)]
 pub struct RateLimiter {
     conn: RedisConn,
@@ -26,24 +40,68 @@ impl RateLimiter {
             per_second,
         }
     }
+}
 
-    /// Reserves the next send slot and sleeps until it. Returns false, reserving nothing, if
-    /// the slot is at or after `deadline`. If Redis is unreachable the error is returned:
-    /// sending blind could exceed the account's limit.
-    pub async fn acquire(&self, deadline: Instant) -> redis::RedisResult<bool> {
-        let max_wait = deadline.saturating_duration_since(Instant::now());
-        let wait_ms: i64 = BUCKET
-            .key(&self.key)
-            .arg(self.per_second)
-            .arg(max_wait.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        if wait_ms < 0 {
-            return Ok(false);
+impl SendRate for RateLimiter {
+    fn acquire(&self, deadline: Instant) -> BoxFuture<'_, Result<bool, Unavailable>> {
+        Box::pin(async move {
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            let wait_ms: i64 = BUCKET
+                .key(&self.key)
+                .arg(self.per_second)
+                .arg(max_wait.as_millis() as u64)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            if wait_ms < 0 {
+                return Ok(false);
+            }
+            if wait_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+            }
+            Ok(true)
+        })
+    }
+}
+
+/// The rate in this process (one dispatcher), on tokio's clock: the same rule as `bucket.lua`.
+pub struct MemoryRateLimiter {
+    interval: Duration,
+    /// How far ahead of now slots may be handed out at once: one second's worth, less one.
+    tolerance: Duration,
+    /// The theoretical arrival time of the next send.
+    next: Mutex<Option<Instant>>,
+}
+
+impl MemoryRateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        let per_second = per_second.max(1);
+        let interval = Duration::from_secs(1) / per_second;
+        Self {
+            interval,
+            tolerance: interval * (per_second - 1),
+            next: Mutex::new(None),
         }
-        if wait_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
-        }
-        Ok(true)
+    }
+}
+
+impl SendRate for MemoryRateLimiter {
+    fn acquire(&self, deadline: Instant) -> BoxFuture<'_, Result<bool, Unavailable>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let wait = {
+                let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+                let tat = next.map_or(now, |t| t.max(now));
+                let slot = (tat.checked_sub(self.tolerance)).map_or(now, |s| s.max(now));
+                if slot > deadline {
+                    return Ok(false);
+                }
+                *next = Some(tat + self.interval);
+                slot - now
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(true)
+        })
     }
 }

@@ -119,7 +119,7 @@ impl Application {
                 keys.clone(),
                 Duration::from_secs(config.job_lease_seconds),
             ),
-            limiter: RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps),
+            limiter: Arc::new(RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps)),
             router,
             policy: config.retry_policy()?,
             job_key: config.job_encryption_key.clone(),

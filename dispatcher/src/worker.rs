@@ -25,7 +25,7 @@ use otp_shared::{
 
 use crate::{
     ledger::{Claim, Entry, Ledger, SentRecord},
-    limiter::RateLimiter,
+    limiter::SendRate,
     metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
     retry::{RetryPolicy, run_attempts},
@@ -72,7 +72,7 @@ pub enum Settle {
 
 pub struct Worker {
     pub ledger: Ledger,
-    pub limiter: RateLimiter,
+    pub limiter: Arc<dyn SendRate>,
     pub router: Router,
     pub policy: RetryPolicy,
     pub job_key: JobKey,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`phone`]: `PhoneNumber` (E.164, parsed once at the edge) and `CountryCode`.
+//! - [`backend`]: `Unavailable`, the backend-neutral error of the seams.
 //! - [`crypto`]: base64 key decoding and the AES-256-GCM `JobKey`.
 //! - [`job`]: the send-job contract (`SendJob` envelope + sealed `JobContent`).
 //! - [`amqp`]: queue topology (`Topology`) and AMQP header conventions.
@@ -21,6 +22,7 @@
 //! - `testing` (feature `test-support`): TCP proxy and cleanup helpers for integration tests.
 
 pub mod amqp;
+pub mod backend;
 pub mod config;
 pub mod crypto;
 pub mod ids;

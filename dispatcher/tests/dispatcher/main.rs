@@ -13,6 +13,7 @@ mod end_to_end;
 mod failover;
 mod failures;
 mod ledger;
+mod limiter;
 mod metrics;
 mod operations;
 mod process;

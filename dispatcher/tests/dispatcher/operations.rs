@@ -3,7 +3,7 @@ use std::{process::Stdio, time::Duration};
 use tokio::time::Instant;
 use wiremock::{MockServer, ResponseTemplate};
 
-use otp_dispatcher::limiter::RateLimiter;
+use otp_dispatcher::limiter::{RateLimiter, SendRate};
 use otp_shared::testing::{Proxy, eventually};
 
 use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher};
