@@ -18,7 +18,8 @@
 //! - [`twilio`]: the Twilio Messages API client, the second provider.
 //! - [`plivo`]: the Plivo Message API client and status-code classification.
 //! - [`ledger`]: the Redis idempotency ledger (job leases and outcomes).
-//! - [`limiter`]: the global PLIVO_MAX_RPS rate in Redis (GCRA reservations).
+//! - [`limiter`]: the PLIVO_MAX_RPS rate (GCRA reservations) behind `SendRate`: in Redis,
+//!   shared by every dispatcher, or in memory.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 
