@@ -10,6 +10,7 @@
 //! - [`keyring`]: key lists for rotation (`id:base64,...`) and the weak-key check.
 //! - [`keys`]: the Redis keyspace of both binaries.
 //! - [`ledger`]: how a send job ended (`JobOutcome`), as the ledger stores it.
+//! - [`memory`]: delivery records in process memory, shared by the in-memory backends.
 //! - [`metrics`]: Prometheus registration helpers and the text exposition.
 //! - [`status`]: delivery state records (queued → sending → sent / failed / expired).
 //! - [`config`]: settings read the same way by both binaries (Redis location, log format).
@@ -30,6 +31,7 @@ pub mod job;
 pub mod keyring;
 pub mod keys;
 pub mod ledger;
+pub mod memory;
 pub mod metrics;
 pub mod phone;
 pub mod probe;

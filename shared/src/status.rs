@@ -181,16 +181,21 @@ pub async fn load<C: redis::aio::ConnectionLike + Send + Sync>(
         .arg(keys.status(verification_id))
         .query_async(conn)
         .await?;
-    let Some(state) = map.get(FIELD_STATE).and_then(|s| s.parse().ok()) else {
-        return Ok(None);
-    };
-    let number = |field: &str| map.get(field).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok(Some(DeliveryStatus {
-        state,
-        attempts: number(FIELD_ATTEMPTS) as u32,
-        updated_at: number(FIELD_UPDATED_AT),
-        provider_message_id: map.get(FIELD_PROVIDER_ID).cloned(),
-    }))
+    Ok(DeliveryStatus::from_fields(&map))
+}
+
+impl DeliveryStatus {
+    /// Reads a record from its fields; `None` without a known state.
+    pub fn from_fields(fields: &std::collections::HashMap<String, String>) -> Option<Self> {
+        let state = fields.get(FIELD_STATE)?.parse().ok()?;
+        let number = |field: &str| fields.get(field).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Some(DeliveryStatus {
+            state,
+            attempts: number(FIELD_ATTEMPTS) as u32,
+            updated_at: number(FIELD_UPDATED_AT),
+            provider_message_id: fields.get(FIELD_PROVIDER_ID).cloned(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use otp_shared::{
+    memory::DeliveryRecords,
     phone::PhoneNumber,
     status::{DeliveryState, DeliveryStatus},
 };
@@ -35,6 +36,8 @@ const SWEEP_EVERY: u64 = 1024;
 pub struct MemoryStore {
     policy: StorePolicy,
     state: Arc<Mutex<State>>,
+    /// Delivery records, shared with the in-memory dispatcher backends.
+    records: DeliveryRecords,
 }
 
 /// A value with an expiry, like a Redis key with a TTL.
@@ -158,7 +161,6 @@ struct State {
     codes: Table<String, Code>,
     failures: Table<String, u32>,
     idempotency: Table<String, Idempotency>,
-    statuses: Table<Uuid, DeliveryStatus>,
     prefixes: HashMap<String, Prefix>,
     started: Option<Instant>,
     calls: u64,
@@ -182,7 +184,6 @@ impl State {
         self.codes.sweep(now);
         self.failures.sweep(now);
         self.idempotency.sweep(now);
-        self.statuses.sweep(now);
         let oldest = self.clock_ms().saturating_sub(fraud_window_ms);
         self.prefixes.retain(|_, p| {
             p.sends.retain(|(ms, _)| *ms > oldest);
@@ -215,10 +216,11 @@ fn secs(seconds: u64) -> Duration {
 }
 
 impl MemoryStore {
-    pub fn new(policy: StorePolicy) -> Self {
+    pub fn new(policy: StorePolicy, records: DeliveryRecords) -> Self {
         Self {
             policy,
             state: Arc::default(),
+            records,
         }
     }
 
@@ -413,17 +415,8 @@ impl OtpStore for MemoryStore {
         if let Some(failures) = state.failures.get_mut(&e164) {
             failures.until = failures.until.max(Instant::now() + ttl);
         }
-        let queued = DeliveryStatus {
-            state: DeliveryState::Queued,
-            attempts: 0,
-            updated_at: time::OffsetDateTime::now_utc().unix_timestamp(),
-            provider_message_id: None,
-        };
-        state.statuses.set(
-            verification_id,
-            queued,
-            secs(otp_shared::status::STATUS_TTL_SECONDS),
-        );
+        self.records
+            .record(verification_id, DeliveryState::Queued, 0, &[]);
         let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
         Ok(IssueOutcome::Issued(best, signal))
     }
@@ -447,7 +440,7 @@ impl OtpStore for MemoryStore {
             state.cooldowns.remove(&e164);
         }
         state.counters.give_back(&sends_per_hour(&e164));
-        state.statuses.remove(&verification_id);
+        self.records.remove(verification_id);
         self.unguard(state, phone, verification_id);
         Ok(())
     }
@@ -581,11 +574,7 @@ impl OtpStore for MemoryStore {
         &self,
         verification_id: Uuid,
     ) -> Result<Option<DeliveryStatus>, StoreError> {
-        Ok(self
-            .lock()
-            .statuses
-            .get(&verification_id)
-            .map(|e| e.value.clone()))
+        Ok(self.records.load(verification_id))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -61,7 +61,7 @@ struct InMemory;
 impl Backend for InMemory {
     type Store = MemoryStore;
     fn store(&mut self, policy: StorePolicy) -> MemoryStore {
-        MemoryStore::new(policy)
+        MemoryStore::new(policy, Default::default())
     }
 }
 
