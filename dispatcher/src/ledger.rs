@@ -1,15 +1,24 @@
 //! The idempotency ledger in Redis: who is sending a job right now (a short lease, kept alive
 //! while the job is worked on) and how each job ended (kept longer than any job lives).
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+    time::Duration,
+};
+
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
 
 use otp_shared::redis_conn::RedisConn;
 use redis::Script;
 use uuid::Uuid;
 
 use otp_shared::{
+    backend::Unavailable,
     keys::Keys,
     ledger::JobOutcome,
+    memory::DeliveryRecords,
     status::{self, DeliveryState},
 };
 
@@ -41,7 +50,7 @@ pub enum Claim {
 }
 
 /// One ledger entry: a send job, under its verification's hash tag (see `otp_shared::keys`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub verification_id: Uuid,
     pub job_id: Uuid,
@@ -60,6 +69,61 @@ pub struct SentRecord {
     pub status: Option<Vec<(&'static str, String)>>,
 }
 
+/// Who is sending a job right now, and how each job ended: what keeps a job from being sent
+/// twice, however many dispatchers get it. [`Ledger`] keeps it in Redis, [`MemoryLedger`] in
+/// this process.
+pub trait SendLedger: Send + Sync {
+    /// How long a claim holds without renewal.
+    fn lease(&self) -> Duration;
+
+    /// Claims `job` for `owner`, or renews the lease if `owner` already holds it.
+    fn claim(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<Claim, Unavailable>>;
+
+    /// [`Self::claim`], also checking that the verification's delivery record still exists
+    /// ([`Claim::Withdrawn`] when not), and marking it `sending` (attempt 1) when claimed.
+    fn claim_send(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<Claim, Unavailable>>;
+
+    /// Records how the job ended and frees `owner`'s lease.
+    fn finish<'a>(
+        &'a self,
+        job: Entry,
+        owner: Uuid,
+        outcome: &'a JobOutcome,
+    ) -> BoxFuture<'a, Result<(), Unavailable>>;
+
+    /// [`Self::finish`] for an accepted send, with what it leaves beside (see [`SentRecord`]).
+    fn finish_sent<'a>(
+        &'a self,
+        job: Entry,
+        owner: Uuid,
+        outcome: &'a JobOutcome,
+        sent: &'a SentRecord,
+    ) -> BoxFuture<'a, Result<(), Unavailable>>;
+
+    /// Frees `owner`'s lease without an outcome (the job goes back to the queue).
+    fn release(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<(), Unavailable>>;
+}
+
+/// Renews `owner`'s lease every third of its length until dropped, so a long retry sequence
+/// keeps it, while a crashed worker's lease lapses quickly.
+pub fn keep_alive(ledger: Arc<dyn SendLedger>, job: Entry, owner: Uuid) -> KeepAlive {
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(ledger.lease() / 3).await;
+            match ledger.claim(job, owner).await {
+                Ok(Claim::Claimed | Claim::Withdrawn) => {}
+                Ok(other) => {
+                    tracing::warn!(?other, "lost the lease of a job being sent");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not renew a job lease"),
+            }
+        }
+    });
+    KeepAlive(task)
+}
+
+/// The ledger in Redis: one script per step, under the verification's hash tag.
 #[derive(Clone)]
 pub struct Ledger {
     conn: RedisConn,
@@ -70,22 +134,6 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(conn: RedisConn, keys: Keys, lease: Duration) -> Self {
         Self { conn, keys, lease }
-    }
-
-    pub fn lease(&self) -> Duration {
-        self.lease
-    }
-
-    /// Claims `job` for `owner`, or renews the lease if `owner` already holds it.
-    pub async fn claim(&self, job: Entry, owner: Uuid) -> redis::RedisResult<Claim> {
-        self.claim_with(job, owner, false).await
-    }
-
-    /// [`Self::claim`], also checking in the same round trip that the verification's delivery
-    /// record still exists ([`Claim::Withdrawn`] when not), and marking it `sending` (attempt 1)
-    /// when claimed.
-    pub async fn claim_send(&self, job: Entry, owner: Uuid) -> redis::RedisResult<Claim> {
-        self.claim_with(job, owner, true).await
     }
 
     async fn claim_with(
@@ -128,7 +176,7 @@ impl Ledger {
         })
     }
 
-    pub async fn finish(
+    async fn finish_with(
         &self,
         job: Entry,
         owner: Uuid,
@@ -149,7 +197,7 @@ impl Ledger {
     /// delivery record moved to `sent` (one script under the verification's tag), and beside it
     /// the provider's message id mapped to the verification (a key of its own, so a report can
     /// find it by message id alone).
-    pub async fn finish_sent(
+    async fn finish_sent_with(
         &self,
         job: Entry,
         owner: Uuid,
@@ -186,7 +234,7 @@ impl Ledger {
         mapped
     }
 
-    pub async fn release(&self, job: Entry, owner: Uuid) -> redis::RedisResult<()> {
+    async fn release_with(&self, job: Entry, owner: Uuid) -> redis::RedisResult<()> {
         let _: i64 = RELEASE
             .key(self.keys.job_lease(job.verification_id, job.job_id))
             .arg(owner.to_string())
@@ -194,25 +242,42 @@ impl Ledger {
             .await?;
         Ok(())
     }
+}
 
-    /// Renews the lease every third of its length until dropped, so a long retry sequence keeps
-    /// it, while a crashed worker's lease lapses quickly.
-    pub fn keep_alive(&self, job: Entry, owner: Uuid) -> KeepAlive {
-        let ledger = self.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ledger.lease / 3).await;
-                match ledger.claim(job, owner).await {
-                    Ok(Claim::Claimed | Claim::Withdrawn) => {}
-                    Ok(other) => {
-                        tracing::warn!(?other, "lost the lease of a job being sent");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not renew a job lease"),
-                }
-            }
-        });
-        KeepAlive(task)
+impl SendLedger for Ledger {
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn claim(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<Claim, Unavailable>> {
+        Box::pin(async move { Ok(self.claim_with(job, owner, false).await?) })
+    }
+
+    fn claim_send(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<Claim, Unavailable>> {
+        Box::pin(async move { Ok(self.claim_with(job, owner, true).await?) })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        job: Entry,
+        owner: Uuid,
+        outcome: &'a JobOutcome,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        Box::pin(async move { Ok(self.finish_with(job, owner, outcome).await?) })
+    }
+
+    fn finish_sent<'a>(
+        &'a self,
+        job: Entry,
+        owner: Uuid,
+        outcome: &'a JobOutcome,
+        sent: &'a SentRecord,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        Box::pin(async move { Ok(self.finish_sent_with(job, owner, outcome, sent).await?) })
+    }
+
+    fn release(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<(), Unavailable>> {
+        Box::pin(async move { Ok(self.release_with(job, owner).await?) })
     }
 }
 
@@ -222,5 +287,153 @@ pub struct KeepAlive(tokio::task::JoinHandle<()>);
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The ledger in this process (one dispatcher), on tokio's clock: the rules of the Redis
+/// scripts, with the delivery records shared with the in-memory code store.
+#[derive(Clone)]
+pub struct MemoryLedger {
+    lease: Duration,
+    records: DeliveryRecords,
+    state: Arc<Mutex<MemoryState>>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    outcomes: HashMap<Entry, (JobOutcome, Instant)>,
+    leases: HashMap<Entry, (Uuid, Instant)>,
+    /// Sealed jobs kept for a resend, and provider message ids, by what they map.
+    sealed: HashMap<Uuid, (Vec<u8>, Instant)>,
+    messages: HashMap<String, (Uuid, Instant)>,
+}
+
+impl MemoryState {
+    fn sweep(&mut self, now: Instant) {
+        self.outcomes.retain(|_, (_, until)| *until > now);
+        self.leases.retain(|_, (_, until)| *until > now);
+        self.sealed.retain(|_, (_, until)| *until > now);
+        self.messages.retain(|_, (_, until)| *until > now);
+    }
+
+    fn end(&mut self, job: Entry, owner: Uuid, outcome: &JobOutcome, now: Instant) {
+        let kept = now + Duration::from_secs(OUTCOME_TTL_SECONDS);
+        self.outcomes.insert(job, (outcome.clone(), kept));
+        if self
+            .leases
+            .get(&job)
+            .is_some_and(|(held, _)| *held == owner)
+        {
+            self.leases.remove(&job);
+        }
+    }
+}
+
+impl MemoryLedger {
+    pub fn new(records: DeliveryRecords, lease: Duration) -> Self {
+        Self {
+            lease,
+            records,
+            state: Arc::default(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryState, Instant) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        state.sweep(now);
+        f(&mut state, now)
+    }
+
+    fn claim_now(&self, job: Entry, owner: Uuid, check_status: bool) -> Claim {
+        self.with(|state, now| {
+            if let Some((outcome, _)) = state.outcomes.get(&job) {
+                return Claim::Done(outcome.clone());
+            }
+            match state.leases.get(&job) {
+                Some((held, until)) if *held != owner => return Claim::Busy(*until - now),
+                _ => state.leases.insert(job, (owner, now + self.lease)),
+            };
+            if check_status {
+                if !self.records.exists(job.verification_id) {
+                    return Claim::Withdrawn;
+                }
+                self.records
+                    .record(job.verification_id, DeliveryState::Sending, 1, &[]);
+            }
+            Claim::Claimed
+        })
+    }
+}
+
+impl SendLedger for MemoryLedger {
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn claim(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<Claim, Unavailable>> {
+        Box::pin(async move { Ok(self.claim_now(job, owner, false)) })
+    }
+
+    fn claim_send(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<Claim, Unavailable>> {
+        Box::pin(async move { Ok(self.claim_now(job, owner, true)) })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        job: Entry,
+        owner: Uuid,
+        outcome: &'a JobOutcome,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        Box::pin(async move {
+            self.with(|state, now| state.end(job, owner, outcome, now));
+            Ok(())
+        })
+    }
+
+    fn finish_sent<'a>(
+        &'a self,
+        job: Entry,
+        owner: Uuid,
+        outcome: &'a JobOutcome,
+        sent: &'a SentRecord,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        Box::pin(async move {
+            self.with(|state, now| {
+                state.end(job, owner, outcome, now);
+                if let Some(sealed) = &sent.sealed {
+                    let until = now + Duration::from_secs(sent.sealed_ttl_seconds.max(1));
+                    state
+                        .sealed
+                        .insert(job.verification_id, (sealed.clone(), until));
+                }
+                let until = now + Duration::from_secs(sent.mapping_ttl_seconds.max(1));
+                state
+                    .messages
+                    .insert(sent.mapping_key.clone(), (job.verification_id, until));
+                if let Some(fields) = &sent.status {
+                    let fields: Vec<(&str, &str)> =
+                        fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    self.records
+                        .advance(job.verification_id, DeliveryState::Sent, &fields);
+                }
+            });
+            Ok(())
+        })
+    }
+
+    fn release(&self, job: Entry, owner: Uuid) -> BoxFuture<'_, Result<(), Unavailable>> {
+        Box::pin(async move {
+            self.with(|state, _| {
+                if state
+                    .leases
+                    .get(&job)
+                    .is_some_and(|(held, _)| *held == owner)
+                {
+                    state.leases.remove(&job);
+                }
+            });
+            Ok(())
+        })
     }
 }

@@ -17,7 +17,8 @@
 //! - [`sender`]: the `SmsSender` trait every provider implements.
 //! - [`twilio`]: the Twilio Messages API client, the second provider.
 //! - [`plivo`]: the Plivo Message API client and status-code classification.
-//! - [`ledger`]: the Redis idempotency ledger (job leases and outcomes).
+//! - [`ledger`]: the idempotency ledger (job leases and outcomes) behind `SendLedger`: in Redis,
+//!   shared by every dispatcher, or in memory.
 //! - [`limiter`]: the PLIVO_MAX_RPS rate (GCRA reservations) behind `SendRate`: in Redis,
 //!   shared by every dispatcher, or in memory.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.

@@ -114,11 +114,11 @@ impl Application {
         let topology = config.amqp.topology();
         let router = providers(&config, &redis, &keys, &metrics)?;
         let worker = Worker {
-            ledger: Ledger::new(
+            ledger: Arc::new(Ledger::new(
                 redis.clone(),
                 keys.clone(),
                 Duration::from_secs(config.job_lease_seconds),
-            ),
+            )),
             limiter: Arc::new(RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps)),
             router,
             policy: config.retry_policy()?,

@@ -24,7 +24,7 @@ use otp_shared::{
 };
 
 use crate::{
-    ledger::{Claim, Entry, Ledger, SentRecord},
+    ledger::{Claim, Entry, SendLedger, SentRecord, keep_alive},
     limiter::SendRate,
     metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
@@ -71,7 +71,7 @@ pub enum Settle {
 }
 
 pub struct Worker {
-    pub ledger: Ledger,
+    pub ledger: Arc<dyn SendLedger>,
     pub limiter: Arc<dyn SendRate>,
     pub router: Router,
     pub policy: RetryPolicy,
@@ -189,7 +189,7 @@ impl Worker {
             return Settle::Ack;
         }
 
-        let keep_alive = self.ledger.keep_alive(ledger_id, owner);
+        let keep_alive = keep_alive(self.ledger.clone(), ledger_id, owner);
         let route = self.router.route_avoiding(resend.as_deref());
         // A first send's claim marked its record `sending` for attempt 1.
         let marked = resend.is_none();

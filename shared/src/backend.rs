@@ -6,7 +6,7 @@ use std::error::Error;
 
 /// A backend (Redis, RabbitMQ, ...) could not do what was asked.
 #[derive(Debug, thiserror::Error)]
-#[error("{backend} unavailable")]
+#[error("{backend} unavailable: {source}")]
 pub struct Unavailable {
     pub backend: &'static str,
     #[source]
