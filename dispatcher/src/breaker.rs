@@ -5,17 +5,19 @@
 
 use std::{
     sync::{
-        Arc, LazyLock,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
+
 use otp_shared::redis_conn::RedisConn;
 use prometheus::IntGauge;
 use redis::Script;
 
-use otp_shared::keys::Keys;
+use otp_shared::{backend::Unavailable, keys::Keys};
 
 static BREAKER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("breaker.lua")));
 
@@ -48,6 +50,13 @@ pub struct BreakerSettings {
     pub cooldown: Duration,
 }
 
+impl BreakerSettings {
+    /// The failure share in thousandths, as the store compares it.
+    fn ratio_per_mille(&self) -> u64 {
+        (self.failure_ratio * 1000.0).round() as u64
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
@@ -64,6 +73,14 @@ impl State {
         }
     }
 
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
     /// The value of `otp_provider_breaker_state`.
     fn gauge(self) -> i64 {
         match self {
@@ -74,10 +91,192 @@ impl State {
     }
 }
 
-#[derive(Clone)]
-pub struct Breaker {
+/// One step of a breaker, as its store runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Allow,
+    Ok,
+    Fail,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Ok => "ok",
+            Self::Fail => "fail",
+        }
+    }
+}
+
+/// What a step found: the state after it, whether a call may go, and the state it changed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub state: State,
+    pub allowed: bool,
+    pub changed: Option<State>,
+}
+
+/// Where a breaker's state lives: [`RedisBreakerStore`] (shared by every dispatcher, the rules
+/// in `breaker.lua`) or [`MemoryBreakerStore`] (this process, the same rules in Rust).
+pub trait BreakerStore: Send + Sync {
+    /// Runs one step at `now_ms` (on the breaker's clock).
+    fn step(
+        &self,
+        op: Op,
+        now_ms: u64,
+        settings: &BreakerSettings,
+    ) -> BoxFuture<'_, Result<Step, Unavailable>>;
+
+    /// The state as stored, without changing it.
+    fn state(&self) -> BoxFuture<'_, Result<State, Unavailable>>;
+}
+
+pub struct RedisBreakerStore {
     conn: RedisConn,
     key: String,
+}
+
+impl RedisBreakerStore {
+    pub fn new(conn: RedisConn, keys: &Keys, provider: &str) -> Self {
+        Self {
+            conn,
+            key: keys.breaker(provider),
+        }
+    }
+}
+
+impl BreakerStore for RedisBreakerStore {
+    fn step(
+        &self,
+        op: Op,
+        now_ms: u64,
+        s: &BreakerSettings,
+    ) -> BoxFuture<'_, Result<Step, Unavailable>> {
+        let ttl = (s.window + s.cooldown).as_secs() * 10 + 60;
+        let mut invocation = BREAKER.key(&self.key);
+        invocation
+            .arg(op.as_str())
+            .arg(now_ms)
+            .arg(s.consecutive_failures)
+            .arg(s.ratio_per_mille())
+            .arg(s.min_calls)
+            .arg(s.window.as_millis() as u64)
+            .arg(s.cooldown.as_millis() as u64)
+            .arg(ttl);
+        Box::pin(async move {
+            let (state, allowed, changed): (String, i64, String) =
+                invocation.invoke_async(&mut self.conn.clone()).await?;
+            Ok(Step {
+                state: State::parse(&state),
+                allowed: allowed == 1,
+                changed: (!changed.is_empty()).then(|| State::parse(&changed)),
+            })
+        })
+    }
+
+    fn state(&self) -> BoxFuture<'_, Result<State, Unavailable>> {
+        Box::pin(async move {
+            let state: Option<String> = redis::cmd("HGET")
+                .arg(&self.key)
+                .arg("state")
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok(State::parse(state.as_deref().unwrap_or("closed")))
+        })
+    }
+}
+
+/// A breaker's state in this process: the rules of `breaker.lua`.
+#[derive(Default)]
+pub struct MemoryBreakerStore(Mutex<Fields>);
+
+#[derive(Default)]
+struct Fields {
+    state: Option<State>,
+    open_until: u64,
+    probe_until: u64,
+    window_start: u64,
+    calls: u64,
+    failures: u64,
+    consecutive: u64,
+}
+
+impl MemoryBreakerStore {
+    fn step_now(&self, op: Op, now: u64, s: &BreakerSettings) -> Step {
+        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let state = f.state.unwrap_or(State::Closed);
+        let cooldown = s.cooldown.as_millis() as u64;
+        let step = |state, allowed, changed| Step {
+            state,
+            allowed,
+            changed,
+        };
+        if op == Op::Allow {
+            return match state {
+                State::Closed => step(state, true, None),
+                State::Open if now < f.open_until => step(state, false, None),
+                // Cool-down over: this caller is the probe.
+                State::Open => {
+                    f.state = Some(State::HalfOpen);
+                    f.probe_until = now + cooldown;
+                    step(State::HalfOpen, true, Some(State::HalfOpen))
+                }
+                // One probe at a time; a probe that never reported frees its slot after a while.
+                State::HalfOpen if now >= f.probe_until => {
+                    f.probe_until = now + cooldown;
+                    step(state, true, None)
+                }
+                State::HalfOpen => step(state, false, None),
+            };
+        }
+        if now.saturating_sub(f.window_start) >= s.window.as_millis() as u64 {
+            (f.window_start, f.calls, f.failures) = (now, 0, 0);
+        }
+        f.calls += 1;
+        if op == Op::Ok {
+            f.consecutive = 0;
+            if state != State::Closed {
+                f.state = Some(State::Closed);
+                return step(State::Closed, true, Some(State::Closed));
+            }
+            return step(state, true, None);
+        }
+        f.failures += 1;
+        f.consecutive += 1;
+        let trips = f.consecutive >= u64::from(s.consecutive_failures)
+            || (f.calls >= u64::from(s.min_calls)
+                && f.failures * 1000 >= s.ratio_per_mille() * f.calls);
+        if state == State::HalfOpen || (state == State::Closed && trips) {
+            f.state = Some(State::Open);
+            f.open_until = now + cooldown;
+            return step(State::Open, true, Some(State::Open));
+        }
+        step(state, true, None)
+    }
+}
+
+impl BreakerStore for MemoryBreakerStore {
+    fn step(
+        &self,
+        op: Op,
+        now_ms: u64,
+        settings: &BreakerSettings,
+    ) -> BoxFuture<'_, Result<Step, Unavailable>> {
+        let step = self.step_now(op, now_ms, settings);
+        Box::pin(async move { Ok(step) })
+    }
+
+    fn state(&self) -> BoxFuture<'_, Result<State, Unavailable>> {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let state = f.state.unwrap_or(State::Closed);
+        Box::pin(async move { Ok(state) })
+    }
+}
+
+#[derive(Clone)]
+pub struct Breaker {
+    store: Arc<dyn BreakerStore>,
     provider: &'static str,
     settings: BreakerSettings,
     clock: Arc<dyn Clock>,
@@ -87,6 +286,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// A breaker whose state is in Redis, shared by every dispatcher.
     pub fn new(
         conn: RedisConn,
         keys: &Keys,
@@ -95,9 +295,19 @@ impl Breaker {
         clock: Arc<dyn Clock>,
         gauge: IntGauge,
     ) -> Self {
+        let store = Arc::new(RedisBreakerStore::new(conn, keys, provider));
+        Self::with_store(store, provider, settings, clock, gauge)
+    }
+
+    pub fn with_store(
+        store: Arc<dyn BreakerStore>,
+        provider: &'static str,
+        settings: BreakerSettings,
+        clock: Arc<dyn Clock>,
+        gauge: IntGauge,
+    ) -> Self {
         Self {
-            conn,
-            key: keys.breaker(provider),
+            store,
             provider,
             settings,
             clock,
@@ -106,14 +316,14 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go to this provider now. Redis trouble allows it: the breaker guards
-    /// against a failing provider, not against our own store.
+    /// Whether a call may go to this provider now. Trouble with the store allows it: the
+    /// breaker guards against a failing provider, not against our own store.
     pub async fn allows(&self) -> bool {
         if self.clock.now_ms() < self.closed_until_ms.load(Ordering::Relaxed) {
             return true;
         }
-        match self.run("allow").await {
-            Ok((_, allowed)) => allowed,
+        match self.run(Op::Allow).await {
+            Ok(allowed) => allowed,
             Err(e) => {
                 tracing::warn!(provider = self.provider, error = %e, "circuit breaker unavailable; allowing the call");
                 true
@@ -123,47 +333,32 @@ impl Breaker {
 
     /// Records a call's outcome: `ok` is any answer that shows the provider works.
     pub async fn record(&self, ok: bool) {
-        if let Err(e) = self.run(if ok { "ok" } else { "fail" }).await {
+        if let Err(e) = self.run(if ok { Op::Ok } else { Op::Fail }).await {
             tracing::warn!(provider = self.provider, error = %e, "could not record a call in the circuit breaker");
         }
     }
 
     /// The state as stored, without changing it (tests, diagnostics).
-    pub async fn state(&self) -> redis::RedisResult<State> {
-        let state: Option<String> = redis::cmd("HGET")
-            .arg(&self.key)
-            .arg("state")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(State::parse(state.as_deref().unwrap_or("closed")))
+    pub async fn state(&self) -> Result<State, Unavailable> {
+        self.store.state().await
     }
 
-    async fn run(&self, op: &str) -> redis::RedisResult<(State, bool)> {
-        let s = &self.settings;
-        let ttl = (s.window + s.cooldown).as_secs() * 10 + 60;
+    async fn run(&self, op: Op) -> Result<bool, Unavailable> {
         let now = self.clock.now_ms();
-        let (state, allowed, changed): (String, i64, String) = BREAKER
-            .key(&self.key)
-            .arg(op)
-            .arg(now)
-            .arg(s.consecutive_failures)
-            .arg((s.failure_ratio * 1000.0).round() as u64)
-            .arg(s.min_calls)
-            .arg(s.window.as_millis() as u64)
-            .arg(s.cooldown.as_millis() as u64)
-            .arg(ttl)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let state = State::parse(&state);
-        self.gauge.set(state.gauge());
-        let trusted = match state {
+        let step = self.store.step(op, now, &self.settings).await?;
+        self.gauge.set(step.state.gauge());
+        let trusted = match step.state {
             State::Closed => now + CLOSED_TRUST.as_millis() as u64,
             State::Open | State::HalfOpen => 0,
         };
         self.closed_until_ms.store(trusted, Ordering::Relaxed);
-        if !changed.is_empty() {
-            tracing::warn!(provider = self.provider, state = %changed, "circuit breaker changed state");
+        if let Some(changed) = step.changed {
+            tracing::warn!(
+                provider = self.provider,
+                state = changed.as_str(),
+                "circuit breaker changed state"
+            );
         }
-        Ok((state, allowed == 1))
+        Ok(step.allowed)
     }
 }

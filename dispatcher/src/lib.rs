@@ -2,7 +2,8 @@
 //! (at-least-once), and a ledger suppresses duplicates (README "Delivery guarantees").
 //!
 //! # Layout
-//! - [`breaker`]: the per-provider circuit breaker, shared through Redis.
+//! - [`breaker`]: the per-provider circuit breaker; its state behind `BreakerStore`: in Redis,
+//!   shared by every dispatcher, or in memory.
 //! - [`router`]: which provider a job's next attempt goes to (preference, breakers, failover).
 //! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
 //! - [`dlq`]: reading, replaying and removing dead letters.

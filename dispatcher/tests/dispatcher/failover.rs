@@ -7,7 +7,9 @@ use wiremock::{MockServer, ResponseTemplate};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use otp_dispatcher::breaker::{Breaker, BreakerSettings, Clock, State};
+use otp_dispatcher::breaker::{
+    Breaker, BreakerSettings, BreakerStore, Clock, MemoryBreakerStore, RedisBreakerStore, State,
+};
 
 use crate::helpers::{PHONE, World, plivo_call, spawn_dispatcher, twilio_call, twilio_created};
 
@@ -152,9 +154,19 @@ impl Clock for TestClock {
 }
 
 #[tokio::test]
-async fn the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock() {
+async fn the_redis_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock() {
     let world = World::new().await;
-    let conn = otp_shared::testing::redis_conn();
+    let store = RedisBreakerStore::new(otp_shared::testing::redis_conn(), &world.keys(), "plivo");
+    breaker_rules(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn the_memory_breaker_follows_the_same_rules() {
+    breaker_rules(Arc::new(MemoryBreakerStore::default())).await;
+}
+
+/// The breaker's rules, on a clock the test moves, whatever store keeps its state.
+async fn breaker_rules(store: Arc<dyn BreakerStore>) {
     let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
     let settings = BreakerSettings {
         consecutive_failures: 3,
@@ -164,14 +176,7 @@ async fn the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock() 
         cooldown: Duration::from_secs(30),
     };
     let gauge = prometheus::IntGauge::new("g", "g").unwrap();
-    let breaker = Breaker::new(
-        conn,
-        &world.keys(),
-        "plivo",
-        settings,
-        clock.clone(),
-        gauge.clone(),
-    );
+    let breaker = Breaker::with_store(store, "plivo", settings, clock.clone(), gauge.clone());
 
     for _ in 0..2 {
         breaker.record(false).await;
