@@ -20,6 +20,8 @@
 //! - [`plivo`]: the Plivo Message API client and status-code classification.
 //! - [`ledger`]: the idempotency ledger (job leases and outcomes) behind `SendLedger`: in Redis,
 //!   shared by every dispatcher, or in memory.
+//! - [`records`]: the delivery record and the code's liveness, as the worker sees them
+//!   (`JobRecords`): in Redis or in memory.
 //! - [`limiter`]: the PLIVO_MAX_RPS rate (GCRA reservations) behind `SendRate`: in Redis,
 //!   shared by every dispatcher, or in memory.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
@@ -36,6 +38,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod outcome;
 pub mod plivo;
+pub mod records;
 pub mod retry;
 pub mod router;
 pub mod sender;

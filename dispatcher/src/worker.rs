@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use otp_shared::redis_conn::RedisConn;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,9 +16,7 @@ use otp_shared::{
     keys::Keys,
     ledger::JobOutcome,
     phone::mask_e164,
-    status::{
-        self, DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER, FIELD_PROVIDER_ID, FIELD_REASON,
-    },
+    status::{DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER, FIELD_PROVIDER_ID, FIELD_REASON},
     telemetry::adopt_remote_context,
 };
 
@@ -28,6 +25,7 @@ use crate::{
     limiter::SendRate,
     metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
+    records::JobRecords,
     retry::{RetryPolicy, run_attempts},
     router::{JobRoute, Router},
 };
@@ -76,7 +74,9 @@ pub struct Worker {
     pub router: Router,
     pub policy: RetryPolicy,
     pub job_key: JobKey,
-    pub redis: RedisConn,
+    /// The delivery record and the code's liveness.
+    pub records: Arc<dyn JobRecords>,
+    /// For the provider message id's key in what a send leaves.
     pub keys: Keys,
     pub metrics: Arc<DispatcherMetrics>,
     /// RESEND_ON_UNDELIVERED: keep sent jobs' envelopes for one resend.
@@ -392,14 +392,16 @@ impl Worker {
     }
 
     /// Whether the job's code is still the number's live code (not used, replaced or expired):
-    /// the condition of a resend.
+    /// the condition of a resend. Unknown (the store unreachable) counts as not live.
     async fn code_is_live(&self, job: &SendJob, content: &JobContent) -> bool {
-        let vid: redis::RedisResult<Option<String>> = redis::cmd("HGET")
-            .arg(self.keys.code(&content.destination))
-            .arg("vid")
-            .query_async(&mut self.redis.clone())
+        let live = self
+            .records
+            .code_is_live(&content.destination, job.verification_id)
             .await;
-        matches!(vid, Ok(Some(v)) if v == job.verification_id.to_string())
+        live.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not tell whether the code is live; not resending");
+            false
+        })
     }
 
     async fn set_state(
@@ -409,17 +411,11 @@ impl Worker {
         attempts: u32,
         extra: &[(&str, &str)],
     ) {
-        let mut conn = self.redis.clone();
-        if let Err(e) = status::record(
-            &mut conn,
-            &self.keys,
-            job.verification_id,
-            state,
-            attempts,
-            extra,
-        )
-        .await
-        {
+        let recorded = self
+            .records
+            .record(job.verification_id, state, attempts, extra)
+            .await;
+        if let Err(e) = recorded {
             tracing::warn!(error = %e, %state, "could not record the delivery state");
         }
     }

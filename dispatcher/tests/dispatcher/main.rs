@@ -17,6 +17,7 @@ mod limiter;
 mod metrics;
 mod operations;
 mod process;
+mod records;
 mod resend;
 mod rotation;
 mod traces;
