@@ -22,6 +22,9 @@
 //!   shared by every dispatcher, or in memory.
 //! - [`records`]: the delivery record and the code's liveness, as the worker sees them
 //!   (`JobRecords`): in Redis or in memory.
+//! - [`memory_queue`]: send jobs through process memory, and the adapter that settles them
+//!   there (dead letters kept in memory).
+//! - [`console`]: an SMS sink printing to standard output, for trying the service by hand.
 //! - [`limiter`]: the PLIVO_MAX_RPS rate (GCRA reservations) behind `SendRate`: in Redis,
 //!   shared by every dispatcher, or in memory.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
@@ -30,11 +33,13 @@
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod dlq;
 pub mod health;
 pub mod ledger;
 pub mod limiter;
+pub mod memory_queue;
 pub mod metrics;
 pub mod outcome;
 pub mod plivo;

@@ -12,6 +12,7 @@ mod dlq;
 mod end_to_end;
 mod failover;
 mod failures;
+mod in_memory;
 mod ledger;
 mod limiter;
 mod metrics;
