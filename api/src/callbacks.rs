@@ -26,7 +26,7 @@ use otp_shared::{
 use crate::{
     error::ApiError,
     metrics::ApiMetrics,
-    queue::{AmqpPublisher, JobQueue},
+    queue::{AnyQueue, JobQueue},
 };
 
 type HmacSha256 = Hmac<Sha256>;
@@ -45,7 +45,7 @@ pub struct Reports {
     pub twilio: Option<Signing>,
     /// Where a resend after an undelivered report is published; `None` when
     /// RESEND_ON_UNDELIVERED is off.
-    pub resend: Option<AmqpPublisher>,
+    pub resend: Option<AnyQueue>,
     pub redis: RedisConn,
     pub keys: Keys,
     pub metrics: Arc<ApiMetrics>,

@@ -58,6 +58,11 @@ pub struct Config {
     /// Seconds that in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+    /// Run the API and a dispatcher in one process, everything in memory and each SMS printed
+    /// to the console with its code: for trying the service with neither Redis nor RabbitMQ.
+    /// Nothing is persisted; APP_ENV=production refuses it.
+    #[arg(long, env = "OTP_EMBEDDED")]
+    pub embedded: bool,
 }
 
 #[derive(Debug, Clone, Args)]

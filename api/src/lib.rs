@@ -10,6 +10,8 @@
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
 //! - [`store`]: the `OtpStore` trait, its Redis implementation (Lua scripts beside it) and the
 //!   same rules in memory (`MemoryStore`), kept in step by one conformance suite.
+//! - [`embedded`]: the one-process mode (`--embedded`): every backend in memory, a
+//!   dispatcher in the same process, SMS printed to the console.
 //! - [`openapi`]: the published OpenAPI document, completed with the live constraints.
 //! - [`queue`]: the `JobQueue` trait and the RabbitMQ publisher with confirms and reconnects.
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod code;
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod fraud;
 pub mod metrics;

@@ -15,7 +15,9 @@ async fn main() -> ExitCode {
     }
     // Listen for signals before anything else, so none is missed during start-up.
     let shutdown = otp_shared::shutdown::signal();
-    let config = Config::parse();
+    // The one-process mode needs no settings: it fills in development defaults.
+    let args = otp_api::embedded::with_defaults(std::env::args_os().collect());
+    let config = Config::parse_from(args);
     let telemetry = telemetry::init("otp-api", config.log_format);
     let result = match Application::build(config).await {
         Ok(app) => app.run_until(shutdown).await,

@@ -212,3 +212,66 @@ async fn wait_until_broken(inner: &Inner, connection: &Connection, shutdown: &Ca
         }
     }
 }
+
+/// Send jobs through process memory to the dispatcher's worker in the same process (the
+/// one-process mode): always "connected", and a publish is confirmed once queued.
+#[derive(Clone)]
+pub struct MemoryJobQueue(pub otp_dispatcher::memory_queue::MemoryQueue);
+
+impl MemoryJobQueue {
+    fn send(&self, job: &SendJob, header: (&str, &str)) -> Result<(), PublishError> {
+        let message = otp_dispatcher::memory_queue::Message {
+            body: job.to_bytes(),
+            headers: [(header.0.to_owned(), header.1.to_owned())].into(),
+            redelivered: false,
+        };
+        self.0
+            .publish(message)
+            .then_some(())
+            .ok_or(PublishError::NotConnected)
+    }
+}
+
+impl JobQueue for MemoryJobQueue {
+    async fn publish(&self, job: &SendJob, request_id: &str) -> Result<(), PublishError> {
+        self.send(job, (REQUEST_ID_HEADER, request_id))
+    }
+
+    async fn republish(&self, job: &SendJob, provider: &str) -> Result<(), PublishError> {
+        self.send(job, (RESEND_HEADER, provider))
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+}
+
+/// The queue a running API uses: RabbitMQ, or memory in the one-process mode.
+#[derive(Clone)]
+pub enum AnyQueue {
+    Amqp(AmqpPublisher),
+    Memory(MemoryJobQueue),
+}
+
+impl JobQueue for AnyQueue {
+    async fn publish(&self, job: &SendJob, request_id: &str) -> Result<(), PublishError> {
+        match self {
+            Self::Amqp(q) => q.publish(job, request_id).await,
+            Self::Memory(q) => q.publish(job, request_id).await,
+        }
+    }
+
+    async fn republish(&self, job: &SendJob, provider: &str) -> Result<(), PublishError> {
+        match self {
+            Self::Amqp(q) => q.republish(job, provider).await,
+            Self::Memory(q) => q.republish(job, provider).await,
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        match self {
+            Self::Amqp(q) => q.is_connected(),
+            Self::Memory(q) => q.is_connected(),
+        }
+    }
+}

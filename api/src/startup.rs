@@ -13,18 +13,18 @@ use crate::{
     config::Config,
     metrics::ApiMetrics,
     middleware::{around, panic_response},
-    queue::AmqpPublisher,
+    queue::{AmqpPublisher, AnyQueue},
     routes::{HealthApi, OtpApi},
     server::{ConnectionLimits, serve},
     service::{CodePolicy, OtpService},
-    store::{RedisStore, StorePolicy},
+    store::{AnyStore, RedisStore, StorePolicy},
 };
 
 /// How often the fraud guard's conversion gauge is recomputed.
 const CONVERSION_REFRESH: Duration = Duration::from_secs(15);
 
-/// The service as deployed: Redis store, RabbitMQ queue.
-pub type AppService = OtpService<RedisStore, AmqpPublisher>;
+/// The service as deployed: Redis and RabbitMQ, or memory in the one-process mode.
+pub type AppService = OtpService<AnyStore, AnyQueue>;
 
 pub struct Application {
     addr: SocketAddr,
@@ -40,30 +40,44 @@ impl Application {
     /// Binds the port and starts the broker connection. Redis and RabbitMQ may still be down:
     /// the server starts anyway, reports not-ready and answers 503 until they are back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::embedded::refuse_production(&config)?;
         config.check_keys().map_err(anyhow::Error::msg)?;
         let (sms_template, encoding, segments) =
             config.otp.sms_text().map_err(anyhow::Error::msg)?;
         tracing::info!(?encoding, segments, "each SMS takes {segments} segment(s)");
-        let redis = config.redis.connect()?;
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
         let metrics = Arc::new(ApiMetrics::new());
         let background = CancellationToken::new();
-        let (publisher, publisher_task) = AmqpPublisher::start(
-            config.amqp.amqp_url.clone(),
-            config.amqp.topology(),
-            Duration::from_millis(config.publish_confirm_timeout_ms),
-            background.clone(),
-        );
+        // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all
+        // (delivery reports and the fraud guard's gauge need it, so they are off).
+        let (store, queue, publisher_task, redis) = if config.embedded {
+            let (store, queue, task) = crate::embedded::start(&config, background.clone())?;
+            (AnyStore::Memory(store), AnyQueue::Memory(queue), task, None)
+        } else {
+            let redis = config.redis.connect()?;
+            let (publisher, task) = AmqpPublisher::start(
+                config.amqp.amqp_url.clone(),
+                config.amqp.topology(),
+                Duration::from_millis(config.publish_confirm_timeout_ms),
+                background.clone(),
+            );
+            let store = RedisStore::new(
+                redis.clone(),
+                config.redis.keys(),
+                StorePolicy::from_config(&config),
+            );
+            (
+                AnyStore::Redis(store),
+                AnyQueue::Amqp(publisher),
+                task,
+                Some(redis),
+            )
+        };
         let otp = &config.otp;
         let limits = &config.limits;
-        let store = RedisStore::new(
-            redis.clone(),
-            config.redis.keys(),
-            StorePolicy::from_config(&config),
-        );
         let service = Arc::new(OtpService::new(
             store,
-            publisher.clone(),
+            queue.clone(),
             CodeHasher::new(otp.otp_hmac_key.clone()),
             otp.job_encryption_key.clone(),
             CodePolicy {
@@ -98,24 +112,25 @@ impl Application {
                 callback_url: url.clone()?,
             })
         };
-        let reports = Arc::new(Reports {
-            resend: config
-                .reports
-                .resend_on_undelivered
-                .then(|| publisher.clone()),
-            plivo: signing(
-                &config.reports.plivo_auth_token,
-                &config.reports.sms_status_callback_url,
-            ),
-            twilio: signing(
-                &config.reports.twilio_auth_token,
-                &config.reports.twilio_status_callback_url,
-            ),
-            redis: redis.clone(),
-            keys: config.redis.keys(),
-            metrics: metrics.clone(),
+        let reports = redis.clone().map(|redis| {
+            Arc::new(Reports {
+                resend: config.reports.resend_on_undelivered.then(|| queue.clone()),
+                plivo: signing(
+                    &config.reports.plivo_auth_token,
+                    &config.reports.sms_status_callback_url,
+                ),
+                twilio: signing(
+                    &config.reports.twilio_auth_token,
+                    &config.reports.twilio_status_callback_url,
+                ),
+                redis,
+                keys: config.redis.keys(),
+                metrics: metrics.clone(),
+            })
         });
-        if config.fraud.fraud_guard != crate::fraud::Mode::Off {
+        if let Some(redis) = &redis
+            && config.fraud.fraud_guard != crate::fraud::Mode::Off
+        {
             tokio::spawn(crate::fraud::watch_conversion(
                 redis.clone(),
                 config.redis.keys(),
@@ -127,7 +142,7 @@ impl Application {
         }
         let spec = Arc::new(crate::openapi::document(&api.spec(), otp.otp_length.into()));
         let docs = api.swagger_ui();
-        let app = Route::new()
+        let mut app = Route::new()
             .nest("/", api)
             .at(
                 "/openapi.json",
@@ -137,15 +152,19 @@ impl Application {
                         .body(spec.as_str().to_owned())
                 })),
             )
-            .nest("/docs", docs)
-            .at(
-                "/api/otp/callbacks/plivo",
-                poem::post(callbacks::plivo).data(reports.clone()),
-            )
-            .at(
-                "/api/otp/callbacks/twilio",
-                poem::post(callbacks::twilio).data(reports),
-            )
+            .nest("/docs", docs);
+        if let Some(reports) = reports {
+            app = app
+                .at(
+                    "/api/otp/callbacks/plivo",
+                    poem::post(callbacks::plivo).data(reports.clone()),
+                )
+                .at(
+                    "/api/otp/callbacks/twilio",
+                    poem::post(callbacks::twilio).data(reports),
+                );
+        }
+        let app = app
             .with(CatchPanic::new().with_handler(panic_response))
             .around(move |ep, req| around(ep, req, metrics.clone(), body_timeout))
             .boxed();

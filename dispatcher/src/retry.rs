@@ -18,6 +18,19 @@ pub struct RetryPolicy {
     full_jitter: bool,
 }
 
+impl Default for RetryPolicy {
+    /// The settings' defaults: RETRY_MIN_DELAY_MS 500, RETRY_MAX_DELAY_MS 30000,
+    /// RETRY_AFTER_CAP_SECONDS 60, with full jitter.
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            retry_after_cap: Duration::from_secs(60),
+            full_jitter: true,
+        }
+    }
+}
+
 impl RetryPolicy {
     /// `min_delay` is the first delay's ceiling, doubling per retry up to `max_delay`; a
     /// provider's Retry-After is honoured up to `retry_after_cap`.

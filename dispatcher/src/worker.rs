@@ -15,19 +15,22 @@ use otp_shared::{
     job::{JobContent, SendJob},
     keys::Keys,
     ledger::JobOutcome,
+    memory::DeliveryRecords,
     phone::mask_e164,
     status::{DeliveryState, FIELD_ATTEMPTS, FIELD_PROVIDER, FIELD_PROVIDER_ID, FIELD_REASON},
     telemetry::adopt_remote_context,
 };
 
 use crate::{
-    ledger::{Claim, Entry, SendLedger, SentRecord, keep_alive},
-    limiter::SendRate,
+    breaker::{Breaker, BreakerSettings, MemoryBreakerStore, SystemClock},
+    ledger::{Claim, Entry, MemoryLedger, SendLedger, SentRecord, keep_alive},
+    limiter::{MemoryRateLimiter, SendRate},
     metrics::{DispatcherMetrics, InFlight, JobResult},
     outcome::{Attempt, Disposition, Final},
-    records::JobRecords,
+    records::{JobRecords, LiveCode, MemoryJobRecords},
     retry::{RetryPolicy, run_attempts},
-    router::{JobRoute, Router},
+    router::{JobRoute, Provider, Router},
+    sender::SmsSender,
 };
 
 /// How long a provider message id stays mapped to its verification after the code expires.
@@ -83,7 +86,47 @@ pub struct Worker {
     pub resend_on_undelivered: bool,
 }
 
+/// How long an in-memory ledger claim holds without renewal.
+const MEMORY_LEASE: Duration = Duration::from_secs(30);
+
 impl Worker {
+    /// A worker with every backend in this process (ledger, rate, breaker, records), sending
+    /// through `sender`: the one-process mode's dispatcher. `live` answers whether a code is
+    /// still live (the code store is the API's).
+    pub fn in_memory(
+        sender: Arc<dyn SmsSender>,
+        job_key: JobKey,
+        records: DeliveryRecords,
+        live: LiveCode,
+        sends_per_second: u32,
+    ) -> Self {
+        let metrics = Arc::new(DispatcherMetrics::new());
+        let breaker = Breaker::with_store(
+            Arc::new(MemoryBreakerStore::default()),
+            sender.name(),
+            BreakerSettings {
+                consecutive_failures: 5,
+                failure_ratio: 0.5,
+                min_calls: 20,
+                window: Duration::from_secs(60),
+                cooldown: Duration::from_secs(30),
+            },
+            Arc::new(SystemClock),
+            metrics.breaker(sender.name()),
+        );
+        Self {
+            ledger: Arc::new(MemoryLedger::new(records.clone(), MEMORY_LEASE)),
+            limiter: Arc::new(MemoryRateLimiter::new(sends_per_second)),
+            router: Router::new(vec![Provider { sender, breaker }], 2),
+            policy: RetryPolicy::default(),
+            job_key,
+            records: Arc::new(MemoryJobRecords { records, live }),
+            keys: Keys::new("memory:"),
+            metrics,
+            resend_on_undelivered: false,
+        }
+    }
+
     /// Works on one send job, whatever brought it, and says what to do with its message.
     /// `abort` fires when the shutdown grace period is over: the job is then left for the broker
     /// to redeliver to another dispatcher ([`Settle::Leave`]).

@@ -224,6 +224,15 @@ impl MemoryStore {
         }
     }
 
+    /// Whether `verification_id` is still the live code of `e164` (the dispatcher's condition
+    /// for a resend).
+    pub fn is_live(&self, e164: &str, verification_id: Uuid) -> bool {
+        self.lock()
+            .codes
+            .get(&e164.to_owned())
+            .is_some_and(|c| c.value.verification_id == verification_id)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind: keep using it.
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

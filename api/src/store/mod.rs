@@ -236,3 +236,89 @@ pub trait OtpStore: Send + Sync + 'static {
 
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// The store a running API uses: Redis, or memory in the one-process mode.
+#[derive(Clone)]
+pub enum AnyStore {
+    Redis(RedisStore),
+    Memory(MemoryStore),
+}
+
+/// Calls the same method on whichever store it is.
+macro_rules! on_store {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Redis($store) => $call.await,
+            AnyStore::Memory($store) => $call.await,
+        }
+    };
+}
+
+impl OtpStore for AnyStore {
+    async fn hit_request_ip(&self, client: &str) -> Result<Option<RateLimit>, StoreError> {
+        on_store!(self, s => s.hit_request_ip(client))
+    }
+
+    async fn issue(
+        &self,
+        phone: &PhoneNumber,
+        client: Option<&str>,
+        verification_id: Uuid,
+        digest: &str,
+    ) -> Result<IssueOutcome, StoreError> {
+        on_store!(self, s => s.issue(phone, client, verification_id, digest))
+    }
+
+    async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {
+        on_store!(self, s => s.revoke(phone, verification_id))
+    }
+
+    async fn begin_verify(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+    ) -> Result<VerifyLookup, StoreError> {
+        on_store!(self, s => s.begin_verify(phone, client))
+    }
+
+    async fn finish_verify(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Option<Uuid>,
+        matched: bool,
+    ) -> Result<bool, StoreError> {
+        on_store!(self, s => s.finish_verify(phone, verification_id, matched))
+    }
+
+    async fn claim_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        on_store!(self, s => s.claim_idempotency(key_digest, body_digest))
+    }
+
+    async fn complete_idempotency(
+        &self,
+        key_digest: &str,
+        body_digest: &str,
+        response_json: &str,
+    ) -> Result<(), StoreError> {
+        on_store!(self, s => s.complete_idempotency(key_digest, body_digest, response_json))
+    }
+
+    async fn release_idempotency(&self, key_digest: &str) -> Result<(), StoreError> {
+        on_store!(self, s => s.release_idempotency(key_digest))
+    }
+
+    async fn delivery_status(
+        &self,
+        verification_id: Uuid,
+    ) -> Result<Option<DeliveryStatus>, StoreError> {
+        on_store!(self, s => s.delivery_status(verification_id))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        on_store!(self, s => s.ping())
+    }
+}

@@ -247,3 +247,69 @@ async fn wrong_passwords_are_never_logged_while_reconnecting() {
     assert!(!log.contains("hunter2"), "a password was logged: {log}");
     drop(child);
 }
+
+/// The one command of the README's quick start: with neither Redis nor RabbitMQ reachable and
+/// no settings at all, a code is requested, printed by the console sink, and verifies once.
+#[tokio::test]
+async fn the_embedded_mode_needs_neither_redis_nor_rabbitmq_nor_settings() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-api"));
+    cmd.env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("PORT", "0")
+        // Nothing listens there: the mode must not need them.
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .arg("--embedded")
+        .kill_on_drop(true);
+    let (child, mut lines, port) = start_logged(&mut cmd).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let resp = http
+        .post(format!("{base}/api/otp/request"))
+        .json(&serde_json::json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let printed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("[console SMS") {
+                return line;
+            }
+        }
+        panic!("otp-api exited before printing the SMS");
+    })
+    .await
+    .expect("the SMS was printed");
+    assert!(!printed.contains(PHONE), "the number is masked: {printed}");
+    let code: String = printed.rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(code.len(), 6, "{printed}");
+
+    let verify = |otp: String| {
+        http.post(format!("{base}/api/otp/verify"))
+            .json(&serde_json::json!({ "phoneNumber": PHONE, "otp": otp }))
+            .send()
+    };
+    assert_eq!(verify(code.clone()).await.unwrap().status(), 200);
+    assert_eq!(verify(code).await.unwrap().status(), 400, "used once");
+    let rest = terminate(child, lines).await;
+    assert!(rest.contains("otp-api stopped"), "{rest}");
+}
+
+#[tokio::test]
+async fn the_embedded_mode_refuses_production() {
+    let output = Command::new(env!("CARGO_BIN_EXE_otp-api"))
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("APP_ENV", "production")
+        .env("OTP_EMBEDDED", "true")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OTP_EMBEDDED"), "{stderr}");
+}

@@ -76,5 +76,6 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
         app_env: otp_shared::config::AppEnv::Development,
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 2,
+        embedded: false,
     }
 }

@@ -9,20 +9,14 @@ use std::{
 
 use futures_util::future::BoxFuture;
 use otp_dispatcher::{
-    breaker::{Breaker, BreakerSettings, MemoryBreakerStore, SystemClock},
-    ledger::MemoryLedger,
-    limiter::MemoryRateLimiter,
     memory_queue::{MemoryQueue, Message, memory_queue},
     metrics::DispatcherMetrics,
     outcome::Attempt,
-    records::MemoryJobRecords,
-    retry::RetryPolicy,
-    router::{Provider, Router},
     sender::SmsSender,
     worker::Worker,
 };
 use otp_shared::{
-    job::SendJob, keys::Keys, memory::DeliveryRecords, phone::PhoneNumber, status::DeliveryState,
+    job::SendJob, memory::DeliveryRecords, phone::PhoneNumber, status::DeliveryState,
     testing::eventually,
 };
 use time::OffsetDateTime;
@@ -69,45 +63,14 @@ impl Drop for Pipeline {
 fn start() -> Pipeline {
     let records = DeliveryRecords::default();
     let provider = Arc::new(Recorder::default());
-    let metrics = Arc::new(DispatcherMetrics::new());
-    let breaker = Breaker::with_store(
-        Arc::new(MemoryBreakerStore::default()),
-        "plivo",
-        BreakerSettings {
-            consecutive_failures: 5,
-            failure_ratio: 0.5,
-            min_calls: 20,
-            window: Duration::from_secs(60),
-            cooldown: Duration::from_secs(30),
-        },
-        Arc::new(SystemClock),
-        metrics.breaker("plivo"),
+    let worker = Worker::in_memory(
+        provider.clone(),
+        job_key(),
+        records.clone(),
+        Arc::new(|_, _| true),
+        100,
     );
-    let worker = Worker {
-        ledger: Arc::new(MemoryLedger::new(records.clone(), Duration::from_secs(30))),
-        limiter: Arc::new(MemoryRateLimiter::new(100)),
-        router: Router::new(
-            vec![Provider {
-                sender: provider.clone(),
-                breaker,
-            }],
-            2,
-        ),
-        policy: RetryPolicy::new(
-            Duration::from_millis(100),
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-        )
-        .unwrap(),
-        job_key: job_key(),
-        records: Arc::new(MemoryJobRecords {
-            records: records.clone(),
-            live: Arc::new(|_, _| true),
-        }),
-        keys: Keys::new("memory:"),
-        metrics: metrics.clone(),
-        resend_on_undelivered: false,
-    };
+    let metrics = worker.metrics.clone();
     let (queue, consumer) = memory_queue();
     let stop = CancellationToken::new();
     tokio::spawn(consumer.run(

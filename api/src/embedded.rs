@@ -1,0 +1,133 @@
+//! The one-process mode (`--embedded`, OTP_EMBEDDED): the API and the dispatcher's worker in one
+//! process, every backend in memory (codes, limits, delivery records, queue, ledger, rate,
+//! breaker), and each SMS printed to the console with its code. It is for trying the service on
+//! a machine with neither Redis nor RabbitMQ: nothing is persisted, so APP_ENV=production
+//! refuses it. The rules are the production ones (the conformance suites keep the in-memory
+//! backends in step with Redis).
+
+use std::{ffi::OsString, sync::Arc};
+
+use otp_dispatcher::{console::ConsoleSink, memory_queue::memory_queue, worker::Worker};
+use otp_shared::{config::AppEnv, memory::DeliveryRecords};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    queue::MemoryJobQueue,
+    store::{MemoryStore, StorePolicy},
+};
+
+/// The development keys of `.env.example`, used when none is set (a test keeps them equal).
+pub const EXAMPLE_OTP_HMAC_KEY: &str = "ZGV2LW9ubHktaG1hYy1rZXktbm90LWZvci1wcm9kMzI=";
+pub const EXAMPLE_JOB_ENCRYPTION_KEY: &str = "ZGV2LW9ubHktam9iLWtleS1ub3QtZm9yLXByb2QtMzI=";
+
+/// Jobs the in-process dispatcher works on at once, and its send rate.
+const CONCURRENCY: usize = 16;
+const SENDS_PER_SECOND: u32 = 50;
+
+/// Whether the command line or the environment asks for the one-process mode.
+pub fn requested(args: &[OsString]) -> bool {
+    args.iter().any(|a| a == "--embedded")
+        || std::env::var("OTP_EMBEDDED")
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// The command line for the one-process mode: what neither the command line nor the
+/// environment sets is filled in with `APP_ENV=development` and the `.env.example` keys.
+/// Other modes get `args` back unchanged.
+pub fn with_defaults(mut args: Vec<OsString>) -> Vec<OsString> {
+    if !requested(&args) {
+        return args;
+    }
+    for (flag, var, value) in [
+        ("--app-env", "APP_ENV", "development"),
+        ("--otp-hmac-key", "OTP_HMAC_KEY", EXAMPLE_OTP_HMAC_KEY),
+        (
+            "--job-encryption-key",
+            "JOB_ENCRYPTION_KEY",
+            EXAMPLE_JOB_ENCRYPTION_KEY,
+        ),
+    ] {
+        let given = args
+            .iter()
+            .any(|a| a.to_str().is_some_and(|a| a.starts_with(flag)));
+        if !given && std::env::var_os(var).is_none() {
+            args.extend([flag.into(), value.into()]);
+        }
+    }
+    args
+}
+
+/// The one-process mode is never production: it loses everything on exit and prints codes.
+pub fn refuse_production(config: &Config) -> anyhow::Result<()> {
+    if config.embedded && config.app_env == AppEnv::Production {
+        anyhow::bail!(
+            "OTP_EMBEDDED keeps everything in memory and prints codes to the console: it is for \
+             trying the service, and APP_ENV=production refuses it"
+        );
+    }
+    Ok(())
+}
+
+/// The in-memory store and queue, with the dispatcher's worker consuming the queue until
+/// `stop` fires.
+pub fn start(
+    config: &Config,
+    stop: CancellationToken,
+) -> anyhow::Result<(MemoryStore, MemoryJobQueue, tokio::task::JoinHandle<()>)> {
+    refuse_production(config)?;
+    tracing::warn!(
+        "EMBEDDED MODE: nothing is persisted (codes, limits and jobs live in this process only) \
+         and every SMS, code included, is printed to the console. For trying the service, never \
+         for real users."
+    );
+    let records = DeliveryRecords::default();
+    let store = MemoryStore::new(StorePolicy::from_config(config), records.clone());
+    let live = store.clone();
+    let worker = Worker::in_memory(
+        Arc::new(ConsoleSink),
+        config.otp.job_encryption_key.clone(),
+        records,
+        Arc::new(move |e164, vid| live.is_live(e164, vid)),
+        SENDS_PER_SECOND,
+    );
+    let (queue, consumer) = memory_queue();
+    let task = tokio::spawn(consumer.run(
+        Arc::new(worker),
+        CONCURRENCY,
+        stop,
+        CancellationToken::new(),
+        TaskTracker::new(),
+    ));
+    Ok((store, MemoryJobQueue(queue), task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_keys_are_the_example_ones() {
+        let example = include_str!("../../.env.example");
+        assert!(example.contains(&format!("OTP_HMAC_KEY={EXAMPLE_OTP_HMAC_KEY}\n")));
+        assert!(example.contains(&format!(
+            "JOB_ENCRYPTION_KEY={EXAMPLE_JOB_ENCRYPTION_KEY}\n"
+        )));
+    }
+
+    #[test]
+    fn only_the_embedded_mode_gets_defaults_and_given_values_win() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        let plain = args(&["otp-api", "--port", "1"]);
+        if std::env::var_os("OTP_EMBEDDED").is_none() {
+            assert_eq!(with_defaults(plain.clone()), plain);
+        }
+        let given = args(&["otp-api", "--embedded", "--app-env=production"]);
+        let filled = with_defaults(given);
+        let app_env = filled
+            .iter()
+            .filter(|a| a.to_str().unwrap().starts_with("--app-env"))
+            .count();
+        assert_eq!(app_env, 1, "{filled:?}");
+    }
+}
