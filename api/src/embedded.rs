@@ -7,7 +7,9 @@
 
 use std::{ffi::OsString, sync::Arc};
 
-use otp_dispatcher::{console::ConsoleSink, memory_queue::memory_queue, worker::Worker};
+use otp_dispatcher::{
+    console::ConsoleSink, memory_queue::memory_queue, sender::SmsSender, worker::Worker,
+};
 use otp_shared::{config::AppEnv, memory::DeliveryRecords};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -58,6 +60,29 @@ pub fn with_defaults(mut args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
+/// Where SMS go: to the providers of SMS_PROVIDERS when PLIVO_AUTH_ID or TWILIO_ACCOUNT_SID
+/// is set (read as otp-dispatcher reads them), else to the console.
+fn senders() -> anyhow::Result<Vec<Arc<dyn SmsSender>>> {
+    use clap::Parser;
+    // The dispatcher's settings from the environment, as in development (this mode refuses
+    // production); its job key is unused here (the worker opens jobs with the API's), but the
+    // parser requires one.
+    let key = format!("--job-encryption-key={EXAMPLE_JOB_ENCRYPTION_KEY}");
+    let args = ["otp-dispatcher", "--app-env=development", &key];
+    let settings = otp_dispatcher::config::Config::try_parse_from(args)
+        .map_err(|e| anyhow::anyhow!("the SMS provider settings: {e}"))?;
+    if settings.plivo_auth_id.is_none() && settings.twilio_account_sid.is_none() {
+        tracing::warn!(
+            "no PLIVO_* or TWILIO_* settings: every SMS, code included, is printed to the console"
+        );
+        return Ok(vec![Arc::new(ConsoleSink)]);
+    }
+    settings.validate().map_err(anyhow::Error::msg)?;
+    let metrics = otp_dispatcher::metrics::DispatcherMetrics::new();
+    tracing::warn!(providers = ?settings.sms_providers, "SMS go to the real providers");
+    otp_dispatcher::startup::senders(&settings, &metrics)
+}
+
 /// The one-process mode is never production: it loses everything on exit and prints codes.
 pub fn refuse_production(config: &Config) -> anyhow::Result<()> {
     if config.embedded && config.app_env == AppEnv::Production {
@@ -77,15 +102,14 @@ pub fn start(
 ) -> anyhow::Result<(MemoryStore, MemoryJobQueue, tokio::task::JoinHandle<()>)> {
     refuse_production(config)?;
     tracing::warn!(
-        "EMBEDDED MODE: nothing is persisted (codes, limits and jobs live in this process only) \
-         and every SMS, code included, is printed to the console. For trying the service, never \
-         for real users."
+        "EMBEDDED MODE: nothing is persisted (codes, limits and jobs live in this process only). \
+         For trying the service, never for real users."
     );
     let records = DeliveryRecords::default();
     let store = MemoryStore::new(StorePolicy::from_config(config), records.clone());
     let live = store.clone();
     let worker = Worker::in_memory(
-        Arc::new(ConsoleSink),
+        senders()?,
         config.otp.job_encryption_key.clone(),
         records,
         Arc::new(move |e164, vid| live.is_live(e164, vid)),

@@ -22,18 +22,26 @@ use otp_shared::{
     urls::AmqpUrl,
 };
 
+/// Why a job was not queued: the same for every queue, whatever the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("not connected to RabbitMQ")]
+    #[error("not connected to the queue")]
     NotConnected,
-    #[error("RabbitMQ refused the message (nack)")]
+    #[error("the queue refused the message (nack)")]
     Nacked,
-    #[error("RabbitMQ could not route the message to {0} (returned)")]
+    #[error("the queue could not route the message to {0} (returned)")]
     Returned(String),
-    #[error("RabbitMQ did not confirm the publish within {0:?}")]
+    #[error("the queue did not confirm the publish within {0:?}")]
     Timeout(Duration),
+    /// The broker failed; the source says how.
     #[error("publish failed")]
-    Broker(#[from] lapin::Error),
+    Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<lapin::Error> for PublishError {
+    fn from(e: lapin::Error) -> Self {
+        Self::Broker(Box::new(e))
+    }
 }
 
 /// Where send jobs go. `publish` resolves only once the job is safely stored by the queue.

@@ -50,6 +50,20 @@ pub struct BreakerSettings {
     pub cooldown: Duration,
 }
 
+impl Default for BreakerSettings {
+    /// The settings' defaults: BREAKER_FAILURES 5, BREAKER_FAILURE_RATIO 0.5, BREAKER_MIN_CALLS
+    /// 20, BREAKER_WINDOW_SECONDS 60, BREAKER_COOLDOWN_SECONDS 30.
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            min_calls: 20,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
 impl BreakerSettings {
     /// The failure share in thousandths, as the store compares it.
     fn ratio_per_mille(&self) -> u64 {

@@ -30,25 +30,15 @@ use crate::{
     worker::Worker,
 };
 
-/// The providers of SMS_PROVIDERS, in order, each with its circuit breaker.
-fn providers(
+/// The senders of SMS_PROVIDERS, in order (`validate` checked their settings are present).
+pub fn senders(
     config: &Config,
-    redis: &otp_shared::redis_conn::RedisConn,
-    keys: &otp_shared::keys::Keys,
-    metrics: &Arc<DispatcherMetrics>,
-) -> anyhow::Result<Router> {
+    metrics: &DispatcherMetrics,
+) -> anyhow::Result<Vec<Arc<dyn SmsSender>>> {
     let connect_timeout = Some(Duration::from_millis(config.plivo_connect_timeout_ms));
     let request_timeout = Some(Duration::from_millis(config.plivo_request_timeout_ms));
-    let breaker = BreakerSettings {
-        consecutive_failures: config.breaker_failures,
-        failure_ratio: config.breaker_failure_ratio,
-        min_calls: config.breaker_min_calls,
-        window: Duration::from_secs(config.breaker_window_seconds),
-        cooldown: Duration::from_secs(config.breaker_cooldown_seconds),
-    };
     let mut list = Vec::new();
     for name in &config.sms_providers {
-        // `validate` checked that the chosen providers' settings are present.
         let missing = || anyhow::anyhow!("settings of {name} are missing");
         let sender: Arc<dyn SmsSender> = match *name {
             "twilio" => Arc::new(
@@ -78,16 +68,44 @@ fn providers(
                 .with_metrics(metrics.provider("plivo")),
             ),
         };
-        let breaker = Breaker::new(
-            redis.clone(),
-            keys,
-            sender.name(),
-            breaker.clone(),
-            Arc::new(SystemClock),
-            metrics.breaker(sender.name()),
-        );
-        list.push(Provider { sender, breaker });
+        list.push(sender);
     }
+    Ok(list)
+}
+
+/// The BREAKER_* settings.
+pub fn breaker_settings(config: &Config) -> BreakerSettings {
+    BreakerSettings {
+        consecutive_failures: config.breaker_failures,
+        failure_ratio: config.breaker_failure_ratio,
+        min_calls: config.breaker_min_calls,
+        window: Duration::from_secs(config.breaker_window_seconds),
+        cooldown: Duration::from_secs(config.breaker_cooldown_seconds),
+    }
+}
+
+/// The providers of SMS_PROVIDERS, in order, each with its circuit breaker (in Redis).
+fn providers(
+    config: &Config,
+    redis: &otp_shared::redis_conn::RedisConn,
+    keys: &otp_shared::keys::Keys,
+    metrics: &Arc<DispatcherMetrics>,
+) -> anyhow::Result<Router> {
+    let settings = breaker_settings(config);
+    let list = senders(config, metrics)?
+        .into_iter()
+        .map(|sender| {
+            let breaker = Breaker::new(
+                redis.clone(),
+                keys,
+                sender.name(),
+                settings.clone(),
+                Arc::new(SystemClock),
+                metrics.breaker(sender.name()),
+            );
+            Provider { sender, breaker }
+        })
+        .collect();
     Ok(Router::new(list, config.failover_after_retries))
 }
 

@@ -90,34 +90,34 @@ pub struct Worker {
 const MEMORY_LEASE: Duration = Duration::from_secs(30);
 
 impl Worker {
-    /// A worker with every backend in this process (ledger, rate, breaker, records), sending
-    /// through `sender`: the one-process mode's dispatcher. `live` answers whether a code is
-    /// still live (the code store is the API's).
+    /// A worker with every backend in this process (ledger, rate, breakers, records), sending
+    /// through `senders` in order: the one-process mode's dispatcher. `live` answers whether a
+    /// code is still live (the code store is the API's).
     pub fn in_memory(
-        sender: Arc<dyn SmsSender>,
+        senders: Vec<Arc<dyn SmsSender>>,
         job_key: JobKey,
         records: DeliveryRecords,
         live: LiveCode,
         sends_per_second: u32,
     ) -> Self {
         let metrics = Arc::new(DispatcherMetrics::new());
-        let breaker = Breaker::with_store(
-            Arc::new(MemoryBreakerStore::default()),
-            sender.name(),
-            BreakerSettings {
-                consecutive_failures: 5,
-                failure_ratio: 0.5,
-                min_calls: 20,
-                window: Duration::from_secs(60),
-                cooldown: Duration::from_secs(30),
-            },
-            Arc::new(SystemClock),
-            metrics.breaker(sender.name()),
-        );
+        let providers = senders
+            .into_iter()
+            .map(|sender| {
+                let breaker = Breaker::with_store(
+                    Arc::new(MemoryBreakerStore::default()),
+                    sender.name(),
+                    BreakerSettings::default(),
+                    Arc::new(SystemClock),
+                    metrics.breaker(sender.name()),
+                );
+                Provider { sender, breaker }
+            })
+            .collect();
         Self {
             ledger: Arc::new(MemoryLedger::new(records.clone(), MEMORY_LEASE)),
             limiter: Arc::new(MemoryRateLimiter::new(sends_per_second)),
-            router: Router::new(vec![Provider { sender, breaker }], 2),
+            router: Router::new(providers, 2),
             policy: RetryPolicy::default(),
             job_key,
             records: Arc::new(MemoryJobRecords { records, live }),

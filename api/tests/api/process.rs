@@ -248,19 +248,25 @@ async fn wrong_passwords_are_never_logged_while_reconnecting() {
     drop(child);
 }
 
-/// The one command of the README's quick start: with neither Redis nor RabbitMQ reachable and
-/// no settings at all, a code is requested, printed by the console sink, and verifies once.
-#[tokio::test]
-async fn the_embedded_mode_needs_neither_redis_nor_rabbitmq_nor_settings() {
+/// The binary with no settings at all, in a directory without `.env`; nothing listens at the
+/// Redis and RabbitMQ addresses it is given, so a mode that needs them cannot start.
+fn embedded_api() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-api"));
     cmd.env_clear()
         .current_dir(std::env::temp_dir())
         .env("PORT", "0")
-        // Nothing listens there: the mode must not need them.
         .env("REDIS_URL", "redis://127.0.0.1:1")
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
-        .arg("--embedded")
         .kill_on_drop(true);
+    cmd
+}
+
+/// The one command of the README's quick start: with neither Redis nor RabbitMQ reachable and
+/// no settings at all, a code is requested, printed by the console sink, and verifies once.
+#[tokio::test]
+async fn the_embedded_mode_needs_neither_redis_nor_rabbitmq_nor_settings() {
+    let mut cmd = embedded_api();
+    cmd.arg("--embedded");
     let (child, mut lines, port) = start_logged(&mut cmd).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -312,4 +318,62 @@ async fn the_embedded_mode_refuses_production() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OTP_EMBEDDED"), "{stderr}");
+}
+
+/// With PLIVO_* set, the one-process mode sends through Plivo (here a mock) instead of the
+/// console, still with no Redis or RabbitMQ.
+#[tokio::test]
+async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
+    use wiremock::{
+        Mock, MockServer, ResponseTemplate,
+        matchers::{method, path},
+    };
+    let plivo = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/Account/MAEMBEDDED/Message/"))
+        .respond_with(ResponseTemplate::new(202).set_body_json(serde_json::json!({
+            "api_id": "t", "message": "message(s) queued", "message_uuid": ["m-embedded"]
+        })))
+        .expect(1)
+        .mount(&plivo)
+        .await;
+    let mut cmd = embedded_api();
+    cmd.env("OTP_EMBEDDED", "true")
+        .env("PLIVO_AUTH_ID", "MAEMBEDDED")
+        .env("PLIVO_AUTH_TOKEN", "embedded-token")
+        .env("PLIVO_SENDER_NUMBER", "+14155550000")
+        .env("PLIVO_BASE_URL", plivo.uri());
+    let (child, lines, port) = start_logged(&mut cmd).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{base}/api/otp/request"))
+        .json(&serde_json::json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let sent = otp_shared::testing::eventually(Duration::from_secs(10), || async {
+        !plivo.received_requests().await.unwrap().is_empty()
+    })
+    .await;
+    assert!(sent, "Plivo got no call");
+    let request = &plivo.received_requests().await.unwrap()[0];
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["dst"], PHONE);
+    let code: String = body["text"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let verified = http
+        .post(format!("{base}/api/otp/verify"))
+        .json(&serde_json::json!({ "phoneNumber": PHONE, "otp": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), 200);
+    terminate(child, lines).await;
+    plivo.verify().await;
 }

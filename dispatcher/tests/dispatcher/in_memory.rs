@@ -64,7 +64,7 @@ fn start() -> Pipeline {
     let records = DeliveryRecords::default();
     let provider = Arc::new(Recorder::default());
     let worker = Worker::in_memory(
-        provider.clone(),
+        vec![provider.clone()],
         job_key(),
         records.clone(),
         Arc::new(|_, _| true),
