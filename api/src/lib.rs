@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: every setting, read from the environment by clap (`otp-api --help`).
-//! - [`startup`]: `Application::build` wires config into the service and the HTTP server.
+//! - [`startup`]: `Application::build` wires config into the service (Redis and RabbitMQ, or
+//!   memory with `--embedded`) and the HTTP server.
 //! - [`routes`]: HTTP handlers (poem-openapi), thin translations to [`service`].
 //! - [`server`]: the HTTP server (hyper) with header, idle and connection bounds.
 //! - [`sms_text`]: the SMS text with autofill lines, and its segment count.
@@ -13,7 +14,8 @@
 //! - [`embedded`]: the one-process mode (`--embedded`): every backend in memory, a
 //!   dispatcher in the same process, SMS printed to the console.
 //! - [`openapi`]: the published OpenAPI document, completed with the live constraints.
-//! - [`queue`]: the `JobQueue` trait and the RabbitMQ publisher with confirms and reconnects.
+//! - [`queue`]: the `JobQueue` trait, the RabbitMQ publisher with confirms and reconnects, and
+//!   the in-memory queue of the embedded mode (`AnyQueue` is whichever runs).
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
 //! - [`fraud`]: the fraud guard's settings and destination prefixes (accounting is in Lua).
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
