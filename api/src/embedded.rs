@@ -5,13 +5,14 @@
 //! refuses it. The rules are the production ones (the conformance suites keep the in-memory
 //! backends in step with Redis).
 
-use std::{ffi::OsString, sync::Arc};
+use std::{ffi::OsString, sync::Arc, time::Duration};
 
 use otp_dispatcher::{
-    console::ConsoleSink, memory_queue::memory_queue, sender::SmsSender, worker::Worker,
+    console::ConsoleSink, memory_queue::memory_queue, sender::SmsSender, source::serve,
+    worker::Worker,
 };
 use otp_shared::{config::AppEnv, memory::DeliveryRecords};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
@@ -26,6 +27,9 @@ pub const EXAMPLE_JOB_ENCRYPTION_KEY: &str = "ZGV2LW9ubHktam9iLWtleS1ub3QtZm9yLX
 /// Jobs the in-process dispatcher works on at once, and its send rate.
 const CONCURRENCY: usize = 16;
 const SENDS_PER_SECOND: u32 = 50;
+/// How long jobs in flight at a stop get to finish (nothing survives the process: this only
+/// lets a send under way complete).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether the command line or the environment asks for the one-process mode.
 pub fn requested(args: &[OsString]) -> bool {
@@ -95,7 +99,7 @@ pub fn refuse_production(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The in-memory store and queue, with the dispatcher's worker consuming the queue until
-/// `stop` fires.
+/// `stop` fires (then finishing the jobs in flight).
 pub fn start(
     config: &Config,
     stop: CancellationToken,
@@ -115,14 +119,10 @@ pub fn start(
         Arc::new(move |e164, vid| live.is_live(e164, vid)),
         SENDS_PER_SECOND,
     );
-    let (queue, consumer) = memory_queue();
-    let task = tokio::spawn(consumer.run(
-        Arc::new(worker),
-        CONCURRENCY,
-        stop,
-        CancellationToken::new(),
-        TaskTracker::new(),
-    ));
+    let (queue, consumer) = memory_queue(CONCURRENCY);
+    let task = tokio::spawn(async move {
+        serve(consumer, Arc::new(worker), stop, SHUTDOWN_GRACE).await;
+    });
     Ok((store, MemoryJobQueue(queue), task))
 }
 

@@ -13,7 +13,10 @@ use otp_shared::{
     config::{AmqpArgs, RedisArgs},
 };
 
-use crate::dlq::{DeadLetterQueue, Taken, parse_age, reopen_failed};
+use crate::{
+    dlq::{DeadLetterQueue, Taken, parse_age, reopen_failed},
+    source::DeadLetters,
+};
 
 /// The subcommand names; anything else on the command line runs the dispatcher.
 pub const TOOLS: [&str; 2] = ["dlq", "healthcheck"];
@@ -112,98 +115,118 @@ async fn dlq(args: Box<DlqArgs>) -> anyhow::Result<ExitCode> {
     let (connection, channel) =
         open_confirmed_channel(&args.amqp.amqp_url, "otp-dispatcher-dlq", &topology).await?;
     let queue = DeadLetterQueue::new(channel.clone(), topology);
-    let limit = match &args.action {
-        DlqAction::List { limit, .. } => *limit,
-        _ => args.amqp.dead_letter_max_messages as usize,
+    let result = match &args.action {
+        DlqAction::List { limit, json } => list(&queue, *limit, *json).await,
+        DlqAction::Replay {
+            job_id,
+            dry_run,
+            drop_expired,
+            ..
+        } => replay(&args, &queue, *job_id, *dry_run, *drop_expired).await,
+        DlqAction::Purge {
+            older_than,
+            dry_run,
+        } => purge(&args, &queue, *older_than, *dry_run).await,
     };
-    let taken = queue.take(limit).await?;
-    let result = act(&args, &queue, &taken).await;
     // Whatever was not settled goes back to the dead-letter queue when the channel closes.
     let _ = channel.close(200, "done".into()).await;
     let _ = connection.close(200, "done".into()).await;
     result
 }
 
-async fn act(args: &DlqArgs, queue: &DeadLetterQueue, taken: &[Taken]) -> anyhow::Result<ExitCode> {
-    let now = OffsetDateTime::now_utc();
-    match &args.action {
-        DlqAction::List { json, .. } => {
-            for t in taken {
-                if *json {
-                    println!("{}", serde_json::to_string(&t.letter)?);
-                } else {
-                    println!("{}", t.letter.line());
-                }
-            }
-            eprintln!("{} dead letter(s) shown", taken.len());
-        }
-        DlqAction::Replay {
-            job_id,
-            dry_run,
-            drop_expired,
-            ..
-        } => {
-            let mut redis = args.redis.connect()?;
-            let keys = args.redis.keys();
-            let selected: Vec<&Taken> = taken
-                .iter()
-                .filter(|t| job_id.is_none() || t.letter.job_id == *job_id)
-                .collect();
-            if let (Some(id), true) = (job_id, selected.is_empty()) {
-                eprintln!("job {id} is not in the dead-letter queue");
-                return Ok(ExitCode::FAILURE);
-            }
-            let (mut replayed, mut expired, mut unreadable) = (0, 0, 0);
-            for t in selected {
-                let (Some(id), Some(vid)) = (t.letter.job_id, t.letter.verification_id) else {
-                    unreadable += 1;
-                    println!("-  not a readable send job; left in place");
-                    continue;
-                };
-                if t.letter.expires_at.is_none_or(|e| e <= now) {
-                    expired += 1;
-                    let what = if *drop_expired {
-                        "removed"
-                    } else {
-                        "left in place"
-                    };
-                    println!("{id}  code expired; not replayed; {what}");
-                    if *drop_expired && !dry_run {
-                        queue.remove(t).await?;
-                    }
-                    continue;
-                }
-                replayed += 1;
-                if *dry_run {
-                    println!("{id}  would be replayed");
-                    continue;
-                }
-                reopen_failed(&mut redis, &keys, vid, id)
-                    .await
-                    .context("resetting the job's failed outcome in Redis")?;
-                queue.replay(t).await?;
-                println!("{id}  replayed");
-            }
-            let verb = if *dry_run { "would replay" } else { "replayed" };
-            eprintln!("{verb} {replayed}; expired {expired}; unreadable {unreadable}");
-        }
-        DlqAction::Purge {
-            older_than,
-            dry_run,
-        } => {
-            let cutoff = now - *older_than;
-            let mut purged = 0;
-            for t in taken {
-                if t.letter.dead_at.is_some_and(|at| at <= cutoff) {
-                    purged += 1;
-                    if !dry_run {
-                        queue.remove(t).await?;
-                    }
-                }
-            }
-            let verb = if *dry_run { "would purge" } else { "purged" };
-            eprintln!("{verb} {purged} of {} dead letter(s)", taken.len());
+async fn list(queue: &impl DeadLetters, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let letters = queue.list(limit).await?;
+    for letter in &letters {
+        if json {
+            println!("{}", serde_json::to_string(letter)?);
+        } else {
+            println!("{}", letter.line());
         }
     }
+    eprintln!("{} dead letter(s) shown", letters.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes the selected dead letters back (all, or `job_id`), confirmed, after letting the
+/// ledger try a failed job again; expired ones are left, or removed with `drop_expired`.
+async fn replay(
+    args: &DlqArgs,
+    queue: &DeadLetterQueue,
+    job_id: Option<Uuid>,
+    dry_run: bool,
+    drop_expired: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = OffsetDateTime::now_utc();
+    let taken = queue
+        .take(args.amqp.dead_letter_max_messages as usize)
+        .await?;
+    let mut redis = args.redis.connect()?;
+    let keys = args.redis.keys();
+    let selected: Vec<&Taken> = taken
+        .iter()
+        .filter(|t| job_id.is_none() || t.letter.job_id == job_id)
+        .collect();
+    if let (Some(id), true) = (job_id, selected.is_empty()) {
+        eprintln!("job {id} is not in the dead-letter queue");
+        return Ok(ExitCode::FAILURE);
+    }
+    let (mut replayed, mut expired, mut unreadable) = (0, 0, 0);
+    for t in selected {
+        let (Some(id), Some(vid)) = (t.letter.job_id, t.letter.verification_id) else {
+            unreadable += 1;
+            println!("-  not a readable send job; left in place");
+            continue;
+        };
+        if t.letter.expires_at.is_none_or(|e| e <= now) {
+            expired += 1;
+            let what = if drop_expired {
+                "removed"
+            } else {
+                "left in place"
+            };
+            println!("{id}  code expired; not replayed; {what}");
+            if drop_expired && !dry_run {
+                queue.remove(t).await?;
+            }
+            continue;
+        }
+        replayed += 1;
+        if dry_run {
+            println!("{id}  would be replayed");
+            continue;
+        }
+        reopen_failed(&mut redis, &keys, vid, id)
+            .await
+            .context("resetting the job's failed outcome in Redis")?;
+        queue.replay(t).await?;
+        println!("{id}  replayed");
+    }
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    eprintln!("{verb} {replayed}; expired {expired}; unreadable {unreadable}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes dead letters older than `older_than`.
+async fn purge(
+    args: &DlqArgs,
+    queue: &DeadLetterQueue,
+    older_than: Duration,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let cutoff = OffsetDateTime::now_utc() - older_than;
+    let taken = queue
+        .take(args.amqp.dead_letter_max_messages as usize)
+        .await?;
+    let mut purged = 0;
+    for t in &taken {
+        if t.letter.dead_at.is_some_and(|at| at <= cutoff) {
+            purged += 1;
+            if !dry_run {
+                queue.remove(t).await?;
+            }
+        }
+    }
+    let verb = if dry_run { "would purge" } else { "purged" };
+    eprintln!("{verb} {purged} of {} dead letter(s)", taken.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,7 @@ use otp_shared::{
 
 use crate::{
     metrics::DispatcherMetrics,
+    source::JobSource,
     worker::{Incoming, Settle, Worker},
 };
 
@@ -47,7 +48,6 @@ pub struct Consumer {
     pub url: AmqpUrl,
     pub topology: Topology,
     pub concurrency: u16,
-    pub worker: Arc<Worker>,
     /// True while consuming; read by /readyz.
     pub connected: Arc<AtomicBool>,
     pub metrics: Arc<DispatcherMetrics>,
@@ -56,32 +56,48 @@ pub struct Consumer {
 /// How often the queue-depth gauges are refreshed.
 const DEPTH_REFRESH: Duration = Duration::from_secs(5);
 
-impl Consumer {
+/// The connection and channel in-flight jobs ack through after consuming stopped.
+pub struct Open(Connection, Channel);
+
+impl JobSource for Consumer {
+    type Held = Open;
+
     /// Consumes until `stop` fires, then cancels the consumer and hands back the connection and
     /// channel, which must stay open until in-flight jobs have acked. Reconnects by itself
     /// (`otp_shared::supervise`).
-    pub async fn run(
+    async fn consume(
         self,
+        worker: Arc<Worker>,
         stop: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
-    ) -> Option<(Connection, Channel)> {
+    ) -> Option<Open> {
         let tag = format!("otp-dispatcher-{}", uuid::Uuid::new_v4());
-        let (this, tag, stop, abort, tracker) = (&self, &tag, &stop, &abort, &tracker);
-        supervise(stop, move || this.session(tag, stop, abort, tracker))
-            .await
-            .flatten()
+        let (this, worker, tag, stop, abort, tracker) =
+            (&self, &worker, &tag, &stop, &abort, &tracker);
+        supervise(stop, move || {
+            this.session(worker, tag, stop, abort, tracker)
+        })
+        .await
+        .flatten()
     }
 
+    async fn release(Open(connection, channel): Open) {
+        close(connection, Some(channel)).await;
+    }
+}
+
+impl Consumer {
     /// One connection: consume, handing each delivery to a worker task, until the connection
     /// breaks or `stop` fires.
     async fn session(
         &self,
+        worker: &Arc<Worker>,
         tag: &str,
         stop: &CancellationToken,
         abort: &CancellationToken,
         tracker: &TaskTracker,
-    ) -> anyhow::Result<Session<Option<(Connection, Channel)>>> {
+    ) -> anyhow::Result<Session<Option<Open>>> {
         let (connection, channel, mut deliveries) = tokio::select! {
             _ = stop.cancelled() => return Ok(Session::Stopped(None)),
             opened = self.open(tag) => opened?,
@@ -101,11 +117,11 @@ impl Consumer {
                     let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
                     tracing::info!("stopped consuming");
-                    return Ok(Session::Stopped(Some((connection, channel))));
+                    return Ok(Session::Stopped(Some(Open(connection, channel))));
                 }
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        let (worker, channel, abort) = (self.worker.clone(), channel.clone(), abort.clone());
+                        let (worker, channel, abort) = (worker.clone(), channel.clone(), abort.clone());
                         let topology = self.topology.clone();
                         tracker.spawn(async move {
                             let header = |name: &str| header_str(&delivery.properties, name);

@@ -9,7 +9,7 @@ use anyhow::Context;
 use lapin::{
     BasicProperties, Channel,
     message::BasicGetMessage,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 use redis::Script;
@@ -23,6 +23,8 @@ use otp_shared::{
     keys::Keys,
     ledger::JobOutcome,
 };
+
+use crate::source::DeadLetters;
 
 /// How long the broker may take to confirm a replayed job.
 const REPLAY_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +48,29 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn read(body: &[u8], properties: &BasicProperties) -> Self {
+    /// A dead letter from its message and what was noted when it was given up on: why, when,
+    /// and after how many provider attempts.
+    pub fn new(
+        body: &[u8],
+        reason: String,
+        dead_at: Option<OffsetDateTime>,
+        attempts: Option<u32>,
+    ) -> Self {
         let job = serde_json::from_slice::<SendJob>(body).ok();
+        Self {
+            job_id: job.as_ref().map(|j| j.job_id),
+            verification_id: job.as_ref().map(|j| j.verification_id),
+            reason,
+            dead_lettered_at: dead_at.and_then(|t| t.format(&Rfc3339).ok()),
+            attempts,
+            dead_at,
+            expires_at: job.map(|j| j.expires_at),
+        }
+    }
+
+    /// A dead letter from RabbitMQ: our headers, or the broker's `x-death` when it
+    /// dead-lettered the message itself.
+    pub fn read(body: &[u8], properties: &BasicProperties) -> Self {
         let death = broker_death(properties);
         let dead_at = header_str(properties, DEAD_AT_HEADER)
             .and_then(|s| s.parse::<i64>().ok())
@@ -56,15 +79,8 @@ impl DeadLetter {
         let reason = header_str(properties, DEAD_REASON_HEADER)
             .or_else(|| death.map(|d| format!("rejected by the broker ({})", d.0)))
             .unwrap_or_else(|| "unknown".into());
-        Self {
-            job_id: job.as_ref().map(|j| j.job_id),
-            verification_id: job.as_ref().map(|j| j.verification_id),
-            reason,
-            dead_lettered_at: dead_at.and_then(|t| t.format(&Rfc3339).ok()),
-            attempts: header_str(properties, ATTEMPTS_HEADER).and_then(|s| s.parse().ok()),
-            dead_at,
-            expires_at: job.map(|j| j.expires_at),
-        }
+        let attempts = header_str(properties, ATTEMPTS_HEADER).and_then(|s| s.parse().ok());
+        Self::new(body, reason, dead_at, attempts)
     }
 
     /// One line for `dlq list`.
@@ -141,6 +157,21 @@ impl DeadLetterQueue {
         Ok(taken)
     }
 
+    /// Returns taken messages to the dead-letter queue, unchanged.
+    pub async fn put_back(&self, taken: &[Taken]) -> anyhow::Result<()> {
+        for t in taken {
+            t.message
+                .delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .context("returning a dead letter")?;
+        }
+        Ok(())
+    }
+
     /// Removes a message from the dead-letter queue for good.
     pub async fn remove(&self, taken: &Taken) -> anyhow::Result<()> {
         taken
@@ -197,6 +228,14 @@ impl DeadLetterQueue {
             "the broker refused the replay (nack or unroutable)"
         );
         self.remove(taken).await
+    }
+}
+
+impl DeadLetters for DeadLetterQueue {
+    async fn list(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        let taken = self.take(limit).await?;
+        self.put_back(&taken).await?;
+        Ok(taken.into_iter().map(|t| t.letter).collect())
     }
 }
 

@@ -1,17 +1,23 @@
-//! Send jobs through process memory instead of RabbitMQ: [`MemoryQueue`] publishes,
-//! [`MemoryConsumer`] hands each job to the worker and does what it says ([`Settle`]): drops
-//! it, keeps it among the dead letters, or puts it back (redelivered) when the worker stopped
-//! before finishing. Nothing survives the process; one process holds both ends.
+//! Send jobs through process memory instead of RabbitMQ: [`MemoryQueue`] publishes and keeps
+//! the dead letters, [`MemoryConsumer`] hands each job to the worker and does what it says
+//! ([`Settle`]): drops it, keeps it among the dead letters, or puts it back (redelivered) when
+//! the worker stopped before finishing. Nothing survives the process; one process holds both
+//! ends. The same seam as RabbitMQ's ([`crate::source`]).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
+use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::worker::{Incoming, Settle, Worker};
+use crate::{
+    dlq::DeadLetter,
+    source::{DeadLetters, JobSource},
+    worker::{Incoming, Settle, Worker},
+};
 
 /// One queued message: the job's bytes and its headers (request id, resend, trace context).
 #[derive(Debug, Clone)]
@@ -19,14 +25,6 @@ pub struct Message {
     pub body: Vec<u8>,
     pub headers: HashMap<String, String>,
     pub redelivered: bool,
-}
-
-/// A message the worker gave up on, with its reason and the provider attempts made.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub message: Message,
-    pub reason: String,
-    pub attempts: u32,
 }
 
 /// The publishing end.
@@ -38,13 +36,14 @@ pub struct MemoryQueue {
 
 /// The consuming end.
 pub struct MemoryConsumer {
+    concurrency: usize,
     rx: mpsc::UnboundedReceiver<Message>,
     requeue: mpsc::UnboundedSender<Message>,
     dead: Arc<Mutex<Vec<DeadLetter>>>,
 }
 
-/// A queue and its consumer.
-pub fn memory_queue() -> (MemoryQueue, MemoryConsumer) {
+/// A queue and its consumer, working on up to `concurrency` jobs at once.
+pub fn memory_queue(concurrency: usize) -> (MemoryQueue, MemoryConsumer) {
     let (tx, rx) = mpsc::unbounded_channel();
     let dead = Arc::default();
     let queue = MemoryQueue {
@@ -52,6 +51,7 @@ pub fn memory_queue() -> (MemoryQueue, MemoryConsumer) {
         dead: Arc::clone(&dead),
     };
     let consumer = MemoryConsumer {
+        concurrency: concurrency.max(1),
         rx,
         requeue: tx,
         dead,
@@ -64,35 +64,37 @@ impl MemoryQueue {
     pub fn publish(&self, message: Message) -> bool {
         self.tx.send(message).is_ok()
     }
+}
 
-    /// The dead letters so far.
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
+impl DeadLetters for MemoryQueue {
+    async fn list(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(dead.iter().take(limit).cloned().collect())
     }
 }
 
-impl MemoryConsumer {
-    /// Works on up to `concurrency` jobs at once until `stop` fires. `abort` is passed to the
-    /// worker (the end of the shutdown grace period).
-    pub async fn run(
+impl JobSource for MemoryConsumer {
+    /// Nothing: the worker's tasks hold what they need.
+    type Held = ();
+
+    async fn consume(
         mut self,
         worker: Arc<Worker>,
-        concurrency: usize,
         stop: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
-    ) {
-        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    ) -> Option<()> {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
         loop {
             let message = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return None,
                 message = self.rx.recv() => match message {
                     Some(message) => message,
-                    None => return,
+                    None => return None,
                 },
             };
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                return;
+                return None;
             };
             let (worker, abort) = (Arc::clone(&worker), abort.clone());
             let (requeue, dead) = (self.requeue.clone(), Arc::clone(&self.dead));
@@ -108,11 +110,9 @@ impl MemoryConsumer {
                     Settle::Ack => {}
                     Settle::DeadLetter { reason, attempts } => {
                         tracing::warn!(%reason, "job dead-lettered (kept in memory)");
-                        let letter = DeadLetter {
-                            message,
-                            reason,
-                            attempts,
-                        };
+                        let now = OffsetDateTime::now_utc();
+                        let letter =
+                            DeadLetter::new(&message.body, reason, Some(now), Some(attempts));
                         dead.lock().unwrap_or_else(|e| e.into_inner()).push(letter);
                     }
                     Settle::Leave => {
@@ -125,4 +125,6 @@ impl MemoryConsumer {
             });
         }
     }
+
+    async fn release((): ()) {}
 }

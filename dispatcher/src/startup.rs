@@ -12,7 +12,7 @@ use poem::{
     Server,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     breaker::{Breaker, BreakerSettings, SystemClock},
@@ -26,6 +26,7 @@ use crate::{
     records::RedisJobRecords,
     router::{Provider, Router},
     sender::SmsSender,
+    source::serve,
     twilio::{TwilioClient, TwilioSettings},
     worker::Worker,
 };
@@ -84,20 +85,25 @@ pub fn breaker_settings(config: &Config) -> BreakerSettings {
     }
 }
 
-/// The providers of SMS_PROVIDERS, in order, each with its circuit breaker (in Redis).
-fn providers(
+/// How long the health endpoint's open requests may finish after a stop.
+const HEALTH_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The worker on Redis (ledger, rate, breakers, delivery records, all shared by every
+/// dispatcher), sending through `senders` in order.
+pub fn redis_worker(
     config: &Config,
     redis: &otp_shared::redis_conn::RedisConn,
-    keys: &otp_shared::keys::Keys,
+    senders: Vec<Arc<dyn SmsSender>>,
     metrics: &Arc<DispatcherMetrics>,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<Worker> {
+    let keys = config.redis.keys();
     let settings = breaker_settings(config);
-    let list = senders(config, metrics)?
+    let providers = senders
         .into_iter()
         .map(|sender| {
             let breaker = Breaker::new(
                 redis.clone(),
-                keys,
+                &keys,
                 sender.name(),
                 settings.clone(),
                 Arc::new(SystemClock),
@@ -106,16 +112,29 @@ fn providers(
             Provider { sender, breaker }
         })
         .collect();
-    Ok(Router::new(list, config.failover_after_retries))
+    Ok(Worker {
+        ledger: Arc::new(Ledger::new(
+            redis.clone(),
+            keys.clone(),
+            Duration::from_secs(config.job_lease_seconds),
+        )),
+        limiter: Arc::new(RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps)),
+        router: Router::new(providers, config.failover_after_retries),
+        policy: config.retry_policy()?,
+        job_key: config.job_encryption_key.clone(),
+        records: Arc::new(RedisJobRecords {
+            conn: redis.clone(),
+            keys: keys.clone(),
+        }),
+        keys,
+        metrics: metrics.clone(),
+        resend_on_undelivered: config.resend_on_undelivered,
+    })
 }
-
-/// How long the health endpoint's open requests may finish after a stop.
-const HEALTH_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-/// How long jobs aborted at the end of the grace period get to release their leases.
-const ABORTED_JOBS_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Application {
     consumer: Consumer,
+    worker: Worker,
     health: TcpAcceptor,
     health_addr: SocketAddr,
     readiness: Readiness,
@@ -129,33 +148,12 @@ impl Application {
         config.validate().map_err(anyhow::Error::msg)?;
         let redis = config.redis.connect()?;
         let metrics = Arc::new(DispatcherMetrics::new());
-        let keys = config.redis.keys();
-        let topology = config.amqp.topology();
-        let router = providers(&config, &redis, &keys, &metrics)?;
-        let worker = Worker {
-            ledger: Arc::new(Ledger::new(
-                redis.clone(),
-                keys.clone(),
-                Duration::from_secs(config.job_lease_seconds),
-            )),
-            limiter: Arc::new(RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps)),
-            router,
-            policy: config.retry_policy()?,
-            job_key: config.job_encryption_key.clone(),
-            records: Arc::new(RedisJobRecords {
-                conn: redis.clone(),
-                keys: keys.clone(),
-            }),
-            keys,
-            metrics: metrics.clone(),
-            resend_on_undelivered: config.resend_on_undelivered,
-        };
+        let worker = redis_worker(&config, &redis, senders(&config, &metrics)?, &metrics)?;
         let connected = Arc::new(AtomicBool::new(false));
         let consumer = Consumer {
             url: config.amqp.amqp_url.clone(),
-            topology,
+            topology: config.amqp.topology(),
             concurrency: config.dispatcher_concurrency,
-            worker: Arc::new(worker),
             connected: connected.clone(),
             metrics: metrics.clone(),
         };
@@ -171,6 +169,7 @@ impl Application {
             .context("reading the bound address")?;
         Ok(Self {
             consumer,
+            worker,
             health,
             health_addr,
             readiness: Readiness {
@@ -191,8 +190,6 @@ impl Application {
     /// the grace period, and leaves the rest unacked for the broker to redeliver.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let health = tokio::spawn(
             Server::new_with_acceptor(self.health).run_with_graceful_shutdown(
                 health::routes(self.readiness),
@@ -201,31 +198,16 @@ impl Application {
             ),
         );
         tracing::info!(health = %self.health_addr, "otp-dispatcher started");
-        let consuming = tokio::spawn(self.consumer.run(
+        let serving = tokio::spawn(serve(
+            self.consumer,
+            Arc::new(self.worker),
             stop.clone(),
-            abort.clone(),
-            tracker.clone(),
+            self.grace,
         ));
         shutdown.await;
 
         stop.cancel();
-        let connection = consuming.await.context("the consumer task panicked")?;
-        tracker.close();
-        let in_flight = tracker.len();
-        if tokio::time::timeout(self.grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                unfinished = tracker.len(),
-                "grace period over; unfinished jobs are left for redelivery"
-            );
-            abort.cancel();
-            let _ = tokio::time::timeout(ABORTED_JOBS_GRACE, tracker.wait()).await;
-        }
-        if let Some((connection, channel)) = connection {
-            otp_shared::supervise::close(connection, Some(channel)).await;
-        }
+        let in_flight = serving.await.context("the consumer task panicked")?;
         let _ = health.await;
         tracing::info!(in_flight_at_stop = in_flight, "otp-dispatcher stopped");
         Ok(())

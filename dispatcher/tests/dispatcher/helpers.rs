@@ -1,7 +1,11 @@
 //! Test harness: a dispatcher on its own queue and key prefix, a wiremock Plivo, and helpers to
 //! publish jobs and watch their outcome.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use lapin::{
@@ -17,7 +21,8 @@ use wiremock::{
     matchers::{basic_auth, method, path},
 };
 
-use otp_dispatcher::{config::Config, startup::Application};
+use futures_util::future::BoxFuture;
+use otp_dispatcher::{config::Config, outcome::Attempt, sender::SmsSender, startup::Application};
 use otp_shared::{
     amqp::{DEAD_REASON_HEADER, Topology, header_str, job_properties},
     config::{AmqpArgs, LogFormat},
@@ -448,4 +453,50 @@ pub async fn destinations(server: &MockServer) -> Vec<String> {
             body["dst"].as_str().unwrap().to_owned()
         })
         .collect()
+}
+
+/// An in-process provider: accepts every number but `refused` (a permanent failure, as for a
+/// 400 about the number) and remembers what it accepted.
+#[derive(Default)]
+pub struct Recorder {
+    pub sent: Mutex<Vec<(String, String)>>,
+    pub refused: Option<&'static str>,
+}
+
+/// The reason [`Recorder`] gives for a refused number.
+pub const REFUSED_REASON: &str = "the test provider refuses this number";
+
+impl Recorder {
+    pub fn refusing(number: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            refused: Some(number),
+            ..Self::default()
+        })
+    }
+
+    /// The (destination, text) pairs accepted so far.
+    pub fn sent(&self) -> Vec<(String, String)> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+impl SmsSender for Recorder {
+    fn name(&self) -> &'static str {
+        "plivo"
+    }
+
+    fn send<'a>(&'a self, destination: &'a str, text: &'a str) -> BoxFuture<'a, Attempt> {
+        let attempt = if self.refused == Some(destination) {
+            Attempt::Fail {
+                reason: REFUSED_REASON.into(),
+            }
+        } else {
+            let mut sent = self.sent.lock().unwrap();
+            sent.push((destination.to_owned(), text.to_owned()));
+            Attempt::Sent {
+                provider_id: Some(format!("mem-{}", sent.len())),
+            }
+        };
+        Box::pin(async move { attempt })
+    }
 }

@@ -1,18 +1,13 @@
 //! The dispatcher's pipeline with every backend in process memory (queue, ledger, rate, breaker,
 //! delivery records): no Redis and no RabbitMQ. The same worker as in production, so duplicates
-//! are sent once, withdrawn jobs not at all, and unreadable ones dead-lettered.
+//! are sent once and withdrawn jobs not at all (dead-lettering: `queues.rs`, on both backends).
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use futures_util::future::BoxFuture;
 use otp_dispatcher::{
     memory_queue::{MemoryQueue, Message, memory_queue},
     metrics::DispatcherMetrics,
-    outcome::Attempt,
-    sender::SmsSender,
+    source::{DeadLetters, serve},
     worker::Worker,
 };
 use otp_shared::{
@@ -20,31 +15,10 @@ use otp_shared::{
     testing::eventually,
 };
 use time::OffsetDateTime;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{PHONE, job_key};
-
-/// A provider that accepts everything and remembers what it was asked to send.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(String, String)>>);
-
-impl SmsSender for Recorder {
-    fn name(&self) -> &'static str {
-        "plivo"
-    }
-
-    fn send<'a>(&'a self, destination: &'a str, text: &'a str) -> BoxFuture<'a, Attempt> {
-        let mut sent = self.0.lock().unwrap();
-        sent.push((destination.to_owned(), text.to_owned()));
-        let id = format!("mem-{}", sent.len());
-        Box::pin(async move {
-            Attempt::Sent {
-                provider_id: Some(id),
-            }
-        })
-    }
-}
+use crate::helpers::{PHONE, Recorder, job_key};
 
 struct Pipeline {
     queue: MemoryQueue,
@@ -71,14 +45,13 @@ fn start() -> Pipeline {
         100,
     );
     let metrics = worker.metrics.clone();
-    let (queue, consumer) = memory_queue();
+    let (queue, consumer) = memory_queue(8);
     let stop = CancellationToken::new();
-    tokio::spawn(consumer.run(
+    tokio::spawn(serve(
+        consumer,
         Arc::new(worker),
-        8,
         stop.clone(),
-        CancellationToken::new(),
-        TaskTracker::new(),
+        Duration::from_secs(1),
     ));
     Pipeline {
         queue,
@@ -143,27 +116,23 @@ async fn a_job_delivered_twice_is_sent_once_and_recorded() {
     pipeline.publish(job.to_bytes());
     pipeline.wait_handled(2).await;
 
-    let sent = pipeline.provider.0.lock().unwrap().clone();
+    let sent = pipeline.provider.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, PHONE);
     assert!(sent[0].1.contains("424242"));
     let status = pipeline.records.load(job.verification_id).unwrap();
     assert_eq!((status.state, status.attempts), (DeliveryState::Sent, 1));
     assert_eq!(status.provider_message_id.as_deref(), Some("mem-1"));
-    assert!(pipeline.queue.dead_letters().is_empty());
+    assert!(pipeline.queue.list(10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
-async fn withdrawn_jobs_are_not_sent_and_unreadable_ones_are_dead_lettered() {
+async fn withdrawn_jobs_are_not_sent() {
     let pipeline = start();
     // No delivery record: the API withdrew it.
     pipeline.publish(job("111111").to_bytes());
-    pipeline.publish(b"{not a job".to_vec());
-    pipeline.wait_handled(2).await;
+    pipeline.wait_handled(1).await;
 
-    assert!(pipeline.provider.0.lock().unwrap().is_empty());
-    let dead = pipeline.queue.dead_letters();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].message.body, b"{not a job");
-    assert!(dead[0].reason.contains("malformed"), "{}", dead[0].reason);
+    assert!(pipeline.provider.sent().is_empty());
+    assert!(pipeline.queue.list(10).await.unwrap().is_empty());
 }

@@ -18,6 +18,7 @@ mod limiter;
 mod metrics;
 mod operations;
 mod process;
+mod queues;
 mod records;
 mod resend;
 mod rotation;
