@@ -1,4 +1,5 @@
--- Claims a send job for one dispatcher, so two never send the same job at once.
+-- Claims a send job for one dispatcher, so two never send the same job at once. (Run with
+-- status::lua_with_record, which names the record's fields.)
 -- KEYS: 1 job outcome, 2 job lease, 3 (optional) the verification's delivery record
 -- ARGV: 1 owner token, 2 lease milliseconds; with KEYS[3]: 3 the state to mark the record with
 --       once claimed (attempt 1), 4 now (unix seconds), 5 the record's ttl (s)
@@ -16,7 +17,7 @@ if not held then
 end
 if KEYS[3] then
   if redis.call('EXISTS', KEYS[3]) == 0 then return {'claimed', 'withdrawn'} end
-  redis.call('HSET', KEYS[3], 'state', ARGV[3], 'attempts', 1, 'updatedAt', ARGV[4])
+  redis.call('HSET', KEYS[3], FIELD_STATE, ARGV[3], FIELD_ATTEMPTS, 1, FIELD_UPDATED_AT, ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
 return {'claimed', ''}

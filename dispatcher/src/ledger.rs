@@ -22,15 +22,11 @@ use otp_shared::{
     status::{self, DeliveryState},
 };
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
+static CLAIM: LazyLock<Script> =
+    LazyLock::new(|| status::lua_with_record(include_str!("claim.lua")));
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
-static FINISH_SENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{}{}",
-        status::ADVANCE_FN,
-        include_str!("finish_sent.lua")
-    ))
-});
+static FINISH_SENT: LazyLock<Script> =
+    LazyLock::new(|| status::lua_with_record(include_str!("finish_sent.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 
 /// Outcomes are kept a day: far longer than a job can live (codes last at most 10 minutes).

@@ -10,7 +10,8 @@ use crate::keys::Keys;
 /// How long a delivery record is kept after its last change.
 pub const STATUS_TTL_SECONDS: u64 = 24 * 60 * 60;
 
-/// Field names of the status hash; the API's Lua script writes the same ones.
+/// Field names of the status hash. Lua scripts get them from [`lua_with_record`] (never
+/// spelled in a script).
 pub const FIELD_STATE: &str = "state";
 pub const FIELD_ATTEMPTS: &str = "attempts";
 pub const FIELD_UPDATED_AT: &str = "updatedAt";
@@ -123,10 +124,18 @@ pub async fn record<C: redis::aio::ConnectionLike + Send>(
         .await
 }
 
-/// The Lua function `advance(key, first)` (`advance.lua`): the forward-only rule of
-/// [`advance`], for scripts that advance a record as one of their steps. Its arguments are
-/// appended by [`advance_args`].
-pub const ADVANCE_FN: &str = include_str!("advance.lua");
+/// A Lua script that reads or writes delivery records, preceded by what they share: the field
+/// names as the locals `FIELD_STATE`, `FIELD_ATTEMPTS` and `FIELD_UPDATED_AT`, and the
+/// function `advance(key, first)` (`advance.lua`), the forward-only rule of [`advance`], for
+/// scripts that advance a record as one of their steps (its arguments are appended by
+/// [`advance_args`]).
+pub fn lua_with_record(script: &str) -> redis::Script {
+    redis::Script::new(&format!(
+        "local FIELD_STATE, FIELD_ATTEMPTS, FIELD_UPDATED_AT = '{FIELD_STATE}', \
+         '{FIELD_ATTEMPTS}', '{FIELD_UPDATED_AT}'\n{}\n{script}",
+        include_str!("advance.lua")
+    ))
+}
 
 /// Appends the arguments of `advance(key, first)` to a script call (they must come last).
 pub fn advance_args(
@@ -162,9 +171,8 @@ pub async fn advance<C: redis::aio::ConnectionLike + Send>(
     state: DeliveryState,
     extra: &[(&str, &str)],
 ) -> redis::RedisResult<bool> {
-    static ADVANCE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-        redis::Script::new(&format!("{ADVANCE_FN}\nreturn advance(KEYS[1], 1)\n"))
-    });
+    static ADVANCE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| lua_with_record("return advance(KEYS[1], 1)"));
     let mut invocation = ADVANCE.key(keys.status(verification_id));
     advance_args(&mut invocation, state, extra);
     let moved: i64 = invocation.invoke_async(conn).await?;
