@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
-use otp_shared::redis_conn::RedisConn;
 use poem::{
     IntoResponse, Request, Response, handler,
     web::{Data, Json},
@@ -19,20 +18,17 @@ use uuid::Uuid;
 
 use otp_shared::{
     job::SendJob,
-    keys::Keys,
-    status::{self, DeliveryState, FIELD_REASON},
+    status::{DeliveryState, FIELD_REASON},
 };
 
 use crate::{
     error::ApiError,
     metrics::ApiMetrics,
     queue::{AnyQueue, JobQueue},
+    store::{AnyStore, OtpStore},
 };
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// A nonce is remembered this long; a report replayed within it changes nothing.
-const NONCE_TTL_SECONDS: u64 = 24 * 60 * 60;
 
 /// A provider's signing key and the callback URL as the dispatcher gives it to the provider.
 pub struct Signing {
@@ -46,8 +42,8 @@ pub struct Reports {
     /// Where a resend after an undelivered report is published; `None` when
     /// RESEND_ON_UNDELIVERED is off.
     pub resend: Option<AnyQueue>,
-    pub redis: RedisConn,
-    pub keys: Keys,
+    /// Where the message ids, nonces, delivery records and kept jobs are.
+    pub store: AnyStore,
     pub metrics: Arc<ApiMetrics>,
 }
 
@@ -264,28 +260,13 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
     let Some(state) = report.state else {
         return Ok(());
     };
-    let mut redis = reports.redis.clone();
-    let unavailable = |e: redis::RedisError| ApiError::Unavailable(e.into());
-    let verification: Option<String> = redis::cmd("GET")
-        .arg(reports.keys.provider_message(provider, report.message))
-        .query_async(&mut redis)
-        .await
-        .map_err(unavailable)?;
+    let store = &reports.store;
     // Unknown (not mapped yet, or long expired): 404 makes the provider try again later.
-    let verification = verification
-        .and_then(|v| Uuid::parse_str(&v).ok())
+    let verification = store
+        .reported_verification(provider, report.message)
+        .await?
         .ok_or_else(|| ApiError::NotFound("Unknown message.".into()))?;
-    let nonce_key = reports.keys.report_nonce(provider, &report.nonce);
-    let fresh: Option<String> = redis::cmd("SET")
-        .arg(&nonce_key)
-        .arg(1)
-        .arg("NX")
-        .arg("EX")
-        .arg(NONCE_TTL_SECONDS)
-        .query_async(&mut redis)
-        .await
-        .map_err(unavailable)?;
-    if fresh.is_none() {
+    if !store.first_report(provider, &report.nonce).await? {
         tracing::warn!(provider, %verification, "delivery report replayed (nonce seen before); ignored");
         return Ok(());
     }
@@ -299,30 +280,21 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
         .as_deref()
         .map(|r| vec![(FIELD_REASON, r)])
         .unwrap_or_default();
-    match status::advance(&mut redis, &reports.keys, verification, state, &extra).await {
-        Ok(moved) => {
-            tracing::info!(provider, %verification, %state, moved, "delivery report");
-            if matches!(state, DeliveryState::Undelivered | DeliveryState::Failed)
-                && let Err(e) = resend(reports, verification, provider).await
-            {
-                // Let the provider retry the report, and the resend with it.
-                let _: redis::RedisResult<i64> = redis::cmd("DEL")
-                    .arg(&nonce_key)
-                    .query_async(&mut redis)
-                    .await;
-                return Err(e);
-            }
-            Ok(())
+    let applied = async {
+        let moved = store.advance_delivery(verification, state, &extra).await?;
+        tracing::info!(provider, %verification, %state, moved, "delivery report");
+        if matches!(state, DeliveryState::Undelivered | DeliveryState::Failed) {
+            resend(reports, verification, provider).await?;
         }
-        Err(e) => {
-            // Forget the nonce, so the provider's retry of this report is not taken for a replay.
-            let _: redis::RedisResult<i64> = redis::cmd("DEL")
-                .arg(&nonce_key)
-                .query_async(&mut redis)
-                .await;
-            Err(unavailable(e))
-        }
+        Ok(())
+    };
+    let result = applied.await;
+    if result.is_err() {
+        // Forget the nonce, so the provider's retry of this report (and the resend with it) is
+        // not taken for a replay.
+        let _ = store.forget_report(provider, &report.nonce).await;
     }
+    result
 }
 
 /// Publishes the verification's kept job once more, asking for another provider: at most once
@@ -332,34 +304,14 @@ async fn resend(reports: &Reports, verification: Uuid, failed: &str) -> Result<(
     let Some(queue) = &reports.resend else {
         return Ok(());
     };
-    let mut redis = reports.redis.clone();
-    let unavailable = |e: redis::RedisError| ApiError::Unavailable(e.into());
-    let marker = reports.keys.resend_marker(verification);
-    let first: Option<String> = redis::cmd("SET")
-        .arg(&marker)
-        .arg(failed)
-        .arg("NX")
-        .arg("EX")
-        .arg(NONCE_TTL_SECONDS)
-        .query_async(&mut redis)
-        .await
-        .map_err(unavailable)?;
-    if first.is_none() {
-        return Ok(());
-    }
-    let kept: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(reports.keys.sealed_job(verification))
-        .query_async(&mut redis)
-        .await
-        .map_err(unavailable)?;
+    let kept = reports.store.take_resend(verification, failed).await?;
     let job = kept.and_then(|bytes| serde_json::from_slice::<SendJob>(&bytes).ok());
     let Some(job) = job.filter(|j| !j.is_expired(time::OffsetDateTime::now_utc())) else {
-        tracing::info!(%verification, "undelivered, but its code was used, replaced or expired: no resend");
+        tracing::info!(%verification, "undelivered, but resent before, or its code was used, replaced or expired: no resend");
         return Ok(());
     };
     if let Err(e) = queue.republish(&job, failed).await {
-        let _: redis::RedisResult<i64> =
-            redis::cmd("DEL").arg(&marker).query_async(&mut redis).await;
+        let _ = reports.store.release_resend(verification).await;
         return Err(ApiError::Unavailable(
             anyhow::Error::new(e).context("publishing a resend"),
         ));

@@ -1,6 +1,6 @@
 //! The one-process mode (`--embedded`, OTP_EMBEDDED): the API and the dispatcher's worker in one
-//! process, every backend in memory (codes, limits, delivery records, queue, ledger, rate,
-//! breaker), and each SMS printed to the console with its code. It is for trying the service on
+//! process, every backend in memory (codes, limits, delivery records and reports, queue, ledger,
+//! rate, breaker), and each SMS printed to the console with its code. It is for trying the service on
 //! a machine with neither Redis nor RabbitMQ: nothing is persisted, so APP_ENV=production
 //! refuses it. The rules are the production ones (the conformance suites keep the in-memory
 //! backends in step with Redis).
@@ -112,13 +112,14 @@ pub fn start(
     let records = DeliveryRecords::default();
     let store = MemoryStore::new(StorePolicy::from_config(config), records.clone());
     let live = store.clone();
-    let worker = Worker::in_memory(
+    let mut worker = Worker::in_memory(
         senders()?,
         config.otp.job_encryption_key.clone(),
         records,
         Arc::new(move |e164, vid| live.is_live(e164, vid)),
         SENDS_PER_SECOND,
     );
+    worker.resend_on_undelivered = config.reports.resend_on_undelivered;
     let (queue, consumer) = memory_queue(CONCURRENCY);
     let task = tokio::spawn(async move {
         serve(consumer, Arc::new(worker), stop, SHUTDOWN_GRACE).await;

@@ -20,7 +20,8 @@
 //! - [`fraud`]: the fraud guard's settings and destination prefixes (accounting is in Lua).
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`middleware`]: request ids, body limit, access log, framework-error mapping.
-//! - [`callbacks`]: Plivo delivery reports (signatures, replays, forward-only states).
+//! - [`callbacks`]: Plivo and Twilio delivery reports (signatures, replays, forward-only
+//!   states, the one resend), over the code store.
 //! - [`cli`]: operator subcommands: `healthcheck`, `fraud list | block | unblock`.
 //! - [`client_ip`]: the client address behind trusted proxies.
 

@@ -49,7 +49,7 @@ impl Application {
         let metrics = Arc::new(ApiMetrics::new());
         let background = CancellationToken::new();
         // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all
-        // (delivery reports and the fraud guard's gauge need it, so they are off).
+        // (the fraud guard's gauge needs it, so it is off).
         let (store, queue, publisher_task, redis) = if config.embedded {
             let (store, queue, task) = crate::embedded::start(&config, background.clone())?;
             (AnyStore::Memory(store), AnyQueue::Memory(queue), task, None)
@@ -76,7 +76,7 @@ impl Application {
         let otp = &config.otp;
         let limits = &config.limits;
         let service = Arc::new(OtpService::new(
-            store,
+            store.clone(),
             queue.clone(),
             CodeHasher::new(otp.otp_hmac_key.clone()),
             otp.job_encryption_key.clone(),
@@ -112,21 +112,18 @@ impl Application {
                 callback_url: url.clone()?,
             })
         };
-        let reports = redis.clone().map(|redis| {
-            Arc::new(Reports {
-                resend: config.reports.resend_on_undelivered.then(|| queue.clone()),
-                plivo: signing(
-                    &config.reports.plivo_auth_token,
-                    &config.reports.sms_status_callback_url,
-                ),
-                twilio: signing(
-                    &config.reports.twilio_auth_token,
-                    &config.reports.twilio_status_callback_url,
-                ),
-                redis,
-                keys: config.redis.keys(),
-                metrics: metrics.clone(),
-            })
+        let reports = Arc::new(Reports {
+            resend: config.reports.resend_on_undelivered.then(|| queue.clone()),
+            plivo: signing(
+                &config.reports.plivo_auth_token,
+                &config.reports.sms_status_callback_url,
+            ),
+            twilio: signing(
+                &config.reports.twilio_auth_token,
+                &config.reports.twilio_status_callback_url,
+            ),
+            store,
+            metrics: metrics.clone(),
         });
         if let Some(redis) = &redis
             && config.fraud.fraud_guard != crate::fraud::Mode::Off
@@ -142,7 +139,7 @@ impl Application {
         }
         let spec = Arc::new(crate::openapi::document(&api.spec(), otp.otp_length.into()));
         let docs = api.swagger_ui();
-        let mut app = Route::new()
+        let app = Route::new()
             .nest("/", api)
             .at(
                 "/openapi.json",
@@ -153,18 +150,15 @@ impl Application {
                 })),
             )
             .nest("/docs", docs);
-        if let Some(reports) = reports {
-            app = app
-                .at(
-                    "/api/otp/callbacks/plivo",
-                    poem::post(callbacks::plivo).data(reports.clone()),
-                )
-                .at(
-                    "/api/otp/callbacks/twilio",
-                    poem::post(callbacks::twilio).data(reports),
-                );
-        }
         let app = app
+            .at(
+                "/api/otp/callbacks/plivo",
+                poem::post(callbacks::plivo).data(reports.clone()),
+            )
+            .at(
+                "/api/otp/callbacks/twilio",
+                poem::post(callbacks::twilio).data(reports),
+            )
             .with(CatchPanic::new().with_handler(panic_response))
             .around(move |ep, req| around(ep, req, metrics.clone(), body_timeout))
             .boxed();

@@ -54,8 +54,10 @@ pub struct Entry {
 
 /// What an accepted send leaves besides its outcome.
 pub struct SentRecord {
-    /// `msg:<provider>:<message id>`, pointing at the verification.
-    pub mapping_key: String,
+    /// The provider that accepted the SMS, and its message id: mapped to the verification for
+    /// `mapping_ttl_seconds`, so delivery reports find it.
+    pub provider: &'static str,
+    pub provider_message_id: String,
     pub mapping_ttl_seconds: u64,
     /// The job's envelope, kept for one resend after an undelivered report.
     pub sealed: Option<Vec<u8>>,
@@ -216,7 +218,10 @@ impl Ledger {
             status::advance_args(&mut finish, DeliveryState::Sent, &fields);
         }
         let mapping = redis::cmd("SET")
-            .arg(&sent.mapping_key)
+            .arg(
+                self.keys
+                    .provider_message(sent.provider, &sent.provider_message_id),
+            )
             .arg(job.verification_id.to_string())
             .arg("EX")
             .arg(sent.mapping_ttl_seconds.max(1))
@@ -287,7 +292,8 @@ impl Drop for KeepAlive {
 }
 
 /// The ledger in this process (one dispatcher), on tokio's clock: the rules of the Redis
-/// scripts, with the delivery records shared with the in-memory code store.
+/// scripts, with the delivery records (and message ids, kept jobs) shared with the in-memory
+/// code store.
 #[derive(Clone)]
 pub struct MemoryLedger {
     lease: Duration,
@@ -299,17 +305,12 @@ pub struct MemoryLedger {
 struct MemoryState {
     outcomes: HashMap<Entry, (JobOutcome, Instant)>,
     leases: HashMap<Entry, (Uuid, Instant)>,
-    /// Sealed jobs kept for a resend, and provider message ids, by what they map.
-    sealed: HashMap<Uuid, (Vec<u8>, Instant)>,
-    messages: HashMap<String, (Uuid, Instant)>,
 }
 
 impl MemoryState {
     fn sweep(&mut self, now: Instant) {
         self.outcomes.retain(|_, (_, until)| *until > now);
         self.leases.retain(|_, (_, until)| *until > now);
-        self.sealed.retain(|_, (_, until)| *until > now);
-        self.messages.retain(|_, (_, until)| *until > now);
     }
 
     fn end(&mut self, job: Entry, owner: Uuid, outcome: &JobOutcome, now: Instant) {
@@ -398,15 +399,16 @@ impl SendLedger for MemoryLedger {
             self.with(|state, now| {
                 state.end(job, owner, outcome, now);
                 if let Some(sealed) = &sent.sealed {
-                    let until = now + Duration::from_secs(sent.sealed_ttl_seconds.max(1));
-                    state
-                        .sealed
-                        .insert(job.verification_id, (sealed.clone(), until));
+                    let ttl = Duration::from_secs(sent.sealed_ttl_seconds.max(1));
+                    self.records
+                        .keep_sealed(job.verification_id, sealed.clone(), ttl);
                 }
-                let until = now + Duration::from_secs(sent.mapping_ttl_seconds.max(1));
-                state
-                    .messages
-                    .insert(sent.mapping_key.clone(), (job.verification_id, until));
+                self.records.map_message(
+                    sent.provider,
+                    &sent.provider_message_id,
+                    job.verification_id,
+                    Duration::from_secs(sent.mapping_ttl_seconds.max(1)),
+                );
                 if let Some(fields) = &sent.status {
                     let fields: Vec<(&str, &str)> =
                         fields.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -124,9 +124,8 @@ pub fn redis_worker(
         job_key: config.job_encryption_key.clone(),
         records: Arc::new(RedisJobRecords {
             conn: redis.clone(),
-            keys: keys.clone(),
+            keys,
         }),
-        keys,
         metrics: metrics.clone(),
         resend_on_undelivered: config.resend_on_undelivered,
     })

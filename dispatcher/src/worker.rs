@@ -13,7 +13,6 @@ use otp_shared::{
     amqp::{REQUEST_ID_HEADER, RESEND_HEADER},
     crypto::JobKey,
     job::{JobContent, SendJob},
-    keys::Keys,
     ledger::JobOutcome,
     memory::DeliveryRecords,
     phone::mask_e164,
@@ -79,8 +78,6 @@ pub struct Worker {
     pub job_key: JobKey,
     /// The delivery record and the code's liveness.
     pub records: Arc<dyn JobRecords>,
-    /// For the provider message id's key in what a send leaves.
-    pub keys: Keys,
     pub metrics: Arc<DispatcherMetrics>,
     /// RESEND_ON_UNDELIVERED: keep sent jobs' envelopes for one resend.
     pub resend_on_undelivered: bool,
@@ -121,7 +118,6 @@ impl Worker {
             policy: RetryPolicy::default(),
             job_key,
             records: Arc::new(MemoryJobRecords { records, live }),
-            keys: Keys::new("memory:"),
             metrics,
             resend_on_undelivered: false,
         }
@@ -420,7 +416,8 @@ impl Worker {
             .max(0) as u64;
         let first = !how.resend;
         SentRecord {
-            mapping_key: self.keys.provider_message(how.provider, provider_id),
+            provider: how.provider,
+            provider_message_id: provider_id.to_owned(),
             mapping_ttl_seconds: left + REPORT_MARGIN_SECONDS,
             sealed: (self.resend_on_undelivered && first).then(|| job.to_bytes()),
             sealed_ttl_seconds: left,

@@ -1,8 +1,10 @@
 //! Delivery records in process memory, for the in-memory backends of both binaries (one process
 //! holds the API and the dispatcher then, and both see the same records). The same rules as the
 //! Redis hash: a record expires [`STATUS_TTL_SECONDS`] after its last change, `record` writes
-//! unconditionally, `advance` moves forward only and only while the record exists. Time is
-//! tokio's clock.
+//! unconditionally, `advance` moves forward only and only while the record exists. Beside them,
+//! what delivery reports need: which verification a provider's message id belongs to, the
+//! sealed job kept for one resend, and single-use marks (report nonces, resends), each with its
+//! own lifetime, as the Redis keys have. Time is tokio's clock.
 
 use std::{
     collections::HashMap,
@@ -18,9 +20,18 @@ use crate::status::{
     STATUS_TTL_SECONDS,
 };
 
-/// Every verification's delivery record, shared by its clones.
+/// Every verification's delivery record, and what reports need, shared by its clones.
 #[derive(Clone, Default)]
-pub struct DeliveryRecords(Arc<Mutex<HashMap<Uuid, Record>>>);
+pub struct DeliveryRecords(Arc<Mutex<Inner>>);
+
+#[derive(Default)]
+struct Inner {
+    records: HashMap<Uuid, Record>,
+    /// (provider, message id) → verification.
+    messages: HashMap<(String, String), (Uuid, Instant)>,
+    sealed: HashMap<Uuid, (Vec<u8>, Instant)>,
+    marks: HashMap<String, Instant>,
+}
 
 struct Record {
     fields: HashMap<String, String>,
@@ -30,11 +41,65 @@ struct Record {
 const TTL: Duration = Duration::from_secs(STATUS_TTL_SECONDS);
 
 impl DeliveryRecords {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Uuid, Record>) -> T) -> T {
-        let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    fn all<T>(&self, f: impl FnOnce(&mut Inner, Instant) -> T) -> T {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        records.retain(|_, r| r.until > now);
-        f(&mut records)
+        inner.records.retain(|_, r| r.until > now);
+        inner.messages.retain(|_, (_, until)| *until > now);
+        inner.sealed.retain(|_, (_, until)| *until > now);
+        inner.marks.retain(|_, until| *until > now);
+        f(&mut inner, now)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Uuid, Record>) -> T) -> T {
+        self.all(|inner, _| f(&mut inner.records))
+    }
+
+    /// Notes that `provider` accepted the verification's SMS as `message_id`, for `ttl`.
+    pub fn map_message(
+        &self,
+        provider: &str,
+        message_id: &str,
+        verification_id: Uuid,
+        ttl: Duration,
+    ) {
+        let key = (provider.to_owned(), message_id.to_owned());
+        self.all(|inner, now| inner.messages.insert(key, (verification_id, now + ttl)));
+    }
+
+    /// The verification `provider`'s `message_id` belongs to.
+    pub fn message(&self, provider: &str, message_id: &str) -> Option<Uuid> {
+        let key = (provider.to_owned(), message_id.to_owned());
+        self.all(|inner, _| inner.messages.get(&key).map(|(vid, _)| *vid))
+    }
+
+    /// Keeps a verification's sealed job for `ttl` (for one resend).
+    pub fn keep_sealed(&self, verification_id: Uuid, sealed: Vec<u8>, ttl: Duration) {
+        self.all(|inner, now| inner.sealed.insert(verification_id, (sealed, now + ttl)));
+    }
+
+    pub fn sealed(&self, verification_id: Uuid) -> Option<Vec<u8>> {
+        self.all(|inner, _| inner.sealed.get(&verification_id).map(|(s, _)| s.clone()))
+    }
+
+    /// Forgets a kept sealed job (its code was used or replaced).
+    pub fn drop_sealed(&self, verification_id: Uuid) {
+        self.all(|inner, _| inner.sealed.remove(&verification_id));
+    }
+
+    /// Sets the single-use mark `key` for `ttl`; false when it was already set.
+    pub fn mark(&self, key: &str, ttl: Duration) -> bool {
+        self.all(|inner, now| {
+            if inner.marks.contains_key(key) {
+                return false;
+            }
+            inner.marks.insert(key.to_owned(), now + ttl);
+            true
+        })
+    }
+
+    pub fn unmark(&self, key: &str) {
+        self.all(|inner, _| inner.marks.remove(key));
     }
 
     /// Writes `state` with the attempt count and extra fields, whatever was there.
@@ -137,5 +202,26 @@ mod tests {
         assert_eq!(status.provider_message_id.as_deref(), Some("m-1"));
         tokio::time::sleep(TTL + Duration::from_secs(1)).await;
         assert!(!records.exists(vid));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn report_entries_last_their_own_ttl_and_marks_are_single_use() {
+        let records = DeliveryRecords::default();
+        let vid = Uuid::new_v4();
+        let minute = Duration::from_secs(60);
+        records.map_message("plivo", "m-1", vid, minute);
+        records.keep_sealed(vid, b"sealed".to_vec(), 2 * minute);
+        assert_eq!(records.message("plivo", "m-1"), Some(vid));
+        assert_eq!(records.message("twilio", "m-1"), None);
+        assert!(records.mark("nonce", minute));
+        assert!(!records.mark("nonce", minute), "single use");
+        records.unmark("nonce");
+        assert!(records.mark("nonce", minute));
+        tokio::time::sleep(minute + Duration::from_secs(1)).await;
+        assert_eq!(records.message("plivo", "m-1"), None);
+        assert_eq!(records.sealed(vid).as_deref(), Some(&b"sealed"[..]));
+        assert!(records.mark("nonce", minute), "expired");
+        records.drop_sealed(vid);
+        assert_eq!(records.sealed(vid), None);
     }
 }

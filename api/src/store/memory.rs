@@ -1,6 +1,7 @@
 //! [`OtpStore`] in process memory: the rules of the Lua scripts beside [`super::RedisStore`]
 //! (limits, codes, attempts, idempotency, send budgets, the fraud guard's prefix counts), kept
-//! under one lock, so every call is atomic. Time is tokio's clock, so tests can pause it.
+//! under one lock, so every call is atomic; delivery records and what reports need are the
+//! [`DeliveryRecords`] it shares with the in-memory dispatcher. Time is tokio's clock, so tests can pause it.
 //! Nothing survives the process; one process is the only replica.
 
 use std::{
@@ -19,8 +20,8 @@ use otp_shared::{
 };
 
 use super::{
-    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError,
-    StorePolicy, VerifyLookup,
+    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL, RateLimit,
+    StoreError, StorePolicy, VerifyLookup,
     redis_store::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
@@ -420,6 +421,10 @@ impl OtpStore for MemoryStore {
             digest: digest.to_owned(),
             sent_ms,
         };
+        // The replaced code's sealed job is never resent now.
+        if let Some(old) = state.codes.remove(&e164) {
+            self.records.drop_sealed(old.verification_id);
+        }
         state.codes.set(e164.clone(), code, ttl);
         if let Some(failures) = state.failures.get_mut(&e164) {
             failures.until = failures.until.max(Instant::now() + ttl);
@@ -515,6 +520,8 @@ impl OtpStore for MemoryStore {
         if matched {
             state.codes.remove(&e164);
             state.failures.remove(&e164);
+            // The code is used: its sealed job is never resent.
+            self.records.drop_sealed(vid);
             if sent_ms > 0 {
                 let prefix = self.policy.fraud.destination(phone).prefix;
                 let entry = state.prefixes.entry(prefix).or_default();
@@ -584,6 +591,52 @@ impl OtpStore for MemoryStore {
         verification_id: Uuid,
     ) -> Result<Option<DeliveryStatus>, StoreError> {
         Ok(self.records.load(verification_id))
+    }
+
+    async fn reported_verification(
+        &self,
+        provider: &str,
+        message_id: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        Ok(self.records.message(provider, message_id))
+    }
+
+    async fn first_report(&self, provider: &str, nonce: &str) -> Result<bool, StoreError> {
+        let mark = format!("nonce:{provider}:{nonce}");
+        Ok(self.records.mark(&mark, REPORT_NONCE_TTL))
+    }
+
+    async fn forget_report(&self, provider: &str, nonce: &str) -> Result<(), StoreError> {
+        self.records.unmark(&format!("nonce:{provider}:{nonce}"));
+        Ok(())
+    }
+
+    async fn advance_delivery(
+        &self,
+        verification_id: Uuid,
+        state: DeliveryState,
+        extra: &[(&str, &str)],
+    ) -> Result<bool, StoreError> {
+        Ok(self.records.advance(verification_id, state, extra))
+    }
+
+    async fn take_resend(
+        &self,
+        verification_id: Uuid,
+        _failed: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if !self
+            .records
+            .mark(&format!("resend:{verification_id}"), REPORT_NONCE_TTL)
+        {
+            return Ok(None);
+        }
+        Ok(self.records.sealed(verification_id))
+    }
+
+    async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
+        self.records.unmark(&format!("resend:{verification_id}"));
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,4 +1,5 @@
-//! Where codes, limits and idempotency records live. The service talks to the [`OtpStore`] trait;
+//! Where codes, limits, idempotency records and delivery records (with what delivery reports
+//! need) live. The service talks to the [`OtpStore`] trait;
 //! [`RedisStore`] is the production implementation, [`MemoryStore`] the same rules in process
 //! memory (the conformance suite, `api/tests/api/conformance.rs`, keeps the two in step).
 
@@ -9,7 +10,10 @@ use std::future::Future;
 
 use uuid::Uuid;
 
-use otp_shared::{phone::PhoneNumber, status::DeliveryStatus};
+use otp_shared::{
+    phone::PhoneNumber,
+    status::{DeliveryState, DeliveryStatus},
+};
 
 use crate::{
     config::{Config, CountryBudgets},
@@ -234,8 +238,58 @@ pub trait OtpStore: Send + Sync + 'static {
         verification_id: Uuid,
     ) -> impl Future<Output = Result<Option<DeliveryStatus>, StoreError>> + Send;
 
+    /// The verification a provider's message id belongs to (mapped by the dispatcher when the
+    /// provider accepted the SMS).
+    fn reported_verification(
+        &self,
+        provider: &str,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<Uuid>, StoreError>> + Send;
+
+    /// Marks a delivery report's nonce used for [`REPORT_NONCE_TTL`]; false when it was used
+    /// before (a replay).
+    fn first_report(
+        &self,
+        provider: &str,
+        nonce: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Forgets a nonce, so the provider's retry of a report that could not be applied counts.
+    fn forget_report(
+        &self,
+        provider: &str,
+        nonce: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Moves the verification's delivery record forward to `state` (never back, and only while
+    /// the record exists), with extra fields; returns whether it moved.
+    fn advance_delivery(
+        &self,
+        verification_id: Uuid,
+        state: DeliveryState,
+        extra: &[(&str, &str)],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Takes the verification's only resend (after the `failed` provider could not deliver):
+    /// the sealed job kept for it, or `None` when the resend was taken before or no job is kept
+    /// (its code was used or replaced, or it expired). Either way the resend is spent.
+    fn take_resend(
+        &self,
+        verification_id: Uuid,
+        failed: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Gives back a taken resend whose publish failed.
+    fn release_resend(
+        &self,
+        verification_id: Uuid,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// How long a delivery report's nonce, and a verification's spent resend, are remembered.
+pub const REPORT_NONCE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// The store a running API uses: Redis, or memory in the one-process mode.
 #[derive(Clone)]
@@ -316,6 +370,43 @@ impl OtpStore for AnyStore {
         verification_id: Uuid,
     ) -> Result<Option<DeliveryStatus>, StoreError> {
         on_store!(self, s => s.delivery_status(verification_id))
+    }
+
+    async fn reported_verification(
+        &self,
+        provider: &str,
+        message_id: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        on_store!(self, s => s.reported_verification(provider, message_id))
+    }
+
+    async fn first_report(&self, provider: &str, nonce: &str) -> Result<bool, StoreError> {
+        on_store!(self, s => s.first_report(provider, nonce))
+    }
+
+    async fn forget_report(&self, provider: &str, nonce: &str) -> Result<(), StoreError> {
+        on_store!(self, s => s.forget_report(provider, nonce))
+    }
+
+    async fn advance_delivery(
+        &self,
+        verification_id: Uuid,
+        state: DeliveryState,
+        extra: &[(&str, &str)],
+    ) -> Result<bool, StoreError> {
+        on_store!(self, s => s.advance_delivery(verification_id, state, extra))
+    }
+
+    async fn take_resend(
+        &self,
+        verification_id: Uuid,
+        failed: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        on_store!(self, s => s.take_resend(verification_id, failed))
+    }
+
+    async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
+        on_store!(self, s => s.release_resend(verification_id))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -33,8 +33,8 @@ use otp_shared::{
 };
 
 use super::{
-    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, StoreError,
-    StorePolicy, VerifyLookup,
+    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL, RateLimit,
+    StoreError, StorePolicy, VerifyLookup,
 };
 
 static GUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("guard.lua")));
@@ -119,6 +119,19 @@ impl RedisStore {
         } else {
             HitOutcome::Under(rate)
         })
+    }
+
+    /// Sets a single-use mark for [`REPORT_NONCE_TTL`]; false when it was set already.
+    async fn set_once(&self, key: String, value: &str) -> redis::RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("EX")
+            .arg(REPORT_NONCE_TTL.as_secs())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
     }
 
     async fn del(&self, key: String) -> redis::RedisResult<i64> {
@@ -502,6 +515,58 @@ impl OtpStore for RedisStore {
         verification_id: Uuid,
     ) -> Result<Option<DeliveryStatus>, StoreError> {
         Ok(status::load(&mut self.conn.clone(), &self.keys, verification_id).await?)
+    }
+
+    async fn reported_verification(
+        &self,
+        provider: &str,
+        message_id: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let verification: Option<String> = redis::cmd("GET")
+            .arg(self.keys.provider_message(provider, message_id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(verification.and_then(|v| Uuid::parse_str(&v).ok()))
+    }
+
+    async fn first_report(&self, provider: &str, nonce: &str) -> Result<bool, StoreError> {
+        let key = self.keys.report_nonce(provider, nonce);
+        Ok(self.set_once(key, "1").await?)
+    }
+
+    async fn forget_report(&self, provider: &str, nonce: &str) -> Result<(), StoreError> {
+        self.del(self.keys.report_nonce(provider, nonce)).await?;
+        Ok(())
+    }
+
+    async fn advance_delivery(
+        &self,
+        verification_id: Uuid,
+        state: DeliveryState,
+        extra: &[(&str, &str)],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(status::advance(&mut conn, &self.keys, verification_id, state, extra).await?)
+    }
+
+    async fn take_resend(
+        &self,
+        verification_id: Uuid,
+        failed: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let marker = self.keys.resend_marker(verification_id);
+        if !self.set_once(marker, failed).await? {
+            return Ok(None);
+        }
+        Ok(redis::cmd("GET")
+            .arg(self.keys.sealed_job(verification_id))
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
+        self.del(self.keys.resend_marker(verification_id)).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 //! with OTP_TEST_REDIS_CLUSTER) and `MemoryStore` (on tokio's paused clock, so waiting out a
 //! TTL takes no time). The suite is what keeps the two in step.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use otp_api::{
     config::CountryBudgets,
@@ -13,15 +13,25 @@ use otp_api::{
         StorePolicy, VerifyLookup,
     },
 };
-use otp_shared::{keys::Keys, phone::PhoneNumber, testing::Cleanup};
+use otp_dispatcher::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
+use otp_shared::{
+    keys::Keys,
+    ledger::JobOutcome,
+    memory::DeliveryRecords,
+    phone::PhoneNumber,
+    status::{DeliveryState, FIELD_PROVIDER_ID},
+    testing::Cleanup,
+};
 use uuid::Uuid;
 
 use crate::helpers::{AMQP_URL, test_config};
 
-/// Makes a store with a policy; a Redis one isolates itself under a key prefix of its own.
+/// Makes a store with a policy; a Redis one isolates itself under a key prefix of its own. The
+/// dispatcher's ledger beside it is what records accepted sends (for delivery reports).
 trait Backend {
     type Store: OtpStore + Clone;
     fn store(&mut self, policy: StorePolicy) -> Self::Store;
+    fn ledger(&mut self) -> Arc<dyn SendLedger>;
 }
 
 struct OnRedis {
@@ -54,16 +64,29 @@ impl Backend for OnRedis {
             policy,
         )
     }
+
+    fn ledger(&mut self) -> Arc<dyn SendLedger> {
+        let keys = Keys::new(self.prefix.clone());
+        Arc::new(Ledger::new(otp_shared::testing::redis_conn(), keys, LEASE))
+    }
 }
 
-struct InMemory;
+/// The in-memory store and ledger share their delivery records, as in the one-process mode.
+#[derive(Default)]
+struct InMemory(DeliveryRecords);
 
 impl Backend for InMemory {
     type Store = MemoryStore;
     fn store(&mut self, policy: StorePolicy) -> MemoryStore {
-        MemoryStore::new(policy, Default::default())
+        MemoryStore::new(policy, self.0.clone())
+    }
+
+    fn ledger(&mut self) -> Arc<dyn SendLedger> {
+        Arc::new(MemoryLedger::new(self.0.clone(), LEASE))
     }
 }
+
+const LEASE: Duration = Duration::from_secs(30);
 
 /// Runs each named check against both backends.
 macro_rules! conformance {
@@ -80,7 +103,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(start_paused = true)]
                 async fn $check() {
-                    super::$check(&mut super::InMemory).await;
+                    super::$check(&mut super::InMemory::default()).await;
                 }
             )*
         }
@@ -99,10 +122,13 @@ conformance!(
     revoke_gives_back_what_issue_took,
     idempotency_claims_replays_and_conflicts,
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
+    delivery_reports_find_their_verification_once,
+    a_resend_is_taken_once_and_only_for_a_live_code,
 );
 
 const NUMBER: &str = "+14155552671";
 const OTHER: &str = "+14155552672";
+const THIRD: &str = "+14155552673";
 
 fn phone(raw: &str) -> PhoneNumber {
     PhoneNumber::parse(raw).expect("valid number")
@@ -411,4 +437,130 @@ async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(backend: &mut imp
     assert_eq!(outcome, IssueOutcome::Blocked { new: false });
     // Another prefix is not affected.
     issue(&store, "+14155560001").await;
+}
+
+/// What the dispatcher records when `provider` accepts the verification's SMS as `message`,
+/// keeping `sealed` for one resend.
+async fn accepted(
+    ledger: &dyn SendLedger,
+    vid: Uuid,
+    provider: &'static str,
+    message: &str,
+    sealed: &[u8],
+) {
+    let (job, owner) = (
+        Entry {
+            verification_id: vid,
+            job_id: Uuid::new_v4(),
+        },
+        Uuid::new_v4(),
+    );
+    assert_eq!(ledger.claim_send(job, owner).await.unwrap(), Claim::Claimed);
+    let sent = SentRecord {
+        provider,
+        provider_message_id: message.to_owned(),
+        mapping_ttl_seconds: 600,
+        sealed: Some(sealed.to_vec()),
+        sealed_ttl_seconds: 300,
+        status: Some(vec![(FIELD_PROVIDER_ID, message.to_owned())]),
+    };
+    let outcome = JobOutcome::Sent {
+        provider: provider.into(),
+        message_id: message.into(),
+    };
+    ledger
+        .finish_sent(job, owner, &outcome, &sent)
+        .await
+        .unwrap();
+}
+
+async fn state(store: &impl OtpStore, vid: Uuid) -> Option<DeliveryState> {
+    store.delivery_status(vid).await.unwrap().map(|s| s.state)
+}
+
+async fn delivery_reports_find_their_verification_once(backend: &mut impl Backend) {
+    let (store, ledger) = (backend.store(policy()), backend.ledger());
+    let vid = issue(&store, NUMBER).await;
+    accepted(&*ledger, vid, "plivo", "m-1", b"job").await;
+
+    // A report finds its verification by provider and message id.
+    let found = |provider: &'static str, message: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .reported_verification(provider, message)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(found("plivo", "m-1").await, Some(vid));
+    assert_eq!(found("twilio", "m-1").await, None);
+    assert_eq!(found("plivo", "m-2").await, None);
+
+    // A nonce counts once per provider, until it is forgotten.
+    assert!(store.first_report("plivo", "n-1").await.unwrap());
+    assert!(
+        !store.first_report("plivo", "n-1").await.unwrap(),
+        "a replay"
+    );
+    assert!(store.first_report("twilio", "n-1").await.unwrap());
+    store.forget_report("plivo", "n-1").await.unwrap();
+    assert!(store.first_report("plivo", "n-1").await.unwrap());
+
+    // The record moves forward only.
+    assert_eq!(state(&store, vid).await, Some(DeliveryState::Sent));
+    let reason = [("reason", "none")];
+    assert!(
+        store
+            .advance_delivery(vid, DeliveryState::Delivered, &reason)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_delivery(vid, DeliveryState::Sent, &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(state(&store, vid).await, Some(DeliveryState::Delivered));
+    let unknown = Uuid::new_v4();
+    assert!(
+        !store
+            .advance_delivery(unknown, DeliveryState::Delivered, &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        state(&store, unknown).await,
+        None,
+        "never created by a report"
+    );
+}
+
+async fn a_resend_is_taken_once_and_only_for_a_live_code(backend: &mut impl Backend) {
+    let (store, ledger) = (backend.store(policy()), backend.ledger());
+    let vid = issue(&store, NUMBER).await;
+    accepted(&*ledger, vid, "plivo", "m-1", b"job-1").await;
+    let take = |vid: Uuid| {
+        let store = store.clone();
+        async move { store.take_resend(vid, "plivo").await.unwrap() }
+    };
+    assert_eq!(take(vid).await.as_deref(), Some(&b"job-1"[..]));
+    assert_eq!(take(vid).await, None, "one resend per verification");
+    store.release_resend(vid).await.unwrap();
+    assert_eq!(
+        take(vid).await.as_deref(),
+        Some(&b"job-1"[..]),
+        "given back"
+    );
+
+    // A used code's job is not resent, nor a replaced one's.
+    let used = issue(&store, OTHER).await;
+    accepted(&*ledger, used, "plivo", "m-2", b"job-2").await;
+    assert!(verify(&store, OTHER, used, true).await);
+    assert_eq!(take(used).await, None);
+    let replaced = issue(&store, THIRD).await;
+    accepted(&*ledger, replaced, "plivo", "m-3", b"job-3").await;
+    issue(&store, THIRD).await;
+    assert_eq!(take(replaced).await, None);
 }

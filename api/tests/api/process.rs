@@ -321,13 +321,17 @@ async fn the_embedded_mode_refuses_production() {
 }
 
 /// With PLIVO_* set, the one-process mode sends through Plivo (here a mock) instead of the
-/// console, still with no Redis or RabbitMQ.
+/// console, still with no Redis or RabbitMQ; Plivo's signed delivery report reaches the
+/// delivery record.
 #[tokio::test]
 async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
+    use hmac::{Hmac, Mac};
     use wiremock::{
         Mock, MockServer, ResponseTemplate,
         matchers::{method, path},
     };
+    const TOKEN: &str = "embedded-token";
+    const CALLBACK: &str = "https://otp.example.com/api/otp/callbacks/plivo";
     let plivo = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/Account/MAEMBEDDED/Message/"))
@@ -340,9 +344,10 @@ async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
     let mut cmd = embedded_api();
     cmd.env("OTP_EMBEDDED", "true")
         .env("PLIVO_AUTH_ID", "MAEMBEDDED")
-        .env("PLIVO_AUTH_TOKEN", "embedded-token")
+        .env("PLIVO_AUTH_TOKEN", TOKEN)
         .env("PLIVO_SENDER_NUMBER", "+14155550000")
-        .env("PLIVO_BASE_URL", plivo.uri());
+        .env("PLIVO_BASE_URL", plivo.uri())
+        .env("SMS_STATUS_CALLBACK_URL", CALLBACK);
     let (child, lines, port) = start_logged(&mut cmd).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -353,20 +358,50 @@ async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+    let accepted: serde_json::Value = resp.json().await.unwrap();
+    let status_url = format!(
+        "{base}/api/otp/status/{}",
+        accepted["verificationId"].as_str().unwrap()
+    );
+    let state = || async {
+        let response = http.get(&status_url).send().await.unwrap();
+        let status: serde_json::Value = response.json().await.unwrap();
+        status["state"].as_str().unwrap().to_owned()
+    };
     let sent = otp_shared::testing::eventually(Duration::from_secs(10), || async {
-        !plivo.received_requests().await.unwrap().is_empty()
+        state().await == "sent"
     })
     .await;
-    assert!(sent, "Plivo got no call");
+    assert!(sent, "not sent: {}", state().await);
     let request = &plivo.received_requests().await.unwrap()[0];
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["dst"], PHONE);
+    assert_eq!(body["url"], CALLBACK, "Plivo is told where to report");
     let code: String = body["text"]
         .as_str()
         .unwrap()
         .chars()
         .filter(char::is_ascii_digit)
         .collect();
+
+    // Plivo's report, signed as Plivo signs it (V2: the URL and the nonce).
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+    mac.update(format!("{CALLBACK}n-embedded").as_bytes());
+    let report = http
+        .post(format!("{base}/api/otp/callbacks/plivo"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "x-plivo-signature-v2",
+            STANDARD.encode(mac.finalize().into_bytes()),
+        )
+        .header("x-plivo-signature-v2-nonce", "n-embedded")
+        .body("MessageUUID=m-embedded&Status=delivered")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(report.status(), 200);
+    assert_eq!(state().await, "delivered");
+
     let verified = http
         .post(format!("{base}/api/otp/verify"))
         .json(&serde_json::json!({ "phoneNumber": PHONE, "otp": code }))

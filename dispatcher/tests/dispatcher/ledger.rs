@@ -137,7 +137,8 @@ async fn a_first_send_is_marked_sending_then_sent(backend: Backend) {
     assert_eq!((status.state, status.attempts), (DeliveryState::Sending, 1));
 
     let sent = SentRecord {
-        mapping_key: format!("test:{}", Uuid::new_v4()),
+        provider: "plivo",
+        provider_message_id: Uuid::new_v4().to_string(),
         mapping_ttl_seconds: 60,
         sealed: None,
         sealed_ttl_seconds: 60,
