@@ -12,6 +12,8 @@ use clap::Args;
 
 use otp_shared::phone::PhoneNumber;
 
+use crate::store::OtpStore;
+
 /// FRAUD_GUARD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -151,16 +153,14 @@ impl FraudSettings {
 /// the window (sends younger than the grace are not counted), every `every`. Countries no longer
 /// seen lose their label.
 pub async fn watch_conversion(
-    redis: otp_shared::redis_conn::RedisConn,
-    keys: otp_shared::keys::Keys,
-    settings: FraudSettings,
+    store: impl OtpStore,
     gauge: prometheus::GaugeVec,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut shown: Vec<String> = Vec::new();
     loop {
-        match conversion_by_country(&mut redis.clone(), &keys, &settings).await {
+        match store.conversion_by_country().await {
             Ok(ratios) => {
                 for gone in shown
                     .iter()
@@ -187,6 +187,7 @@ const BUCKET_MS: u64 = 10_000;
 
 /// (country, verified ÷ counted sends) for the countries with counted sends in the window;
 /// a 10-second bucket counts once it started before the grace. Drops buckets past the window.
+/// (`RedisStore`'s [`OtpStore::conversion_by_country`].)
 pub async fn conversion_by_country<C: redis::aio::ConnectionLike + Send>(
     redis: &mut C,
     keys: &otp_shared::keys::Keys,

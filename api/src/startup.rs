@@ -48,11 +48,10 @@ impl Application {
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
         let metrics = Arc::new(ApiMetrics::new());
         let background = CancellationToken::new();
-        // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all
-        // (the fraud guard's gauge needs it, so it is off).
-        let (store, queue, publisher_task, redis) = if config.embedded {
+        // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all.
+        let (store, queue, publisher_task) = if config.embedded {
             let (store, queue, task) = crate::embedded::start(&config, background.clone())?;
-            (AnyStore::Memory(store), AnyQueue::Memory(queue), task, None)
+            (AnyStore::Memory(store), AnyQueue::Memory(queue), task)
         } else {
             let redis = config.redis.connect()?;
             let (publisher, task) = AmqpPublisher::start(
@@ -62,16 +61,11 @@ impl Application {
                 background.clone(),
             );
             let store = RedisStore::new(
-                redis.clone(),
+                redis,
                 config.redis.keys(),
                 StorePolicy::from_config(&config),
             );
-            (
-                AnyStore::Redis(store),
-                AnyQueue::Amqp(publisher),
-                task,
-                Some(redis),
-            )
+            (AnyStore::Redis(store), AnyQueue::Amqp(publisher), task)
         };
         let otp = &config.otp;
         let limits = &config.limits;
@@ -122,16 +116,12 @@ impl Application {
                 &config.reports.twilio_auth_token,
                 &config.reports.twilio_status_callback_url,
             ),
-            store,
+            store: store.clone(),
             metrics: metrics.clone(),
         });
-        if let Some(redis) = &redis
-            && config.fraud.fraud_guard != crate::fraud::Mode::Off
-        {
+        if config.fraud.fraud_guard != crate::fraud::Mode::Off {
             tokio::spawn(crate::fraud::watch_conversion(
-                redis.clone(),
-                config.redis.keys(),
-                config.fraud.clone(),
+                store.clone(),
                 metrics.conversion_ratio.clone(),
                 CONVERSION_REFRESH,
                 background.clone(),

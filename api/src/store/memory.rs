@@ -149,6 +149,7 @@ enum Idempotency {
 /// One destination prefix's sends and verified codes, by send time (ms), for the fraud guard.
 #[derive(Default)]
 struct Prefix {
+    country: String,
     sends: Vec<(u64, Uuid)>,
     verified: Vec<(u64, Uuid)>,
     blocked_until: Option<Instant>,
@@ -285,6 +286,7 @@ impl MemoryStore {
             let grace = fraud.grace().as_millis() as u64;
             let (oldest, newest) = (now_ms.saturating_sub(window), now_ms.saturating_sub(grace));
             let prefix = state.prefixes.entry(destination.prefix).or_default();
+            prefix.country = destination.country;
             prefix.sends.retain(|(ms, _)| *ms > oldest);
             prefix.verified.retain(|(ms, _)| *ms > oldest);
             if !destination.safe {
@@ -637,6 +639,32 @@ impl OtpStore for MemoryStore {
     async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
         self.records.unmark(&format!("resend:{verification_id}"));
         Ok(())
+    }
+
+    async fn conversion_by_country(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        let fraud = &self.policy.fraud;
+        let mut state = self.lock();
+        let now_ms = state.clock_ms();
+        let oldest = now_ms.saturating_sub(fraud.window().as_millis() as u64);
+        let newest = now_ms.saturating_sub(fraud.grace().as_millis() as u64);
+        let counted = |list: &[(u64, Uuid)]| {
+            list.iter()
+                .filter(|(ms, _)| *ms > oldest && *ms <= newest)
+                .count() as u64
+        };
+        let mut countries: HashMap<&str, (u64, u64)> = HashMap::new();
+        for prefix in state.prefixes.values() {
+            let entry = countries.entry(&prefix.country).or_default();
+            entry.0 += counted(&prefix.sends);
+            entry.1 += counted(&prefix.verified);
+        }
+        Ok(countries
+            .into_iter()
+            .filter(|(_, (sends, _))| *sends > 0)
+            .map(|(country, (sends, verified))| {
+                (country.to_owned(), verified as f64 / sends as f64)
+            })
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

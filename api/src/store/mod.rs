@@ -285,6 +285,12 @@ pub trait OtpStore: Send + Sync + 'static {
         verification_id: Uuid,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The fraud guard's conversion per country: (country, verified ÷ counted sends) for the
+    /// countries with sends counted in the window (those younger than the grace are not).
+    fn conversion_by_country(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, f64)>, StoreError>> + Send;
+
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
@@ -407,6 +413,10 @@ impl OtpStore for AnyStore {
 
     async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
         on_store!(self, s => s.release_resend(verification_id))
+    }
+
+    async fn conversion_by_country(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        on_store!(self, s => s.conversion_by_country())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

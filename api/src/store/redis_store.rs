@@ -569,6 +569,12 @@ impl OtpStore for RedisStore {
         Ok(())
     }
 
+    async fn conversion_by_country(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fraud = &self.policy.fraud;
+        Ok(crate::fraud::conversion_by_country(&mut conn, &self.keys, fraud).await?)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.conn.clone())

@@ -124,6 +124,7 @@ conformance!(
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
     delivery_reports_find_their_verification_once,
     a_resend_is_taken_once_and_only_for_a_live_code,
+    conversion_is_verified_over_counted_sends_per_country,
 );
 
 const NUMBER: &str = "+14155552671";
@@ -563,4 +564,32 @@ async fn a_resend_is_taken_once_and_only_for_a_live_code(backend: &mut impl Back
     accepted(&*ledger, replaced, "plivo", "m-3", b"job-3").await;
     issue(&store, THIRD).await;
     assert_eq!(take(replaced).await, None);
+}
+
+async fn conversion_is_verified_over_counted_sends_per_country(backend: &mut impl Backend) {
+    let base = policy();
+    let store = backend.store(StorePolicy {
+        fraud: FraudSettings {
+            fraud_guard: Mode::Monitor,
+            fraud_guard_min_sends: 100,
+            ..base.fraud.clone()
+        },
+        ..base
+    });
+    assert!(store.conversion_by_country().await.unwrap().is_empty());
+    // US: 4 sends, 1 verified. GB: 2 sends, both verified.
+    for n in 0..4 {
+        let number = format!("+1415555267{n}");
+        let vid = issue(&store, &number).await;
+        if n == 0 {
+            assert!(verify(&store, &number, vid, true).await);
+        }
+    }
+    for number in ["+442071838750", "+442071838751"] {
+        let vid = issue(&store, number).await;
+        assert!(verify(&store, number, vid, true).await);
+    }
+    let mut ratios = store.conversion_by_country().await.unwrap();
+    ratios.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(ratios, [("GB".to_owned(), 1.0), ("US".to_owned(), 0.25)]);
 }
