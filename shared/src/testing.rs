@@ -237,12 +237,37 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let found = poll_for(within, every, || {
+        let checked = check();
+        async move { checked.await.then_some(()) }
+    });
+    found.await.is_some()
+}
+
+/// Polls `attempt` every 25 ms until it gives a value or `within` has passed.
+pub async fn wait_for<T, F, Fut>(within: std::time::Duration, attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_for(within, std::time::Duration::from_millis(25), attempt).await
+}
+
+async fn poll_for<T, F, Fut>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
+        if let Some(value) = attempt().await {
+            return Some(value);
         }
         tokio::time::sleep(every).await;
     }
-    check().await
+    attempt().await
 }

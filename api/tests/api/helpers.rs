@@ -10,7 +10,7 @@ use uuid::Uuid;
 use otp_api::{config::Config, startup::Application};
 use otp_shared::{
     job::{JobContent, SendJob},
-    testing::Cleanup,
+    testing::{Cleanup, eventually, wait_for},
 };
 
 pub use crate::settings::{AMQP_URL, api_config, job_key};
@@ -102,19 +102,11 @@ async fn start(config: Config) -> TestApp {
 
 impl TestApp {
     pub async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if let Ok(r) = self
-                .client
-                .get(format!("{}/readyz", self.base))
-                .send()
-                .await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the app did not become ready");
+        let ready = eventually(Duration::from_secs(10), || async {
+            let response = self.client.get(format!("{}/readyz", self.base)).send();
+            response.await.is_ok_and(|r| r.status() == StatusCode::OK)
+        });
+        assert!(ready.await, "the app did not become ready");
     }
 
     pub fn prefix(&self) -> &str {
@@ -178,20 +170,15 @@ impl TestApp {
 
     /// Like `next_job`, with the message's AMQP properties (headers).
     pub async fn next_delivery(&self) -> (lapin::BasicProperties, SendJob, JobContent) {
-        for _ in 0..50 {
-            let got = self
-                .channel
-                .basic_get(self.queue().into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("basic.get");
-            if let Some(msg) = got {
-                let (job, content) =
-                    SendJob::decode(&msg.delivery.data, &job_key()).expect("job decodes");
-                return (msg.delivery.properties, job, content);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no send job was queued");
+        let message = wait_for(Duration::from_secs(3), || async {
+            let get = BasicGetOptions { no_ack: true };
+            let got = self.channel.basic_get(self.queue().into(), get).await;
+            got.expect("basic.get")
+        });
+        let message = message.await.expect("a send job was queued");
+        let (job, content) =
+            SendJob::decode(&message.delivery.data, &job_key()).expect("job decodes");
+        (message.delivery.properties, job, content)
     }
 
     /// Requests a code for `phone` and returns it (read from the queued job).

@@ -149,13 +149,11 @@ async fn logs_never_contain_a_code_or_a_whole_number() {
     let (child, lines, port) = start_logged(cmd.env("RUST_LOG", "debug")).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    for _ in 0..100 {
+    let ready = otp_shared::testing::eventually(Duration::from_secs(5), || async {
         let ready = http.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ready.is_ok_and(|r| r.status() == 200)
+    });
+    assert!(ready.await, "otp-api did not become ready");
     let resp = http
         .post(format!("{base}/api/otp/request"))
         .json(&serde_json::json!({ "phoneNumber": PHONE }))

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use lapin::options::QueueDeleteOptions;
 use serde_json::Value;
 
-use otp_shared::testing::{Proxy, eventually};
+use otp_shared::testing::{Proxy, eventually, poll_until};
 
 use crate::helpers::{PHONE, TestApp, assert_error, spawn_unready, spawn_with};
 
@@ -21,14 +21,13 @@ async fn readiness(app: &TestApp) -> (u16, String) {
 
 /// Polls until a code request succeeds again, proving recovery needed no restart.
 async fn wait_until_requests_succeed(app: &TestApp, within: Duration) {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if app.request_otp(PHONE).await.status().as_u16() == 202 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("requests did not recover within {within:?}");
+    let recovered = poll_until(within, Duration::from_millis(200), || async {
+        app.request_otp(PHONE).await.status().as_u16() == 202
+    });
+    assert!(
+        recovered.await,
+        "requests did not recover within {within:?}"
+    );
 }
 
 fn code_keys(keys: &[String]) -> Vec<&String> {

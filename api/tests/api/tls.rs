@@ -114,13 +114,10 @@ async fn the_api_works_over_rediss_with_its_certificate_verified() {
     make_certificates(&dir);
     let redis = start_tls_redis(&dir);
     let url = format!("rediss://127.0.0.1:{}/0", redis.port);
-    // Wait until it listens.
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", redis.port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listening = otp_shared::testing::eventually(Duration::from_secs(5), || async {
+        std::net::TcpStream::connect(("127.0.0.1", redis.port)).is_ok()
+    });
+    assert!(listening.await, "the TLS Redis did not start");
 
     let ca = dir.join("ca.pem");
     let app = spawn_with(|c| {

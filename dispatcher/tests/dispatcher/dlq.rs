@@ -14,6 +14,7 @@ use otp_shared::{
         ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, Topology, job_properties, long_string,
     },
     job::SendJob,
+    testing::eventually,
 };
 
 use crate::helpers::{PHONE, World, accepted, plivo_call, start};
@@ -64,15 +65,11 @@ async fn dead_letter(world: &World, body: &[u8], message_id: &str, age: time::Du
 /// Messages a command left unacknowledged return to the queue when its channel closes, which
 /// the broker completes a moment later: wait (bounded) for the count to settle.
 async fn assert_dead_count(world: &World, expected: u32) {
-    let mut seen = dead_count(world).await;
-    for _ in 0..40 {
-        if seen == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen = dead_count(world).await;
-    }
-    assert_eq!(seen, expected, "dead letters");
+    eventually(Duration::from_secs(5), || async {
+        dead_count(world).await == expected
+    })
+    .await;
+    assert_eq!(dead_count(world).await, expected, "dead letters");
 }
 
 async fn dead_count(world: &World) -> u32 {
@@ -147,12 +144,6 @@ async fn a_replayed_job_is_sent_once_and_a_sent_job_is_never_sent_again() {
     let (world, dispatcher) = start(&plivo).await;
     let (job, status) = world.send_one(PHONE, "135790").await;
     assert_eq!(status.state.as_str(), "failed");
-    for _ in 0..100 {
-        if dead_count(&world).await == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_dead_count(&world, 1).await;
 
     let id = job.job_id.to_string();
@@ -231,16 +222,17 @@ async fn purge_removes_only_dead_letters_older_than_asked() {
     assert!(!ok && err.contains("--older-than"), "{err}");
 }
 
+/// The job's delivery state once it is `state`, or after 5 s, whatever it is then.
 async fn wait_for_state(world: &World, job: &SendJob, state: &str) -> String {
-    let mut last = String::new();
-    for _ in 0..200 {
-        if let Some(s) = world.status(job.verification_id).await {
-            last = s.state.as_str().to_owned();
-            if last == state {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    last
+    let current = || async {
+        let status = world.status(job.verification_id).await;
+        status
+            .map(|s| s.state.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(5), || async {
+        current().await == state
+    })
+    .await;
+    current().await
 }

@@ -3,7 +3,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wiremock::MockServer;
 
-use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher};
+use otp_shared::testing::wait_for;
+
+use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher, wait_api_ready};
 
 /// The API, configured like the dispatcher (same queue, key prefix and job key).
 async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) {
@@ -47,20 +49,7 @@ async fn an_api_request_reaches_the_provider_and_its_code_then_verifies() {
     let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
     let (api, _stop) = spawn_api(&world).await;
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{api}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "api not ready");
+    wait_api_ready(&http, &api).await;
 
     let resp = http
         .post(format!("{api}/api/otp/request"))
@@ -72,22 +61,12 @@ async fn an_api_request_reaches_the_provider_and_its_code_then_verifies() {
     let body: Value = resp.json().await.unwrap();
     let vid = body["verificationId"].as_str().unwrap().to_owned();
 
-    let started = std::time::Instant::now();
-    let status = loop {
-        let s: Value = http
-            .get(format!("{api}/api/otp/status/{vid}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["state"] == json!("sent") {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "not sent: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_for(Duration::from_secs(10), || async {
+        let response = http.get(format!("{api}/api/otp/status/{vid}")).send();
+        let s: Value = response.await.unwrap().json().await.unwrap();
+        (s["state"] == json!("sent")).then_some(s)
+    });
+    let status = status.await.expect("sent within 10 s");
     assert_eq!(status["attempts"], json!(1));
     assert!(!status.to_string().contains("4155552671"));
 

@@ -30,7 +30,7 @@ use otp_shared::{
     keys::Keys,
     phone::PhoneNumber,
     status::{self, DeliveryState, DeliveryStatus},
-    testing::{Cleanup, eventually},
+    testing::{Cleanup, eventually, wait_for},
 };
 
 pub use crate::api_settings::{AMQP_URL, job_key};
@@ -251,58 +251,37 @@ impl World {
 
     /// Waits until a verification reaches a final delivery state.
     pub async fn final_status(&self, verification_id: Uuid, within: Duration) -> DeliveryStatus {
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(s) = self.status(verification_id).await
-                && matches!(s.state.as_str(), "sent" | "failed" | "expired")
-            {
-                return s;
-            }
-            assert!(
-                started.elapsed() < within,
-                "no final state within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let status = wait_for(within, || async {
+            let status = self.status(verification_id).await;
+            status.filter(|s| matches!(s.state.as_str(), "sent" | "failed" | "expired"))
+        });
+        let status = status.await;
+        status.unwrap_or_else(|| panic!("no final state within {within:?}"))
     }
 
     /// Takes one dead letter: (body, reason header).
     pub async fn dead_letter(&self, within: Duration) -> (Vec<u8>, Option<String>) {
         let dead = Topology::new(&self.queue).dead_queue;
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(msg) = self
-                .channel
-                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("basic.get")
-            {
-                let reason = header_str(&msg.delivery.properties, DEAD_REASON_HEADER);
-                return (msg.delivery.data, reason);
-            }
-            assert!(
-                started.elapsed() < within,
-                "nothing was dead-lettered within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let taken = wait_for(within, || async {
+            let get = BasicGetOptions { no_ack: true };
+            let got = self.channel.basic_get(dead.as_str().into(), get).await;
+            let msg = got.expect("basic.get")?;
+            let reason = header_str(&msg.delivery.properties, DEAD_REASON_HEADER);
+            Some((msg.delivery.data, reason))
+        });
+        let taken = taken.await;
+        taken.unwrap_or_else(|| panic!("nothing was dead-lettered within {within:?}"))
     }
 
     /// The dispatcher's ledger entry for a job, once it has one.
     pub async fn outcome(&self, job: &SendJob, within: Duration) -> String {
-        let started = std::time::Instant::now();
-        loop {
-            let value: Option<String> = redis::cmd("GET")
-                .arg(self.keys().job_outcome(job.verification_id, job.job_id))
-                .query_async(&mut self.redis.clone())
-                .await
-                .expect("GET");
-            if let Some(value) = value {
-                return value;
-            }
-            assert!(started.elapsed() < within, "no outcome within {within:?}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let key = self.keys().job_outcome(job.verification_id, job.job_id);
+        let value = wait_for(within, || async {
+            let get = redis::cmd("GET").arg(&key).to_owned();
+            get.query_async(&mut self.redis.clone()).await.expect("GET")
+        });
+        let value: Option<String> = value.await;
+        value.unwrap_or_else(|| panic!("no outcome within {within:?}"))
     }
 
     /// The real `otp-dispatcher` binary configured for this world, in a clean environment and a
@@ -411,13 +390,10 @@ impl Running {
     }
 
     pub async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if self.readyz().await == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("dispatcher did not become ready");
+        let ready = eventually(Duration::from_secs(10), || async {
+            self.readyz().await == 200
+        });
+        assert!(ready.await, "dispatcher did not become ready");
     }
 
     /// Graceful stop, as on SIGTERM; returns once the dispatcher has stopped.
@@ -499,4 +475,13 @@ impl SmsSender for Recorder {
         };
         Box::pin(async move { attempt })
     }
+}
+
+/// Waits until the API at `base` answers /readyz with 200 (within 10 s).
+pub async fn wait_api_ready(http: &reqwest::Client, base: &str) {
+    let ready = eventually(Duration::from_secs(10), || async {
+        let response = http.get(format!("{base}/readyz")).send().await;
+        response.is_ok_and(|r| r.status() == 200)
+    });
+    assert!(ready.await, "the API at {base} did not become ready");
 }

@@ -1,8 +1,10 @@
 //! `GET /metrics` on the dispatcher's HTTP port: each counter moves for the outcome it counts.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
+
+use otp_shared::testing::eventually;
 
 use crate::helpers::{PHONE, Running, accepted, plivo_call, start};
 
@@ -25,13 +27,11 @@ async fn metric(dispatcher: &Running, series: &str) -> f64 {
 
 /// Waits (bounded) until `series` reaches `value`, then asserts it.
 async fn expect_metric(dispatcher: &Running, series: &str, value: f64, within: Duration) {
-    let started = Instant::now();
-    let mut seen = metric(dispatcher, series).await;
-    while seen != value && started.elapsed() < within {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen = metric(dispatcher, series).await;
-    }
-    assert_eq!(seen, value, "{series}");
+    eventually(within, || async {
+        metric(dispatcher, series).await == value
+    })
+    .await;
+    assert_eq!(metric(dispatcher, series).await, value, "{series}");
 }
 
 #[tokio::test]

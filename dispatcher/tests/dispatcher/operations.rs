@@ -9,14 +9,10 @@ use otp_shared::testing::{Proxy, eventually};
 use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher};
 
 async fn wait_for_calls(plivo: &MockServer, n: usize, within: Duration) {
-    let started = std::time::Instant::now();
-    while plivo.received_requests().await.unwrap().len() < n {
-        assert!(
-            started.elapsed() < within,
-            "fewer than {n} calls within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let called = eventually(within, || async {
+        plivo.received_requests().await.unwrap().len() >= n
+    });
+    assert!(called.await, "fewer than {n} calls within {within:?}");
 }
 
 #[tokio::test]
@@ -86,17 +82,14 @@ async fn consumption_resumes_after_a_broker_restart() {
         .await;
 
     proxy.refuse();
-    let started = Instant::now();
-    while dispatcher.readyz().await == 200 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "outage not noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let noticed = eventually(Duration::from_secs(10), || async {
+        dispatcher.readyz().await != 200
+    });
+    assert!(noticed.await, "outage not noticed");
     let second = world.job("+14155550100", "999999", time::Duration::minutes(5));
     world.publish(&second).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The job waits in the queue while the dispatcher is cut off from the broker.
+    assert_eq!(world.ready_messages().await, 1);
     proxy.accept();
 
     let status = world

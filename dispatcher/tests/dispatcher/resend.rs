@@ -9,9 +9,14 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use wiremock::MockServer;
 
+use otp_shared::testing::eventually;
+
 use crate::{
     end_to_end::{api_config, spawn_api_with},
-    helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher, twilio_call, twilio_created},
+    helpers::{
+        PHONE, World, accepted, plivo_call, spawn_dispatcher, twilio_call, twilio_created,
+        wait_api_ready,
+    },
 };
 
 const TOKEN: &str = "resend-test-token";
@@ -49,17 +54,7 @@ async fn stack(twilio_calls: u64) -> Stack {
     api.reports.sms_status_callback_url = Some(CALLBACK.into());
     let (base, stop) = spawn_api_with(api).await;
     let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_api_ready(&http, &base).await;
     Stack {
         world,
         plivo,
@@ -86,22 +81,15 @@ impl Stack {
             .as_str()
             .unwrap()
             .to_owned();
-        for _ in 0..200 {
-            if let Some(status) = self.world.status(vid.parse().unwrap()).await
-                && status.state.as_str() == "sent"
-            {
-                let sms = &self.plivo.received_requests().await.unwrap()[0];
-                let body: Value = serde_json::from_slice(&sms.body).unwrap();
-                return body["text"]
-                    .as_str()
-                    .unwrap()
-                    .chars()
-                    .filter(char::is_ascii_digit)
-                    .collect();
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("Plivo never accepted the SMS");
+        let sent = eventually(Duration::from_secs(5), || async {
+            let status = self.world.status(vid.parse().unwrap()).await;
+            status.is_some_and(|s| s.state.as_str() == "sent")
+        });
+        assert!(sent.await, "Plivo never accepted the SMS");
+        let sms = &self.plivo.received_requests().await.unwrap()[0];
+        let body: Value = serde_json::from_slice(&sms.body).unwrap();
+        let text = body["text"].as_str().unwrap();
+        text.chars().filter(char::is_ascii_digit).collect()
     }
 
     /// A signed (V2) Plivo report for the message.
@@ -168,14 +156,11 @@ async fn an_undelivered_sms_is_resent_once_through_the_next_provider() {
     let code = stack.code_sent_by_plivo().await;
     assert_eq!(stack.report("undelivered", "n-1").await, 200);
     assert_eq!(stack.resends().await, 1);
-    let mut texts = Vec::new();
-    for _ in 0..200 {
-        texts = stack.twilio_texts().await;
-        if !texts.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(Duration::from_secs(5), || async {
+        !stack.twilio_texts().await.is_empty()
+    })
+    .await;
+    let texts = stack.twilio_texts().await;
     assert_eq!(texts.len(), 1, "resent through Twilio");
     assert!(texts[0].contains(&code), "the same code");
     // Another bad report: no second resend.

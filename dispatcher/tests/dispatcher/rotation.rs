@@ -8,11 +8,14 @@ use serde_json::{Value, json};
 use wiremock::MockServer;
 
 use otp_api::config::HmacKey;
-use otp_shared::crypto::JobKey;
+use otp_shared::{
+    crypto::JobKey,
+    testing::{eventually, wait_for},
+};
 
 use crate::{
     end_to_end::{api_config, spawn_api_with},
-    helpers::{World, accepted, plivo_call, spawn_dispatcher},
+    helpers::{World, accepted, plivo_call, spawn_dispatcher, wait_api_ready},
 };
 
 fn ring(entries: &[(u32, u8)]) -> String {
@@ -26,21 +29,6 @@ fn ring(entries: &[(u32, u8)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the API did not become ready");
 }
 
 /// The codes the fake provider received, by destination.
@@ -59,13 +47,8 @@ async fn sms_code(plivo: &MockServer, dst: &str) -> Option<String> {
 }
 
 async fn wait_for_sms(plivo: &MockServer, dst: &str) -> String {
-    for _ in 0..200 {
-        if let Some(code) = sms_code(plivo, dst).await {
-            return code;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no SMS to {dst}");
+    let code = wait_for(Duration::from_secs(5), || sms_code(plivo, dst));
+    code.await.unwrap_or_else(|| panic!("no SMS to {dst}"))
 }
 
 #[tokio::test]
@@ -86,7 +69,7 @@ async fn codes_and_jobs_from_the_old_key_survive_a_rotation() {
     before.otp.otp_hmac_key = HmacKey::from_base64(&ring(&[(1, 1)])).unwrap();
     before.otp.job_encryption_key = JobKey::from_base64(&ring(&[(1, 11)])).unwrap();
     let (base, stop) = spawn_api_with(before).await;
-    wait_ready(&http, &base).await;
+    wait_api_ready(&http, &base).await;
     let resp = http
         .post(format!("{base}/api/otp/request"))
         .json(&json!({ "phoneNumber": old }))
@@ -99,7 +82,10 @@ async fn codes_and_jobs_from_the_old_key_survive_a_rotation() {
         .unwrap()
         .to_owned();
     drop(stop);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = eventually(Duration::from_secs(5), || async {
+        http.get(format!("{base}/healthz")).send().await.is_err()
+    });
+    assert!(stopped.await, "the first API did not stop");
 
     // After: both services restart with the new key first and the old one still listed.
     let mut after = api_config(&world);
@@ -109,7 +95,7 @@ async fn codes_and_jobs_from_the_old_key_survive_a_rotation() {
     dispatcher_config.job_encryption_key = after.otp.job_encryption_key.clone();
     let _dispatcher = spawn_dispatcher(dispatcher_config).await;
     let (base, _stop) = spawn_api_with(after).await;
-    wait_ready(&http, &base).await;
+    wait_api_ready(&http, &base).await;
 
     // The job sealed under key 1 is sent, and its code (digest under key 1) verifies.
     let code = wait_for_sms(&plivo, old).await;

@@ -15,7 +15,9 @@ use poem::{EndpointExt, Route, Server, handler, listener::TcpListener as PoemLis
 use prost::Message;
 use tokio::process::Command;
 
-use crate::helpers::{PHONE, World, accepted, plivo_call};
+use otp_shared::testing::{eventually, wait_for};
+
+use crate::helpers::{PHONE, World, accepted, plivo_call, wait_api_ready};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -127,17 +129,7 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "otp-api did not become ready");
+    wait_api_ready(&http, &base).await;
 
     let response = http
         .post(format!("{base}/api/otp/request"))
@@ -149,44 +141,38 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
     assert_eq!(response.status(), 202);
 
     // The SMS went out: its code is what no span may contain.
-    let mut code = None;
-    for _ in 0..200 {
+    let code = wait_for(Duration::from_secs(10), || async {
         let received = plivo.received_requests().await.unwrap_or_default();
-        if let Some(r) = received.first() {
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            let text = body["text"].as_str().unwrap().to_owned();
-            code = Some(
-                text.chars()
-                    .filter(char::is_ascii_digit)
-                    .collect::<String>(),
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let code = code.expect("the dispatcher sent the SMS");
+        let body: serde_json::Value = serde_json::from_slice(&received.first()?.body).unwrap();
+        let text = body["text"].as_str().unwrap();
+        Some(
+            text.chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>(),
+        )
+    });
+    let code = code.await.expect("the dispatcher sent the SMS");
     assert_eq!(code.len(), 6);
 
     // Wait until both services' spans of this trace have arrived.
     let wanted = hex_bytes(TRACE_ID);
-    let mut found = (false, false);
-    for _ in 0..100 {
+    let found = || {
         let spans = spans(&exports);
-        found = (
+        (
             spans.iter().any(|(service, name, trace)| {
                 service.contains("otp-api") && name == "http_request" && *trace == wanted
             }),
             spans.iter().any(|(service, name, trace)| {
                 service.contains("otp-dispatcher") && name == "send_job" && *trace == wanted
             }),
-        );
-        if found == (true, true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    };
+    eventually(Duration::from_secs(10), || async {
+        found() == (true, true)
+    })
+    .await;
     assert_eq!(
-        found,
+        found(),
         (true, true),
         "(api request span, dispatcher send span) in the caller's trace; got {:?}",
         spans(&exports)

@@ -147,15 +147,15 @@ fn free_port() -> u16 {
 
 async fn wait_ready(base: &str) {
     let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{base} did not become ready within 30 s");
+    let ready = otp_shared::testing::poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let response = http.get(format!("{base}/readyz")).send().await;
+            response.is_ok_and(|r| r.status() == 200)
+        },
+    );
+    assert!(ready.await, "{base} did not become ready within 30 s");
 }
 
 /// A fake Plivo that accepts everything at once (or answers 503 to everything while `down`),
