@@ -91,15 +91,16 @@ impl Report {
     }
 }
 
-/// Counts what happened to `outcomes`, waiting up to `settle` for the SMS still due.
-async fn tally(outcomes: &[Outcome], plivo: &Plivo, settle: Duration) -> Report {
+/// Counts what happened to `outcomes`, waiting up to `settle` for the SMS still due, then
+/// until the queue is drained (so a late duplicate would be counted).
+async fn tally(stack: &Stack, outcomes: &[Outcome], plivo: &Plivo, settle: Duration) -> Report {
     let accepted: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == Some(202)).collect();
     eventually(settle, || async {
         let sends = plivo.sends().await;
         accepted.iter().all(|o| sends.contains_key(&o.number))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await; // a late duplicate shows up
+    stack.wait_drained(settle).await;
     let sends = plivo.sends().await;
     Report {
         accepted: accepted.len(),
@@ -183,7 +184,7 @@ async fn a_provider_outage_drains_at_the_cap_and_loses_nothing() {
     tokio::time::sleep(load_time()).await;
     let outcomes = load.stop().await;
 
-    let report = tally(&outcomes, &plivo, Duration::from_secs(120)).await;
+    let report = tally(&stack, &outcomes, &plivo, Duration::from_secs(120)).await;
     watcher.abort();
     // The backlog: requests accepted before the provider came back and not sent by then. Its
     // drain rate is taken after the limiter's first second of burst.
@@ -239,7 +240,7 @@ async fn killed_dispatcher(round: u32) {
     tokio::time::sleep(load_time()).await;
     let outcomes = load.stop().await;
 
-    let mut report = tally(&outcomes, &plivo, Duration::from_secs(40)).await;
+    let mut report = tally(&stack, &outcomes, &plivo, Duration::from_secs(40)).await;
     watcher.abort();
     // Recovered once every request accepted before the kill had its SMS.
     report.recovery = outcomes
@@ -270,7 +271,15 @@ async fn rabbitmq_restart(round: u32) {
     tokio::time::sleep(load_time()).await;
     let outcomes = load.stop().await;
 
-    recovered("RabbitMQ restart", round, &outcomes, &plivo, back_at).await;
+    recovered(
+        &stack,
+        "RabbitMQ restart",
+        round,
+        &outcomes,
+        &plivo,
+        back_at,
+    )
+    .await;
 }
 
 /// Stops the local broker's application, and starts it again when dropped (even after a panic),
@@ -328,13 +337,20 @@ async fn redis_restart(round: u32) {
     tokio::time::sleep(load_time()).await;
     let outcomes = load.stop().await;
 
-    recovered("Redis restart", round, &outcomes, &plivo, back_at).await;
+    recovered(&stack, "Redis restart", round, &outcomes, &plivo, back_at).await;
 }
 
 /// The end of a drill in which a dependency went away and was back at `back_at`: nothing lost
 /// or sent twice, 503s only, and requests accepted again within 15 s with nobody acting.
-async fn recovered(drill: &str, round: u32, outcomes: &[Outcome], plivo: &Plivo, back_at: Instant) {
-    let mut report = tally(outcomes, plivo, Duration::from_secs(40)).await;
+async fn recovered(
+    stack: &Stack,
+    drill: &str,
+    round: u32,
+    outcomes: &[Outcome],
+    plivo: &Plivo,
+    back_at: Instant,
+) {
+    let mut report = tally(stack, outcomes, plivo, Duration::from_secs(40)).await;
     report.recovery = first_accepted_after(outcomes, back_at);
     report.print(drill, round);
     assert_clean(&report, true);

@@ -109,7 +109,7 @@ async fn losing_a_redis_master_loses_no_sms_and_sends_none_twice() {
     let outcomes = load.stop().await;
 
     let window = (killed_at, promoted_at + RECOVERY_GRACE);
-    let (accepted, unavailable) = assert_exactly_once(&outcomes, &plivo, &[window]).await;
+    let (accepted, unavailable) = assert_exactly_once(&stack, &outcomes, &plivo, &[window]).await;
     assert!(
         outcomes
             .iter()

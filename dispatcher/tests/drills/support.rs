@@ -29,6 +29,8 @@ pub struct Stack {
     pub redis_url: String,
     /// Extra settings for every process (REDIS_CLUSTER, say).
     pub env: Vec<(String, String)>,
+    /// The RabbitMQ node `rabbitmqctl` asks about the queue (`-n`); the local one when `None`.
+    pub broker_node: Option<String>,
 }
 
 impl Stack {
@@ -39,7 +41,41 @@ impl Stack {
             queue: format!("test.drill.{id}"),
             redis_url: redis_url.into(),
             env: Vec::new(),
+            broker_node: None,
         }
+    }
+
+    /// Messages of this stack's queue the broker still holds, ready or delivered and not yet
+    /// acked; `None` when it cannot tell.
+    pub async fn messages_left(&self) -> Option<u64> {
+        let mut cmd = Command::new("rabbitmqctl");
+        if let Some(node) = &self.broker_node {
+            cmd.args(["-n", node]);
+        }
+        cmd.args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages",
+        ]);
+        let out = cmd.output().await.ok()?;
+        let listing = String::from_utf8_lossy(&out.stdout);
+        listing.lines().find_map(|line| {
+            let (name, count) = line.split_once('\t')?;
+            (name.trim() == self.queue).then(|| count.trim().parse().ok())?
+        })
+    }
+
+    /// Waits until every copy of every job has been settled (acked after its send, or skipped
+    /// by the ledger): from then on nothing more can be sent, so the provider's count is final.
+    pub async fn wait_drained(&self, within: Duration) {
+        let drained = eventually(within, || async { self.messages_left().await == Some(0) });
+        assert!(
+            drained.await,
+            "{} still holds messages after {within:?}",
+            self.queue
+        );
     }
 
     fn common(&self, cmd: &mut Command, amqp_url: &str) {
@@ -353,6 +389,7 @@ where
 /// Checks a drill's outcome: only 202 and (for requests sent inside `windows`) 503 answers; every accepted
 /// number's SMS sent exactly once; no number's SMS sent twice. Returns (accepted, 503s).
 pub async fn assert_exactly_once(
+    stack: &Stack,
     outcomes: &[Outcome],
     plivo: &Plivo,
     windows: &[(Instant, Instant)],
@@ -381,8 +418,7 @@ pub async fn assert_exactly_once(
         accepted.iter().all(|o| sends.contains_key(&o.number))
     })
     .await;
-    // Give a duplicate the time to show up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.wait_drained(Duration::from_secs(30)).await;
     let sends = plivo.sends().await;
     let missing: Vec<&str> = accepted
         .iter()
