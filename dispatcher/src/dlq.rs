@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use otp_shared::{
     amqp::{ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, Topology, header_str},
+    backend::Unavailable,
     job::SendJob,
     keys::Keys,
     ledger::JobOutcome,
@@ -232,10 +233,16 @@ impl DeadLetterQueue {
 }
 
 impl DeadLetters for DeadLetterQueue {
-    async fn list(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        let taken = self.take(limit).await?;
-        self.put_back(&taken).await?;
-        Ok(taken.into_iter().map(|t| t.letter).collect())
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, Unavailable> {
+        let listed = async {
+            let taken = self.take(limit).await?;
+            self.put_back(&taken).await?;
+            anyhow::Ok(taken.into_iter().map(|t| t.letter).collect())
+        };
+        listed.await.map_err(|e| Unavailable {
+            backend: "rabbitmq",
+            source: e.into(),
+        })
     }
 }
 

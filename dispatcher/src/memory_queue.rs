@@ -9,6 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use otp_shared::backend::Unavailable;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -67,7 +68,7 @@ impl MemoryQueue {
 }
 
 impl DeadLetters for MemoryQueue {
-    async fn list(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, Unavailable> {
         let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
         Ok(dead.iter().take(limit).cloned().collect())
     }

@@ -5,6 +5,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use otp_shared::backend::Unavailable;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{dlq::DeadLetter, worker::Worker};
@@ -33,7 +34,10 @@ pub trait JobSource: Send + 'static {
 /// The dead letters, as an operator sees them, wherever they are kept.
 pub trait DeadLetters {
     /// Up to `limit` dead letters, oldest first; they stay where they are.
-    fn list(&self, limit: usize) -> impl Future<Output = anyhow::Result<Vec<DeadLetter>>> + Send;
+    fn list(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, Unavailable>> + Send;
 }
 
 /// How long jobs aborted at the end of the grace period get to release their leases.
