@@ -10,9 +10,11 @@
 //! - [`keyring`]: key lists for rotation (`id:base64,...`) and the weak-key check.
 //! - [`keys`]: the Redis keyspace of both binaries.
 //! - [`ledger`]: how a send job ended (`JobOutcome`), as the ledger stores it.
-//! - [`memory`]: delivery records in process memory, shared by the in-memory backends.
+//! - [`memory`]: delivery records in process memory, with what delivery reports need (message
+//!   ids, kept jobs, single-use marks), shared by the in-memory backends.
 //! - [`metrics`]: Prometheus registration helpers and the text exposition.
-//! - [`status`]: delivery state records (queued → sending → sent / failed / expired).
+//! - [`status`]: delivery state records (queued → sending → sent / failed / expired), their
+//!   field names, and the Lua prelude of every script that touches one.
 //! - [`config`]: settings read the same way by both binaries (Redis location, log format).
 //! - [`telemetry`]: tracing setup and trace-context propagation through AMQP headers.
 //! - [`urls`]: AMQP and Redis URLs, checked at start-up, never shown with their password.
@@ -20,7 +22,8 @@
 //! - [`redis_conn`]: `RedisConn`, one connection type for a single Redis and Redis Cluster.
 //! - [`supervise`]: the RabbitMQ reconnect loop and the `/readyz` rule of both binaries.
 //! - [`shutdown`]: SIGINT / SIGTERM handling.
-//! - `testing` (feature `test-support`): TCP proxy and cleanup helpers for integration tests.
+//! - `testing` (feature `test-support`): TCP proxy, cleanup and bounded-wait helpers
+//!   (`eventually`, `wait_for`) for integration tests.
 
 pub mod amqp;
 pub mod backend;
