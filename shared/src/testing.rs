@@ -271,3 +271,24 @@ where
     }
     attempt().await
 }
+
+/// The value of one series (its name with labels, as exposed) in Prometheus text, 0 when absent.
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("a numeric sample"))
+        })
+        .unwrap_or(0.0)
+}
+
+/// The sum of every series of the metric `name`, whatever their labels.
+pub fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
+}

@@ -27,13 +27,7 @@ async fn app_with(fraud: FraudSettings) -> TestApp {
 
 async fn metric(app: &TestApp, series: &str) -> f64 {
     let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.rsplit_once(' ')
-                .filter(|(n, _)| *n == series)
-                .map(|(_, v)| v.parse().unwrap())
-        })
-        .unwrap_or(0.0)
+    otp_shared::testing::metric_value(&text, series)
 }
 
 /// Three unverified sends to +1415555xxxx, then past the grace.

@@ -7,12 +7,7 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
     let resp = app.get("/metrics").await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-        .unwrap_or(0.0)
+    otp_shared::testing::metric_value(&text, series)
 }
 
 #[tokio::test]

@@ -362,10 +362,7 @@ impl Running {
             .text()
             .await
             .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with("otp_jobs_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        otp_shared::testing::metric_sum(&text, "otp_jobs_total") as u64
     }
 
     /// Waits until this dispatcher has decided `jobs` jobs in all; fails on more or on a timeout.

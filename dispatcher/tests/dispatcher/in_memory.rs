@@ -11,8 +11,11 @@ use otp_dispatcher::{
     worker::Worker,
 };
 use otp_shared::{
-    job::SendJob, memory::DeliveryRecords, phone::PhoneNumber, status::DeliveryState,
-    testing::eventually,
+    job::SendJob,
+    memory::DeliveryRecords,
+    phone::PhoneNumber,
+    status::DeliveryState,
+    testing::{eventually, metric_sum},
 };
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -74,12 +77,7 @@ impl Pipeline {
 
     /// Jobs decided so far (`otp_jobs_total`, every result).
     fn handled(&self) -> u64 {
-        self.metrics
-            .render()
-            .lines()
-            .filter(|l| l.starts_with("otp_jobs_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        metric_sum(&self.metrics.render(), "otp_jobs_total") as u64
     }
 
     async fn wait_handled(&self, jobs: u64) {

@@ -17,12 +17,7 @@ async fn metric(dispatcher: &Running, series: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-        .unwrap_or(0.0)
+    otp_shared::testing::metric_value(&text, series)
 }
 
 /// Waits (bounded) until `series` reaches `value`, then asserts it.

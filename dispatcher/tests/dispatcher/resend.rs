@@ -133,10 +133,11 @@ impl Stack {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("otp_resends_total "))
-            .and_then(|n| n.parse().ok())
-            .expect("otp_resends_total")
+        assert!(
+            text.contains("\notp_resends_total "),
+            "otp_resends_total is exposed"
+        );
+        otp_shared::testing::metric_value(&text, "otp_resends_total") as u64
     }
 
     async fn twilio_texts(&self) -> Vec<String> {
