@@ -238,3 +238,60 @@ async fn counts_are_exact_under_concurrent_requests_from_two_api_processes() {
         .sum();
     assert_eq!(country, 40);
 }
+
+/// `otp_conversion_ratio{country}` follows the store, Redis or memory (the embedded mode):
+/// verified ÷ counted sends, once the sends are past the grace.
+async fn the_conversion_gauge_follows(store: impl otp_api::store::OtpStore + Clone) {
+    use otp_shared::phone::PhoneNumber;
+    let opts = prometheus::Opts::new("otp_conversion_ratio", "test");
+    let gauge = prometheus::GaugeVec::new(opts, &["country"]).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let every = Duration::from_millis(100);
+    let watch = otp_api::fraud::watch_conversion(store.clone(), gauge.clone(), every, stop.clone());
+    tokio::spawn(watch);
+    for (n, verified) in [(0, true), (1, false)] {
+        let phone = PhoneNumber::parse(&format!("+1212555010{n}")).unwrap();
+        let vid = uuid::Uuid::new_v4();
+        let issued = store.issue(&phone, None, vid, "digest").await.unwrap();
+        assert!(matches!(issued, otp_api::store::IssueOutcome::Issued(..)));
+        if verified {
+            assert!(store.finish_verify(&phone, Some(vid), true).await.unwrap());
+        }
+    }
+    let ratio = || gauge.with_label_values(&["US"]).get();
+    let moved =
+        otp_shared::testing::eventually(Duration::from_secs(15), || async { ratio() == 0.5 });
+    let moved = moved.await;
+    stop.cancel();
+    assert!(
+        moved,
+        "otp_conversion_ratio{{country=\"US\"}} is {}",
+        ratio()
+    );
+}
+
+fn monitored() -> otp_api::store::StorePolicy {
+    let mut config = test_config();
+    config.fraud = guard(Mode::Monitor);
+    otp_api::store::StorePolicy::from_config(&config)
+}
+
+#[tokio::test]
+async fn the_conversion_gauge_follows_redis() {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let _cleanup = otp_shared::testing::Cleanup {
+        redis_url: otp_shared::testing::redis_url(),
+        key_prefix: prefix.clone(),
+        amqp_url: crate::helpers::AMQP_URL.into(),
+        queue: format!("test.gauge.{}", uuid::Uuid::new_v4().simple()),
+    };
+    let conn = otp_shared::testing::redis_conn();
+    let store = otp_api::store::RedisStore::new(conn, Keys::new(prefix), monitored());
+    the_conversion_gauge_follows(store).await;
+}
+
+#[tokio::test]
+async fn the_conversion_gauge_follows_memory() {
+    let store = otp_api::store::MemoryStore::new(monitored(), Default::default());
+    the_conversion_gauge_follows(store).await;
+}
