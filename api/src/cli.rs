@@ -39,7 +39,8 @@ pub enum FraudAction {
         #[arg(value_parser = parse_prefix)]
         prefix: String,
     },
-    /// Block a prefix by hand.
+    /// Block a prefix by hand: `+` and 1 to 15 digits; every number under it, in every
+    /// FRAUD_GUARD mode (off included).
     Block {
         #[arg(value_parser = parse_prefix)]
         prefix: String,
@@ -79,22 +80,33 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
         FraudAction::List => {
             // The index of blocks (one sorted set, by when each ends), not a scan: a scan would
             // have to visit every node of a cluster.
-            let index = keys.fraud_blocked();
-            let (_, mut found): (i64, Vec<String>) = redis::pipe()
+            let (index, manual) = (keys.fraud_blocked(), keys.fraud_manual());
+            let now = unix_ms();
+            let (_, mut found, manual_ends): (i64, Vec<String>, Vec<(String, u64)>) = redis::pipe()
                 .atomic()
                 .cmd("ZREMRANGEBYSCORE")
                 .arg(&index)
                 .arg("-inf")
-                .arg(unix_ms())
+                .arg(now)
                 .cmd("ZRANGE")
                 .arg(&index)
                 .arg(0)
                 .arg(-1)
+                .cmd("HGETALL")
+                .arg(&manual)
                 .query_async(&mut redis)
                 .await?;
             found.sort();
             let mut listed = 0;
             for prefix in &found {
+                if let Some((_, until)) = manual_ends.iter().find(|(p, _)| p == prefix) {
+                    if *until > now {
+                        listed += 1;
+                        let left = (until - now) / 1000;
+                        println!("{prefix}  manual  expires_in={left}s");
+                    }
+                    continue;
+                }
                 let key = keys.fraud_block(prefix);
                 let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
                     .arg(&key)
@@ -112,63 +124,75 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
                     _ => "-".into(),
                 };
                 println!(
-                    "{prefix}  country={}  sends={}  verified={}  conversion={}  expires_in={}s{}",
+                    "{prefix}  rule={}  country={}  sends={}  verified={}  conversion={}  \
+                     young={}  clients={}  expires_in={ttl}s",
+                    get("rule"),
                     get("country"),
                     get("sends"),
                     get("verified"),
                     conversion,
-                    ttl,
-                    if fields.contains_key("manual") {
-                        "  manual"
-                    } else {
-                        ""
-                    }
+                    get("young"),
+                    get("clients"),
                 );
+            }
+            // Manual blocks past their end are tidied away here (the guard ignores them).
+            let stale: Vec<&String> = manual_ends
+                .iter()
+                .filter(|(_, until)| *until <= now)
+                .map(|(p, _)| p)
+                .collect();
+            if !stale.is_empty() {
+                let _: i64 = redis::cmd("HDEL")
+                    .arg(&manual)
+                    .arg(stale)
+                    .query_async(&mut redis)
+                    .await?;
             }
             eprintln!("{listed} blocked prefix(es)");
         }
         FraudAction::Unblock { prefix } => {
             // The prefix's counts go too: else its next request would block it again at once.
-            let (removed, _, _): (i64, i64, i64) = redis::pipe()
+            let (auto, manual, _, _): (i64, i64, i64, i64) = redis::pipe()
                 .atomic()
                 .cmd("DEL")
                 .arg(keys.fraud_block(&prefix))
+                .cmd("HDEL")
+                .arg(keys.fraud_manual())
+                .arg(&prefix)
                 .cmd("DEL")
                 .arg(keys.fraud_sends(&prefix))
                 .arg(keys.fraud_verified(&prefix))
+                .arg(keys.fraud_clients(&prefix))
+                .arg(keys.fraud_trickle(&prefix))
                 .cmd("ZREM")
                 .arg(keys.fraud_blocked())
                 .arg(&prefix)
                 .query_async(&mut redis)
                 .await?;
-            anyhow::ensure!(removed == 1, "{prefix} is not blocked");
+            anyhow::ensure!(auto + manual > 0, "{prefix} is not blocked");
             tracing::warn!(event = "fraud_unblock", %prefix, "fraud guard block lifted by an operator");
             println!("{prefix} unblocked");
         }
         FraudAction::Block { prefix, hours } => {
-            let key = keys.fraud_block(&prefix);
+            // Every number under the prefix, in every FRAUD_GUARD mode (the guard looks up each
+            // prefix of a number in this one hash).
+            let until = unix_ms() + u64::from(hours) * 3_600_000;
             let _: () = redis::pipe()
                 .atomic()
                 .cmd("HSET")
-                .arg(&key)
-                .arg("prefix")
+                .arg(keys.fraud_manual())
                 .arg(&prefix)
-                .arg("manual")
-                .arg(1)
-                .ignore()
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(u64::from(hours) * 3600)
+                .arg(until)
                 .ignore()
                 .cmd("ZADD")
                 .arg(keys.fraud_blocked())
-                .arg(unix_ms() + u64::from(hours) * 3_600_000)
+                .arg(until)
                 .arg(&prefix)
                 .ignore()
                 .query_async(&mut redis)
                 .await?;
             tracing::warn!(event = "fraud_block", %prefix, hours, manual = true, "fraud guard block set by an operator");
-            println!("{prefix} blocked for {hours} h");
+            println!("{prefix} blocked for {hours} h (every number under it, in every mode)");
         }
     }
     Ok(())

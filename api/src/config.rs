@@ -242,6 +242,47 @@ pub struct HttpLimits {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Seconds an answer may take to be written once the client stops reading it; then the
+    /// connection is closed.
+    #[arg(long, env = "RESPONSE_WRITE_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub response_write_timeout_seconds: u64,
+    /// Seconds a connection may live; then it finishes the request in flight and closes.
+    #[arg(long, env = "CONNECTION_MAX_AGE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub connection_max_age_seconds: u64,
+    /// Serve HTTP/2 in clear text (h2c, prior knowledge) beside HTTP/1.1. Off: an HTTP/2
+    /// preface closes the connection.
+    #[arg(long, env = "HTTP2_CLEARTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub http2_cleartext: bool,
+    /// Concurrent streams per HTTP/2 connection (with HTTP2_CLEARTEXT=true).
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub http2_max_concurrent_streams: u32,
+    /// Serve Swagger UI at /docs. Default: on in development, off in production.
+    #[arg(long, env = "DOCS_ENABLED", action = clap::ArgAction::Set)]
+    pub docs_enabled: Option<bool>,
+}
+
+impl HttpLimits {
+    /// The bounds the HTTP server applies to each connection.
+    pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
+        let secs = Duration::from_secs;
+        crate::server::ConnectionLimits {
+            header_read_timeout: secs(self.header_read_timeout_seconds),
+            keep_alive_timeout: secs(self.keep_alive_timeout_seconds),
+            response_write_timeout: secs(self.response_write_timeout_seconds),
+            max_age: secs(self.connection_max_age_seconds),
+            // The request in flight may still be sending its body, then gets its answer.
+            drain_timeout: secs(
+                self.body_read_timeout_seconds + self.response_write_timeout_seconds,
+            ),
+            max_connections: self.max_connections as usize,
+            http2_cleartext: self
+                .http2_cleartext
+                .then_some(self.http2_max_concurrent_streams),
+        }
+    }
 }
 
 /// Hourly send budgets per destination country.

@@ -54,7 +54,7 @@ impl FromStr for Mode {
 #[derive(Debug, Clone, Args)]
 pub struct FraudSettings {
     /// off, monitor (compute, log and export; never block) or enforce.
-    #[arg(long, env = "FRAUD_GUARD", default_value = "monitor")]
+    #[arg(long, env = "FRAUD_GUARD", default_value = "enforce")]
     pub fraud_guard: Mode,
     /// A destination's prefix is its E.164 number without this many last digits.
     #[arg(long, env = "FRAUD_GUARD_PREFIX_DROP_DIGITS", default_value_t = 4,
@@ -79,6 +79,20 @@ pub struct FraudSettings {
     #[arg(long, env = "FRAUD_GUARD_BLOCK_HOURS", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(1..=720))]
     pub fraud_guard_block_hours: u32,
+    /// Unverified sends a prefix may take within FRAUD_GUARD_GRACE_SECONDS; past it the
+    /// prefix is blocked (a burst, before any conversion can be known).
+    #[arg(long, env = "FRAUD_GUARD_BURST", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fraud_guard_burst: u32,
+    /// Distinct client networks (the per-IP limit's key) that must have sent to a prefix in
+    /// the window before either rule blocks it, so one client cannot aim a block at others.
+    #[arg(long, env = "FRAUD_GUARD_MIN_CLIENTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fraud_guard_min_clients: u32,
+    /// Sends per hour still let through to a blocked prefix; a code verified from them lifts
+    /// the block (0: none).
+    #[arg(long, env = "FRAUD_GUARD_BLOCKED_SENDS_PER_HOUR", default_value_t = 6)]
+    pub fraud_guard_blocked_sends_per_hour: u32,
     /// Comma-separated prefixes never blocked, e.g. +1415555,+4420.
     #[arg(long, env = "FRAUD_GUARD_SAFE_PREFIXES", value_delimiter = ',', value_parser = parse_prefix)]
     pub fraud_guard_safe_prefixes: Vec<String>,
@@ -109,6 +123,13 @@ pub struct Destination {
     /// ISO code, or `ZZ` for a number of no single country.
     pub country: String,
     pub safe: bool,
+}
+
+/// Every prefix of the number an operator's block may name: `+4`, `+44`, … up to the whole
+/// number.
+pub fn prefixes_of(phone: &PhoneNumber) -> Vec<&str> {
+    let e164 = phone.as_e164();
+    (2..=e164.len()).map(|end| &e164[..end]).collect()
 }
 
 impl FraudSettings {
@@ -251,6 +272,9 @@ mod tests {
             fraud_guard_min_sends: 20,
             fraud_guard_min_conversion: 0.2,
             fraud_guard_block_hours: 12,
+            fraud_guard_burst: 30,
+            fraud_guard_min_clients: 3,
+            fraud_guard_blocked_sends_per_hour: 6,
             fraud_guard_safe_prefixes: safe.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -265,5 +289,21 @@ mod tests {
         assert!(!settings(&["+4420"]).destination(&phone).safe);
         assert!(parse_prefix("+1415555").is_ok());
         assert!(parse_prefix("1415").is_err() && parse_prefix("+14a").is_err());
+        assert_eq!(
+            prefixes_of(&phone),
+            [
+                "+1",
+                "+14",
+                "+141",
+                "+1415",
+                "+14155",
+                "+141555",
+                "+1415555",
+                "+14155552",
+                "+141555526",
+                "+1415555267",
+                "+14155552671"
+            ]
+        );
     }
 }

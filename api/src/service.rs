@@ -24,7 +24,8 @@ use crate::{
     metrics::{ApiMetrics, VerifyOutcome},
     queue::JobQueue,
     store::{
-        FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit, VerifyLookup,
+        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit,
+        VerifyLookup,
     },
 };
 
@@ -110,12 +111,14 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         request_id: &str,
     ) -> Result<Issued, ApiError> {
         let Some(key) = idempotency_key else {
-            return self.issue(phone, Some(client), request_id).await;
+            return self.issue(phone, client, true, request_id).await;
         };
         if let Some(rate) = self.store.hit_request_ip(client).await? {
             return Err(self.limited(LimitKind::RequestsPerIp, rate));
         }
-        let key_digest = sha256_hex(key.as_bytes());
+        // Scoped to the caller: the same key from another client is another key, so knowing
+        // someone's key neither reveals their verification nor blocks their retry.
+        let key_digest = sha256_hex(format!("{client}\n{key}").as_bytes());
         let body_digest = sha256_hex(phone.as_e164().as_bytes());
         match self
             .store
@@ -135,7 +138,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
                 });
             }
         }
-        let result = self.issue(phone, None, request_id).await;
+        let result = self.issue(phone, client, false, request_id).await;
         let stored = match &result {
             Ok(issued) => {
                 // Serialising a struct of ids and numbers cannot fail.
@@ -153,10 +156,22 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         result
     }
 
-    /// Logs and counts what the fraud guard saw; `enforced` when the request was refused.
+    /// Logs and counts what the fraud guard saw; `enforced` when the request was refused. The
+    /// lines never name the prefix (it shows more of the number than the masked number does):
+    /// operators read it from `otp-api fraud list`.
     fn fraud_signal(&self, phone: &PhoneNumber, signal: FraudSignal, enforced: bool) {
         let country = self.fraud.destination(phone).country;
         let country = country.as_str();
+        let new_block = |rule: BlockRule| {
+            self.metrics.fraud_block(country);
+            tracing::warn!(
+                event = "fraud_block",
+                rule = rule.name(),
+                country,
+                enforced,
+                "fraud guard blocked the destination's prefix"
+            );
+        };
         match signal {
             FraudSignal::Clear => {}
             FraudSignal::Unavailable => {
@@ -164,25 +179,27 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
                     "fraud guard state unavailable; the request was not blocked on its account"
                 );
             }
-            FraudSignal::Blocked | FraudSignal::NewBlock => {
+            FraudSignal::Manual => {
                 self.metrics.fraud_blocked_request(country);
-                if signal == FraudSignal::NewBlock {
-                    self.metrics.fraud_block(country);
-                    tracing::warn!(
-                        event = "fraud_block",
-                        prefix = %self.fraud_prefix(phone),
-                        country,
-                        enforced,
-                        "fraud guard blocked a destination prefix (low conversion)"
-                    );
+                tracing::info!(country, "request to a prefix an operator blocked");
+            }
+            FraudSignal::Trickle { new } => {
+                if let Some(rule) = new {
+                    new_block(rule);
+                }
+                tracing::info!(
+                    country,
+                    "request to a blocked destination prefix let through (hourly allowance)"
+                );
+            }
+            FraudSignal::Blocked | FraudSignal::NewBlock(_) => {
+                self.metrics.fraud_blocked_request(country);
+                if let FraudSignal::NewBlock(rule) = signal {
+                    new_block(rule);
                 }
                 tracing::info!(country, enforced, "request to a blocked destination prefix");
             }
         }
-    }
-
-    fn fraud_prefix(&self, phone: &PhoneNumber) -> String {
-        self.fraud.destination(phone).prefix
     }
 
     /// Logs and counts a refusal by `limit`, and makes it the 429.
@@ -196,11 +213,12 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         ApiError::RateLimited(rate)
     }
 
-    /// `client` is `None` when its per-IP limit was applied already.
+    /// `count_ip` is false when the client's per-IP limit was applied already.
     async fn issue(
         &self,
         phone: &PhoneNumber,
-        client: Option<&str>,
+        client: &str,
+        count_ip: bool,
         request_id: &str,
     ) -> Result<Issued, ApiError> {
         let verification_id = otp_shared::ids::random_uuid();
@@ -210,7 +228,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         let digest = self.hasher.digest(phone, verification_id, &code);
         let rate = match self
             .store
-            .issue(phone, client, verification_id, &digest)
+            .issue(phone, client, count_ip, verification_id, &digest)
             .await?
         {
             IssueOutcome::Issued(rate, signal) => {
@@ -218,12 +236,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
                 rate
             }
             IssueOutcome::Limited(kind, rate) => return Err(self.limited(kind, rate)),
-            IssueOutcome::Blocked { new } => {
-                let signal = if new {
-                    FraudSignal::NewBlock
-                } else {
-                    FraudSignal::Blocked
-                };
+            IssueOutcome::Blocked(signal) => {
                 self.fraud_signal(phone, signal, true);
                 return Err(ApiError::DestinationBlocked);
             }

@@ -3,6 +3,8 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use bytes::Bytes;
+use otp_shared::config::AppEnv;
 use poem::{EndpointExt, Route, middleware::CatchPanic};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
@@ -127,19 +129,23 @@ impl Application {
                 background.clone(),
             ));
         }
-        let spec = Arc::new(crate::openapi::document(&api.spec(), otp.otp_length.into()));
-        let docs = api.swagger_ui();
-        let app = Route::new()
-            .nest("/", api)
-            .at(
-                "/openapi.json",
-                poem::get(poem::endpoint::make_sync(move |_| {
-                    poem::Response::builder()
-                        .content_type("application/json; charset=utf-8")
-                        .body(spec.as_str().to_owned())
-                })),
-            )
-            .nest("/docs", docs);
+        // Rendered once: every answer shares these buffers, however many clients ask.
+        let spec = Bytes::from(crate::openapi::document(&api.spec(), otp.otp_length.into()));
+        let docs_enabled = config
+            .http
+            .docs_enabled
+            .unwrap_or(config.app_env == AppEnv::Development);
+        let docs = docs_enabled.then(|| Bytes::from(api.swagger_ui_html()));
+        let mut app = Route::new().nest("/", api).at(
+            "/openapi.json",
+            poem::get(shared_body(spec, "application/json; charset=utf-8")),
+        );
+        if let Some(docs) = docs {
+            app = app.at(
+                "/docs",
+                poem::get(shared_body(docs, "text/html; charset=utf-8")),
+            );
+        }
         let app = app
             .at(
                 "/api/otp/callbacks/plivo",
@@ -154,19 +160,13 @@ impl Application {
             .boxed();
 
         let bind = SocketAddr::new(config.bind_address, config.port);
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding {bind} (PORT)"))?;
+        let listener =
+            crate::server::bind(bind).with_context(|| format!("binding {bind} (PORT)"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        let http = &config.http;
         Ok(Self {
             addr,
             listener,
-            limits: ConnectionLimits {
-                header_read_timeout: Duration::from_secs(http.header_read_timeout_seconds),
-                keep_alive_timeout: Duration::from_secs(http.keep_alive_timeout_seconds),
-                max_connections: http.max_connections as usize,
-            },
+            limits: config.http.connection_limits(),
             app,
             background,
             publisher_task,
@@ -190,4 +190,13 @@ impl Application {
         tracing::info!("otp-api stopped");
         served.context("HTTP server failed")
     }
+}
+
+/// An endpoint answering `body` (shared, never copied) as `content_type`.
+fn shared_body(body: Bytes, content_type: &'static str) -> impl poem::Endpoint {
+    poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type(content_type)
+            .body(body.clone())
+    })
 }

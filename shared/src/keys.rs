@@ -133,6 +133,22 @@ impl Keys {
         format!("{}{{global}}:fg:block:{prefix}", self.prefix)
     }
 
+    /// Sorted set of the client networks that sent to a prefix, by last send time (ms): an
+    /// automatic block needs FRAUD_GUARD_MIN_CLIENTS of them.
+    pub fn fraud_clients(&self, prefix: &str) -> String {
+        format!("{}{{global}}:fg:clients:{prefix}", self.prefix)
+    }
+
+    /// Counter (1 h): sends let through to a blocked prefix this hour.
+    pub fn fraud_trickle(&self, prefix: &str) -> String {
+        format!("{}{{global}}:fg:trickle:{prefix}", self.prefix)
+    }
+
+    /// Hash: operators' blocks, prefix (any length) -> when the block ends (unix ms).
+    pub fn fraud_manual(&self) -> String {
+        format!("{}{{global}}:fg:manual", self.prefix)
+    }
+
     /// Hash: one provider's circuit breaker, shared by every dispatcher.
     pub fn breaker(&self, provider: &str) -> String {
         format!("{}breaker:{provider}", self.prefix)
@@ -213,6 +229,9 @@ mod tests {
             keys.fraud_country("US"),
             keys.fraud_countries(),
             keys.fraud_blocked(),
+            keys.fraud_clients("+1415555"),
+            keys.fraud_trickle("+1415555"),
+            keys.fraud_manual(),
         ];
         assert!(
             global_keys.iter().all(|k| tag(k) == "global"),

@@ -19,9 +19,11 @@ use otp_shared::{
     status::{DeliveryState, DeliveryStatus},
 };
 
+use crate::fraud::Mode;
+
 use super::{
-    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL, RateLimit,
-    StoreError, StorePolicy, VerifyLookup,
+    BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL,
+    RateLimit, StoreError, StorePolicy, VerifyLookup,
     redis_store::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
@@ -146,13 +148,23 @@ enum Idempotency {
     Done { body: String, response: String },
 }
 
-/// One destination prefix's sends and verified codes, by send time (ms), for the fraud guard.
+/// One destination prefix's sends and verified codes, by send time (ms), and the client
+/// networks that sent to it, by last send time, for the fraud guard.
 #[derive(Default)]
 struct Prefix {
     country: String,
     sends: Vec<(u64, Uuid)>,
     verified: Vec<(u64, Uuid)>,
+    clients: HashMap<String, u64>,
     blocked_until: Option<Instant>,
+}
+
+impl Prefix {
+    fn forget_before(&mut self, oldest: u64) {
+        self.sends.retain(|(ms, _)| *ms > oldest);
+        self.verified.retain(|(ms, _)| *ms > oldest);
+        self.clients.retain(|_, ms| *ms > oldest);
+    }
 }
 
 #[derive(Default)]
@@ -188,8 +200,7 @@ impl State {
         self.idempotency.sweep(now);
         let oldest = self.clock_ms().saturating_sub(fraud_window_ms);
         self.prefixes.retain(|_, p| {
-            p.sends.retain(|(ms, _)| *ms > oldest);
-            p.verified.retain(|(ms, _)| *ms > oldest);
+            p.forget_before(oldest);
             !p.sends.is_empty() || p.blocked_until.is_some_and(|until| until > now)
         });
     }
@@ -210,6 +221,9 @@ fn sends_per_hour(e164: &str) -> String {
 }
 fn sends_country(country: &str) -> String {
     format!("country:{country}")
+}
+fn trickle(prefix: &str) -> String {
+    format!("trickle:{prefix}")
 }
 const SENDS_ALL: &str = "all";
 
@@ -255,6 +269,7 @@ impl MemoryStore {
         &self,
         state: &mut State,
         phone: &PhoneNumber,
+        client: &str,
         verification_id: Uuid,
     ) -> Result<(FraudSignal, u64), IssueOutcome> {
         let p = &self.policy;
@@ -285,32 +300,51 @@ impl MemoryStore {
             let window = fraud.window().as_millis() as u64;
             let grace = fraud.grace().as_millis() as u64;
             let (oldest, newest) = (now_ms.saturating_sub(window), now_ms.saturating_sub(grace));
+            let trickle_key = trickle(&destination.prefix);
             let prefix = state.prefixes.entry(destination.prefix).or_default();
             prefix.country = destination.country;
-            prefix.sends.retain(|(ms, _)| *ms > oldest);
-            prefix.verified.retain(|(ms, _)| *ms > oldest);
+            prefix.forget_before(oldest);
             if !destination.safe {
-                let within = |list: &[(u64, Uuid)]| {
+                let counted = |list: &[(u64, Uuid)]| {
                     list.iter().filter(|(ms, _)| *ms <= newest).count() as u64
                 };
-                let (sends, verified) = (within(&prefix.sends), within(&prefix.verified));
+                let (sends, verified) = (counted(&prefix.sends), counted(&prefix.verified));
+                let young = (prefix.sends.len() - sends as usize)
+                    .saturating_sub(prefix.verified.len() - verified as usize);
+                let clients =
+                    prefix.clients.len() + usize::from(!prefix.clients.contains_key(client));
+                let rule = if clients < fraud.fraud_guard_min_clients as usize {
+                    None
+                } else if sends >= u64::from(fraud.fraud_guard_min_sends)
+                    && verified * 1000 < fraud.min_conversion_per_mille() * sends
+                {
+                    Some(BlockRule::Conversion)
+                } else if young >= fraud.fraud_guard_burst as usize {
+                    Some(BlockRule::Burst)
+                } else {
+                    None
+                };
                 let now = Instant::now();
                 let blocked = prefix.blocked_until.is_some_and(|until| until > now);
-                let pumping = sends >= u64::from(fraud.fraud_guard_min_sends)
-                    && verified * 1000 < fraud.min_conversion_per_mille() * sends;
-                if pumping {
+                if rule.is_some() {
                     prefix.blocked_until = Some(now + fraud.block());
                 }
-                signal = match (blocked, pumping) {
-                    (false, true) => FraudSignal::NewBlock,
+                signal = match (blocked, rule) {
+                    (false, Some(rule)) => FraudSignal::NewBlock(rule),
                     (true, _) => FraudSignal::Blocked,
-                    (false, false) => FraudSignal::Clear,
+                    (false, None) => FraudSignal::Clear,
                 };
             }
-            if mode.code() == 2 && signal != FraudSignal::Clear {
-                return Err(IssueOutcome::Blocked {
-                    new: signal == FraudSignal::NewBlock,
-                });
+            if mode == Mode::Enforce && signal != FraudSignal::Clear {
+                if state.counters.count(&trickle_key) >= fraud.fraud_guard_blocked_sends_per_hour {
+                    return Err(IssueOutcome::Blocked(signal));
+                }
+                state.counters.hit(&trickle_key, secs(HOUR));
+                let new = match signal {
+                    FraudSignal::NewBlock(rule) => Some(rule),
+                    _ => None,
+                };
+                signal = FraudSignal::Trickle { new };
             }
         }
 
@@ -325,6 +359,7 @@ impl MemoryStore {
             let prefix = fraud.destination(phone).prefix;
             let entry = state.prefixes.entry(prefix).or_default();
             entry.sends.push((now_ms, verification_id));
+            entry.clients.insert(client.to_owned(), now_ms);
             sent_ms = now_ms;
         }
         Ok((signal, sent_ms))
@@ -359,7 +394,8 @@ impl OtpStore for MemoryStore {
     async fn issue(
         &self,
         phone: &PhoneNumber,
-        client: Option<&str>,
+        client: &str,
+        count_ip: bool,
         verification_id: Uuid,
         digest: &str,
     ) -> Result<IssueOutcome, StoreError> {
@@ -369,9 +405,7 @@ impl OtpStore for MemoryStore {
         let state = &mut *state;
 
         let mut best = None;
-        if let Some(client) = client
-            && p.max_requests_per_ip_per_minute > 0
-        {
+        if count_ip && p.max_requests_per_ip_per_minute > 0 {
             let key = requests_per_ip(client);
             match Self::hit(state, &key, p.max_requests_per_ip_per_minute, MINUTE) {
                 Ok(rate) => best = tighter(best, rate),
@@ -379,7 +413,7 @@ impl OtpStore for MemoryStore {
             }
         }
 
-        let (signal, sent_ms) = match self.guard(state, phone, verification_id) {
+        let (signal, sent_ms) = match self.guard(state, phone, client, verification_id) {
             Ok(guarded) => guarded,
             Err(refused) => return Ok(refused),
         };
@@ -525,9 +559,21 @@ impl OtpStore for MemoryStore {
             // The code is used: its sealed job is never resent.
             self.records.drop_sealed(vid);
             if sent_ms > 0 {
+                // converted.lua: a code verified under a block lifts it, counts afresh.
                 let prefix = self.policy.fraud.destination(phone).prefix;
-                let entry = state.prefixes.entry(prefix).or_default();
-                entry.verified.push((sent_ms, vid));
+                let entry = state.prefixes.entry(prefix.clone()).or_default();
+                if entry
+                    .blocked_until
+                    .is_some_and(|until| until > Instant::now())
+                {
+                    *entry = Prefix {
+                        country: std::mem::take(&mut entry.country),
+                        ..Prefix::default()
+                    };
+                    state.counters.0.remove(&trickle(&prefix));
+                } else {
+                    entry.verified.push((sent_ms, vid));
+                }
             }
             return Ok(true);
         }

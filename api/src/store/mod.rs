@@ -118,10 +118,28 @@ pub enum IssueOutcome {
     /// guard saw (in monitor mode a blocked prefix is issued anyway).
     Issued(RateLimit, FraudSignal),
     Limited(LimitKind, RateLimit),
-    /// FRAUD_GUARD=enforce and the destination prefix is blocked (`new`: by this request).
-    Blocked {
-        new: bool,
-    },
+    /// The destination is blocked: by an operator ([`FraudSignal::Manual`]), or by the fraud
+    /// guard with FRAUD_GUARD=enforce ([`FraudSignal::Blocked`], [`FraudSignal::NewBlock`]).
+    Blocked(FraudSignal),
+}
+
+/// Which fraud guard rule blocked a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockRule {
+    /// FRAUD_GUARD_MIN_SENDS counted sends converting below FRAUD_GUARD_MIN_CONVERSION.
+    Conversion,
+    /// FRAUD_GUARD_BURST unverified sends within the grace.
+    Burst,
+}
+
+impl BlockRule {
+    /// The name in logs (`rule=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Conversion => "conversion",
+            Self::Burst => "burst",
+        }
+    }
 }
 
 /// What the fraud guard saw when a code was requested.
@@ -131,9 +149,37 @@ pub enum FraudSignal {
     /// The prefix is blocked (monitor mode: not enforced).
     Blocked,
     /// This request blocked the prefix (monitor mode: not enforced).
-    NewBlock,
+    NewBlock(BlockRule),
+    /// The prefix is blocked (`new`: by this request) and this send was let through on the
+    /// hourly allowance (FRAUD_GUARD_BLOCKED_SENDS_PER_HOUR).
+    Trickle {
+        new: Option<BlockRule>,
+    },
+    /// An operator blocked a prefix of the number (`otp-api fraud block`), in every mode.
+    Manual,
     /// The fraud state could not be used: the request was not blocked on its account.
     Unavailable,
+}
+
+impl FraudSignal {
+    /// From `guard.lua`'s `fraud` and `rule` answers.
+    pub(crate) fn from_script(fraud: &str, rule: &str) -> Result<Self, StoreError> {
+        let rule = match rule {
+            "" => None,
+            "conversion" => Some(BlockRule::Conversion),
+            "burst" => Some(BlockRule::Burst),
+            other => return Err(StoreError::Corrupt(format!("fraud rule '{other}'"))),
+        };
+        Ok(match (fraud, rule) {
+            ("", _) => Self::Clear,
+            ("blocked", _) => Self::Blocked,
+            ("new_block", Some(rule)) => Self::NewBlock(rule),
+            ("trickle", new) => Self::Trickle { new },
+            ("manual", _) => Self::Manual,
+            ("error", _) => Self::Unavailable,
+            (other, _) => return Err(StoreError::Corrupt(format!("fraud signal '{other}'"))),
+        })
+    }
 }
 
 /// What a verify finds before comparing digests.
@@ -180,11 +226,13 @@ pub trait OtpStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<RateLimit>, StoreError>> + Send;
 
     /// Applies the request limits and, if none is hit, stores `digest` as the number's only code.
-    /// `client` is `None` when its per-IP limit was already applied ([`Self::hit_request_ip`]).
+    /// `client` is the caller's network (the per-IP limit's key), which the fraud guard counts;
+    /// `count_ip` is false when its per-IP limit was already applied ([`Self::hit_request_ip`]).
     fn issue(
         &self,
         phone: &PhoneNumber,
-        client: Option<&str>,
+        client: &str,
+        count_ip: bool,
         verification_id: Uuid,
         digest: &str,
     ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
@@ -322,11 +370,12 @@ impl OtpStore for AnyStore {
     async fn issue(
         &self,
         phone: &PhoneNumber,
-        client: Option<&str>,
+        client: &str,
+        count_ip: bool,
         verification_id: Uuid,
         digest: &str,
     ) -> Result<IssueOutcome, StoreError> {
-        on_store!(self, s => s.issue(phone, client, verification_id, digest))
+        on_store!(self, s => s.issue(phone, client, count_ip, verification_id, digest))
     }
 
     async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {

@@ -203,7 +203,8 @@ impl OtpStore for RedisStore {
     async fn issue(
         &self,
         phone: &PhoneNumber,
-        client: Option<&str>,
+        client: &str,
+        count_ip: bool,
         verification_id: Uuid,
         digest: &str,
     ) -> Result<IssueOutcome, StoreError> {
@@ -213,9 +214,7 @@ impl OtpStore for RedisStore {
 
         // (1) The client's per-IP limit: counts attempts, whatever happens next.
         let mut best = None;
-        if let Some(client) = client
-            && p.max_requests_per_ip_per_minute > 0
-        {
+        if count_ip && p.max_requests_per_ip_per_minute > 0 {
             let key = self.keys.requests_per_ip(client);
             match self.hit(key, p.max_requests_per_ip_per_minute, 60).await? {
                 HitOutcome::Over(rate) => {
@@ -225,57 +224,63 @@ impl OtpStore for RedisStore {
             }
         }
 
-        // (2) Send budgets and fraud guard, over all traffic.
+        // (2) Manual blocks, send budgets and fraud guard, over all traffic.
         let fraud = &p.fraud;
         let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
-        let guarded = p.max_sends_per_hour > 0 || country_limit > 0 || fraud.fraud_guard.enabled();
-        let (mut signal, mut sent_ms) = (String::new(), 0i64);
-        if guarded {
-            let destination = fraud.destination(phone);
-            let (outcome, limit, reset, fraud_signal, sent): (String, i64, i64, String, i64) =
-                GUARD
-                    .key(self.keys.sends_all())
-                    .key(self.keys.sends_country(&country_of(phone)))
-                    .key(self.keys.fraud_sends(&destination.prefix))
-                    .key(self.keys.fraud_verified(&destination.prefix))
-                    .key(self.keys.fraud_block(&destination.prefix))
-                    .key(self.keys.fraud_country(&destination.country))
-                    .key(self.keys.fraud_countries())
-                    .key(self.keys.fraud_blocked())
-                    .arg(p.max_sends_per_hour)
-                    .arg(country_limit)
-                    .arg(fraud.fraud_guard.code())
-                    .arg(fraud.window().as_millis() as u64)
-                    .arg(fraud.grace().as_millis() as u64)
-                    .arg(fraud.fraud_guard_min_sends)
-                    .arg(fraud.min_conversion_per_mille())
-                    .arg(fraud.block().as_secs())
-                    .arg(u8::from(destination.safe))
-                    .arg(&destination.country)
-                    .arg(&destination.prefix)
-                    .arg(&vid)
-                    .invoke_async(&mut self.conn.clone())
-                    .await?;
-            let refused = rate(limit, 0, reset);
-            match outcome.as_str() {
-                "ok" => {}
-                "blocked" => {
-                    return Ok(IssueOutcome::Blocked {
-                        new: fraud_signal == "new_block",
-                    });
-                }
-                "country" => {
-                    return Ok(IssueOutcome::Limited(
-                        LimitKind::CountrySendsPerHour,
-                        refused,
-                    ));
-                }
-                "global" => {
-                    return Ok(IssueOutcome::Limited(LimitKind::TotalSendsPerHour, refused));
-                }
-                other => return Err(StoreError::Corrupt(format!("guard outcome '{other}'"))),
+        let destination = fraud.destination(phone);
+        let (outcome, limit, reset, signal, sent_ms, rule): (
+            String,
+            i64,
+            i64,
+            String,
+            i64,
+            String,
+        ) = GUARD
+            .key(self.keys.sends_all())
+            .key(self.keys.sends_country(&country_of(phone)))
+            .key(self.keys.fraud_sends(&destination.prefix))
+            .key(self.keys.fraud_verified(&destination.prefix))
+            .key(self.keys.fraud_block(&destination.prefix))
+            .key(self.keys.fraud_country(&destination.country))
+            .key(self.keys.fraud_countries())
+            .key(self.keys.fraud_blocked())
+            .key(self.keys.fraud_clients(&destination.prefix))
+            .key(self.keys.fraud_trickle(&destination.prefix))
+            .key(self.keys.fraud_manual())
+            .arg(p.max_sends_per_hour)
+            .arg(country_limit)
+            .arg(fraud.fraud_guard.code())
+            .arg(fraud.window().as_millis() as u64)
+            .arg(fraud.grace().as_millis() as u64)
+            .arg(fraud.fraud_guard_min_sends)
+            .arg(fraud.min_conversion_per_mille())
+            .arg(fraud.block().as_secs())
+            .arg(u8::from(destination.safe))
+            .arg(&destination.country)
+            .arg(&destination.prefix)
+            .arg(&vid)
+            .arg(fraud.fraud_guard_burst)
+            .arg(fraud.fraud_guard_min_clients)
+            .arg(fraud.fraud_guard_blocked_sends_per_hour)
+            .arg(client)
+            .arg(crate::fraud::prefixes_of(phone))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let signal = FraudSignal::from_script(&signal, &rule)?;
+        let refused = rate(limit, 0, reset);
+        match outcome.as_str() {
+            "ok" => {}
+            "blocked" => return Ok(IssueOutcome::Blocked(signal)),
+            "country" => {
+                return Ok(IssueOutcome::Limited(
+                    LimitKind::CountrySendsPerHour,
+                    refused,
+                ));
             }
-            (signal, sent_ms) = (fraud_signal, sent);
+            "global" => {
+                return Ok(IssueOutcome::Limited(LimitKind::TotalSendsPerHour, refused));
+            }
+            other => return Err(StoreError::Corrupt(format!("guard outcome '{other}'"))),
         }
 
         // (3) The number's limits and its code.
@@ -294,10 +299,7 @@ impl OtpStore for RedisStore {
             .await;
         // Refused, or not known to be issued: give back what (2) spent.
         let issued = matches!(&number, Ok((outcome, ..)) if outcome == "ok");
-        if !issued
-            && guarded
-            && let Err(e) = self.unguard(phone, verification_id, sent_ms).await
-        {
+        if !issued && let Err(e) = self.unguard(phone, verification_id, sent_ms).await {
             tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
         }
         let (outcome, limit, remaining, reset, replaced) = number?;
@@ -340,12 +342,6 @@ impl OtpStore for RedisStore {
         }
 
         let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
-        let signal = match signal.as_str() {
-            "blocked" => FraudSignal::Blocked,
-            "new_block" => FraudSignal::NewBlock,
-            "error" => FraudSignal::Unavailable,
-            _ => FraudSignal::Clear,
-        };
         Ok(IssueOutcome::Issued(best, signal))
     }
 
@@ -440,9 +436,15 @@ impl OtpStore for RedisStore {
             CONVERTED
                 .key(self.keys.fraud_verified(&destination.prefix))
                 .key(self.keys.fraud_country(&destination.country))
+                .key(self.keys.fraud_block(&destination.prefix))
+                .key(self.keys.fraud_blocked())
+                .key(self.keys.fraud_sends(&destination.prefix))
+                .key(self.keys.fraud_clients(&destination.prefix))
+                .key(self.keys.fraud_trickle(&destination.prefix))
                 .arg(vid.to_string())
                 .arg(sent_ms)
                 .arg(self.policy.fraud.window().as_secs() + 60)
+                .arg(&destination.prefix)
                 .invoke_async::<i64>(&mut self.conn.clone())
                 .await
         };

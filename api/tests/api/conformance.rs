@@ -9,8 +9,8 @@ use otp_api::{
     config::CountryBudgets,
     fraud::{FraudSettings, Mode},
     store::{
-        IdempotencyClaim, IssueOutcome, LimitKind, MemoryStore, OtpStore, RateLimit, RedisStore,
-        StorePolicy, VerifyLookup,
+        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, MemoryStore, OtpStore,
+        RateLimit, RedisStore, StorePolicy, VerifyLookup,
     },
 };
 use otp_dispatcher::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
@@ -122,6 +122,7 @@ conformance!(
     revoke_gives_back_what_issue_took,
     idempotency_claims_replays_and_conflicts,
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
+    a_burst_from_several_networks_is_blocked_with_a_trickle_left_open,
     delivery_reports_find_their_verification_once,
     a_resend_is_taken_once_and_only_for_a_live_code,
     conversion_is_verified_over_counted_sends_per_country,
@@ -136,7 +137,8 @@ fn phone(raw: &str) -> PhoneNumber {
 }
 
 /// The test config's policy: every limit off, codes live 300 s and allow 5 attempts; the fraud
-/// guard off, and when a check turns it on, quick to judge (3 sends, no grace, 50%).
+/// guard off, and when a check turns it on, quick to judge (3 sends, no grace, 50%, one client
+/// enough, no trickle through a block).
 fn policy() -> StorePolicy {
     let policy = StorePolicy::from_config(&test_config());
     StorePolicy {
@@ -145,6 +147,8 @@ fn policy() -> StorePolicy {
             fraud_guard_grace_seconds: 0,
             fraud_guard_min_sends: 3,
             fraud_guard_min_conversion: 0.5,
+            fraud_guard_min_clients: 1,
+            fraud_guard_blocked_sends_per_hour: 0,
             ..policy.fraud
         },
         ..policy
@@ -155,7 +159,7 @@ fn policy() -> StorePolicy {
 async fn issue(store: &impl OtpStore, number: &str) -> Uuid {
     let vid = Uuid::new_v4();
     match store
-        .issue(&phone(number), None, vid, &format!("d-{vid}"))
+        .issue(&phone(number), "ip-a", false, vid, &format!("d-{vid}"))
         .await
         .unwrap()
     {
@@ -288,7 +292,7 @@ async fn request_and_verify_limits_say_when_to_retry(backend: &mut impl Backend)
     // Requests per IP, on their own and as part of an issue.
     assert_eq!(store.hit_request_ip("ip-a").await.unwrap(), None);
     let (number, vid) = (phone(NUMBER), Uuid::new_v4());
-    let Ok(IssueOutcome::Issued(rate, _)) = store.issue(&number, Some("ip-a"), vid, "d").await
+    let Ok(IssueOutcome::Issued(rate, _)) = store.issue(&number, "ip-a", true, vid, "d").await
     else {
         panic!("the second request of the minute was refused");
     };
@@ -299,7 +303,7 @@ async fn request_and_verify_limits_say_when_to_retry(backend: &mut impl Backend)
         .unwrap()
         .expect("limited");
     assert_retry(refused, 2, 60);
-    match store.issue(&number, Some("ip-a"), vid, "d").await.unwrap() {
+    match store.issue(&number, "ip-a", true, vid, "d").await.unwrap() {
         IssueOutcome::Limited(LimitKind::RequestsPerIp, rate) => assert_retry(rate, 2, 60),
         other => panic!("{other:?}"),
     }
@@ -333,21 +337,25 @@ async fn send_limits_say_when_to_retry(backend: &mut impl Backend) {
     issue(&store, NUMBER).await;
     issue(&store, NUMBER).await;
     let (number, vid) = (phone(NUMBER), Uuid::new_v4());
-    match store.issue(&number, None, vid, "d").await.unwrap() {
+    match store.issue(&number, "ip-a", false, vid, "d").await.unwrap() {
         IssueOutcome::Limited(LimitKind::SendsPerHour, rate) => assert_retry(rate, 2, 3600),
         other => panic!("{other:?}"),
     }
     // The country budget: one send to GB an hour.
     issue(&store, "+447400123456").await;
     let gb = phone("+447400123457");
-    match store.issue(&gb, None, vid, "d").await.unwrap() {
+    match store.issue(&gb, "ip-a", false, vid, "d").await.unwrap() {
         IssueOutcome::Limited(LimitKind::CountrySendsPerHour, rate) => {
             assert_retry(rate, 1, 3600);
         }
         other => panic!("{other:?}"),
     }
     // The global budget: three sends in all (the refused ones spent nothing).
-    match store.issue(&phone(OTHER), None, vid, "d").await.unwrap() {
+    match store
+        .issue(&phone(OTHER), "ip-a", false, vid, "d")
+        .await
+        .unwrap()
+    {
         IssueOutcome::Limited(LimitKind::TotalSendsPerHour, rate) => {
             assert_retry(rate, 3, 3600);
         }
@@ -362,7 +370,7 @@ async fn the_cooldown_ends_with_its_window(backend: &mut impl Backend) {
     });
     issue(&store, NUMBER).await;
     match store
-        .issue(&phone(NUMBER), None, Uuid::new_v4(), "d")
+        .issue(&phone(NUMBER), "ip-a", false, Uuid::new_v4(), "d")
         .await
         .unwrap()
     {
@@ -432,12 +440,64 @@ async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(backend: &mut imp
     issue(&store, "+14155550002").await;
     issue(&store, "+14155550003").await;
     let (pumped, vid) = (phone("+14155550004"), Uuid::new_v4());
-    let outcome = store.issue(&pumped, None, vid, "d").await.unwrap();
-    assert_eq!(outcome, IssueOutcome::Blocked { new: true });
-    let outcome = store.issue(&pumped, None, vid, "d").await.unwrap();
-    assert_eq!(outcome, IssueOutcome::Blocked { new: false });
+    let outcome = store.issue(&pumped, "ip-a", false, vid, "d").await.unwrap();
+    assert_eq!(
+        outcome,
+        IssueOutcome::Blocked(FraudSignal::NewBlock(BlockRule::Conversion))
+    );
+    let outcome = store.issue(&pumped, "ip-a", false, vid, "d").await.unwrap();
+    assert_eq!(outcome, IssueOutcome::Blocked(FraudSignal::Blocked));
     // Another prefix is not affected.
     issue(&store, "+14155560001").await;
+}
+
+/// What the fraud guard says about a request for `number` from the client network `client`.
+async fn guarded(store: &impl OtpStore, number: &str, client: &str) -> (Uuid, IssueOutcome) {
+    let vid = Uuid::new_v4();
+    let outcome = store.issue(&phone(number), client, true, vid, "d").await;
+    (vid, outcome.unwrap())
+}
+
+fn signal(outcome: IssueOutcome) -> FraudSignal {
+    match outcome {
+        IssueOutcome::Issued(_, signal) => signal,
+        other => panic!("not issued: {other:?}"),
+    }
+}
+
+async fn a_burst_from_several_networks_is_blocked_with_a_trickle_left_open(
+    backend: &mut impl Backend,
+) {
+    let mut base = policy();
+    base.fraud.fraud_guard = Mode::Enforce;
+    base.fraud.fraud_guard_grace_seconds = 120; // every send is young
+    base.fraud.fraud_guard_burst = 3;
+    base.fraud.fraud_guard_min_clients = 2;
+    base.fraud.fraud_guard_blocked_sends_per_hour = 1;
+    let store = backend.store(base);
+    // One network alone never blocks a prefix, however many it pumps.
+    for n in 0..5 {
+        let (_, outcome) = guarded(&store, &format!("+1415555000{n}"), "net-a").await;
+        assert_eq!(signal(outcome), FraudSignal::Clear, "send {n}");
+    }
+    // A second network: 5 young unverified sends pass the burst of 3. This request blocks the
+    // prefix and is let through on the hourly allowance of 1; the next is refused.
+    let (trickled, outcome) = guarded(&store, "+14155550005", "net-b").await;
+    assert_eq!(
+        signal(outcome),
+        FraudSignal::Trickle {
+            new: Some(BlockRule::Burst)
+        }
+    );
+    let (_, outcome) = guarded(&store, "+14155550006", "net-b").await;
+    assert_eq!(outcome, IssueOutcome::Blocked(FraudSignal::Blocked));
+    // Another prefix is unaffected.
+    let (_, outcome) = guarded(&store, "+14155560001", "net-b").await;
+    assert_eq!(signal(outcome), FraudSignal::Clear);
+    // A real user verifying the trickled code lifts the block, and the counts start afresh.
+    assert!(verify(&store, "+14155550005", trickled, true).await);
+    let (_, outcome) = guarded(&store, "+14155550007", "net-b").await;
+    assert_eq!(signal(outcome), FraudSignal::Clear);
 }
 
 /// What the dispatcher records when `provider` accepts the verification's SMS as `message`,

@@ -8,6 +8,8 @@ use otp_shared::keys::Keys;
 
 use crate::helpers::{TestApp, assert_error, spawn_with, test_config};
 
+/// Small thresholds; one client may block a prefix, and a blocked prefix takes no trickle (the
+/// rules that need several clients and let a trickle through have tests of their own).
 fn guard(mode: Mode) -> FraudSettings {
     FraudSettings {
         fraud_guard: mode,
@@ -17,6 +19,9 @@ fn guard(mode: Mode) -> FraudSettings {
         fraud_guard_min_sends: 3,
         fraud_guard_min_conversion: 0.5,
         fraud_guard_block_hours: 1,
+        fraud_guard_burst: 1000,
+        fraud_guard_min_clients: 1,
+        fraud_guard_blocked_sends_per_hour: 0,
         fraud_guard_safe_prefixes: vec![],
     }
 }
@@ -194,11 +199,13 @@ async fn operators_list_lift_and_set_blocks_and_blocks_expire() {
         "DESTINATION_BLOCKED",
     )
     .await;
-    // A block is a key with a lifetime: when it runs out, the prefix is free again.
+    // A manual block has an end: when it passes, the prefix is free again.
     let keys = Keys::new(app.prefix());
-    let _: () = redis::cmd("PEXPIRE")
-        .arg(keys.fraud_block("+1212555"))
-        .arg(200)
+    let soon = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64 + 200;
+    let _: () = redis::cmd("HSET")
+        .arg(keys.fraud_manual())
+        .arg("+1212555")
+        .arg(soon)
         .query_async(&mut app.redis.clone())
         .await
         .unwrap();
@@ -252,7 +259,10 @@ async fn the_conversion_gauge_follows(store: impl otp_api::store::OtpStore + Clo
     for (n, verified) in [(0, true), (1, false)] {
         let phone = PhoneNumber::parse(&format!("+1212555010{n}")).unwrap();
         let vid = uuid::Uuid::new_v4();
-        let issued = store.issue(&phone, None, vid, "digest").await.unwrap();
+        let issued = store
+            .issue(&phone, "ip-a", true, vid, "digest")
+            .await
+            .unwrap();
         assert!(matches!(issued, otp_api::store::IssueOutcome::Issued(..)));
         if verified {
             assert!(store.finish_verify(&phone, Some(vid), true).await.unwrap());

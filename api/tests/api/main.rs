@@ -4,6 +4,7 @@ mod helpers;
 mod settings;
 
 mod conformance;
+mod connections;
 mod docs;
 mod fraud;
 mod hardening;

@@ -17,7 +17,7 @@ const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// The binary in a clean environment and a directory without `.env`, with its own queue and key
 /// prefix; the returned guard removes them when the test ends.
-fn otp_api() -> (Command, Cleanup) {
+pub fn otp_api() -> (Command, Cleanup) {
     let queue = format!("test.sms.{}", uuid::Uuid::new_v4().simple());
     let prefix = format!("test:{queue}:");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-api"));
@@ -86,7 +86,7 @@ async fn missing_or_bad_settings_stop_the_process_naming_the_variable() {
 
 /// Starts the binary with JSON logs and waits for its "listening" line; returns the child, the
 /// rest of its log, and its port.
-async fn start_logged(
+pub async fn start_logged(
     cmd: &mut Command,
 ) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>, u16) {
     let mut child = cmd

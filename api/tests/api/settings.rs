@@ -55,6 +55,11 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             body_read_timeout_seconds: 10,
             keep_alive_timeout_seconds: 60,
             max_connections: 10_000,
+            response_write_timeout_seconds: 10,
+            connection_max_age_seconds: 300,
+            http2_cleartext: false,
+            http2_max_concurrent_streams: 32,
+            docs_enabled: None,
         },
         fraud: otp_api::fraud::FraudSettings {
             fraud_guard: otp_api::fraud::Mode::Monitor,
@@ -64,6 +69,9 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             fraud_guard_min_sends: 20,
             fraud_guard_min_conversion: 0.2,
             fraud_guard_block_hours: 12,
+            fraud_guard_burst: 30,
+            fraud_guard_min_clients: 3,
+            fraud_guard_blocked_sends_per_hour: 6,
             fraud_guard_safe_prefixes: vec![],
         },
         reports: otp_api::config::ReportSettings {
