@@ -145,7 +145,7 @@ async fn the_fraud_path_failing_blocks_nothing() {
 }
 
 /// Runs `otp-api fraud <args>` against this app's Redis keys.
-async fn fraud_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+pub async fn fraud_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_otp-api"))
         .env_clear()
         .current_dir(std::env::temp_dir())

@@ -13,6 +13,7 @@ mod idempotency;
 mod limits;
 mod metrics;
 mod process;
+mod pumping;
 mod reports;
 mod request;
 mod resilience;
