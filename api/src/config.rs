@@ -63,6 +63,10 @@ pub struct Config {
     /// Nothing is persisted; APP_ENV=production refuses it.
     #[arg(long, env = "OTP_EMBEDDED")]
     pub embedded: bool,
+    /// Set by the embedded mode itself when APP_ENV is not: a trial on this machine, so it
+    /// listens on loopback only and prints SMS to the console only.
+    #[arg(long, hide = true)]
+    pub embedded_trial: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,6 +112,41 @@ pub struct OtpSettings {
 }
 
 impl Config {
+    /// What production refuses to start with, beyond single bad values: known-bad keys and
+    /// tokens, plain-http callback URLs, and no spending ceiling. The error names the variable.
+    pub fn check_production(&self) -> Result<(), String> {
+        self.check_keys()?;
+        let reports = &self.reports;
+        otp_shared::keyring::check_tokens(
+            self.app_env,
+            &[
+                ("PLIVO_AUTH_TOKEN", reports.plivo_auth_token.as_ref()),
+                ("TWILIO_AUTH_TOKEN", reports.twilio_auth_token.as_ref()),
+            ],
+        )?;
+        otp_shared::urls::check_secure_urls(
+            self.app_env,
+            &[
+                (
+                    "SMS_STATUS_CALLBACK_URL",
+                    reports.sms_status_callback_url.as_deref(),
+                ),
+                (
+                    "TWILIO_STATUS_CALLBACK_URL",
+                    reports.twilio_status_callback_url.as_deref(),
+                ),
+            ],
+        )?;
+        if self.app_env == AppEnv::Production && self.limits.max_sends_per_hour.is_none() {
+            return Err(
+                "MAX_SENDS_PER_HOUR is required in production: the most codes sent per \
+                        hour across all numbers (a number above 0), or `unlimited`"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Refuses known-bad keys outside development: an example value, obviously low entropy, or
     /// one key under both settings. The error names the variable.
     pub fn check_keys(&self) -> Result<(), String> {
@@ -173,9 +212,10 @@ pub struct Limits {
     /// Verify calls from one client (IPv4 address or IPv6 network) per minute (0 disables).
     #[arg(long, env = "MAX_VERIFIES_PER_IP_PER_MINUTE", default_value_t = 60)]
     pub max_verifies_per_ip_per_minute: u32,
-    /// Codes sent per hour across all numbers: the spending ceiling (0 disables).
-    #[arg(long, env = "MAX_SENDS_PER_HOUR", default_value_t = 0)]
-    pub max_sends_per_hour: u32,
+    /// Codes sent per hour across all numbers: the spending ceiling, a number above 0 or
+    /// `unlimited`. Production refuses to start without it; development defaults to unlimited.
+    #[arg(long, env = "MAX_SENDS_PER_HOUR", value_parser = SendCeiling::parse)]
+    pub max_sends_per_hour: Option<SendCeiling>,
     /// Codes sent per hour per destination country, e.g. `US=20000,GB=500,*=100`, where `*`
     /// applies to every country not named (empty or 0 disables).
     #[arg(long, env = "MAX_SENDS_PER_COUNTRY_PER_HOUR", default_value = "",
@@ -281,6 +321,36 @@ impl HttpLimits {
             http2_cleartext: self
                 .http2_cleartext
                 .then_some(self.http2_max_concurrent_streams),
+        }
+    }
+}
+
+/// MAX_SENDS_PER_HOUR: a ceiling on what all sends together may cost, or none, said out loud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendCeiling {
+    Unlimited,
+    PerHour(u32),
+}
+
+impl SendCeiling {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("unlimited") {
+            return Ok(Self::Unlimited);
+        }
+        match value.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Self::PerHour(n)),
+            _ => Err("must be a number above 0, or `unlimited` for no ceiling".into()),
+        }
+    }
+}
+
+impl Limits {
+    /// The global hourly budget as the store applies it (0: none).
+    pub fn sends_per_hour(&self) -> u32 {
+        match self.max_sends_per_hour {
+            Some(SendCeiling::PerHour(n)) => n,
+            Some(SendCeiling::Unlimited) | None => 0,
         }
     }
 }

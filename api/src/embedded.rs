@@ -39,14 +39,31 @@ pub fn requested(args: &[OsString]) -> bool {
 }
 
 /// The command line for the one-process mode: what neither the command line nor the
-/// environment sets is filled in with `APP_ENV=development` and the `.env.example` keys.
-/// Other modes get `args` back unchanged.
+/// environment sets is filled in with `APP_ENV=development` and the `.env.example` keys. When
+/// APP_ENV itself was unset the run is a trial on this machine (`--embedded-trial`): it binds
+/// 127.0.0.1 unless told otherwise, and [`check_trial`] keeps it local. Other modes get `args`
+/// back unchanged.
 pub fn with_defaults(mut args: Vec<OsString>) -> Vec<OsString> {
     if !requested(&args) {
         return args;
     }
+    let unset = |args: &[OsString], flag: &str, var: &str| {
+        let given = args
+            .iter()
+            .any(|a| a.to_str().is_some_and(|a| a.starts_with(flag)));
+        !given && std::env::var_os(var).is_none()
+    };
+    if unset(&args, "--app-env", "APP_ENV") {
+        args.extend([
+            "--app-env".into(),
+            "development".into(),
+            "--embedded-trial".into(),
+        ]);
+        if unset(&args, "--bind-address", "BIND_ADDRESS") {
+            args.extend(["--bind-address".into(), "127.0.0.1".into()]);
+        }
+    }
     for (flag, var, value) in [
-        ("--app-env", "APP_ENV", "development"),
         ("--otp-hmac-key", "OTP_HMAC_KEY", EXAMPLE_OTP_HMAC_KEY),
         (
             "--job-encryption-key",
@@ -54,14 +71,40 @@ pub fn with_defaults(mut args: Vec<OsString>) -> Vec<OsString> {
             EXAMPLE_JOB_ENCRYPTION_KEY,
         ),
     ] {
-        let given = args
-            .iter()
-            .any(|a| a.to_str().is_some_and(|a| a.starts_with(flag)));
-        if !given && std::env::var_os(var).is_none() {
+        if unset(&args, flag, var) {
             args.extend([flag.into(), value.into()]);
         }
     }
     args
+}
+
+/// A trial (APP_ENV unset) stays on this machine: loopback only, and SMS to the console only,
+/// so `OTP_EMBEDDED=true` on a production host neither faces the network with per-process
+/// limits nor sends real SMS. An explicit APP_ENV=development lifts both.
+pub fn check_trial(config: &Config) -> anyhow::Result<()> {
+    if !config.embedded_trial {
+        return Ok(());
+    }
+    if !config.bind_address.is_loopback() {
+        anyhow::bail!(
+            "the embedded mode with APP_ENV unset listens on loopback only, not BIND_ADDRESS={}; \
+             set APP_ENV=development to listen there",
+            config.bind_address
+        );
+    }
+    let providers = [
+        "PLIVO_AUTH_ID",
+        "PLIVO_AUTH_TOKEN",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+    ];
+    if let Some(var) = providers.iter().find(|v| std::env::var_os(v).is_some()) {
+        anyhow::bail!(
+            "the embedded mode with APP_ENV unset prints SMS to the console only, yet {var} is \
+             set; set APP_ENV=development to send through the providers"
+        );
+    }
+    Ok(())
 }
 
 /// Where SMS go: to the providers of SMS_PROVIDERS when PLIVO_AUTH_ID or TWILIO_ACCOUNT_SID
@@ -105,6 +148,7 @@ pub fn start(
     stop: CancellationToken,
 ) -> anyhow::Result<(MemoryStore, MemoryJobQueue, tokio::task::JoinHandle<()>)> {
     refuse_production(config)?;
+    check_trial(config)?;
     tracing::warn!(
         "EMBEDDED MODE: nothing is persisted (codes, limits and jobs live in this process only). \
          For trying the service, never for real users."

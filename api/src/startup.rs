@@ -43,7 +43,7 @@ impl Application {
     /// the server starts anyway, reports not-ready and answers 503 until they are back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::embedded::refuse_production(&config)?;
-        config.check_keys().map_err(anyhow::Error::msg)?;
+        config.check_production().map_err(anyhow::Error::msg)?;
         let (sms_template, encoding, segments) =
             config.otp.sms_text().map_err(anyhow::Error::msg)?;
         tracing::info!(?encoding, segments, "each SMS takes {segments} segment(s)");

@@ -175,26 +175,28 @@ impl Config {
             self.app_env,
             &[("JOB_ENCRYPTION_KEY", self.job_encryption_key.key_bytes())],
         )?;
-        if self.app_env == AppEnv::Production {
-            let urls = [
+        otp_shared::keyring::check_tokens(
+            self.app_env,
+            &[
+                ("PLIVO_AUTH_TOKEN", self.plivo_auth_token.as_ref()),
+                ("TWILIO_AUTH_TOKEN", self.twilio_auth_token.as_ref()),
+            ],
+        )?;
+        otp_shared::urls::check_secure_urls(
+            self.app_env,
+            &[
                 ("PLIVO_BASE_URL", Some(&self.plivo_base_url)),
                 ("TWILIO_BASE_URL", Some(&self.twilio_base_url)),
                 (
                     "SMS_STATUS_CALLBACK_URL",
-                    self.sms_status_callback_url.as_ref(),
+                    self.sms_status_callback_url.as_deref(),
                 ),
-            ];
-            for (var, url) in urls {
-                if let Some(url) = url.filter(|u| !secure_or_local(u)) {
-                    return Err(format!(
-                        "{var} must use https:// (plain http only to this host, or with \
-                         APP_ENV=development); got a plain-http URL to {}",
-                        host_of(url)
-                    ));
-                }
-            }
-        }
-        Ok(())
+                (
+                    "TWILIO_STATUS_CALLBACK_URL",
+                    self.twilio_status_callback_url.as_deref(),
+                ),
+            ],
+        )
     }
 
     pub fn retry_policy(&self) -> anyhow::Result<RetryPolicy> {
@@ -237,28 +239,6 @@ fn parse_ratio(value: &str) -> Result<f64, String> {
         Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
         _ => Err("must be a share above 0 and at most 1, e.g. 0.5".into()),
     }
-}
-
-/// https, or plain http to a loopback host.
-fn secure_or_local(url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let host = url.host_str().unwrap_or_default();
-    url.scheme() == "https"
-        || host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn host_of(url: &str) -> String {
-    reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn parse_http_url(value: &str) -> Result<String, String> {
@@ -357,6 +337,14 @@ mod tests {
                 .unwrap_err()
                 .contains("SMS_STATUS_CALLBACK_URL")
         );
+        let mut twilio = prod("https://api.plivo.com");
+        twilio.twilio_status_callback_url = Some("http://example.com/cb".into());
+        let err = twilio.validate().unwrap_err();
+        assert!(err.contains("TWILIO_STATUS_CALLBACK_URL"), "{err}");
+        let mut example = prod("https://api.plivo.com");
+        example.plivo_auth_token = Some("development-token".to_owned().into());
+        let err = example.validate().unwrap_err();
+        assert!(err.contains("PLIVO_AUTH_TOKEN"), "{err}");
         let mut dev = prod("http://fake-plivo:8080");
         dev.app_env = AppEnv::Development;
         assert!(dev.validate().is_ok());

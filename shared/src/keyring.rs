@@ -2,7 +2,7 @@
 //! current key first, so a key can be rotated without losing a code or a job. And the start-up
 //! check that refuses known-bad keys outside development.
 
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use crate::{config::AppEnv, crypto::decode_key};
 
@@ -11,6 +11,34 @@ pub const EXAMPLE_KEYS: [&str; 2] = [
     "ZGV2LW9ubHktaG1hYy1rZXktbm90LWZvci1wcm9kMzI=",
     "ZGV2LW9ubHktam9iLWtleS1ub3QtZm9yLXByb2QtMzI=",
 ];
+
+/// The provider tokens `.env.example` ships, which production refuses.
+pub const EXAMPLE_TOKENS: [&str; 1] = ["development-token"];
+
+/// Outside development, a provider token that is set must be neither empty nor an
+/// `.env.example` value. The error names the variable, never the value.
+pub fn check_tokens(env: AppEnv, tokens: &[(&str, Option<&SecretString>)]) -> Result<(), String> {
+    if env == AppEnv::Development {
+        return Ok(());
+    }
+    for (var, token) in tokens {
+        let Some(token) = token.map(|t| t.expose_secret().trim()) else {
+            continue;
+        };
+        if token.is_empty() {
+            return Err(format!(
+                "{var} is set but empty (APP_ENV=development allows it)"
+            ));
+        }
+        if EXAMPLE_TOKENS.contains(&token) {
+            return Err(format!(
+                "{var} is the example value of .env.example: set the provider's real token \
+                 (APP_ENV=development allows it)"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// One key of a ring.
 pub struct RingKey {
@@ -114,6 +142,24 @@ mod tests {
     use base64::{Engine, engine::general_purpose::STANDARD};
 
     use super::*;
+
+    #[test]
+    fn production_refuses_empty_and_example_tokens_naming_the_variable() {
+        let token = |t: &str| Some(SecretString::from(t.to_owned()));
+        for (value, why) in [("", "empty"), ("development-token", "example")] {
+            let given = token(value);
+            let err = check_tokens(AppEnv::Production, &[("PLIVO_AUTH_TOKEN", given.as_ref())])
+                .unwrap_err();
+            assert!(
+                err.contains("PLIVO_AUTH_TOKEN") && err.contains(why),
+                "{err}"
+            );
+        }
+        let real = token("3f9a1c77e0b24d55a8c1");
+        assert!(check_tokens(AppEnv::Production, &[("T", real.as_ref()), ("U", None)]).is_ok());
+        let example = token("development-token");
+        assert!(check_tokens(AppEnv::Development, &[("T", example.as_ref())]).is_ok());
+    }
 
     fn random_key(seed: u8) -> Vec<u8> {
         (0..32u8)

@@ -124,9 +124,86 @@ pub fn check_redis_url(value: &str) -> Result<(), String> {
     })
 }
 
+/// https, or plain http to this host (localhost or a loopback address).
+pub fn secure_or_local(value: &str) -> bool {
+    let Ok(url) = url::Url::parse(value.trim()) else {
+        return false;
+    };
+    url.scheme() == "https"
+        || match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
+}
+
+/// Outside development, each URL that is set must be https unless it points at this host (a
+/// callback or provider URL over plain http would carry tokens and reports in the clear). The
+/// error names the variable and the host, never the whole URL.
+pub fn check_secure_urls(
+    env: crate::config::AppEnv,
+    urls: &[(&str, Option<&str>)],
+) -> Result<(), String> {
+    if env == crate::config::AppEnv::Development {
+        return Ok(());
+    }
+    for (var, url) in urls {
+        if let Some(url) = url.filter(|u| !secure_or_local(u)) {
+            let host = url::Url::parse(url.trim())
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(format!(
+                "{var} must use https:// (plain http only to this host, or with \
+                 APP_ENV=development); got a plain-http URL to {host}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_https_or_this_host_passes_in_production() {
+        use crate::config::AppEnv;
+        for ok in [
+            "https://otp.example.com/cb",
+            "http://127.0.0.1:3000/cb",
+            "http://[::1]/cb",
+            "http://localhost/cb",
+        ] {
+            assert!(secure_or_local(ok), "{ok}");
+        }
+        for bad in [
+            "http://otp.example.com/cb",
+            "http://10.0.0.1/cb",
+            "ftp://x",
+            "nonsense",
+        ] {
+            assert!(!secure_or_local(bad), "{bad}");
+        }
+        let err = check_secure_urls(
+            AppEnv::Production,
+            &[
+                ("A_URL", None),
+                (
+                    "TWILIO_STATUS_CALLBACK_URL",
+                    Some("http://otp.example.com/x"),
+                ),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("TWILIO_STATUS_CALLBACK_URL") && err.contains("otp.example.com"));
+        let dev = [(
+            "TWILIO_STATUS_CALLBACK_URL",
+            Some("http://otp.example.com/x"),
+        )];
+        assert!(check_secure_urls(AppEnv::Development, &dev).is_ok());
+    }
 
     const SECRET: &str = "s3cr3t-pa55";
 

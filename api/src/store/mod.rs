@@ -50,7 +50,7 @@ impl StorePolicy {
             max_requests_per_ip_per_minute: limits.max_requests_per_ip_per_minute,
             max_verifies_per_number_per_15_minutes: limits.max_verifies_per_number_per_15_minutes,
             max_verifies_per_ip_per_minute: limits.max_verifies_per_ip_per_minute,
-            max_sends_per_hour: limits.max_sends_per_hour,
+            max_sends_per_hour: limits.sends_per_hour(),
             max_sends_per_country_per_hour: limits.max_sends_per_country_per_hour.clone(),
             fraud: config.fraud.clone(),
         }

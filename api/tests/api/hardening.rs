@@ -5,6 +5,8 @@
 use reqwest::Response;
 use serde_json::{Value, json};
 
+use otp_api::config::SendCeiling;
+
 use crate::helpers::{PHONE, TestApp, assert_error, spawn_with};
 
 const PROXY: &str = "127.0.0.1/32";
@@ -150,7 +152,7 @@ async fn a_verification_id_binds_the_code_to_its_request() {
 
 #[tokio::test]
 async fn the_global_send_budget_caps_all_numbers_together() {
-    let app = spawn_with(|c| c.limits.max_sends_per_hour = 2).await;
+    let app = spawn_with(|c| c.limits.max_sends_per_hour = Some(SendCeiling::PerHour(2))).await;
     assert_eq!(app.request_otp("+14155550100").await.status(), 202);
     assert_eq!(app.request_otp("+447400123456").await.status(), 202);
     let over = app.request_otp("+14155550101").await;

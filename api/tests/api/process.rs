@@ -215,6 +215,58 @@ async fn production_refuses_example_weak_and_shared_keys() {
 /// `[42; 32]`, base64.
 const KEY_ALL_ONE_BYTE: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
+/// Production starts only with real provider tokens, https callbacks and a spending ceiling.
+#[tokio::test]
+async fn production_refuses_example_tokens_plain_callbacks_and_no_ceiling() {
+    let strong = [
+        (
+            "OTP_HMAC_KEY",
+            "ZMRZ8+3uYnNyHVnVirnb0ZrbiLjoLe3uOZqreeRILZ4=",
+        ),
+        (
+            "JOB_ENCRYPTION_KEY",
+            "fRsogpcZSVwUMCQmCeFgXxcPS2dXX4Dq1J1T7wLg4DY=",
+        ),
+        ("APP_ENV", "production"),
+    ];
+    let cases: [(&str, &[(&str, &str)]); 4] = [
+        ("MAX_SENDS_PER_HOUR", &[]),
+        (
+            "PLIVO_AUTH_TOKEN",
+            &[
+                ("MAX_SENDS_PER_HOUR", "unlimited"),
+                ("PLIVO_AUTH_TOKEN", "development-token"),
+            ],
+        ),
+        (
+            "TWILIO_AUTH_TOKEN",
+            &[("MAX_SENDS_PER_HOUR", "5000"), ("TWILIO_AUTH_TOKEN", "")],
+        ),
+        (
+            "TWILIO_STATUS_CALLBACK_URL",
+            &[
+                ("MAX_SENDS_PER_HOUR", "5000"),
+                (
+                    "TWILIO_STATUS_CALLBACK_URL",
+                    "http://otp.example.com/api/otp/callbacks/twilio",
+                ),
+            ],
+        ),
+    ];
+    for (var, settings) in cases {
+        let (mut cmd, _cleanup) = otp_api();
+        cmd.envs(strong).envs(settings.iter().copied());
+        let out = cmd.output().await.expect("otp-api runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: started");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+    }
+    // `0` is not a ceiling: it must be said as `unlimited`.
+    let (mut cmd, _cleanup) = otp_api();
+    let out = cmd.env("MAX_SENDS_PER_HOUR", "0").output().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unlimited"));
+}
+
 #[tokio::test]
 async fn wrong_passwords_are_never_logged_while_reconnecting() {
     let (mut cmd, _cleanup) = otp_api();
@@ -303,6 +355,54 @@ async fn the_embedded_mode_needs_neither_redis_nor_rabbitmq_nor_settings() {
     assert!(rest.contains("otp-api stopped"), "{rest}");
 }
 
+/// `OTP_EMBEDDED=true` on a host where APP_ENV is unset stays a local trial: loopback only,
+/// and no real SMS; an explicit APP_ENV=development lifts both.
+#[tokio::test]
+async fn an_embedded_trial_without_app_env_stays_on_this_machine() {
+    let listening = |cmd: &mut Command| {
+        let mut child = cmd
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        async move {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("otp-api listening") {
+                    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    let addr: std::net::SocketAddr =
+                        event["addr"].as_str().unwrap().parse().unwrap();
+                    drop(child);
+                    return addr.ip();
+                }
+            }
+            panic!("otp-api exited before listening");
+        }
+    };
+    let mut cmd = embedded_api();
+    cmd.env("OTP_EMBEDDED", "true");
+    assert!(listening(&mut cmd).await.is_loopback());
+    let mut cmd = embedded_api();
+    cmd.env("OTP_EMBEDDED", "true")
+        .env("APP_ENV", "development");
+    assert!(listening(&mut cmd).await.is_unspecified());
+
+    for (var, value) in [("BIND_ADDRESS", "0.0.0.0"), ("PLIVO_AUTH_ID", "MAEMBEDDED")] {
+        let out = embedded_api()
+            .env("OTP_EMBEDDED", "true")
+            .env(var, value)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: started");
+        assert!(
+            stderr.contains("APP_ENV") && stderr.contains(var),
+            "{stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_embedded_mode_refuses_production() {
     let output = Command::new(env!("CARGO_BIN_EXE_otp-api"))
@@ -341,6 +441,7 @@ async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
         .await;
     let mut cmd = embedded_api();
     cmd.env("OTP_EMBEDDED", "true")
+        .env("APP_ENV", "development")
         .env("PLIVO_AUTH_ID", "MAEMBEDDED")
         .env("PLIVO_AUTH_TOKEN", TOKEN)
         .env("PLIVO_SENDER_NUMBER", "+14155550000")

@@ -45,7 +45,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             max_requests_per_ip_per_minute: 0,
             max_verifies_per_number_per_15_minutes: 0,
             max_verifies_per_ip_per_minute: 0,
-            max_sends_per_hour: 0,
+            max_sends_per_hour: None,
             max_sends_per_country_per_hour: Default::default(),
             ipv6_prefix_length: 64,
             trusted_proxies: vec![],
@@ -85,5 +85,6 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
         log_format: LogFormat::Pretty,
         shutdown_grace_seconds: 2,
         embedded: false,
+        embedded_trial: false,
     }
 }
