@@ -1,7 +1,9 @@
 //! Delivery reports: `POST /api/otp/callbacks/plivo` and `/twilio` (form-encoded). A report
 //! counts only with a valid signature over the configured callback URL, keyed with the
-//! provider's auth token (Plivo: V3, or the older V2; Twilio: `X-Twilio-Signature`); a nonce
-//! (Twilio: the signature) is used once; states only move forward.
+//! provider's auth token (Plivo: V3, or the older V2 only with PLIVO_ACCEPT_V2; Twilio:
+//! `X-Twilio-Signature`). Each signed payload is applied once: replays are recognised by a MAC
+//! of everything signed (URL, parameters and nonce), not by the nonce's text, which a replay
+//! could shift across a `.` in the last parameter. States only move forward.
 
 use std::sync::Arc;
 
@@ -38,6 +40,8 @@ pub struct Signing {
 
 pub struct Reports {
     pub plivo: Option<Signing>,
+    /// PLIVO_ACCEPT_V2: take a report signed with V2 alone (which does not sign the body).
+    pub plivo_accept_v2: bool,
     pub twilio: Option<Signing>,
     /// Where a resend after an undelivered report is published; `None` when
     /// RESEND_ON_UNDELIVERED is off.
@@ -74,39 +78,65 @@ pub fn v3_payload(url: &str, params: &[(String, String)], nonce: &str) -> Option
     Some(out)
 }
 
-/// Whether any of the comma-separated base64 `signatures` is the HMAC-SHA256 of `payload`,
+/// The HMAC-SHA256 of `payload` if any of the comma-separated base64 `signatures` is it,
 /// compared in constant time.
-fn signed(token: &str, payload: &str, signatures: &str) -> bool {
+fn signed(token: &str, payload: &str, signatures: &str) -> Option<Vec<u8>> {
     // HMAC takes keys of any length.
     let mut mac = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC key");
     mac.update(payload.as_bytes());
-    signatures
+    let valid = signatures
         .split(',')
         .filter_map(|s| STANDARD.decode(s.trim()).ok())
         .fold(false, |any, sig| {
             mac.clone().verify_slice(&sig).is_ok() | any
-        })
+        });
+    valid.then(|| mac.finalize().into_bytes().to_vec())
 }
 
-/// Checks V3 if present, else V2; returns the nonce of a valid signature.
+/// Which signature a Plivo report carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlivoSignature {
+    /// Valid; the replay key is the hex MAC of the whole signed payload.
+    Valid {
+        replay_key: String,
+    },
+    /// Only V2, which PLIVO_ACCEPT_V2 does not allow.
+    V2Refused,
+    Invalid,
+}
+
+/// Checks V3 when its headers are present (then only V3), else V2 if `accept_v2`.
 pub fn verify(
     token: &str,
     url: &str,
     params: &[(String, String)],
+    accept_v2: bool,
     header: impl Fn(&str) -> Option<String>,
-) -> Option<String> {
-    if let (Some(sig), Some(nonce)) = (
-        header("x-plivo-signature-v3"),
-        header("x-plivo-signature-v3-nonce"),
-    ) {
-        let payload = v3_payload(url, params, &nonce)?;
-        return signed(token, &payload, &sig).then_some(nonce);
+) -> PlivoSignature {
+    let checked = |payload: Option<String>, sig: String| match payload
+        .and_then(|p| signed(token, &p, &sig))
+    {
+        Some(mac) => PlivoSignature::Valid {
+            replay_key: crate::code::hex(&mac),
+        },
+        None => PlivoSignature::Invalid,
+    };
+    if let Some(sig) = header("x-plivo-signature-v3") {
+        let Some(nonce) = header("x-plivo-signature-v3-nonce") else {
+            return PlivoSignature::Invalid;
+        };
+        return checked(v3_payload(url, params, &nonce), sig);
     }
-    let (sig, nonce) = (
-        header("x-plivo-signature-v2")?,
-        header("x-plivo-signature-v2-nonce")?,
-    );
-    signed(token, &format!("{url}{nonce}"), &sig).then_some(nonce)
+    let (Some(sig), Some(nonce)) = (
+        header("x-plivo-signature-v2"),
+        header("x-plivo-signature-v2-nonce"),
+    ) else {
+        return PlivoSignature::Invalid;
+    };
+    if !accept_v2 {
+        return PlivoSignature::V2Refused;
+    }
+    checked(Some(format!("{url}{nonce}")), sig)
 }
 
 /// Plivo's `Status` as our delivery state; `None` for states that change nothing (`queued`).
@@ -151,7 +181,8 @@ fn twilio_state_of(status: &str) -> Option<DeliveryState> {
 /// What a verified report says.
 struct Report<'a> {
     provider: &'static str,
-    nonce: String,
+    /// What identifies this signed payload, for replays.
+    replay_key: String,
     message: &'a str,
     status: &'a str,
     state: Option<DeliveryState>,
@@ -201,20 +232,30 @@ pub async fn plivo(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) -
         let signing = reports.plivo.as_ref().ok_or_else(not_configured)?;
         let params: Vec<(String, String)> =
             url::form_urlencoded::parse(&body).into_owned().collect();
-        let nonce = verify(
+        let nonce = match verify(
             signing.auth_token.expose_secret(),
             &signing.callback_url,
             &params,
+            reports.plivo_accept_v2,
             |name| header(req, name),
-        )
-        .ok_or_else(|| {
-            tracing::warn!("Plivo delivery report with a missing or wrong signature refused");
-            ApiError::InvalidSignature
-        })?;
+        ) {
+            PlivoSignature::Valid { replay_key } => replay_key,
+            PlivoSignature::V2Refused => {
+                tracing::warn!(
+                    "Plivo delivery report signed with V2 only (it does not sign the body) \
+                     refused; PLIVO_ACCEPT_V2=true allows it"
+                );
+                return Err(ApiError::InvalidSignature);
+            }
+            PlivoSignature::Invalid => {
+                tracing::warn!("Plivo delivery report with a missing or wrong signature refused");
+                return Err(ApiError::InvalidSignature);
+            }
+        };
         let (message, status) = required(&params, "MessageUUID", "Status")?;
         let report = Report {
             provider: "plivo",
-            nonce,
+            replay_key: nonce,
             message,
             status,
             state: state_of(status),
@@ -242,8 +283,8 @@ pub async fn twilio(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) 
         let (message, status) = required(&params, "MessageSid", "MessageStatus")?;
         let report = Report {
             provider: "twilio",
-            // Twilio signs no nonce; the signature is unique per report, so it serves as one.
-            nonce: signature.trim().to_owned(),
+            // Twilio signs no nonce; its signature is the MAC of the whole signed payload.
+            replay_key: signature.trim().to_owned(),
             message,
             status,
             state: twilio_state_of(status),
@@ -256,8 +297,8 @@ pub async fn twilio(req: &Request, body: Vec<u8>, reports: Data<&Arc<Reports>>) 
 
 async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
     let provider = report.provider;
-    reports.metrics.delivery_report(provider, report.status);
     let Some(state) = report.state else {
+        reports.metrics.delivery_report(provider, report.status);
         return Ok(());
     };
     let store = &reports.store;
@@ -266,10 +307,12 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
         .reported_verification(provider, report.message)
         .await?
         .ok_or_else(|| ApiError::NotFound("Unknown message.".into()))?;
-    if !store.first_report(provider, &report.nonce).await? {
-        tracing::warn!(provider, %verification, "delivery report replayed (nonce seen before); ignored");
+    if !store.first_report(provider, &report.replay_key).await? {
+        reports.metrics.delivery_report(provider, "replayed");
+        tracing::warn!(provider, %verification, "delivery report replayed (this signed payload was seen before); ignored");
         return Ok(());
     }
+    reports.metrics.delivery_report(provider, report.status);
     let reason = report
         .error_code
         .filter(|c| {
@@ -292,7 +335,7 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
     if result.is_err() {
         // Forget the nonce, so the provider's retry of this report (and the resend with it) is
         // not taken for a replay.
-        let _ = store.forget_report(provider, &report.nonce).await;
+        let _ = store.forget_report(provider, &report.replay_key).await;
     }
     result
 }
@@ -374,10 +417,10 @@ mod tests {
         let mut mac = HmacSha256::new_from_slice(b"token").unwrap();
         mac.update(b"payload");
         let good = STANDARD.encode(mac.finalize().into_bytes());
-        assert!(signed("token", "payload", &good));
-        assert!(signed("token", "payload", &format!("AAAA,{good}")));
-        assert!(!signed("token", "payload", "AAAA"));
-        assert!(!signed("other", "payload", &good));
-        assert!(!signed("token", "payload!", &good));
+        assert!(signed("token", "payload", &good).is_some());
+        assert!(signed("token", "payload", &format!("AAAA,{good}")).is_some());
+        assert!(signed("token", "payload", "AAAA").is_none());
+        assert!(signed("other", "payload", &good).is_none());
+        assert!(signed("token", "payload!", &good).is_none());
     }
 }

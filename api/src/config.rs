@@ -249,6 +249,10 @@ pub struct ReportSettings {
     /// The Twilio callback URL exactly as the dispatcher passes it (`StatusCallback`).
     #[arg(long, env = "TWILIO_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
     pub twilio_status_callback_url: Option<String>,
+    /// Accept Plivo reports signed with V2 alone (it signs the URL and nonce, not the body).
+    /// Off: such a report gets 403; V3 is always checked when its headers are present.
+    #[arg(long, env = "PLIVO_ACCEPT_V2", default_value_t = false, action = clap::ArgAction::Set)]
+    pub plivo_accept_v2: bool,
     /// Send once more (through the next provider) when a report says undelivered or failed and
     /// the code is still valid; at most once per verification.
     #[arg(long, env = "RESEND_ON_UNDELIVERED", default_value_t = true, action = clap::ArgAction::Set)]

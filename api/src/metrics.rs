@@ -54,14 +54,16 @@ pub struct ApiMetrics {
     pub conversion_ratio: prometheus::GaugeVec,
 }
 
-/// Report statuses counted by name (Plivo's and Twilio's); any other is counted as `other`.
-const REPORT_STATUSES: [&str; 7] = [
+/// Report statuses counted by name (Plivo's and Twilio's), and `replayed` for a report seen
+/// before (not applied again); any other is counted as `other`.
+const REPORT_STATUSES: [&str; 8] = [
     "queued",
     "sent",
     "delivered",
     "undelivered",
     "failed",
     "rejected",
+    "replayed",
     "other",
 ];
 

@@ -483,17 +483,22 @@ async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
         .filter(char::is_ascii_digit)
         .collect();
 
-    // Plivo's report, signed as Plivo signs it (V2: the URL and the nonce).
+    // Plivo's report, signed as Plivo signs it (V3: the URL, the parameters and the nonce).
+    let params = vec![
+        ("MessageUUID".to_owned(), "m-embedded".to_owned()),
+        ("Status".to_owned(), "delivered".to_owned()),
+    ];
+    let payload = otp_api::callbacks::v3_payload(CALLBACK, &params, "n-embedded").unwrap();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
-    mac.update(format!("{CALLBACK}n-embedded").as_bytes());
+    mac.update(payload.as_bytes());
     let report = http
         .post(format!("{base}/api/otp/callbacks/plivo"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header(
-            "x-plivo-signature-v2",
+            "x-plivo-signature-v3",
             STANDARD.encode(mac.finalize().into_bytes()),
         )
-        .header("x-plivo-signature-v2-nonce", "n-embedded")
+        .header("x-plivo-signature-v3-nonce", "n-embedded")
         .body("MessageUUID=m-embedded&Status=delivered")
         .send()
         .await

@@ -171,27 +171,77 @@ async fn unsigned_tampered_and_replayed_reports_change_nothing() {
     assert_eq!(report(&app, &failed, &headers).await.status(), 200);
     assert_eq!(state(&app, vid).await, "undelivered");
 
-    // Nonce n-4 again, validly signed for another message: a replay, ignored.
-    let other = sent(&app, "+14155550177", "m-3").await;
-    let replay = [("MessageUUID", "m-3"), ("Status", "delivered")];
-    assert_eq!(
-        report(&app, &replay, &v3_headers(&replay, "n-4"))
-            .await
-            .status(),
-        200
+    // The same signed report again: a replay, ignored (and counted as one).
+    assert_eq!(report(&app, &failed, &headers).await.status(), 200);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"otp_delivery_reports_total{provider="plivo",status="replayed"} 1"#),
+        "{metrics}"
     );
-    assert_eq!(state(&app, other).await, "sent");
+}
+
+/// V3 signs `…<last name><last value>.<nonce>`: a captured report whose last value holds a `.`
+/// can be re-split into another value and another nonce under the same signature. Replays are
+/// recognised by what was signed, so the re-split copy is one too.
+#[tokio::test]
+async fn a_replay_re_split_at_a_dot_is_still_a_replay() {
+    let app = reporting_app().await;
+    sent(&app, PHONE, "m-9").await;
+    let captured = [("MessageUUID", "m-9"), ("Status", "sent"), ("Zone", "eu.1")];
+    let headers = v3_headers(&captured, "n-9");
+    assert_eq!(report(&app, &captured, &headers).await.status(), 200);
+    // The same signature; the value loses `.1`, the nonce gains it.
+    let re_split = [("MessageUUID", "m-9"), ("Status", "sent"), ("Zone", "eu")];
+    let moved = vec![
+        headers[0].clone(),
+        ("x-plivo-signature-v3-nonce", "1.n-9".to_owned()),
+    ];
+    assert_eq!(report(&app, &re_split, &moved).await.status(), 200);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"otp_delivery_reports_total{provider="plivo",status="replayed"} 1"#),
+        "the re-split copy was applied: {metrics}"
+    );
+    assert!(metrics.contains(r#"otp_delivery_reports_total{provider="plivo",status="sent"} 1"#));
 }
 
 #[tokio::test]
-async fn v2_signatures_are_accepted_and_unknown_messages_are_retried_later() {
-    let app = reporting_app().await;
-    let vid = sent(&app, PHONE, "m-4").await;
+async fn v2_alone_is_refused_unless_allowed_and_unknown_messages_are_retried_later() {
     let delivered = [("MessageUUID", "m-4"), ("Status", "delivered")];
     let v2 = vec![
         ("x-plivo-signature-v2", hmac_b64(&format!("{URL}n-5"))),
         ("x-plivo-signature-v2-nonce", "n-5".to_owned()),
     ];
+    // V2 does not sign the body: by default a report signed with it alone is refused.
+    let app = reporting_app().await;
+    let vid = sent(&app, PHONE, "m-4").await;
+    assert_error(
+        report(&app, &delivered, &v2).await,
+        403,
+        "INVALID_SIGNATURE",
+    )
+    .await;
+    assert_eq!(state(&app, vid).await, "sent");
+    // With V3 headers present, only V3 counts: a valid V2 beside a wrong V3 is refused.
+    let mut both = v2.clone();
+    both.extend([
+        ("x-plivo-signature-v3", hmac_b64("something else")),
+        ("x-plivo-signature-v3-nonce", "n-5".to_owned()),
+    ]);
+    let app = spawn_with(|c| {
+        c.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
+        c.reports.sms_status_callback_url = Some(URL.into());
+        c.reports.plivo_accept_v2 = true;
+    })
+    .await;
+    let vid = sent(&app, PHONE, "m-4").await;
+    assert_error(
+        report(&app, &delivered, &both).await,
+        403,
+        "INVALID_SIGNATURE",
+    )
+    .await;
+    // PLIVO_ACCEPT_V2=true takes V2 alone.
     assert_eq!(report(&app, &delivered, &v2).await.status(), 200);
     assert_eq!(state(&app, vid).await, "delivered");
 
@@ -257,6 +307,9 @@ async fn twilio_reports_follow_the_same_rules() {
     );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains(r#"otp_delivery_reports_total{provider="twilio",status="undelivered"} 2"#)
+        metrics.contains(r#"otp_delivery_reports_total{provider="twilio",status="undelivered"} 1"#)
+    );
+    assert!(
+        metrics.contains(r#"otp_delivery_reports_total{provider="twilio",status="replayed"} 1"#)
     );
 }

@@ -79,6 +79,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             sms_status_callback_url: None,
             twilio_auth_token: None,
             twilio_status_callback_url: None,
+            plivo_accept_v2: false,
             resend_on_undelivered: true,
         },
         app_env: otp_shared::config::AppEnv::Development,

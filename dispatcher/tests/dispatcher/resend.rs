@@ -92,16 +92,24 @@ impl Stack {
         text.chars().filter(char::is_ascii_digit).collect()
     }
 
-    /// A signed (V2) Plivo report for the message.
+    /// A signed (V3) Plivo report for the message.
     async fn report(&self, status: &str, nonce: &str) -> u16 {
+        let params: Vec<(String, String)> = [
+            ("MessageUUID", "m-plivo"),
+            ("Status", status),
+            ("ErrorCode", "30"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        let payload = otp_api::callbacks::v3_payload(CALLBACK, &params, nonce).unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
-        mac.update(format!("{CALLBACK}{nonce}").as_bytes());
+        mac.update(payload.as_bytes());
         let signature = STANDARD.encode(mac.finalize().into_bytes());
         self.http
             .post(format!("{}/api/otp/callbacks/plivo", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-plivo-signature-v2", signature)
-            .header("x-plivo-signature-v2-nonce", nonce)
+            .header("x-plivo-signature-v3", signature)
+            .header("x-plivo-signature-v3-nonce", nonce)
             .body(format!("MessageUUID=m-plivo&Status={status}&ErrorCode=30"))
             .send()
             .await
