@@ -19,15 +19,17 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use otp_shared::{
+    crypto::JobKey,
     job::SendJob,
-    status::{DeliveryState, FIELD_REASON},
+    phone::PhoneNumber,
+    status::{DeliveryState, FIELD_REASON, FIELD_RESEND},
 };
 
 use crate::{
     error::ApiError,
     metrics::ApiMetrics,
     queue::{AnyQueue, JobQueue},
-    store::{AnyStore, OtpStore},
+    store::{AnyStore, OtpStore, ResendRefusal},
 };
 
 type HmacSha256 = Hmac<Sha256>;
@@ -48,6 +50,8 @@ pub struct Reports {
     pub resend: Option<AnyQueue>,
     /// Where the message ids, nonces, delivery records and kept jobs are.
     pub store: AnyStore,
+    /// Opens a kept job for its destination, whose budgets and limits a resend spends.
+    pub job_key: JobKey,
     pub metrics: Arc<ApiMetrics>,
 }
 
@@ -347,19 +351,47 @@ async fn resend(reports: &Reports, verification: Uuid, failed: &str) -> Result<(
     let Some(queue) = &reports.resend else {
         return Ok(());
     };
-    let kept = reports.store.take_resend(verification, failed).await?;
-    let job = kept.and_then(|bytes| serde_json::from_slice::<SendJob>(&bytes).ok());
-    let Some(job) = job.filter(|j| !j.is_expired(time::OffsetDateTime::now_utc())) else {
+    let store = &reports.store;
+    let kept = store.take_resend(verification, failed).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let opened = kept.and_then(|bytes| SendJob::decode(&bytes, &reports.job_key).ok());
+    let Some((job, content)) = opened.filter(|(job, _)| !job.is_expired(now)) else {
         tracing::info!(%verification, "undelivered, but resent before, or its code was used, replaced or expired: no resend");
         return Ok(());
     };
+    // A resend costs what a new request would: budgets, fraud guard, the number's hourly limit.
+    let spent = match PhoneNumber::parse(&content.destination) {
+        Ok(phone) => store.spend_resend(&phone, verification).await,
+        Err(_) => Ok(Some(ResendRefusal::Blocked)),
+    };
+    drop(content);
+    let refused = match spent {
+        Ok(refused) => refused,
+        Err(e) => {
+            let _ = store.release_resend(verification).await;
+            return Err(e.into());
+        }
+    };
+    if let Some(refusal) = refused {
+        store
+            .annotate_delivery(verification, FIELD_RESEND, refusal.text())
+            .await?;
+        tracing::info!(%verification, why = refusal.text(), "undelivered: no resend");
+        return Ok(());
+    }
     if let Err(e) = queue.republish(&job, failed).await {
-        let _ = reports.store.release_resend(verification).await;
+        let _ = store.release_resend(verification).await;
         return Err(ApiError::Unavailable(
             anyhow::Error::new(e).context("publishing a resend"),
         ));
     }
     reports.metrics.resends.inc();
+    if let Err(e) = store
+        .annotate_delivery(verification, FIELD_RESEND, "resent")
+        .await
+    {
+        tracing::warn!(error = %e, "could not note the resend on the delivery record");
+    }
     tracing::info!(%verification, failed_provider = failed, "undelivered: resending once");
     Ok(())
 }

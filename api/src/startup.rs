@@ -120,6 +120,7 @@ impl Application {
                 &config.reports.twilio_status_callback_url,
             ),
             store: store.clone(),
+            job_key: config.otp.job_encryption_key.clone(),
             metrics: metrics.clone(),
         });
         if config.fraud.fraud_guard != crate::fraud::Mode::Off {

@@ -102,6 +102,17 @@ impl DeliveryRecords {
         self.all(|inner, _| inner.marks.remove(key));
     }
 
+    /// Sets one field of an existing record (its state unchanged); false without a record.
+    pub fn annotate(&self, verification_id: Uuid, field: &str, value: &str) -> bool {
+        self.with(|records| match records.get_mut(&verification_id) {
+            Some(record) => {
+                record.fields.insert(field.into(), value.into());
+                true
+            }
+            None => false,
+        })
+    }
+
     /// Writes `state` with the attempt count and extra fields, whatever was there.
     pub fn record(
         &self,

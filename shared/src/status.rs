@@ -17,6 +17,9 @@ pub const FIELD_ATTEMPTS: &str = "attempts";
 pub const FIELD_UPDATED_AT: &str = "updatedAt";
 pub const FIELD_PROVIDER_ID: &str = "providerMessageId";
 pub const FIELD_REASON: &str = "reason";
+/// What became of the one resend after an undelivered report: `resent`, or `not resent: …`
+/// in a fixed text.
+pub const FIELD_RESEND: &str = "resend";
 /// The provider that accepted the message (`plivo`, `twilio`).
 pub const FIELD_PROVIDER: &str = "provider";
 
@@ -95,6 +98,8 @@ pub struct DeliveryStatus {
     /// Unix seconds.
     pub updated_at: i64,
     pub provider_message_id: Option<String>,
+    /// [`FIELD_RESEND`], once a resend was decided.
+    pub resend: Option<String>,
 }
 
 /// Records a new state (with the attempt count so far, and extras such as the provider id).
@@ -202,6 +207,7 @@ impl DeliveryStatus {
             attempts: number(FIELD_ATTEMPTS) as u32,
             updated_at: number(FIELD_UPDATED_AT),
             provider_message_id: fields.get(FIELD_PROVIDER_ID).cloned(),
+            resend: fields.get(FIELD_RESEND).cloned(),
         })
     }
 }

@@ -82,6 +82,11 @@ struct DeliveryStatusBody {
     attempts: u32,
     /// RFC 3339 time of the last change.
     updated_at: String,
+    /// After an undelivered report: `resent`, or why not, in a fixed text (`not resent:
+    /// destination blocked`, `not resent: hourly send budget spent`, `not resent: country's
+    /// hourly send budget spent`, `not resent: number's hourly limit reached`).
+    #[oai(skip_serializing_if_is_none)]
+    resend: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -245,6 +250,7 @@ impl OtpApi {
             state: status.state.as_str().to_owned(),
             attempts: status.attempts,
             updated_at,
+            resend: status.resend,
         })))
     }
 }

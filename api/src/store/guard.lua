@@ -9,8 +9,8 @@
 -- ARGV: 1 global hourly limit, 2 country hourly limit, fraud guard: 3 mode (0 off, 1 monitor,
 --       2 enforce), 4 window ms, 5 grace ms, 6 min sends, 7 min conversion per mille,
 --       8 block seconds, 9 safe (1/0), 10 country, 11 prefix, 12 verification id, 13 burst,
---       14 min clients, 15 blocked sends per hour, 16 client network, 17.. the number's
---       prefixes a manual block may name
+--       14 min clients, 15 blocked sends per hour (0 for a resend), 16 client network ('' for
+--       a resend: no client), 17.. the number's prefixes a manual block may name
 -- The automatic guard runs under pcall: if its keys cannot be used, the request is not blocked
 -- on its account (fail open) and fraud says 'error'.
 -- Returns {outcome, limit, reset, fraud, sent_ms, rule}: outcome is ok / global / country /
@@ -71,7 +71,9 @@ if mode > 0 then
       - redis.call('ZCOUNT', KEYS[4], '(' .. newest, '+inf')
     -- Distinct client networks in the window, this one included: one client cannot aim a block.
     local clients = redis.call('ZCARD', KEYS[9])
-    if not redis.call('ZSCORE', KEYS[9], ARGV[16]) then clients = clients + 1 end
+    if ARGV[16] ~= '' and not redis.call('ZSCORE', KEYS[9], ARGV[16]) then
+      clients = clients + 1
+    end
     if clients >= tonumber(ARGV[14]) then
       if sends >= tonumber(ARGV[6]) and verified * 1000 < tonumber(ARGV[7]) * sends then
         rule = 'conversion'
@@ -114,7 +116,7 @@ if mode > 0 and fraud ~= 'error' then
   -- Count the send; a verify of this code counts it as converted (at its send time).
   local ok = pcall(function()
     redis.call('ZADD', KEYS[3], now_ms, ARGV[12])
-    redis.call('ZADD', KEYS[9], now_ms, ARGV[16])
+    if ARGV[16] ~= '' then redis.call('ZADD', KEYS[9], now_ms, ARGV[16]) end
     redis.call('HINCRBY', KEYS[6], 's:' .. math.floor(now_ms / 10000), 1)
     redis.call('ZADD', KEYS[7], now_ms, ARGV[10])
     local ttl = math.ceil(tonumber(ARGV[4]) / 1000) + 60

@@ -23,7 +23,7 @@ use crate::fraud::Mode;
 
 use super::{
     BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL,
-    RateLimit, StoreError, StorePolicy, VerifyLookup,
+    RateLimit, ResendRefusal, StoreError, StorePolicy, VerifyLookup,
     redis_store::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
@@ -271,6 +271,7 @@ impl MemoryStore {
         phone: &PhoneNumber,
         client: &str,
         verification_id: Uuid,
+        trickle_allowance: u32,
     ) -> Result<(FraudSignal, u64), IssueOutcome> {
         let p = &self.policy;
         let country = sends_country(&country_of(phone));
@@ -336,7 +337,7 @@ impl MemoryStore {
                 };
             }
             if mode == Mode::Enforce && signal != FraudSignal::Clear {
-                if state.counters.count(&trickle_key) >= fraud.fraud_guard_blocked_sends_per_hour {
+                if state.counters.count(&trickle_key) >= trickle_allowance {
                     return Err(IssueOutcome::Blocked(signal));
                 }
                 state.counters.hit(&trickle_key, secs(HOUR));
@@ -359,7 +360,9 @@ impl MemoryStore {
             let prefix = fraud.destination(phone).prefix;
             let entry = state.prefixes.entry(prefix).or_default();
             entry.sends.push((now_ms, verification_id));
-            entry.clients.insert(client.to_owned(), now_ms);
+            if !client.is_empty() {
+                entry.clients.insert(client.to_owned(), now_ms);
+            }
             sent_ms = now_ms;
         }
         Ok((signal, sent_ms))
@@ -413,7 +416,13 @@ impl OtpStore for MemoryStore {
             }
         }
 
-        let (signal, sent_ms) = match self.guard(state, phone, client, verification_id) {
+        let (signal, sent_ms) = match self.guard(
+            state,
+            phone,
+            client,
+            verification_id,
+            p.fraud.fraud_guard_blocked_sends_per_hour,
+        ) {
             Ok(guarded) => guarded,
             Err(refused) => return Ok(refused),
         };
@@ -666,6 +675,40 @@ impl OtpStore for MemoryStore {
         extra: &[(&str, &str)],
     ) -> Result<bool, StoreError> {
         Ok(self.records.advance(verification_id, state, extra))
+    }
+
+    async fn spend_resend(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+    ) -> Result<Option<ResendRefusal>, StoreError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let member = super::resend_member(verification_id);
+        match self.guard(state, phone, "", member, 0) {
+            Ok(_) => {}
+            Err(IssueOutcome::Limited(LimitKind::CountrySendsPerHour, _)) => {
+                return Ok(Some(ResendRefusal::CountryBudget));
+            }
+            Err(IssueOutcome::Limited(..)) => return Ok(Some(ResendRefusal::TotalBudget)),
+            Err(_) => return Ok(Some(ResendRefusal::Blocked)),
+        }
+        let hourly = self.policy.max_sends_per_number_per_hour;
+        if hourly > 0 && Self::hit(state, &sends_per_hour(phone.as_e164()), hourly, HOUR).is_err() {
+            self.unguard(state, phone, member);
+            return Ok(Some(ResendRefusal::NumberLimit));
+        }
+        Ok(None)
+    }
+
+    async fn annotate_delivery(
+        &self,
+        verification_id: Uuid,
+        field: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        self.records.annotate(verification_id, field, value);
+        Ok(())
     }
 
     async fn take_resend(

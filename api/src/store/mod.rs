@@ -182,6 +182,35 @@ impl FraudSignal {
     }
 }
 
+/// Why the one resend after an undelivered report was not made: what a new request for the
+/// number would have been refused for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResendRefusal {
+    /// A manual block, or the fraud guard enforcing one (no trickle for resends).
+    Blocked,
+    TotalBudget,
+    CountryBudget,
+    NumberLimit,
+}
+
+impl ResendRefusal {
+    /// The fixed text the delivery status shows.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Blocked => "not resent: destination blocked",
+            Self::TotalBudget => "not resent: hourly send budget spent",
+            Self::CountryBudget => "not resent: country's hourly send budget spent",
+            Self::NumberLimit => "not resent: number's hourly limit reached",
+        }
+    }
+}
+
+/// The id a resend's send is counted under by the fraud guard: another send of the same
+/// verification, given back on its own if the resend is refused.
+pub fn resend_member(verification_id: Uuid) -> Uuid {
+    Uuid::new_v5(&verification_id, b"resend")
+}
+
 /// What a verify finds before comparing digests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyLookup {
@@ -327,6 +356,23 @@ pub trait OtpStore: Send + Sync + 'static {
         failed: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
+    /// Spends what the resend of `verification_id` to `phone` costs, as a new request would:
+    /// the send budgets, the fraud guard (a blocked prefix gets no resend, not even on the
+    /// trickle) and the number's hourly limit; `Some` says why it must not be made.
+    fn spend_resend(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+    ) -> impl Future<Output = Result<Option<ResendRefusal>, StoreError>> + Send;
+
+    /// Sets one field of the verification's delivery record, if it exists, its state unchanged.
+    fn annotate_delivery(
+        &self,
+        verification_id: Uuid,
+        field: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Gives back a taken resend whose publish failed.
     fn release_resend(
         &self,
@@ -458,6 +504,23 @@ impl OtpStore for AnyStore {
         failed: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         on_store!(self, s => s.take_resend(verification_id, failed))
+    }
+
+    async fn spend_resend(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+    ) -> Result<Option<ResendRefusal>, StoreError> {
+        on_store!(self, s => s.spend_resend(phone, verification_id))
+    }
+
+    async fn annotate_delivery(
+        &self,
+        verification_id: Uuid,
+        field: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        on_store!(self, s => s.annotate_delivery(verification_id, field, value))
     }
 
     async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {

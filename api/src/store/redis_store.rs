@@ -34,13 +34,20 @@ use otp_shared::{
 
 use super::{
     FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL, RateLimit,
-    StoreError, StorePolicy, VerifyLookup,
+    ResendRefusal, StoreError, StorePolicy, VerifyLookup,
 };
 
 static GUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("guard.lua")));
 static UNGUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unguard.lua")));
 static ISSUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("issue.lua")));
 static CONVERTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("converted.lua")));
+/// Sets one field of a hash only while it exists (a delivery record is never re-created).
+static ANNOTATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then \
+           return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0",
+    )
+});
 static REVOKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("revoke.lua")));
 static VERIFY_BEGIN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_begin.lua")));
@@ -141,6 +148,61 @@ impl RedisStore {
             .await
     }
 
+    /// Runs `guard.lua` for a send to `phone`: (outcome, limit, reset, fraud signal, sent ms).
+    /// `client` is '' for a resend (no client network), and `trickle` the sends a blocked
+    /// prefix may still take this hour.
+    async fn guard(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+        vid: &str,
+        trickle: u32,
+    ) -> Result<(String, i64, i64, FraudSignal, i64), StoreError> {
+        let (p, fraud) = (&self.policy, &self.policy.fraud);
+        let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
+        let destination = fraud.destination(phone);
+        let (outcome, limit, reset, signal, sent_ms, rule): (
+            String,
+            i64,
+            i64,
+            String,
+            i64,
+            String,
+        ) = GUARD
+            .key(self.keys.sends_all())
+            .key(self.keys.sends_country(&country_of(phone)))
+            .key(self.keys.fraud_sends(&destination.prefix))
+            .key(self.keys.fraud_verified(&destination.prefix))
+            .key(self.keys.fraud_block(&destination.prefix))
+            .key(self.keys.fraud_country(&destination.country))
+            .key(self.keys.fraud_countries())
+            .key(self.keys.fraud_blocked())
+            .key(self.keys.fraud_clients(&destination.prefix))
+            .key(self.keys.fraud_trickle(&destination.prefix))
+            .key(self.keys.fraud_manual())
+            .arg(p.max_sends_per_hour)
+            .arg(country_limit)
+            .arg(fraud.fraud_guard.code())
+            .arg(fraud.window().as_millis() as u64)
+            .arg(fraud.grace().as_millis() as u64)
+            .arg(fraud.fraud_guard_min_sends)
+            .arg(fraud.min_conversion_per_mille())
+            .arg(fraud.block().as_secs())
+            .arg(u8::from(destination.safe))
+            .arg(&destination.country)
+            .arg(&destination.prefix)
+            .arg(vid)
+            .arg(fraud.fraud_guard_burst)
+            .arg(fraud.fraud_guard_min_clients)
+            .arg(trickle)
+            .arg(client)
+            .arg(crate::fraud::prefixes_of(phone))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let signal = FraudSignal::from_script(&signal, &rule)?;
+        Ok((outcome, limit, reset, signal, sent_ms))
+    }
+
     /// Gives back what `guard.lua` spent for `verification_id` (see the module docs).
     async fn unguard(
         &self,
@@ -225,48 +287,9 @@ impl OtpStore for RedisStore {
         }
 
         // (2) Manual blocks, send budgets and fraud guard, over all traffic.
-        let fraud = &p.fraud;
-        let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
-        let destination = fraud.destination(phone);
-        let (outcome, limit, reset, signal, sent_ms, rule): (
-            String,
-            i64,
-            i64,
-            String,
-            i64,
-            String,
-        ) = GUARD
-            .key(self.keys.sends_all())
-            .key(self.keys.sends_country(&country_of(phone)))
-            .key(self.keys.fraud_sends(&destination.prefix))
-            .key(self.keys.fraud_verified(&destination.prefix))
-            .key(self.keys.fraud_block(&destination.prefix))
-            .key(self.keys.fraud_country(&destination.country))
-            .key(self.keys.fraud_countries())
-            .key(self.keys.fraud_blocked())
-            .key(self.keys.fraud_clients(&destination.prefix))
-            .key(self.keys.fraud_trickle(&destination.prefix))
-            .key(self.keys.fraud_manual())
-            .arg(p.max_sends_per_hour)
-            .arg(country_limit)
-            .arg(fraud.fraud_guard.code())
-            .arg(fraud.window().as_millis() as u64)
-            .arg(fraud.grace().as_millis() as u64)
-            .arg(fraud.fraud_guard_min_sends)
-            .arg(fraud.min_conversion_per_mille())
-            .arg(fraud.block().as_secs())
-            .arg(u8::from(destination.safe))
-            .arg(&destination.country)
-            .arg(&destination.prefix)
-            .arg(&vid)
-            .arg(fraud.fraud_guard_burst)
-            .arg(fraud.fraud_guard_min_clients)
-            .arg(fraud.fraud_guard_blocked_sends_per_hour)
-            .arg(client)
-            .arg(crate::fraud::prefixes_of(phone))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let signal = FraudSignal::from_script(&signal, &rule)?;
+        let trickle = p.fraud.fraud_guard_blocked_sends_per_hour;
+        let (outcome, limit, reset, signal, sent_ms) =
+            self.guard(phone, client, &vid, trickle).await?;
         let refused = rate(limit, 0, reset);
         match outcome.as_str() {
             "ok" => {}
@@ -564,6 +587,48 @@ impl OtpStore for RedisStore {
             .arg(self.keys.sealed_job(verification_id))
             .query_async(&mut self.conn.clone())
             .await?)
+    }
+
+    async fn spend_resend(
+        &self,
+        phone: &PhoneNumber,
+        verification_id: Uuid,
+    ) -> Result<Option<ResendRefusal>, StoreError> {
+        let member = super::resend_member(verification_id);
+        let (outcome, _, _, _, sent_ms) = self.guard(phone, "", &member.to_string(), 0).await?;
+        match outcome.as_str() {
+            "ok" => {}
+            "blocked" => return Ok(Some(ResendRefusal::Blocked)),
+            "global" => return Ok(Some(ResendRefusal::TotalBudget)),
+            "country" => return Ok(Some(ResendRefusal::CountryBudget)),
+            other => return Err(StoreError::Corrupt(format!("guard outcome '{other}'"))),
+        }
+        let hourly = self.policy.max_sends_per_number_per_hour;
+        if hourly == 0 {
+            return Ok(None);
+        }
+        let key = self.keys.sends_per_hour(phone.as_e164());
+        if let HitOutcome::Over(_) = self.hit(key, hourly, 3600).await? {
+            // Refused after all: give back what the guard spent.
+            self.unguard(phone, member, sent_ms).await?;
+            return Ok(Some(ResendRefusal::NumberLimit));
+        }
+        Ok(None)
+    }
+
+    async fn annotate_delivery(
+        &self,
+        verification_id: Uuid,
+        field: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        let _: i64 = ANNOTATE
+            .key(self.keys.status(verification_id))
+            .arg(field)
+            .arg(value)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use otp_api::{
     fraud::{FraudSettings, Mode},
     store::{
         BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, MemoryStore, OtpStore,
-        RateLimit, RedisStore, StorePolicy, VerifyLookup,
+        RateLimit, RedisStore, ResendRefusal, StorePolicy, VerifyLookup,
     },
 };
 use otp_dispatcher::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
@@ -123,6 +123,7 @@ conformance!(
     idempotency_claims_replays_and_conflicts,
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
     a_burst_from_several_networks_is_blocked_with_a_trickle_left_open,
+    a_resend_spends_like_a_send,
     delivery_reports_find_their_verification_once,
     a_resend_is_taken_once_and_only_for_a_live_code,
     conversion_is_verified_over_counted_sends_per_country,
@@ -498,6 +499,45 @@ async fn a_burst_from_several_networks_is_blocked_with_a_trickle_left_open(
     assert!(verify(&store, "+14155550005", trickled, true).await);
     let (_, outcome) = guarded(&store, "+14155550007", "net-b").await;
     assert_eq!(signal(outcome), FraudSignal::Clear);
+}
+
+async fn a_resend_spends_like_a_send(backend: &mut impl Backend) {
+    // The number's hourly limit: the code's send and one resend fit in 2.
+    let mut base = policy();
+    base.max_sends_per_number_per_hour = 2;
+    let store = backend.store(base);
+    let vid = issue(&store, NUMBER).await;
+    assert_eq!(store.spend_resend(&phone(NUMBER), vid).await.unwrap(), None);
+    assert_eq!(
+        store.spend_resend(&phone(NUMBER), vid).await.unwrap(),
+        Some(ResendRefusal::NumberLimit)
+    );
+    // The global budget.
+    let mut base = policy();
+    base.max_sends_per_hour = 1;
+    let store = backend.store(base);
+    let vid = issue(&store, OTHER).await;
+    assert_eq!(
+        store.spend_resend(&phone(OTHER), vid).await.unwrap(),
+        Some(ResendRefusal::TotalBudget)
+    );
+    // A blocked prefix: requests may trickle through, resends do not.
+    let mut base = policy();
+    base.fraud.fraud_guard = Mode::Enforce;
+    base.fraud.fraud_guard_grace_seconds = 120;
+    base.fraud.fraud_guard_burst = 1;
+    base.fraud.fraud_guard_blocked_sends_per_hour = 1;
+    let store = backend.store(base);
+    let (first, _) = guarded(&store, "+14155570001", "net-a").await;
+    let (_, outcome) = guarded(&store, "+14155570002", "net-a").await;
+    assert!(matches!(signal(outcome), FraudSignal::Trickle { .. }));
+    assert_eq!(
+        store
+            .spend_resend(&phone("+14155570001"), first)
+            .await
+            .unwrap(),
+        Some(ResendRefusal::Blocked)
+    );
 }
 
 /// What the dispatcher records when `provider` accepts the verification's SMS as `message`,

@@ -33,6 +33,10 @@ struct Stack {
 }
 
 async fn stack(twilio_calls: u64) -> Stack {
+    stack_with(twilio_calls, |_| {}).await
+}
+
+async fn stack_with(twilio_calls: u64, tweak: impl FnOnce(&mut otp_api::config::Config)) -> Stack {
     let (plivo, twilio) = (MockServer::start().await, MockServer::start().await);
     plivo_call()
         .respond_with(accepted("m-plivo"))
@@ -52,6 +56,7 @@ async fn stack(twilio_calls: u64) -> Stack {
     let mut api = api_config(&world);
     api.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
     api.reports.sms_status_callback_url = Some(CALLBACK.into());
+    tweak(&mut api);
     let (base, stop) = spawn_api_with(api).await;
     let http = reqwest::Client::new();
     wait_api_ready(&http, &base).await;
@@ -69,6 +74,11 @@ async fn stack(twilio_calls: u64) -> Stack {
 impl Stack {
     /// Requests a code and waits until Plivo accepted its SMS; returns the code.
     async fn code_sent_by_plivo(&self) -> String {
+        self.sent_by_plivo().await.0
+    }
+
+    /// Like `code_sent_by_plivo`, with the verification id.
+    async fn sent_by_plivo(&self) -> (String, uuid::Uuid) {
         let resp = self
             .http
             .post(format!("{}/api/otp/request", self.base))
@@ -89,7 +99,10 @@ impl Stack {
         let sms = &self.plivo.received_requests().await.unwrap()[0];
         let body: Value = serde_json::from_slice(&sms.body).unwrap();
         let text = body["text"].as_str().unwrap();
-        text.chars().filter(char::is_ascii_digit).collect()
+        (
+            text.chars().filter(char::is_ascii_digit).collect(),
+            vid.parse().unwrap(),
+        )
     }
 
     /// A signed (V3) Plivo report for the message.
@@ -189,5 +202,42 @@ async fn a_used_code_is_never_resent() {
     assert_eq!(stack.report("undelivered", "n-3").await, 200);
     assert_eq!(stack.resends().await, 0, "no resend published");
     assert!(stack.twilio_texts().await.is_empty());
+    stack.twilio.verify().await;
+}
+
+/// A resend spends the send budgets like a new request: with room for one send an hour, the
+/// code's own SMS takes it and the undelivered report gets no resend, and the status says why;
+/// with room for two, exactly one resend.
+#[tokio::test]
+async fn a_resend_spends_the_hourly_send_budget() {
+    use otp_api::config::SendCeiling;
+    let stack = stack_with(0, |api| {
+        api.limits.max_sends_per_hour = Some(SendCeiling::PerHour(1));
+    })
+    .await;
+    let (_, vid) = stack.sent_by_plivo().await;
+    assert_eq!(stack.report("undelivered", "n-4").await, 200);
+    assert_eq!(stack.resends().await, 0, "no resend past the budget");
+    let status = stack.world.status(vid).await.unwrap();
+    assert_eq!(
+        status.resend.as_deref(),
+        Some("not resent: hourly send budget spent")
+    );
+    stack.twilio.verify().await;
+
+    let stack = stack_with(1, |api| {
+        api.limits.max_sends_per_hour = Some(SendCeiling::PerHour(2));
+    })
+    .await;
+    let (_, vid) = stack.sent_by_plivo().await;
+    assert_eq!(stack.report("undelivered", "n-5").await, 200);
+    assert_eq!(stack.resends().await, 1);
+    eventually(Duration::from_secs(5), || async {
+        !stack.twilio_texts().await.is_empty()
+    })
+    .await;
+    assert_eq!(stack.twilio_texts().await.len(), 1, "exactly one resend");
+    let status = stack.world.status(vid).await.unwrap();
+    assert_eq!(status.resend.as_deref(), Some("resent"));
     stack.twilio.verify().await;
 }
