@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use lapin::types::FieldTable;
-use opentelemetry::{global, trace::TracerProvider as _};
+use opentelemetry::{
+    Context, global,
+    trace::{SpanContext, TraceContextExt as _, TracerProvider as _},
+};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
@@ -137,7 +140,20 @@ pub fn adopt_remote_context(span: &tracing::Span, get: impl Fn(&str) -> Option<S
         return;
     }
     let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
-    let _ = span.set_parent(parent);
+    // The caller's trace id is kept for correlation, but not its sampling decision: a client
+    // sending `sampled=0` must not switch tracing off for the whole chain.
+    let remote = parent.span().span_context().clone();
+    if !remote.is_valid() {
+        return;
+    }
+    let sampled = SpanContext::new(
+        remote.trace_id(),
+        remote.span_id(),
+        remote.trace_flags().with_sampled(true),
+        true,
+        remote.trace_state().clone(),
+    );
+    let _ = span.set_parent(Context::new().with_remote_span_context(sampled));
 }
 
 /// Adds the current span's W3C trace context (`traceparent`) to outgoing AMQP headers.
@@ -171,5 +187,20 @@ mod tests {
         let received = consume.context().span().span_context().trace_id();
         assert_ne!(sent, opentelemetry::trace::TraceId::INVALID);
         assert_eq!(sent, received);
+    }
+
+    #[test]
+    fn a_callers_unsampled_flag_keeps_its_trace_id_but_not_its_sampling() {
+        init_for_tests("otp-shared-test");
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let request = tracing::info_span!("http_request");
+        adopt_remote_context(&request, |name| {
+            (name == "traceparent").then(|| format!("00-{trace}-00f067aa0ba902b7-00"))
+        });
+        let context = request.context();
+        let span = context.span();
+        let own = span.span_context();
+        assert_eq!(own.trace_id().to_string(), trace);
+        assert!(own.is_sampled(), "sampled=0 switched tracing off");
     }
 }
