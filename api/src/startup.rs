@@ -22,6 +22,10 @@ use crate::{
     store::{AnyStore, RedisStore, StorePolicy},
 };
 
+/// How often the API looks whether any manual block exists (used only with FRAUD_GUARD=off and
+/// no budget: a new manual block takes effect within this).
+const MANUAL_BLOCKS_REFRESH: Duration = Duration::from_secs(2);
+
 /// How often the fraud guard's conversion gauge is recomputed.
 const CONVERSION_REFRESH: Duration = Duration::from_secs(15);
 
@@ -66,6 +70,11 @@ impl Application {
                 redis,
                 config.redis.keys(),
                 StorePolicy::from_config(&config),
+            );
+            tokio::spawn(
+                store
+                    .clone()
+                    .watch_manual_blocks(MANUAL_BLOCKS_REFRESH, background.clone()),
             );
             (AnyStore::Redis(store), AnyQueue::Amqp(publisher), task)
         };

@@ -136,6 +136,20 @@ async fn an_operator_block_covers_every_number_under_it_in_monitor_mode() {
 }
 
 #[tokio::test]
+async fn an_operator_block_holds_with_the_fraud_guard_off() {
+    let app = spawn_with(|c| c.fraud.fraud_guard = Mode::Off).await;
+    assert_eq!(app.request_otp("+447946000000").await.status(), 202);
+    let (ok, out) = crate::fraud::fraud_cli(&app, &["block", "+44794", "--hours", "1"]).await;
+    assert!(ok, "{out}");
+    // With the guard off and no budget, the API learns of a new block within 2 s.
+    let blocked = otp_shared::testing::eventually(std::time::Duration::from_secs(5), || async {
+        app.request_otp("+447946000001").await.status() == 403
+    });
+    assert!(blocked.await, "the manual block was not applied");
+    assert_eq!(app.request_otp("+447400123456").await.status(), 202);
+}
+
+#[tokio::test]
 async fn an_idempotency_key_is_the_callers_own() {
     let app =
         spawn_with(|c| c.limits.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
