@@ -190,6 +190,38 @@ async fn logs_never_contain_a_code_or_a_whole_number() {
     assert!(log.contains("+1415*****71"), "numbers are logged masked");
 }
 
+/// A fraud guard block is logged with its rule and country, never with the prefix, which
+/// shows more of a number (9 of 11 US digits) than the masked number does.
+#[tokio::test]
+async fn fraud_lines_never_reveal_more_of_a_number_than_the_mask() {
+    let (mut cmd, _cleanup) = otp_api();
+    cmd.env("FRAUD_GUARD", "enforce")
+        .env("FRAUD_GUARD_BURST", "2")
+        .env("FRAUD_GUARD_MIN_CLIENTS", "1")
+        .env("FRAUD_GUARD_BLOCKED_SENDS_PER_HOUR", "0");
+    let (child, lines, port) = start_logged(&mut cmd).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for n in 0..3 {
+        let resp = http
+            .post(format!("{base}/api/otp/request"))
+            .json(&serde_json::json!({ "phoneNumber": format!("+1415555010{n}") }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [202, 202, 403]);
+    let log = terminate(child, lines).await;
+    let block = log
+        .lines()
+        .find(|l| l.contains("\"event\":\"fraud_block\""))
+        .unwrap_or_else(|| panic!("no fraud_block event: {log}"));
+    assert!(block.contains("\"rule\":\"burst\""), "{block}");
+    assert!(!log.contains("1415555"), "a prefix was logged: {log}");
+}
+
 #[tokio::test]
 async fn production_refuses_example_weak_and_shared_keys() {
     let strong_a = "ZMRZ8+3uYnNyHVnVirnb0ZrbiLjoLe3uOZqreeRILZ4=";
