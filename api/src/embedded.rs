@@ -33,9 +33,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether the command line or the environment asks for the one-process mode.
 pub fn requested(args: &[OsString]) -> bool {
+    requested_in(args, |var| std::env::var_os(var))
+}
+
+fn requested_in(args: &[OsString], env: impl Fn(&str) -> Option<OsString>) -> bool {
     args.iter().any(|a| a == "--embedded")
-        || std::env::var("OTP_EMBEDDED")
-            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        || env("OTP_EMBEDDED").is_some_and(|v| {
+            let v = v.to_string_lossy().to_ascii_lowercase();
+            matches!(v.as_str(), "1" | "true" | "yes" | "on")
+        })
 }
 
 /// The command line for the one-process mode: what neither the command line nor the
@@ -43,15 +49,20 @@ pub fn requested(args: &[OsString]) -> bool {
 /// APP_ENV itself was unset the run is a trial on this machine (`--embedded-trial`): it binds
 /// 127.0.0.1 unless told otherwise, and [`check_trial`] keeps it local. Other modes get `args`
 /// back unchanged.
-pub fn with_defaults(mut args: Vec<OsString>) -> Vec<OsString> {
-    if !requested(&args) {
+pub fn with_defaults(args: Vec<OsString>) -> Vec<OsString> {
+    defaults_from(args, |var| std::env::var_os(var))
+}
+
+/// [`with_defaults`] with the environment read through `env`.
+fn defaults_from(mut args: Vec<OsString>, env: impl Fn(&str) -> Option<OsString>) -> Vec<OsString> {
+    if !requested_in(&args, &env) {
         return args;
     }
     let unset = |args: &[OsString], flag: &str, var: &str| {
         let given = args
             .iter()
             .any(|a| a.to_str().is_some_and(|a| a.starts_with(flag)));
-        !given && std::env::var_os(var).is_none()
+        !given && env(var).is_none()
     };
     if unset(&args, "--app-env", "APP_ENV") {
         args.extend([
@@ -187,12 +198,15 @@ mod tests {
     #[test]
     fn only_the_embedded_mode_gets_defaults_and_given_values_win() {
         let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        let no_env = |_: &str| None;
         let plain = args(&["otp-api", "--port", "1"]);
-        if std::env::var_os("OTP_EMBEDDED").is_none() {
-            assert_eq!(with_defaults(plain.clone()), plain);
-        }
+        assert_eq!(defaults_from(plain.clone(), no_env), plain);
+        let by_env = defaults_from(plain.clone(), |var| {
+            (var == "OTP_EMBEDDED").then(|| OsString::from("true"))
+        });
+        assert!(by_env.iter().any(|a| a == "--embedded-trial"), "{by_env:?}");
         let given = args(&["otp-api", "--embedded", "--app-env=production"]);
-        let filled = with_defaults(given);
+        let filled = defaults_from(given, no_env);
         let app_env = filled
             .iter()
             .filter(|a| a.to_str().unwrap().starts_with("--app-env"))

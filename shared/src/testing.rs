@@ -272,7 +272,8 @@ where
     attempt().await
 }
 
-/// The value of one series (its name with labels, as exposed) in Prometheus text, 0 when absent.
+/// The value of one series (its name with labels, as exposed) in Prometheus text; panics when
+/// the series is absent.
 pub fn metric_value(exposition: &str, series: &str) -> f64 {
     exposition
         .lines()
@@ -280,15 +281,19 @@ pub fn metric_value(exposition: &str, series: &str) -> f64 {
             let (name, value) = line.rsplit_once(' ')?;
             (name == series).then(|| value.parse().expect("a numeric sample"))
         })
-        .unwrap_or(0.0)
+        // A missing series is a renamed metric or label, never a zero.
+        .unwrap_or_else(|| panic!("no series {series} in the exposition:\n{exposition}"))
 }
 
-/// The sum of every series of the metric `name`, whatever their labels.
+/// The sum of every series of the metric `name`, whatever their labels; panics when there is
+/// none.
 pub fn metric_sum(exposition: &str, name: &str) -> f64 {
-    exposition
+    let values: Vec<f64> = exposition
         .lines()
         .filter_map(|line| line.rsplit_once(' '))
         .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
         .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .sum()
+        .collect();
+    assert!(!values.is_empty(), "no series of {name} in the exposition");
+    values.iter().sum()
 }

@@ -202,6 +202,11 @@ async fn fraud_lines_never_reveal_more_of_a_number_than_the_mask() {
     let (child, lines, port) = start_logged(&mut cmd).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
+    let ready = otp_shared::testing::eventually(Duration::from_secs(5), || async {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        ready.is_ok_and(|r| r.status() == 200)
+    });
+    assert!(ready.await, "otp-api did not become ready");
     let mut statuses = Vec::new();
     for n in 0..3 {
         let resp = http
