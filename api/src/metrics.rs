@@ -314,6 +314,21 @@ impl Route {
 mod tests {
     use super::*;
 
+    /// Every family, label and label value this binary exports is named in the metrics doc.
+    #[test]
+    fn the_operations_doc_names_every_series() {
+        let metrics = ApiMetrics::new();
+        metrics.fraud_blocked_request("US");
+        metrics.fraud_block("US");
+        metrics.conversion_ratio.with_label_values(&["US"]).set(0.5);
+        let doc = include_str!("../../docs/operations.md");
+        let missing = otp_shared::testing::undocumented_metrics(&metrics.render(), doc);
+        assert!(
+            missing.is_empty(),
+            "docs/operations.md does not name: {missing:#?}"
+        );
+    }
+
     #[test]
     fn unknown_paths_and_statuses_stay_in_bounded_labels() {
         let metrics = ApiMetrics::new();

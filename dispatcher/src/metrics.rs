@@ -203,6 +203,20 @@ impl Drop for InFlight<'_> {
 mod tests {
     use super::*;
 
+    /// Every family, label and label value this binary exports is named in the metrics doc.
+    #[test]
+    fn the_operations_doc_names_every_series() {
+        let metrics = DispatcherMetrics::new();
+        metrics.provider("plivo");
+        metrics.provider("twilio");
+        let doc = include_str!("../../docs/operations.md");
+        let missing = otp_shared::testing::undocumented_metrics(&metrics.render(), doc);
+        assert!(
+            missing.is_empty(),
+            "docs/operations.md does not name: {missing:#?}"
+        );
+    }
+
     #[test]
     fn provider_calls_are_counted_by_status_class() {
         let metrics = DispatcherMetrics::new();

@@ -297,3 +297,47 @@ pub fn metric_sum(exposition: &str, name: &str) -> f64 {
     assert!(!values.is_empty(), "no series of {name} in the exposition");
     values.iter().sum()
 }
+
+/// What of a Prometheus exposition `doc` does not name: each family (without the histogram
+/// suffixes), each label name and each label value, as `name`, `name{label}` and
+/// `name{label="value"}`. A value counts as named when it appears in backquotes, alone or
+/// within a list; so a doc that lists every value passes, and a renamed or new one fails.
+pub fn undocumented_metrics(exposition: &str, doc: &str) -> Vec<String> {
+    let named =
+        |text: &str| doc.contains(&format!("`{text}`")) || doc.contains(&format!("`{text}{{"));
+    let mut missing = std::collections::BTreeSet::new();
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, _)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| exposition.contains(&format!("# TYPE {f} histogram")))
+            .unwrap_or(name);
+        if !named(family) {
+            missing.insert(family.to_owned());
+        }
+        for pair in labels
+            .trim_end_matches('}')
+            .split("\",")
+            .filter(|p| !p.is_empty())
+        {
+            let Some((label, value)) = pair.split_once("=\"") else {
+                continue;
+            };
+            let value = value.trim_end_matches('"');
+            if label == "le" {
+                continue;
+            }
+            if !doc.contains(&format!("{family}{{")) || !doc.contains(label) {
+                missing.insert(format!("{family}{{{label}}}"));
+            }
+            if !doc.contains(&format!("`{value}`")) {
+                missing.insert(format!("{family}{{{label}=\"{value}\"}}"));
+            }
+        }
+    }
+    missing.into_iter().collect()
+}
