@@ -1,5 +1,5 @@
 //! otp-dispatcher: consumes send jobs and delivers them through Plivo. No job is lost
-//! (at-least-once), and a ledger suppresses duplicates (README "Delivery guarantees").
+//! (at-least-once), and a ledger suppresses duplicates (docs/design.md, "Delivery guarantees").
 //!
 //! # Layout
 //! - [`breaker`]: the per-provider circuit breaker; its state behind `BreakerStore`: in Redis,

@@ -70,7 +70,7 @@ impl HealthApi {
         Err(ApiError::NotReady(down).into())
     }
 
-    /// Prometheus metrics in the text exposition format (see the README's Operations section).
+    /// Prometheus metrics in the text exposition format (see docs/operations.md, "Metrics").
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> PlainText<String> {
         PlainText(self.metrics.render())

@@ -18,7 +18,7 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// retries.
 const RECOVERY_GRACE: Duration = Duration::from_secs(5);
 /// Writes acknowledged by a master this shortly before it died may not have reached its replica
-/// (Redis replicates asynchronously); the README states this window.
+/// (Redis replicates asynchronously); docs/operations.md states this window.
 const REPLICATION_LAG: Duration = Duration::from_secs(1);
 
 fn nodes() -> String {
