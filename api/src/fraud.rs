@@ -4,15 +4,14 @@
 //! with a conversion (verified ÷ sent) below FRAUD_GUARD_MIN_CONVERSION is blocked for
 //! FRAUD_GUARD_BLOCK_HOURS, renewed while the pattern continues. Sends younger than
 //! FRAUD_GUARD_GRACE_SECONDS are not counted, so a code still being typed never counts against
-//! its prefix. The accounting runs inside the issue and verify scripts (no extra round trip).
+//! its prefix. The accounting runs inside the issue and verify scripts (no extra round trip);
+//! this module holds the settings and what a destination's prefix is.
 
 use std::{str::FromStr, time::Duration};
 
 use clap::Args;
 
 use otp_shared::phone::PhoneNumber;
-
-use crate::store::OtpStore;
 
 /// FRAUD_GUARD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,95 +167,6 @@ impl FraudSettings {
     pub fn min_conversion_per_mille(&self) -> u64 {
         (self.fraud_guard_min_conversion * 1000.0).round() as u64
     }
-}
-
-/// Keeps `otp_conversion_ratio{country}` current: verified ÷ counted sends per country seen in
-/// the window (sends younger than the grace are not counted), every `every`. Countries no longer
-/// seen lose their label.
-pub async fn watch_conversion(
-    store: impl OtpStore,
-    gauge: prometheus::GaugeVec,
-    every: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut shown: Vec<String> = Vec::new();
-    loop {
-        match store.conversion_by_country().await {
-            Ok(ratios) => {
-                for gone in shown
-                    .iter()
-                    .filter(|c| !ratios.iter().any(|(r, _)| r == *c))
-                {
-                    let _ = gauge.remove_label_values(&[gone]);
-                }
-                shown = ratios.iter().map(|(c, _)| c.clone()).collect();
-                for (country, ratio) in ratios {
-                    gauge.with_label_values(&[&country]).set(ratio);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "conversion ratios unavailable"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-/// The country counters' bucket width (guard.lua, unguard.lua and converted.lua use the same).
-const BUCKET_MS: u64 = 10_000;
-
-/// (country, verified ÷ counted sends) for the countries with counted sends in the window;
-/// a 10-second bucket counts once it started before the grace. Drops buckets past the window.
-/// (`RedisStore`'s [`OtpStore::conversion_by_country`].)
-pub async fn conversion_by_country<C: redis::aio::ConnectionLike + Send>(
-    redis: &mut C,
-    keys: &otp_shared::keys::Keys,
-    settings: &FraudSettings,
-) -> redis::RedisResult<Vec<(String, f64)>> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(redis).await?;
-    let now = secs * 1000 + micros / 1000;
-    let oldest = now.saturating_sub(settings.window().as_millis() as u64);
-    let newest = now.saturating_sub(settings.grace().as_millis() as u64);
-    let countries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(keys.fraud_countries())
-        .arg(oldest)
-        .arg("+inf")
-        .query_async(redis)
-        .await?;
-    let mut out = Vec::new();
-    for country in countries {
-        let key = keys.fraud_country(&country);
-        let buckets: std::collections::HashMap<String, u64> =
-            redis::cmd("HGETALL").arg(&key).query_async(redis).await?;
-        let (mut sends, mut verified, mut stale) = (0, 0, Vec::new());
-        for (field, count) in buckets {
-            let Some((kind, bucket)) = field.split_once(':') else {
-                continue;
-            };
-            let start = bucket.parse::<u64>().unwrap_or(0) * BUCKET_MS;
-            if start + BUCKET_MS <= oldest {
-                stale.push(field);
-            } else if start <= newest {
-                match kind {
-                    "s" => sends += count,
-                    "v" => verified += count,
-                    _ => {}
-                }
-            }
-        }
-        if !stale.is_empty() {
-            let _: i64 = redis::cmd("HDEL")
-                .arg(&key)
-                .arg(&stale)
-                .query_async(redis)
-                .await?;
-        }
-        if sends > 0 {
-            out.push((country, verified as f64 / sends as f64));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 //! # Layout
 //! - [`config`]: every setting, read from the environment by clap (`otp-api --help`).
 //! - [`startup`]: `Application::build` wires config into the service (Redis and RabbitMQ, or
-//!   memory with `--embedded`) and the HTTP server.
+//!   memory with `--embedded`) and the HTTP server, and starts the background tasks (the
+//!   conversion gauge, the manual-block watch).
 //! - [`routes`]: HTTP handlers (poem-openapi), thin translations to [`service`].
-//! - [`server`]: the HTTP server (hyper) with header, idle and connection bounds.
+//! - [`server`]: the HTTP server (hyper) with header, write, idle, age and connection bounds.
 //! - [`sms_text`]: the SMS text with autofill lines, and its segment count.
 //! - [`service`]: the use cases: request a code, verify it, read delivery state.
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
 //! - [`store`]: the `OtpStore` trait, its Redis implementation (Lua scripts beside it) and the
-//!   same rules in memory (`MemoryStore`), kept in step by one conformance suite.
+//!   same rules in memory (`MemoryStore`), kept in step by one conformance suite; `rules`
+//!   holds what both apply alike.
 //! - [`embedded`]: the one-process mode (`--embedded`): every backend in memory, a
 //!   dispatcher in the same process, SMS printed to the console.
 //! - [`openapi`]: the published OpenAPI document, completed with the live constraints.

@@ -29,6 +29,9 @@ use crate::{
     },
 };
 
+/// The service as deployed: Redis and RabbitMQ, or memory in the one-process mode.
+pub type AppService = OtpService<crate::store::AnyStore, crate::queue::AnyQueue>;
+
 /// Code policy the service applies.
 #[derive(Debug, Clone)]
 pub struct CodePolicy {

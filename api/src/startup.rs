@@ -29,9 +29,6 @@ const MANUAL_BLOCKS_REFRESH: Duration = Duration::from_secs(2);
 /// How often the fraud guard's conversion gauge is recomputed.
 const CONVERSION_REFRESH: Duration = Duration::from_secs(15);
 
-/// The service as deployed: Redis and RabbitMQ, or memory in the one-process mode.
-pub type AppService = OtpService<AnyStore, AnyQueue>;
-
 pub struct Application {
     addr: SocketAddr,
     listener: tokio::net::TcpListener,
@@ -133,7 +130,7 @@ impl Application {
             metrics: metrics.clone(),
         });
         if config.fraud.fraud_guard != crate::fraud::Mode::Off {
-            tokio::spawn(crate::fraud::watch_conversion(
+            tokio::spawn(watch_conversion(
                 store.clone(),
                 metrics.conversion_ratio.clone(),
                 CONVERSION_REFRESH,
@@ -210,4 +207,37 @@ fn shared_body(body: Bytes, content_type: &'static str) -> impl poem::Endpoint {
             .content_type(content_type)
             .body(body.clone())
     })
+}
+
+/// Keeps `otp_conversion_ratio{country}` current: verified ÷ counted sends per country seen in
+/// the window (sends younger than the grace are not counted), every `every`. Countries no longer
+/// seen lose their label.
+pub async fn watch_conversion(
+    store: impl crate::store::OtpStore,
+    gauge: prometheus::GaugeVec,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut shown: Vec<String> = Vec::new();
+    loop {
+        match store.conversion_by_country().await {
+            Ok(ratios) => {
+                for gone in shown
+                    .iter()
+                    .filter(|c| !ratios.iter().any(|(r, _)| r == *c))
+                {
+                    let _ = gauge.remove_label_values(&[gone]);
+                }
+                shown = ratios.iter().map(|(c, _)| c.clone()).collect();
+                for (country, ratio) in ratios {
+                    gauge.with_label_values(&[&country]).set(ratio);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "conversion ratios unavailable"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }

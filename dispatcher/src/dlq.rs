@@ -13,62 +13,23 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use redis::Script;
-use serde::Serialize;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use otp_shared::{
     amqp::{ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, Topology, header_str},
     backend::Unavailable,
-    job::SendJob,
     keys::Keys,
     ledger::JobOutcome,
 };
 
-use crate::source::DeadLetters;
+use crate::source::{DeadLetter, DeadLetters};
 
 /// How long the broker may take to confirm a replayed job.
 const REPLAY_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One dead letter as an operator sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    /// None when the message is not a readable send job.
-    pub job_id: Option<Uuid>,
-    pub verification_id: Option<Uuid>,
-    pub reason: String,
-    /// RFC 3339; None when the message carries no time.
-    pub dead_lettered_at: Option<String>,
-    /// Provider calls made before it was dead-lettered, when known.
-    pub attempts: Option<u32>,
-    #[serde(skip)]
-    pub dead_at: Option<OffsetDateTime>,
-    #[serde(skip)]
-    pub expires_at: Option<OffsetDateTime>,
-}
-
 impl DeadLetter {
-    /// A dead letter from its message and what was noted when it was given up on: why, when,
-    /// and after how many provider attempts.
-    pub fn new(
-        body: &[u8],
-        reason: String,
-        dead_at: Option<OffsetDateTime>,
-        attempts: Option<u32>,
-    ) -> Self {
-        let job = serde_json::from_slice::<SendJob>(body).ok();
-        Self {
-            job_id: job.as_ref().map(|j| j.job_id),
-            verification_id: job.as_ref().map(|j| j.verification_id),
-            reason,
-            dead_lettered_at: dead_at.and_then(|t| t.format(&Rfc3339).ok()),
-            attempts,
-            dead_at,
-            expires_at: job.map(|j| j.expires_at),
-        }
-    }
-
     /// A dead letter from RabbitMQ: our headers, or the broker's `x-death` when it
     /// dead-lettered the message itself.
     pub fn read(body: &[u8], properties: &BasicProperties) -> Self {
@@ -82,20 +43,6 @@ impl DeadLetter {
             .unwrap_or_else(|| "unknown".into());
         let attempts = header_str(properties, ATTEMPTS_HEADER).and_then(|s| s.parse().ok());
         Self::new(body, reason, dead_at, attempts)
-    }
-
-    /// One line for `dlq list`.
-    pub fn line(&self) -> String {
-        let id = |v: Option<Uuid>| v.map_or_else(|| "-".to_owned(), |u| u.to_string());
-        format!(
-            "{}  verification={}  dead_at={}  attempts={}  reason={}",
-            id(self.job_id),
-            id(self.verification_id),
-            self.dead_lettered_at.as_deref().unwrap_or("-"),
-            self.attempts
-                .map_or_else(|| "-".to_owned(), |a| a.to_string()),
-            self.reason
-        )
     }
 }
 

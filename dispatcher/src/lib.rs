@@ -10,8 +10,8 @@
 //! - [`config`]: every setting, read from the environment by clap (`otp-dispatcher --help`).
 //! - [`startup`]: `Application::build` wires the parts; `run_until` handles graceful shutdown.
 //! - [`source`]: the queue's consuming side as a seam: `JobSource` (deliver jobs to the worker,
-//!   settle them), `DeadLetters` (list what was given up on), and `serve` (run one with a
-//!   shutdown grace period).
+//!   settle them), `DeadLetters` (list what was given up on) with the `DeadLetter` they list,
+//!   and `serve` (run one with a shutdown grace period).
 //! - [`consumer`]: the AMQP `JobSource`: connection, prefetch, one task per delivery,
 //!   reconnects; acks, rejects and dead-letter copies (the only module that does).
 //! - [`worker`]: one job end to end, whatever brought it: decode, claim, send with retries,
@@ -20,7 +20,7 @@
 //! - [`retry`]: `RetryPolicy` (capped exponential backoff, full jitter) and the retry loop.
 //! - [`sender`]: the `SmsSender` trait every provider implements.
 //! - [`twilio`]: the Twilio Messages API client, the second provider.
-//! - [`plivo`]: the Plivo Message API client and status-code classification.
+//! - [`plivo`]: the Plivo Message API client, its `SmsSender`, and status-code classification.
 //! - [`ledger`]: the idempotency ledger (job leases and outcomes) behind `SendLedger`: in Redis,
 //!   shared by every dispatcher, or in memory.
 //! - [`records`]: the delivery record and the code's liveness, as the worker sees them

@@ -15,8 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    dlq::DeadLetter,
-    source::{DeadLetters, JobSource},
+    source::{DeadLetter, DeadLetters, JobSource},
     worker::{Incoming, Settle, Worker},
 };
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use reqwest::{StatusCode, header::HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -11,7 +12,7 @@ use serde_json::json;
 use crate::{
     metrics::ProviderMetrics,
     outcome::Attempt,
-    sender::{http_client, read_capped, send_counted},
+    sender::{SmsSender, http_client, read_capped, send_counted},
 };
 
 pub struct PlivoClient {
@@ -208,6 +209,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+impl SmsSender for PlivoClient {
+    fn name(&self) -> &'static str {
+        "plivo"
+    }
+
+    fn send<'a>(&'a self, destination: &'a str, text: &'a str) -> BoxFuture<'a, Attempt> {
+        Box::pin(PlivoClient::send(self, destination, text))
+    }
 }
 
 #[cfg(test)]

@@ -66,13 +66,3 @@ pub trait SmsSender: Send + Sync {
     /// One provider call. `text` holds the code: it is never logged.
     fn send<'a>(&'a self, destination: &'a str, text: &'a str) -> BoxFuture<'a, Attempt>;
 }
-
-impl SmsSender for crate::plivo::PlivoClient {
-    fn name(&self) -> &'static str {
-        "plivo"
-    }
-
-    fn send<'a>(&'a self, destination: &'a str, text: &'a str) -> BoxFuture<'a, Attempt> {
-        Box::pin(crate::plivo::PlivoClient::send(self, destination, text))
-    }
-}

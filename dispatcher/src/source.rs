@@ -8,7 +8,13 @@ use std::{future::Future, sync::Arc, time::Duration};
 use otp_shared::backend::Unavailable;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{dlq::DeadLetter, worker::Worker};
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use uuid::Uuid;
+
+use otp_shared::job::SendJob;
+
+use crate::worker::Worker;
 
 /// Delivers send jobs to the worker and does what it says with each ([`crate::worker::Settle`]):
 /// acks it, keeps it as a dead letter, or leaves it to be delivered again.
@@ -38,6 +44,60 @@ pub trait DeadLetters {
         &self,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, Unavailable>> + Send;
+}
+
+/// One dead letter as an operator sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// None when the message is not a readable send job.
+    pub job_id: Option<Uuid>,
+    pub verification_id: Option<Uuid>,
+    pub reason: String,
+    /// RFC 3339; None when the message carries no time.
+    pub dead_lettered_at: Option<String>,
+    /// Provider calls made before it was dead-lettered, when known.
+    pub attempts: Option<u32>,
+    #[serde(skip)]
+    pub dead_at: Option<OffsetDateTime>,
+    #[serde(skip)]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl DeadLetter {
+    /// A dead letter from its message and what was noted when it was given up on: why, when,
+    /// and after how many provider attempts.
+    pub fn new(
+        body: &[u8],
+        reason: String,
+        dead_at: Option<OffsetDateTime>,
+        attempts: Option<u32>,
+    ) -> Self {
+        let job = serde_json::from_slice::<SendJob>(body).ok();
+        Self {
+            job_id: job.as_ref().map(|j| j.job_id),
+            verification_id: job.as_ref().map(|j| j.verification_id),
+            reason,
+            dead_lettered_at: dead_at.and_then(|t| t.format(&Rfc3339).ok()),
+            attempts,
+            dead_at,
+            expires_at: job.map(|j| j.expires_at),
+        }
+    }
+
+    /// One line for `dlq list`.
+    pub fn line(&self) -> String {
+        let id = |v: Option<Uuid>| v.map_or_else(|| "-".to_owned(), |u| u.to_string());
+        format!(
+            "{}  verification={}  dead_at={}  attempts={}  reason={}",
+            id(self.job_id),
+            id(self.verification_id),
+            self.dead_lettered_at.as_deref().unwrap_or("-"),
+            self.attempts
+                .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            self.reason
+        )
+    }
 }
 
 /// How long jobs aborted at the end of the grace period get to release their leases.

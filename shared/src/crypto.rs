@@ -4,27 +4,12 @@ use aes_gcm::{
     Aes256Gcm, Nonce,
     aead::{Aead, Generate, KeyInit, Payload},
 };
-use base64::{Engine, engine::general_purpose::STANDARD};
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretSlice};
 
 /// AES-GCM's standard nonce length in bytes.
 const NONCE_LEN: usize = 12;
-
-/// Decodes a base64 secret of at least `min_len` bytes. The error text never echoes the input.
-pub fn decode_key(value: &str, min_len: usize) -> Result<SecretSlice<u8>, String> {
-    let bytes = STANDARD
-        .decode(value.trim())
-        .map_err(|_| "must be base64 (standard alphabet, padded)".to_owned())?;
-    if bytes.len() < min_len {
-        return Err(format!(
-            "must decode to at least {min_len} bytes, got {}",
-            bytes.len()
-        ));
-    }
-    Ok(bytes.into())
-}
 
 /// The AES-256-GCM keys that api and dispatcher share (JOB_ENCRYPTION_KEY): one key, or several
 /// with ids (`2:base64,1:base64`) while rotating. Jobs are sealed with the first (current) key
@@ -124,6 +109,8 @@ impl std::fmt::Debug for JobKey {
 
 #[cfg(test)]
 mod tests {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+
     use super::*;
 
     fn key(byte: u8) -> JobKey {

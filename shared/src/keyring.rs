@@ -4,7 +4,9 @@
 
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
-use crate::{config::AppEnv, crypto::decode_key};
+use base64::{Engine, engine::general_purpose::STANDARD};
+
+use crate::config::AppEnv;
 
 /// The public development values in `.env.example` (OTP_HMAC_KEY, JOB_ENCRYPTION_KEY).
 pub const EXAMPLE_KEYS: [&str; 2] = [
@@ -38,6 +40,20 @@ pub fn check_tokens(env: AppEnv, tokens: &[(&str, Option<&SecretString>)]) -> Re
         }
     }
     Ok(())
+}
+
+/// Decodes a base64 secret of at least `min_len` bytes. The error text never echoes the input.
+pub fn decode_key(value: &str, min_len: usize) -> Result<SecretSlice<u8>, String> {
+    let bytes = STANDARD
+        .decode(value.trim())
+        .map_err(|_| "must be base64 (standard alphabet, padded)".to_owned())?;
+    if bytes.len() < min_len {
+        return Err(format!(
+            "must decode to at least {min_len} bytes, got {}",
+            bytes.len()
+        ));
+    }
+    Ok(bytes.into())
 }
 
 /// One key of a ring.

@@ -138,16 +138,10 @@ pub fn secure_or_local(value: &str) -> bool {
         }
 }
 
-/// Outside development, each URL that is set must be https unless it points at this host (a
-/// callback or provider URL over plain http would carry tokens and reports in the clear). The
+/// Each URL that is set must be https unless it points at this host (a callback or provider
+/// URL over plain http would carry tokens and reports in the clear): production's rule. The
 /// error names the variable and the host, never the whole URL.
-pub fn check_secure_urls(
-    env: crate::config::AppEnv,
-    urls: &[(&str, Option<&str>)],
-) -> Result<(), String> {
-    if env == crate::config::AppEnv::Development {
-        return Ok(());
-    }
+pub fn check_secure_urls(urls: &[(&str, Option<&str>)]) -> Result<(), String> {
     for (var, url) in urls {
         if let Some(url) = url.filter(|u| !secure_or_local(u)) {
             let host = url::Url::parse(url.trim())
@@ -169,7 +163,6 @@ mod tests {
 
     #[test]
     fn only_https_or_this_host_passes_in_production() {
-        use crate::config::AppEnv;
         for ok in [
             "https://otp.example.com/cb",
             "http://127.0.0.1:3000/cb",
@@ -186,23 +179,16 @@ mod tests {
         ] {
             assert!(!secure_or_local(bad), "{bad}");
         }
-        let err = check_secure_urls(
-            AppEnv::Production,
-            &[
-                ("A_URL", None),
-                (
-                    "TWILIO_STATUS_CALLBACK_URL",
-                    Some("http://otp.example.com/x"),
-                ),
-            ],
-        )
+        let err = check_secure_urls(&[
+            ("A_URL", None),
+            (
+                "TWILIO_STATUS_CALLBACK_URL",
+                Some("http://otp.example.com/x"),
+            ),
+        ])
         .unwrap_err();
         assert!(err.contains("TWILIO_STATUS_CALLBACK_URL") && err.contains("otp.example.com"));
-        let dev = [(
-            "TWILIO_STATUS_CALLBACK_URL",
-            Some("http://otp.example.com/x"),
-        )];
-        assert!(check_secure_urls(AppEnv::Development, &dev).is_ok());
+        assert!(check_secure_urls(&[("A_URL", Some("https://otp.example.com/x"))]).is_ok());
     }
 
     const SECRET: &str = "s3cr3t-pa55";

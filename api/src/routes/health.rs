@@ -9,7 +9,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::{
     error::{ApiError, ErrorResponse},
     metrics::ApiMetrics,
-    startup::AppService,
+    service::AppService,
 };
 
 use super::ApiTags;

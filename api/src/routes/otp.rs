@@ -17,8 +17,7 @@ use crate::{
     client_ip::{client_ip, limit_key},
     error::{ApiError, ErrorResponse},
     middleware::RequestId,
-    service::parse_number,
-    startup::AppService,
+    service::{AppService, parse_number},
 };
 
 use super::{ApiTags, strict::JsonString};

@@ -24,7 +24,7 @@ use crate::fraud::Mode;
 use super::{
     BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL,
     RateLimit, ResendRefusal, StoreError, StorePolicy, VerifyLookup,
-    redis_store::{
+    rules::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
     },

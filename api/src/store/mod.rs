@@ -5,6 +5,7 @@
 
 mod memory;
 mod redis_store;
+mod rules;
 
 use std::future::Future;
 

@@ -44,6 +44,10 @@ use otp_shared::{
 use super::{
     FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL, RateLimit,
     ResendRefusal, StoreError, StorePolicy, VerifyLookup,
+    rules::{
+        IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
+        country_of, rate, tighter,
+    },
 };
 
 static GUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("guard.lua")));
@@ -75,19 +79,6 @@ static HIT: LazyLock<Script> = LazyLock::new(|| {
 static IDEMPOTENCY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("idempotency.lua")));
 
-/// Replayable responses are kept this long (the Idempotency-Key promise).
-pub(super) const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 60 * 60;
-/// A claim whose request never finished (process killed) frees itself after this long.
-pub(super) const IDEMPOTENCY_PENDING_TTL_SECONDS: u64 = 30;
-pub(super) const VERIFY_WINDOW_SECONDS: u64 = 15 * 60;
-
-/// The budget counter's name for a number's country (`ZZ`: no single country).
-pub(super) fn country_of(phone: &PhoneNumber) -> String {
-    phone
-        .country()
-        .map_or_else(|| "ZZ".to_owned(), |c| c.as_str().to_owned())
-}
-
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
@@ -108,14 +99,6 @@ struct IdempotencyRecord {
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         Self::Unavailable(Box::new(e))
-    }
-}
-
-pub(super) fn rate(limit: i64, remaining: i64, reset: i64) -> RateLimit {
-    RateLimit {
-        limit: limit.clamp(0, u32::MAX.into()) as u32,
-        remaining: remaining.clamp(0, u32::MAX.into()) as u32,
-        reset_seconds: reset.max(0) as u64,
     }
 }
 
@@ -280,15 +263,6 @@ impl RedisStore {
 enum HitOutcome {
     Under(RateLimit),
     Over(RateLimit),
-}
-
-/// The tighter of two limits' states (fewer remaining); a disabled one (limit 0) never wins.
-pub(super) fn tighter(a: Option<RateLimit>, b: RateLimit) -> Option<RateLimit> {
-    match a {
-        _ if b.limit == 0 => a,
-        Some(a) if a.remaining <= b.remaining => Some(a),
-        _ => Some(b),
-    }
 }
 
 impl OtpStore for RedisStore {
@@ -689,7 +663,7 @@ impl OtpStore for RedisStore {
     async fn conversion_by_country(&self) -> Result<Vec<(String, f64)>, StoreError> {
         let mut conn = self.conn.clone();
         let fraud = &self.policy.fraud;
-        Ok(crate::fraud::conversion_by_country(&mut conn, &self.keys, fraud).await?)
+        Ok(conversion_by_country(&mut conn, &self.keys, fraud).await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -698,4 +672,59 @@ impl OtpStore for RedisStore {
             .await?;
         Ok(())
     }
+}
+
+/// The country counters' bucket width (guard.lua, unguard.lua and converted.lua use the same).
+const BUCKET_MS: u64 = 10_000;
+
+/// (country, verified ÷ counted sends) for the countries with counted sends in the window;
+/// a 10-second bucket counts once it started before the grace. Drops buckets past the window.
+async fn conversion_by_country<C: redis::aio::ConnectionLike + Send>(
+    redis: &mut C,
+    keys: &otp_shared::keys::Keys,
+    settings: &crate::fraud::FraudSettings,
+) -> redis::RedisResult<Vec<(String, f64)>> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(redis).await?;
+    let now = secs * 1000 + micros / 1000;
+    let oldest = now.saturating_sub(settings.window().as_millis() as u64);
+    let newest = now.saturating_sub(settings.grace().as_millis() as u64);
+    let countries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys.fraud_countries())
+        .arg(oldest)
+        .arg("+inf")
+        .query_async(redis)
+        .await?;
+    let mut out = Vec::new();
+    for country in countries {
+        let key = keys.fraud_country(&country);
+        let buckets: std::collections::HashMap<String, u64> =
+            redis::cmd("HGETALL").arg(&key).query_async(redis).await?;
+        let (mut sends, mut verified, mut stale) = (0, 0, Vec::new());
+        for (field, count) in buckets {
+            let Some((kind, bucket)) = field.split_once(':') else {
+                continue;
+            };
+            let start = bucket.parse::<u64>().unwrap_or(0) * BUCKET_MS;
+            if start + BUCKET_MS <= oldest {
+                stale.push(field);
+            } else if start <= newest {
+                match kind {
+                    "s" => sends += count,
+                    "v" => verified += count,
+                    _ => {}
+                }
+            }
+        }
+        if !stale.is_empty() {
+            let _: i64 = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&stale)
+                .query_async(redis)
+                .await?;
+        }
+        if sends > 0 {
+            out.push((country, verified as f64 / sends as f64));
+        }
+    }
+    Ok(out)
 }

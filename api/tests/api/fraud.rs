@@ -80,11 +80,10 @@ async fn verified_traffic_is_never_blocked() {
             tokio::time::sleep(Duration::from_millis(1200)).await;
         }
     }
-    let mut redis = app.redis.clone();
-    let keys = Keys::new(app.prefix());
-    let ratios = otp_api::fraud::conversion_by_country(&mut redis, &keys, &guard(Mode::Enforce))
-        .await
-        .unwrap();
+    use otp_api::store::OtpStore;
+    let policy = otp_api::store::StorePolicy::from_config(&app.config);
+    let store = otp_api::store::RedisStore::new(app.redis.clone(), Keys::new(app.prefix()), policy);
+    let ratios = store.conversion_by_country().await.unwrap();
     assert_eq!(
         ratios,
         vec![("US".to_owned(), 1.0)],
@@ -254,7 +253,8 @@ async fn the_conversion_gauge_follows(store: impl otp_api::store::OtpStore + Clo
     let gauge = prometheus::GaugeVec::new(opts, &["country"]).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let every = Duration::from_millis(100);
-    let watch = otp_api::fraud::watch_conversion(store.clone(), gauge.clone(), every, stop.clone());
+    let watch =
+        otp_api::startup::watch_conversion(store.clone(), gauge.clone(), every, stop.clone());
     tokio::spawn(watch);
     for (n, verified) in [(0, true), (1, false)] {
         let phone = PhoneNumber::parse(&format!("+1212555010{n}")).unwrap();

@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use otp_dispatcher::{
     consumer::Consumer,
-    dlq::{DeadLetter, DeadLetterQueue},
+    dlq::DeadLetterQueue,
     memory_queue::{MemoryConsumer, MemoryQueue, Message, memory_queue},
     metrics::DispatcherMetrics,
     sender::SmsSender,
-    source::{DeadLetters, JobSource, serve},
+    source::{DeadLetter, DeadLetters, JobSource, serve},
     startup::redis_worker,
     worker::Worker,
 };
