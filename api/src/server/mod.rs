@@ -1,7 +1,7 @@
 //! The API's HTTP server: hyper serving the poem application, with the bounds poem's own
 //! `Server` does not set, so that no client can hold a socket open for long: a time limit on
 //! sending request headers (a client that sends nothing at all included), on writing each answer
-//! ([`write_deadline`]), on keep-alive idling and on a connection's whole life; a bounded wait
+//! (`write_deadline`), on keep-alive idling and on a connection's whole life; a bounded wait
 //! when a connection is told to close; and a cap on concurrent connections (further clients wait
 //! in the kernel's accept backlog). The body read limit is applied by the middleware, which
 //! answers 408. HTTP/2 in clear text (h2c) is served only when enabled, with its own stream cap

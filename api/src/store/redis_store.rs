@@ -121,7 +121,7 @@ impl RedisStore {
             || self.manual_blocks.load(Ordering::Relaxed)
     }
 
-    /// Keeps [`Self::guarded`]'s view of manual blocks current, every `every`, until `stop`:
+    /// Keeps the view of manual blocks current, every `every`, until `stop`:
     /// with FRAUD_GUARD=off and no budget, a request pays for `guard.lua` only while an
     /// operator's block exists (a new block takes effect within `every`). Unreadable: assume
     /// there is one.
