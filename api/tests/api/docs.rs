@@ -58,3 +58,36 @@ async fn the_openapi_document_lists_every_route_status_and_error_code() {
             .contains("swagger")
     );
 }
+
+/// Production serves the OpenAPI document but not Swagger UI, unless DOCS_ENABLED=true.
+#[tokio::test]
+async fn production_serves_docs_only_when_enabled() {
+    for (enabled, expected) in [(None, 404), (Some("true"), 200)] {
+        let (mut cmd, _cleanup) = crate::process::otp_api();
+        cmd.env("APP_ENV", "production")
+            .env(
+                "OTP_HMAC_KEY",
+                "ZMRZ8+3uYnNyHVnVirnb0ZrbiLjoLe3uOZqreeRILZ4=",
+            )
+            .env(
+                "JOB_ENCRYPTION_KEY",
+                "fRsogpcZSVwUMCQmCeFgXxcPS2dXX4Dq1J1T7wLg4DY=",
+            )
+            .env("MAX_SENDS_PER_HOUR", "1000");
+        if let Some(enabled) = enabled {
+            cmd.env("DOCS_ENABLED", enabled);
+        }
+        let (_child, mut lines, port) = crate::process::start_logged(&mut cmd).await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let docs = http.get(format!("{base}/docs")).send().await.unwrap();
+        assert_eq!(docs.status().as_u16(), expected, "DOCS_ENABLED={enabled:?}");
+        let spec = http
+            .get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(spec.status().as_u16(), 200);
+    }
+}
