@@ -16,8 +16,9 @@ local function ttl_or(key, default)
 end
 
 if cooldown > 0 then
-  local t = redis.call('TTL', KEYS[1])
-  if t > 0 then return {'cooldown', 1, 0, t, ''} end
+  -- In milliseconds: TTL rounds, and would let a request through in a cooldown's last 0.5 s.
+  local ms = redis.call('PTTL', KEYS[1])
+  if ms > 0 then return {'cooldown', 1, 0, math.ceil(ms / 1000), ''} end
 end
 
 local rate = {0, 0, 0}
