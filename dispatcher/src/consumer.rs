@@ -36,8 +36,9 @@ use otp_shared::{
 
 use crate::{
     metrics::DispatcherMetrics,
+    outcome::Settle,
     source::JobSource,
-    worker::{Incoming, Settle, Worker},
+    worker::{Incoming, Worker},
 };
 
 /// How long the broker may take to confirm a dead-letter copy before the original is rejected

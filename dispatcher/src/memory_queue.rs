@@ -15,8 +15,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    outcome::Settle,
     source::{DeadLetter, DeadLetters, JobSource},
-    worker::{Incoming, Settle, Worker},
+    worker::{Incoming, Worker},
 };
 
 /// One queued message: the job's bytes and its headers (request id, resend, trace context).

@@ -39,19 +39,26 @@ pub enum Final {
     },
 }
 
-/// What happens to the AMQP message once its job has ended.
+/// What the queue does with a delivered job, once the worker is done with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
+pub enum Settle {
+    /// Done with (sent, failed for good and dead-lettered, expired, withdrawn or a duplicate).
     Ack,
-    /// Copy to the dead-letter queue with this reason, then ack.
-    DeadLetter(String),
+    /// Keep it for an operator, with the reason and the provider attempts made.
+    DeadLetter { reason: String, attempts: u32 },
+    /// Not finished (shutdown): leave it unacknowledged for the broker to redeliver.
+    Leave,
 }
 
 impl Final {
-    pub fn disposition(&self) -> Disposition {
+    /// Sent and expired jobs are acked; a failed one is kept as a dead letter.
+    pub fn settle(&self) -> Settle {
         match self {
-            Self::Sent { .. } | Self::Expired { .. } => Disposition::Ack,
-            Self::Failed { reason, .. } => Disposition::DeadLetter(reason.clone()),
+            Self::Sent { .. } | Self::Expired { .. } => Settle::Ack,
+            Self::Failed { reason, attempts } => Settle::DeadLetter {
+                reason: reason.clone(),
+                attempts: *attempts,
+            },
         }
     }
 
@@ -74,18 +81,18 @@ mod tests {
             provider_id: None,
             attempts: 1,
         };
-        assert_eq!(sent.disposition(), Disposition::Ack);
-        assert_eq!(
-            Final::Expired { attempts: 2 }.disposition(),
-            Disposition::Ack
-        );
+        assert_eq!(sent.settle(), Settle::Ack);
+        assert_eq!(Final::Expired { attempts: 2 }.settle(), Settle::Ack);
         let failed = Final::Failed {
             reason: "plivo 400".into(),
             attempts: 1,
         };
         assert_eq!(
-            failed.disposition(),
-            Disposition::DeadLetter("plivo 400".into())
+            failed.settle(),
+            Settle::DeadLetter {
+                reason: "plivo 400".into(),
+                attempts: 1
+            }
         );
     }
 }

@@ -16,7 +16,7 @@ use otp_shared::job::SendJob;
 
 use crate::worker::Worker;
 
-/// Delivers send jobs to the worker and does what it says with each ([`crate::worker::Settle`]):
+/// Delivers send jobs to the worker and does what it says with each ([`crate::outcome::Settle`]):
 /// acks it, keeps it as a dead letter, or leaves it to be delivered again.
 pub trait JobSource: Send + 'static {
     /// What in-flight jobs still need once consuming has stopped (the AMQP connection their acks

@@ -25,7 +25,7 @@ use crate::{
     ledger::{Claim, Entry, MemoryLedger, SendLedger, SentRecord, keep_alive},
     limiter::{MemoryRateLimiter, SendRate},
     metrics::{DispatcherMetrics, InFlight, JobResult},
-    outcome::{Attempt, Disposition, Final},
+    outcome::{Attempt, Final, Settle},
     records::{JobRecords, LiveCode, MemoryJobRecords},
     retry::{RetryPolicy, run_attempts},
     router::{JobRoute, Provider, Router},
@@ -57,17 +57,6 @@ pub struct Incoming<'a> {
     pub redelivered: bool,
     /// The message's header by name (request id, resend, trace context).
     pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
-}
-
-/// What to do with a job's message once the worker is done with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settle {
-    /// Done with (sent, failed for good and dead-lettered, expired, withdrawn or a duplicate).
-    Ack,
-    /// Keep it for an operator, with the reason and the provider attempts made.
-    DeadLetter { reason: String, attempts: u32 },
-    /// Not finished (shutdown): leave it unacknowledged for the broker to redeliver.
-    Leave,
 }
 
 pub struct Worker {
@@ -254,13 +243,7 @@ impl Worker {
         };
         self.record(job, &sent, &outcome).await;
         self.count(job, &outcome);
-        match outcome.disposition() {
-            Disposition::Ack => Settle::Ack,
-            Disposition::DeadLetter(reason) => Settle::DeadLetter {
-                reason,
-                attempts: outcome.attempts(),
-            },
-        }
+        outcome.settle()
     }
 
     fn count(&self, job: &SendJob, outcome: &Final) {
