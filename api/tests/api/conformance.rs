@@ -122,6 +122,7 @@ conformance!(
     revoke_gives_back_what_issue_took,
     idempotency_claims_replays_and_conflicts,
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
+    monitor_mode_safe_prefixes_and_the_grace,
     a_burst_from_several_networks_is_blocked_with_a_trickle_left_open,
     a_resend_spends_like_a_send,
     delivery_reports_find_their_verification_once,
@@ -398,6 +399,7 @@ async fn revoke_gives_back_what_issue_took(backend: &mut impl Backend) {
         resend_cooldown_seconds: 60,
         max_sends_per_number_per_hour: 1,
         max_sends_per_hour: 1,
+        max_sends_per_country_per_hour: CountryBudgets::parse("US=1").unwrap(),
         ..policy()
     });
     let vid = issue(&store, NUMBER).await;
@@ -405,7 +407,7 @@ async fn revoke_gives_back_what_issue_took(backend: &mut impl Backend) {
     store.revoke(&phone(NUMBER), vid).await.unwrap();
     assert_eq!(live_code(&store, NUMBER).await, None);
     assert_eq!(store.delivery_status(vid).await.unwrap(), None);
-    // Cooldown, hourly send and global budget were all given back.
+    // Cooldown, hourly send, global and country budgets were all given back.
     let again = issue(&store, NUMBER).await;
     let status = store.delivery_status(again).await.unwrap().expect("record");
     assert_eq!((status.state.as_str(), status.attempts), ("queued", 0));
@@ -509,6 +511,42 @@ async fn a_burst_from_several_networks_is_blocked_with_a_trickle_left_open(
     assert!(verify(&store, "+14155550005", trickled, true).await);
     let (_, outcome) = guarded(&store, "+14155550007", "net-b").await;
     assert_eq!(signal(outcome), FraudSignal::Clear);
+}
+
+async fn monitor_mode_safe_prefixes_and_the_grace(backend: &mut impl Backend) {
+    // Monitor: the same judgement as enforce (3 unverified sends, 0% < 50%), never a refusal.
+    let mut base = policy();
+    base.fraud.fraud_guard = Mode::Monitor;
+    let store = backend.store(base.clone());
+    for n in 1..=3 {
+        let (_, outcome) = guarded(&store, &format!("+1415558000{n}"), "net-a").await;
+        assert_eq!(signal(outcome), FraudSignal::Clear, "send {n}");
+    }
+    let (_, outcome) = guarded(&store, "+14155580004", "net-a").await;
+    assert_eq!(
+        signal(outcome),
+        FraudSignal::NewBlock(BlockRule::Conversion)
+    );
+    let (_, outcome) = guarded(&store, "+14155580005", "net-a").await;
+    assert_eq!(signal(outcome), FraudSignal::Blocked);
+
+    // A safe-listed prefix is never judged, however it converts.
+    base.fraud.fraud_guard = Mode::Enforce;
+    base.fraud.fraud_guard_safe_prefixes = vec!["+1415559".into()];
+    let store = backend.store(base.clone());
+    for n in 1..=6 {
+        let (_, outcome) = guarded(&store, &format!("+1415559000{n}"), "net-a").await;
+        assert_eq!(signal(outcome), FraudSignal::Clear, "safe send {n}");
+    }
+
+    // Sends younger than the grace are not counted for the conversion rule.
+    base.fraud.fraud_guard_safe_prefixes = vec![];
+    base.fraud.fraud_guard_grace_seconds = 120;
+    let store = backend.store(base);
+    for n in 1..=6 {
+        let (_, outcome) = guarded(&store, &format!("+1415557000{n}"), "net-a").await;
+        assert_eq!(signal(outcome), FraudSignal::Clear, "young send {n}");
+    }
 }
 
 async fn a_resend_spends_like_a_send(backend: &mut impl Backend) {
