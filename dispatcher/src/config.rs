@@ -361,6 +361,11 @@ mod tests {
     /// Every variable this binary reads is documented in .env.example, and the example's values
     /// are accepted as they stand.
     #[test]
+    fn parse_errors_name_the_environment_variable() {
+        otp_shared::config::assert_errors_name_the_variable::<Config>();
+    }
+
+    #[test]
     fn env_example_documents_every_variable_with_valid_values() {
         otp_shared::config::assert_env_example_matches::<Config>(include_str!(
             "../../.env.example"

@@ -283,6 +283,31 @@ impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Secre
     }
 }
 
+/// Test helper: every setting of `C` that takes a value shows its environment variable as its
+/// value name, so a parse error (`invalid value 'x' for '--otp-length <OTP_LENGTH>'`) names the
+/// variable an operator set, not only the flag.
+#[doc(hidden)]
+pub fn assert_errors_name_the_variable<C: clap::Parser>() {
+    for arg in C::command().get_arguments() {
+        let Some(var) = arg.get_env().and_then(|v| v.to_str()) else {
+            continue;
+        };
+        if !arg.get_action().takes_values() {
+            continue;
+        }
+        let names: Vec<&str> = arg
+            .get_value_names()
+            .map(|names| names.iter().map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        let shown = if names.is_empty() {
+            arg.get_id().as_str().to_uppercase()
+        } else {
+            names.join(" ")
+        };
+        assert_eq!(shown, var, "the value name of --{:?}", arg.get_long());
+    }
+}
+
 /// Test helper: every variable `C` reads is documented in `.env.example` (given as `text`), and
 /// the example's uncommented values are accepted as they stand. Panics with what is wrong.
 #[doc(hidden)]
