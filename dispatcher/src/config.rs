@@ -11,7 +11,7 @@ use otp_shared::{
     crypto::JobKey,
 };
 
-use crate::retry::RetryPolicy;
+use crate::{retry::RetryPolicy, sender::SmsProvider};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -27,9 +27,13 @@ pub struct Config {
     pub amqp: AmqpArgs,
 
     /// SMS providers in order of preference: plivo, twilio, or both (`plivo,twilio`).
-    #[arg(long, env = "SMS_PROVIDERS", value_delimiter = ',', default_value = "plivo",
-          value_parser = parse_provider)]
-    pub sms_providers: Vec<&'static str>,
+    #[arg(
+        long,
+        env = "SMS_PROVIDERS",
+        value_delimiter = ',',
+        default_value = "plivo"
+    )]
+    pub sms_providers: Vec<SmsProvider>,
 
     /// Plivo account id (the `auth_id` in the API path and Basic auth); required with plivo.
     #[arg(long, env = "PLIVO_AUTH_ID")]
@@ -149,7 +153,7 @@ impl Config {
         let missing = |var: &str, provider: &str| {
             format!("{var} is required when SMS_PROVIDERS includes {provider}")
         };
-        if self.sms_providers.contains(&"plivo") {
+        if self.sms_providers.contains(&SmsProvider::Plivo) {
             if self.plivo_auth_id.is_none() {
                 return Err(missing("PLIVO_AUTH_ID", "plivo"));
             }
@@ -160,7 +164,7 @@ impl Config {
                 return Err(missing("PLIVO_SENDER_NUMBER", "plivo"));
             }
         }
-        if self.sms_providers.contains(&"twilio") {
+        if self.sms_providers.contains(&SmsProvider::Twilio) {
             if self.twilio_account_sid.is_none() {
                 return Err(missing("TWILIO_ACCOUNT_SID", "twilio"));
             }
@@ -226,14 +230,6 @@ fn parse_sender(value: &str) -> Result<String, String> {
     }
 }
 
-fn parse_provider(value: &str) -> Result<&'static str, String> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "plivo" => Ok("plivo"),
-        "twilio" => Ok("twilio"),
-        other => Err(format!("'{other}' is not a provider (plivo or twilio)")),
-    }
-}
-
 fn parse_ratio(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
@@ -288,6 +284,7 @@ mod tests {
             ("--plivo-sender-number", "not a sender!"),
             ("--plivo-sender-number", "+12"),
             ("--plivo-base-url", "ftp://x"),
+            ("--sms-providers", "plivo,sinch"),
             ("--dispatcher-concurrency", "0"),
             ("--plivo-max-rps", "0"),
             ("--job-encryption-key", "c2hvcnQ="),

@@ -59,6 +59,35 @@ pub async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
     body
 }
 
+/// The SMS providers there are clients for (`SMS_PROVIDERS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsProvider {
+    Plivo,
+    Twilio,
+}
+
+impl SmsProvider {
+    /// The name in settings, logs, metrics and the ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plivo => "plivo",
+            Self::Twilio => "twilio",
+        }
+    }
+}
+
+impl std::str::FromStr for SmsProvider {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "plivo" => Ok(Self::Plivo),
+            "twilio" => Ok(Self::Twilio),
+            other => Err(format!("'{other}' is not a provider (plivo or twilio)")),
+        }
+    }
+}
+
 pub trait SmsSender: Send + Sync {
     /// The provider's name in settings (`SMS_PROVIDERS`), logs, metrics and the ledger.
     fn name(&self) -> &'static str;

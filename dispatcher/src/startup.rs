@@ -25,7 +25,7 @@ use crate::{
     plivo::{PlivoClient, PlivoSettings},
     records::RedisJobRecords,
     router::{Provider, Router},
-    sender::SmsSender,
+    sender::{SmsProvider, SmsSender},
     source::serve,
     twilio::{TwilioClient, TwilioSettings},
     worker::Worker,
@@ -39,10 +39,10 @@ pub fn senders(
     let connect_timeout = Some(Duration::from_millis(config.plivo_connect_timeout_ms));
     let request_timeout = Some(Duration::from_millis(config.plivo_request_timeout_ms));
     let mut list = Vec::new();
-    for name in &config.sms_providers {
-        let missing = || anyhow::anyhow!("settings of {name} are missing");
-        let sender: Arc<dyn SmsSender> = match *name {
-            "twilio" => Arc::new(
+    for provider in &config.sms_providers {
+        let missing = || anyhow::anyhow!("settings of {} are missing", provider.name());
+        let sender: Arc<dyn SmsSender> = match provider {
+            SmsProvider::Twilio => Arc::new(
                 TwilioClient::new(TwilioSettings {
                     base_url: config.twilio_base_url.clone(),
                     account_sid: config.twilio_account_sid.clone().ok_or_else(missing)?,
@@ -53,9 +53,9 @@ pub fn senders(
                     request_timeout,
                 })
                 .context("building the Twilio HTTP client")?
-                .with_metrics(metrics.provider("twilio")),
+                .with_metrics(metrics.provider(provider.name())),
             ),
-            _ => Arc::new(
+            SmsProvider::Plivo => Arc::new(
                 PlivoClient::new(PlivoSettings {
                     base_url: config.plivo_base_url.clone(),
                     auth_id: config.plivo_auth_id.clone().ok_or_else(missing)?,
@@ -66,7 +66,7 @@ pub fn senders(
                     request_timeout,
                 })
                 .context("building the Plivo HTTP client")?
-                .with_metrics(metrics.provider("plivo")),
+                .with_metrics(metrics.provider(provider.name())),
             ),
         };
         list.push(sender);

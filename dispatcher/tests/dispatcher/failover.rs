@@ -19,7 +19,10 @@ async fn both(
     twilio: &MockServer,
 ) -> otp_dispatcher::config::Config {
     let mut config = world.config(&plivo.uri());
-    config.sms_providers = vec!["plivo", "twilio"];
+    config.sms_providers = vec![
+        otp_dispatcher::sender::SmsProvider::Plivo,
+        otp_dispatcher::sender::SmsProvider::Twilio,
+    ];
     config.twilio_base_url = twilio.uri();
     config
 }

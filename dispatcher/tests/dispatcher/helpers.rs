@@ -138,7 +138,7 @@ impl World {
         Config {
             redis: otp_shared::testing::redis_args(&self.prefix, 1000),
             amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &self.queue),
-            sms_providers: vec!["plivo"],
+            sms_providers: vec![otp_dispatcher::sender::SmsProvider::Plivo],
             plivo_auth_id: Some(AUTH_ID.into()),
             plivo_auth_token: Some(AUTH_TOKEN.to_owned().into()),
             plivo_sender_number: Some(SENDER.into()),

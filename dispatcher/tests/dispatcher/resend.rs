@@ -50,7 +50,10 @@ async fn stack_with(twilio_calls: u64, tweak: impl FnOnce(&mut otp_api::config::
         .await;
     let world = World::new().await;
     let mut dispatcher = world.config(&plivo.uri());
-    dispatcher.sms_providers = vec!["plivo", "twilio"];
+    dispatcher.sms_providers = vec![
+        otp_dispatcher::sender::SmsProvider::Plivo,
+        otp_dispatcher::sender::SmsProvider::Twilio,
+    ];
     dispatcher.twilio_base_url = twilio.uri();
     let dispatcher = spawn_dispatcher(dispatcher).await;
     let mut api = api_config(&world);
