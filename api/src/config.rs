@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 
 use otp_shared::{
-    config::{AmqpArgs, AppEnv, LogFormat, RedisArgs, SecretParser},
+    config::{AmqpArgs, AppEnv, ProcessArgs, RedisArgs, SecretParser},
     crypto::JobKey,
     phone::CountryCode,
 };
@@ -49,15 +49,8 @@ pub struct Config {
 
     #[command(flatten)]
     pub reports: ReportSettings,
-    /// production (default): known-bad keys stop the process; development: they are allowed.
-    #[arg(long, env = "APP_ENV", default_value = "production")]
-    pub app_env: AppEnv,
-    /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
-    /// Seconds that in-flight requests get to finish after SIGINT/SIGTERM.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// Run the API and a dispatcher in one process, everything in memory and each SMS printed
     /// to the console with its code: for trying the service with neither Redis nor RabbitMQ.
     /// Nothing is persisted; APP_ENV=production refuses it.
@@ -118,13 +111,13 @@ impl Config {
         self.check_keys()?;
         let reports = &self.reports;
         otp_shared::keyring::check_tokens(
-            self.app_env,
+            self.process.app_env,
             &[
                 ("PLIVO_AUTH_TOKEN", reports.plivo_auth_token.as_ref()),
                 ("TWILIO_AUTH_TOKEN", reports.twilio_auth_token.as_ref()),
             ],
         )?;
-        if self.app_env == AppEnv::Development {
+        if self.process.app_env == AppEnv::Development {
             return Ok(());
         }
         otp_shared::urls::check_secure_urls(&[
@@ -151,7 +144,7 @@ impl Config {
     /// one key under both settings. The error names the variable.
     pub fn check_keys(&self) -> Result<(), String> {
         otp_shared::keyring::check_keys(
-            self.app_env,
+            self.process.app_env,
             &[
                 ("OTP_HMAC_KEY", self.otp.otp_hmac_key.key_bytes()),
                 (

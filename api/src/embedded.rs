@@ -143,7 +143,7 @@ fn senders() -> anyhow::Result<Vec<Arc<dyn SmsSender>>> {
 
 /// The one-process mode is never production: it loses everything on exit and prints codes.
 pub fn refuse_production(config: &Config) -> anyhow::Result<()> {
-    if config.embedded && config.app_env == AppEnv::Production {
+    if config.embedded && config.process.app_env == AppEnv::Production {
         anyhow::bail!(
             "OTP_EMBEDDED keeps everything in memory and prints codes to the console: it is for \
              trying the service, and APP_ENV=production refuses it"

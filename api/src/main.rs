@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
     // The one-process mode needs no settings: it fills in development defaults.
     let args = otp_api::embedded::with_defaults(std::env::args_os().collect());
     let config = Config::parse_from(args);
-    let telemetry = telemetry::init("otp-api", config.log_format);
+    let telemetry = telemetry::init("otp-api", config.process.log_format);
     let result = match Application::build(config).await {
         Ok(app) => app.run_until(shutdown).await,
         Err(e) => Err(e),

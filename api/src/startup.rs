@@ -142,7 +142,7 @@ impl Application {
         let docs_enabled = config
             .http
             .docs_enabled
-            .unwrap_or(config.app_env == AppEnv::Development);
+            .unwrap_or(config.process.app_env == AppEnv::Development);
         let docs = docs_enabled.then(|| Bytes::from(api.swagger_ui_html()));
         let mut app = Route::new().nest("/", api).at(
             "/openapi.json",
@@ -178,7 +178,7 @@ impl Application {
             app,
             background,
             publisher_task,
-            grace: Duration::from_secs(config.shutdown_grace_seconds),
+            grace: config.process.grace(),
         })
     }
 

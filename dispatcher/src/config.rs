@@ -7,7 +7,7 @@ use clap::Parser;
 use secrecy::SecretString;
 
 use otp_shared::{
-    config::{AmqpArgs, AppEnv, LogFormat, RedisArgs, SecretParser},
+    config::{AmqpArgs, AppEnv, ProcessArgs, RedisArgs, SecretParser},
     crypto::JobKey,
 };
 
@@ -133,17 +133,8 @@ pub struct Config {
     /// Port of /healthz and /readyz.
     #[arg(long, env = "DISPATCHER_HTTP_PORT", default_value_t = 3001)]
     pub dispatcher_http_port: u16,
-    /// production (default): known-bad keys and plain-http provider URLs to other hosts stop
-    /// the process; development: they are allowed.
-    #[arg(long, env = "APP_ENV", default_value = "production")]
-    pub app_env: AppEnv,
-    /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    pub log_format: LogFormat,
-    /// Seconds in-flight sends get to finish after SIGINT/SIGTERM; unfinished jobs are left
-    /// for redelivery.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 impl Config {
@@ -176,17 +167,17 @@ impl Config {
             }
         }
         otp_shared::keyring::check_keys(
-            self.app_env,
+            self.process.app_env,
             &[("JOB_ENCRYPTION_KEY", self.job_encryption_key.key_bytes())],
         )?;
         otp_shared::keyring::check_tokens(
-            self.app_env,
+            self.process.app_env,
             &[
                 ("PLIVO_AUTH_TOKEN", self.plivo_auth_token.as_ref()),
                 ("TWILIO_AUTH_TOKEN", self.twilio_auth_token.as_ref()),
             ],
         )?;
-        if self.app_env == AppEnv::Development {
+        if self.process.app_env == AppEnv::Development {
             return Ok(());
         }
         otp_shared::urls::check_secure_urls(&[
@@ -343,7 +334,7 @@ mod tests {
         let err = example.validate().unwrap_err();
         assert!(err.contains("PLIVO_AUTH_TOKEN"), "{err}");
         let mut dev = prod("http://fake-plivo:8080");
-        dev.app_env = AppEnv::Development;
+        dev.process.app_env = AppEnv::Development;
         assert!(dev.validate().is_ok());
         let weak = with(&["--plivo-base-url", "https://api.plivo.com"]);
         assert!(weak.validate().unwrap_err().contains("JOB_ENCRYPTION_KEY"));

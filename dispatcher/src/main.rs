@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     // Listen for signals before anything else, so none is missed during start-up.
     let shutdown = otp_shared::shutdown::signal();
     let config = Config::parse();
-    let telemetry = telemetry::init("otp-dispatcher", config.log_format);
+    let telemetry = telemetry::init("otp-dispatcher", config.process.log_format);
     let result = match Application::build(config).await {
         Ok(app) => app.run_until(shutdown).await,
         Err(e) => Err(e),

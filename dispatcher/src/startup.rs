@@ -176,7 +176,7 @@ impl Application {
                 amqp_connected: connected,
                 metrics,
             },
-            grace: Duration::from_secs(config.shutdown_grace_seconds),
+            grace: config.process.grace(),
         })
     }
 

@@ -66,6 +66,29 @@ impl fmt::Display for LogFormat {
     }
 }
 
+/// What every process of the service reads alike: how strict to be, how to log, and how long
+/// work in flight gets at a stop. Each binary flattens it into its config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessArgs {
+    /// production (default): known-bad keys, example provider tokens and plain-http URLs to
+    /// other hosts stop the process; development: they are allowed.
+    #[arg(long, env = "APP_ENV", default_value = "production")]
+    pub app_env: AppEnv,
+    /// Log output format: json or pretty. Verbosity comes from RUST_LOG (default info).
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+    /// Seconds that work in flight (the API's requests, a dispatcher's sends) gets to finish
+    /// after SIGINT/SIGTERM; a dispatcher leaves unfinished jobs for redelivery.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl ProcessArgs {
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
 /// Where Redis is: REDIS_URL, or the Node tutorial's REDIS_HOST / REDIS_PORT / REDIS_PASSWORD /
 /// REDIS_DB when REDIS_URL is unset.
 #[derive(Debug, Clone, Default, clap::Args)]

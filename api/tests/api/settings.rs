@@ -82,9 +82,11 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             plivo_accept_v2: false,
             resend_on_undelivered: true,
         },
-        app_env: otp_shared::config::AppEnv::Development,
-        log_format: LogFormat::Pretty,
-        shutdown_grace_seconds: 2,
+        process: otp_shared::config::ProcessArgs {
+            app_env: otp_shared::config::AppEnv::Development,
+            log_format: LogFormat::Pretty,
+            shutdown_grace_seconds: 2,
+        },
         embedded: false,
         embedded_trial: false,
     }

@@ -166,9 +166,11 @@ impl World {
             plivo_request_timeout_ms: 3000,
             job_lease_seconds: 2,
             dispatcher_http_port: 0,
-            app_env: otp_shared::config::AppEnv::Development,
-            log_format: LogFormat::Pretty,
-            shutdown_grace_seconds: 5,
+            process: otp_shared::config::ProcessArgs {
+                app_env: otp_shared::config::AppEnv::Development,
+                log_format: LogFormat::Pretty,
+                shutdown_grace_seconds: 5,
+            },
         }
     }
 

@@ -174,7 +174,7 @@ async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
         .await;
     let world = World::new().await;
     let mut config = world.config(&plivo.uri());
-    config.shutdown_grace_seconds = 1;
+    config.process.shutdown_grace_seconds = 1;
     config.retry_min_delay_ms = 5_000;
     config.retry_max_delay_ms = 5_000;
     let dispatcher = spawn_dispatcher(config).await;
