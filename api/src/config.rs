@@ -5,10 +5,9 @@ use std::{net::IpAddr, time::Duration};
 
 use clap::{Args, Parser};
 use ipnet::IpNet;
-use secrecy::SecretString;
 
 use otp_shared::{
-    config::{AmqpArgs, AppEnv, ProcessArgs, RedisArgs, SecretParser},
+    config::{AmqpArgs, AppEnv, ProcessArgs, RedisArgs, ReportArgs, SecretParser},
     crypto::JobKey,
     phone::CountryCode,
 };
@@ -48,7 +47,11 @@ pub struct Config {
     pub fraud: crate::fraud::FraudSettings,
 
     #[command(flatten)]
-    pub reports: ReportSettings,
+    pub reports: ReportArgs,
+    /// Accept Plivo reports signed with V2 alone (it signs the URL and nonce, not the body).
+    /// Off: such a report gets 403; V3 is always checked when its headers are present.
+    #[arg(long, env = "PLIVO_ACCEPT_V2", default_value_t = false, action = clap::ArgAction::Set)]
+    pub plivo_accept_v2: bool,
     #[command(flatten)]
     pub process: ProcessArgs,
     /// Run the API and a dispatcher in one process, everything in memory and each SMS printed
@@ -222,42 +225,6 @@ pub struct Limits {
     /// Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For is believed.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
     pub trusted_proxies: Vec<IpNet>,
-}
-
-/// Delivery reports (`POST /api/otp/callbacks/plivo` and `/twilio`); each endpoint answers 404
-/// unless its provider's token and callback URL are set.
-#[derive(Debug, Clone, Args)]
-pub struct ReportSettings {
-    /// Plivo auth token: the key of the callbacks' signatures (the dispatcher's same setting).
-    #[arg(long, env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
-    pub plivo_auth_token: Option<SecretString>,
-    /// The callback URL exactly as the dispatcher passes it to Plivo: signatures cover it (the
-    /// API may see another URL behind a proxy).
-    #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
-    pub sms_status_callback_url: Option<String>,
-    /// Twilio auth token: the key of Twilio's callback signatures (`POST
-    /// /api/otp/callbacks/twilio` answers 404 unless this and TWILIO_STATUS_CALLBACK_URL are set).
-    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    pub twilio_auth_token: Option<SecretString>,
-    /// The Twilio callback URL exactly as the dispatcher passes it (`StatusCallback`).
-    #[arg(long, env = "TWILIO_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
-    pub twilio_status_callback_url: Option<String>,
-    /// Accept Plivo reports signed with V2 alone (it signs the URL and nonce, not the body).
-    /// Off: such a report gets 403; V3 is always checked when its headers are present.
-    #[arg(long, env = "PLIVO_ACCEPT_V2", default_value_t = false, action = clap::ArgAction::Set)]
-    pub plivo_accept_v2: bool,
-    /// Send once more (through the next provider) when a report says undelivered or failed and
-    /// the code is still valid; at most once per verification.
-    #[arg(long, env = "RESEND_ON_UNDELIVERED", default_value_t = true, action = clap::ArgAction::Set)]
-    pub resend_on_undelivered: bool,
-}
-
-fn parse_callback_url(value: &str) -> Result<String, String> {
-    let url = url::Url::parse(value.trim()).map_err(|_| "must be an absolute URL".to_owned())?;
-    match url.scheme() {
-        "https" | "http" if url.host_str().is_some() => Ok(value.trim().to_owned()),
-        _ => Err("must be an http(s) URL with a host".into()),
-    }
 }
 
 /// Bounds on slow and idle clients (slowloris), and on connections.

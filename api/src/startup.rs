@@ -120,7 +120,7 @@ impl Application {
                 &config.reports.plivo_auth_token,
                 &config.reports.sms_status_callback_url,
             ),
-            plivo_accept_v2: config.reports.plivo_accept_v2,
+            plivo_accept_v2: config.plivo_accept_v2,
             twilio: signing(
                 &config.reports.twilio_auth_token,
                 &config.reports.twilio_status_callback_url,

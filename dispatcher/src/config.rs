@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use clap::Parser;
-use secrecy::SecretString;
 
 use otp_shared::{
-    config::{AmqpArgs, AppEnv, ProcessArgs, RedisArgs, SecretParser},
+    config::{AmqpArgs, AppEnv, ProcessArgs, RedisArgs, ReportArgs, SecretParser},
     crypto::JobKey,
 };
 
@@ -38,9 +37,6 @@ pub struct Config {
     /// Plivo account id (the `auth_id` in the API path and Basic auth); required with plivo.
     #[arg(long, env = "PLIVO_AUTH_ID")]
     pub plivo_auth_id: Option<String>,
-    /// Plivo auth token; required with plivo.
-    #[arg(long, env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
-    pub plivo_auth_token: Option<SecretString>,
     /// Sender: an E.164 number (+14155550000) or an alphanumeric sender id (up to 11
     /// characters); required with plivo.
     #[arg(long, env = "PLIVO_SENDER_NUMBER", value_parser = parse_sender)]
@@ -48,29 +44,15 @@ pub struct Config {
     /// Plivo API base URL; point it at a fake for local runs and tests.
     #[arg(long, env = "PLIVO_BASE_URL", default_value = "https://api.plivo.com", value_parser = parse_http_url)]
     pub plivo_base_url: String,
-    /// Optional URL Plivo calls with delivery reports (passed as `url`).
-    #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_http_url)]
-    pub sms_status_callback_url: Option<String>,
     /// Twilio account SID (the path and Basic auth user); required with twilio.
     #[arg(long, env = "TWILIO_ACCOUNT_SID")]
     pub twilio_account_sid: Option<String>,
-    /// Twilio auth token; required with twilio.
-    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    pub twilio_auth_token: Option<SecretString>,
     /// Twilio sender (`From`): an E.164 number or an alphanumeric sender id; required with twilio.
     #[arg(long, env = "TWILIO_FROM_NUMBER", value_parser = parse_sender)]
     pub twilio_from_number: Option<String>,
-    /// Optional URL Twilio calls with delivery reports (passed as `StatusCallback`); the API's
-    /// `POST /api/otp/callbacks/twilio` as the outside world reaches it.
-    #[arg(long, env = "TWILIO_STATUS_CALLBACK_URL", value_parser = parse_http_url)]
-    pub twilio_status_callback_url: Option<String>,
     /// Twilio API base URL; point it at a fake for local runs and tests.
     #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com", value_parser = parse_http_url)]
     pub twilio_base_url: String,
-    /// Keep each sent job (still sealed) until its code expires, so the API can ask for one
-    /// resend after an undelivered report; the API's setting of the same name decides.
-    #[arg(long, env = "RESEND_ON_UNDELIVERED", default_value_t = true, action = clap::ArgAction::Set)]
-    pub resend_on_undelivered: bool,
     /// Retries a job spends on one provider before its next attempt goes to the next one.
     #[arg(long, env = "FAILOVER_AFTER_RETRIES", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -134,6 +116,8 @@ pub struct Config {
     #[arg(long, env = "DISPATCHER_HTTP_PORT", default_value_t = 3001)]
     pub dispatcher_http_port: u16,
     #[command(flatten)]
+    pub reports: ReportArgs,
+    #[command(flatten)]
     pub process: ProcessArgs,
 }
 
@@ -148,7 +132,7 @@ impl Config {
             if self.plivo_auth_id.is_none() {
                 return Err(missing("PLIVO_AUTH_ID", "plivo"));
             }
-            if self.plivo_auth_token.is_none() {
+            if self.reports.plivo_auth_token.is_none() {
                 return Err(missing("PLIVO_AUTH_TOKEN", "plivo"));
             }
             if self.plivo_sender_number.is_none() {
@@ -159,7 +143,7 @@ impl Config {
             if self.twilio_account_sid.is_none() {
                 return Err(missing("TWILIO_ACCOUNT_SID", "twilio"));
             }
-            if self.twilio_auth_token.is_none() {
+            if self.reports.twilio_auth_token.is_none() {
                 return Err(missing("TWILIO_AUTH_TOKEN", "twilio"));
             }
             if self.twilio_from_number.is_none() {
@@ -173,8 +157,8 @@ impl Config {
         otp_shared::keyring::check_tokens(
             self.process.app_env,
             &[
-                ("PLIVO_AUTH_TOKEN", self.plivo_auth_token.as_ref()),
-                ("TWILIO_AUTH_TOKEN", self.twilio_auth_token.as_ref()),
+                ("PLIVO_AUTH_TOKEN", self.reports.plivo_auth_token.as_ref()),
+                ("TWILIO_AUTH_TOKEN", self.reports.twilio_auth_token.as_ref()),
             ],
         )?;
         if self.process.app_env == AppEnv::Development {
@@ -185,11 +169,11 @@ impl Config {
             ("TWILIO_BASE_URL", Some(self.twilio_base_url.as_str())),
             (
                 "SMS_STATUS_CALLBACK_URL",
-                self.sms_status_callback_url.as_deref(),
+                self.reports.sms_status_callback_url.as_deref(),
             ),
             (
                 "TWILIO_STATUS_CALLBACK_URL",
-                self.twilio_status_callback_url.as_deref(),
+                self.reports.twilio_status_callback_url.as_deref(),
             ),
         ])
     }
@@ -318,7 +302,7 @@ mod tests {
             "{err}"
         );
         let mut callback = prod("https://api.plivo.com");
-        callback.sms_status_callback_url = Some("http://example.com/cb".into());
+        callback.reports.sms_status_callback_url = Some("http://example.com/cb".into());
         assert!(
             callback
                 .validate()
@@ -326,11 +310,11 @@ mod tests {
                 .contains("SMS_STATUS_CALLBACK_URL")
         );
         let mut twilio = prod("https://api.plivo.com");
-        twilio.twilio_status_callback_url = Some("http://example.com/cb".into());
+        twilio.reports.twilio_status_callback_url = Some("http://example.com/cb".into());
         let err = twilio.validate().unwrap_err();
         assert!(err.contains("TWILIO_STATUS_CALLBACK_URL"), "{err}");
         let mut example = prod("https://api.plivo.com");
-        example.plivo_auth_token = Some("development-token".to_owned().into());
+        example.reports.plivo_auth_token = Some("development-token".to_owned().into());
         let err = example.validate().unwrap_err();
         assert!(err.contains("PLIVO_AUTH_TOKEN"), "{err}");
         let mut dev = prod("http://fake-plivo:8080");

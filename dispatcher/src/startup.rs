@@ -46,9 +46,13 @@ pub fn senders(
                 TwilioClient::new(TwilioSettings {
                     base_url: config.twilio_base_url.clone(),
                     account_sid: config.twilio_account_sid.clone().ok_or_else(missing)?,
-                    auth_token: config.twilio_auth_token.clone().ok_or_else(missing)?,
+                    auth_token: config
+                        .reports
+                        .twilio_auth_token
+                        .clone()
+                        .ok_or_else(missing)?,
                     from: config.twilio_from_number.clone().ok_or_else(missing)?,
-                    status_callback_url: config.twilio_status_callback_url.clone(),
+                    status_callback_url: config.reports.twilio_status_callback_url.clone(),
                     connect_timeout,
                     request_timeout,
                 })
@@ -59,9 +63,13 @@ pub fn senders(
                 PlivoClient::new(PlivoSettings {
                     base_url: config.plivo_base_url.clone(),
                     auth_id: config.plivo_auth_id.clone().ok_or_else(missing)?,
-                    auth_token: config.plivo_auth_token.clone().ok_or_else(missing)?,
+                    auth_token: config
+                        .reports
+                        .plivo_auth_token
+                        .clone()
+                        .ok_or_else(missing)?,
                     sender: config.plivo_sender_number.clone().ok_or_else(missing)?,
-                    status_callback_url: config.sms_status_callback_url.clone(),
+                    status_callback_url: config.reports.sms_status_callback_url.clone(),
                     connect_timeout,
                     request_timeout,
                 })
@@ -127,7 +135,7 @@ pub fn redis_worker(
             keys,
         }),
         metrics: metrics.clone(),
-        resend_on_undelivered: config.resend_on_undelivered,
+        resend_on_undelivered: config.reports.resend_on_undelivered,
     })
 }
 

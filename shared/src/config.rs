@@ -89,6 +89,44 @@ impl ProcessArgs {
     }
 }
 
+/// Delivery reports, which both binaries read: the dispatcher gives the providers the callback
+/// URLs (and signs in with the tokens); the API checks each report's signature with the same
+/// token over the same URL (exactly as passed: behind a proxy the API sees another one). The
+/// report endpoint of a provider answers 404 unless its token and URL are both set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// Plivo auth token: the dispatcher's credential and the key of Plivo's report signatures;
+    /// required when SMS_PROVIDERS lists plivo.
+    #[arg(long, env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
+    pub plivo_auth_token: Option<secrecy::SecretString>,
+    /// The URL Plivo posts delivery reports to (passed as `url`): the API's
+    /// `POST /api/otp/callbacks/plivo` as the outside world reaches it.
+    #[arg(long, env = "SMS_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
+    pub sms_status_callback_url: Option<String>,
+    /// Twilio auth token: the dispatcher's credential and the key of Twilio's report
+    /// signatures; required when SMS_PROVIDERS lists twilio.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<secrecy::SecretString>,
+    /// The URL Twilio posts delivery reports to (passed as `StatusCallback`): the API's
+    /// `POST /api/otp/callbacks/twilio` as the outside world reaches it.
+    #[arg(long, env = "TWILIO_STATUS_CALLBACK_URL", value_parser = parse_callback_url)]
+    pub twilio_status_callback_url: Option<String>,
+    /// Send once more (through the next provider) when a report says undelivered or failed and
+    /// the code is still valid, at most once per verification; the dispatcher keeps each sent
+    /// job, still sealed, until its code expires, for that.
+    #[arg(long, env = "RESEND_ON_UNDELIVERED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub resend_on_undelivered: bool,
+}
+
+/// An absolute http(s) URL with a host, kept exactly as given (signatures cover its text).
+fn parse_callback_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value.trim()).map_err(|_| "must be an absolute URL".to_owned())?;
+    match url.scheme() {
+        "https" | "http" if url.host_str().is_some() => Ok(value.trim().to_owned()),
+        _ => Err("must be an http(s) URL with a host".into()),
+    }
+}
+
 /// Where Redis is: REDIS_URL, or the Node tutorial's REDIS_HOST / REDIS_PORT / REDIS_PASSWORD /
 /// REDIS_DB when REDIS_URL is unset.
 #[derive(Debug, Clone, Default, clap::Args)]

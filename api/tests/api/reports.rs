@@ -231,7 +231,7 @@ async fn v2_alone_is_refused_unless_allowed_and_unknown_messages_are_retried_lat
     let app = spawn_with(|c| {
         c.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
         c.reports.sms_status_callback_url = Some(URL.into());
-        c.reports.plivo_accept_v2 = true;
+        c.plivo_accept_v2 = true;
     })
     .await;
     let vid = sent(&app, PHONE, "m-4").await;

@@ -74,14 +74,14 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             fraud_guard_blocked_sends_per_hour: 6,
             fraud_guard_safe_prefixes: vec![],
         },
-        reports: otp_api::config::ReportSettings {
+        reports: otp_shared::config::ReportArgs {
             plivo_auth_token: None,
             sms_status_callback_url: None,
             twilio_auth_token: None,
             twilio_status_callback_url: None,
-            plivo_accept_v2: false,
             resend_on_undelivered: true,
         },
+        plivo_accept_v2: false,
         process: otp_shared::config::ProcessArgs {
             app_env: otp_shared::config::AppEnv::Development,
             log_format: LogFormat::Pretty,
