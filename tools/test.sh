@@ -18,6 +18,8 @@ if [ "${1:-}" = "--cluster" ]; then
 fi
 bash tools/services.sh
 cargo test --workspace --locked "$@"
+# Tests that measure latency run alone, without the rest of the suite beside them.
+cargo test --locked -p otp-api --test api -- --ignored --test-threads 1
 # The OpenAPI document against the running API: no 5xx, no undeclared status, no schema-valid
 # request rejected (schemathesis; fixed seed, so a run is repeatable).
 bash tools/fuzz.sh 100 --seed 1

@@ -18,7 +18,7 @@ fn addr(base: &str) -> std::net::SocketAddr {
 }
 
 /// Reads until the peer closes (or `within` passes): the bytes read, and whether it closed.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + within;
@@ -145,8 +145,10 @@ async fn spawn_app_with_h2c(on: bool) -> TestApp {
 }
 
 /// The attack as it was seen: 300 clients ask for the largest answer and never read it. Against
-/// the real binary, so its resident memory is what an operator would see.
+/// the real binary, so its resident memory is what an operator would see. It measures latency,
+/// so it runs alone, after the suite (`tools/test.sh`), not beside 120 other tests.
 #[tokio::test]
+#[ignore = "measures latency: tools/test.sh runs it alone"]
 async fn three_hundred_clients_that_never_read_cannot_exhaust_the_api() {
     const WRITE_TIMEOUT: u64 = 5;
     let (mut cmd, _cleanup) = crate::process::otp_api();
@@ -169,8 +171,11 @@ async fn three_hundred_clients_that_never_read_cannot_exhaust_the_api() {
 
     let started = Instant::now();
     let mut stalled = Vec::new();
+    // Arriving over about a second, as a pool of clients does; all at once, the first /healthz
+    // would queue behind 300 requests being answered, which is load, not held connections.
     for _ in 0..300 {
         stalled.push(stalled_reader(addr(&base), "/docs").await);
+        tokio::time::sleep(Duration::from_millis(3)).await;
     }
     // /healthz stays quick, and memory stays flat, while they hold on.
     let (mut slowest, mut rss_peak, mut kernel_peak) = (Duration::ZERO, rss_before, kernel_before);

@@ -15,19 +15,10 @@ async fn connect(app: &TestApp) -> TcpStream {
     TcpStream::connect(addr).await.unwrap()
 }
 
-/// Reads until the peer closes (or `within` passes); returns what arrived and whether it closed.
+/// Reads until the peer closes (or `within` passes): what arrived, as text, and whether it closed.
 async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
-        }
-    }
+    let (read, closed) = crate::connections::read_until_closed(stream, within).await;
+    (String::from_utf8_lossy(&read).into_owned(), closed)
 }
 
 #[tokio::test]

@@ -110,6 +110,15 @@ pub async fn start_logged(
     (child, lines, port)
 }
 
+/// Waits until the API at `base` answers /readyz with 200 (its Redis and broker connections up).
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let ready = otp_shared::testing::eventually(Duration::from_secs(5), || async {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        ready.is_ok_and(|r| r.status() == 200)
+    });
+    assert!(ready.await, "otp-api did not become ready");
+}
+
 async fn terminate(
     mut child: tokio::process::Child,
     mut lines: Lines<BufReader<ChildStdout>>,
@@ -149,11 +158,7 @@ async fn logs_never_contain_a_code_or_a_whole_number() {
     let (child, lines, port) = start_logged(cmd.env("RUST_LOG", "debug")).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let ready = otp_shared::testing::eventually(Duration::from_secs(5), || async {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        ready.is_ok_and(|r| r.status() == 200)
-    });
-    assert!(ready.await, "otp-api did not become ready");
+    wait_ready(&http, &base).await;
     let resp = http
         .post(format!("{base}/api/otp/request"))
         .json(&serde_json::json!({ "phoneNumber": PHONE }))
@@ -202,11 +207,7 @@ async fn fraud_lines_never_reveal_more_of_a_number_than_the_mask() {
     let (child, lines, port) = start_logged(&mut cmd).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let ready = otp_shared::testing::eventually(Duration::from_secs(5), || async {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        ready.is_ok_and(|r| r.status() == 200)
-    });
-    assert!(ready.await, "otp-api did not become ready");
+    wait_ready(&http, &base).await;
     let mut statuses = Vec::new();
     for n in 0..3 {
         let resp = http
