@@ -36,11 +36,17 @@ fn v3(params: &[(&str, &str)], nonce: &str) -> String {
 const TWILIO_URL: &str = "https://otp.example.com/api/otp/callbacks/twilio";
 
 async fn reporting_app() -> TestApp {
+    reporting_app_with(false).await
+}
+
+/// Reports configured for both providers; `accept_v2` is PLIVO_ACCEPT_V2.
+async fn reporting_app_with(accept_v2: bool) -> TestApp {
     spawn_with(|c| {
         c.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
         c.reports.sms_status_callback_url = Some(URL.into());
         c.reports.twilio_auth_token = Some(TOKEN.to_owned().into());
         c.reports.twilio_status_callback_url = Some(TWILIO_URL.into());
+        c.plivo_accept_v2 = accept_v2;
     })
     .await
 }
@@ -228,12 +234,7 @@ async fn v2_alone_is_refused_unless_allowed_and_unknown_messages_are_retried_lat
         ("x-plivo-signature-v3", hmac_b64("something else")),
         ("x-plivo-signature-v3-nonce", "n-5".to_owned()),
     ]);
-    let app = spawn_with(|c| {
-        c.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
-        c.reports.sms_status_callback_url = Some(URL.into());
-        c.plivo_accept_v2 = true;
-    })
-    .await;
+    let app = reporting_app_with(true).await;
     let vid = sent(&app, PHONE, "m-4").await;
     assert_error(
         report(&app, &delivered, &both).await,
