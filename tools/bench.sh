@@ -4,11 +4,11 @@
 # Usage: tools/bench.sh SCENARIO [seconds, default 20]
 #   request      POST /api/otp/request alone (no dispatcher), provider instant, slow and down
 #   system       the whole system, provider instant: codes/s, latency, CPU per code per process
-#   dispatchers  drain against a 250 ms provider: 1, 2 and 3 dispatchers; then PLIVO_MAX_RPS
+#   dispatchers  drain against a 250 ms provider: 1, 2 and 3 dispatchers; then SMS_MAX_RPS
 #                shared by 3 dispatchers
 #   outage       the provider down for 60 s under steady load, then back: every SMS exactly once,
 #                and the backlog's drain rate against the cap (a drill, on release builds)
-#   limiter      Redis work per send draining 10,000 jobs uncapped, then at PLIVO_MAX_RPS=500:
+#   limiter      Redis work per send draining 10,000 jobs uncapped, then at SMS_MAX_RPS=500:
 #                commands and script calls per send (INFO commandstats) and Redis CPU per send
 #   memory       resident memory under `system` load and with a 100,000-job backlog
 #   verify       POST /api/otp/verify rejections, and verify timing (no code vs wrong guess)
@@ -42,7 +42,7 @@ SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
 MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
 MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 MAX_VERIFIES_PER_IP_PER_MINUTE=0 OTP_MAX_ATTEMPTS=100
 PORT=3900 DISPATCHER_HTTP_PORT=3901 FAKE_PLIVO_PORT=3902 PLIVO_BASE_URL=http://127.0.0.1:3902
-FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 PLIVO_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
+FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 SMS_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
 set +a
 
 pids=()
@@ -191,15 +191,15 @@ scenario_dispatchers() {
     line="$line; $n: $rate/s"
     for d in "${ds[@]}"; do stop_pid "$d"; done
   done
-  # The cap: 3 dispatchers share PLIVO_MAX_RPS=200 over a backlog of 4,000.
+  # The cap: 3 dispatchers share SMS_MAX_RPS=200 over a backlog of 4,000.
   backlog_of 4000
   ds=()
-  for i in 1 2 3; do start_dispatcher $((3920 + i)) PLIVO_MAX_RPS=200; ds+=("$disp"); done
+  for i in 1 2 3; do start_dispatcher $((3920 + i)) SMS_MAX_RPS=200; ds+=("$disp"); done
   sleep 3
   local a b; a=$(accepted); sleep 10; b=$(accepted)
   cap=$(awk -v n=$((b - a)) 'BEGIN {printf "%.1f", n/10}')
   err=$(awk -v r="$cap" 'BEGIN {printf "%+.1f", (r-200)/2}')
-  echo "PLIVO_MAX_RPS=200 shared by 3 dispatchers: $cap sends/s over 10 s (${err}% from the cap)"
+  echo "SMS_MAX_RPS=200 shared by 3 dispatchers: $cap sends/s over 10 s (${err}% from the cap)"
   echo "SUMMARY dispatchers (250 ms provider)${line}; cap 200/s held at $cap/s (${err}%)"
 }
 
@@ -222,14 +222,14 @@ scenario_limiter() {
     local sent0 cpu0 start; sent0=$(accepted)
     redis-cli config resetstat >/dev/null
     cpu0=$(cpu_us "$redis"); start=$(date +%s.%N)
-    start_dispatcher 3901 PLIVO_MAX_RPS="$cap"
+    start_dispatcher 3901 SMS_MAX_RPS="$cap"
     local sent; sent=$(wait_sends $((sent0 + backlog)) $((backlog / 250 + 60)))
     local cpu1 end; cpu1=$(cpu_us "$redis"); end=$(date +%s.%N)
     stop_pid "$disp"
     local n=$((sent - sent0)) calls; calls=($(redis_calls))
     local stats; stats=$(awk -v n="$n" -v all="${calls[0]}" -v sc="${calls[1]}" -v cpu=$((cpu1 - cpu0)) -v s="$start" -v e="$end" \
       'BEGIN {printf "%d sends at %.0f/s: %.2f commands and %.2f script calls per send, %.0f µs of Redis CPU per send", n, n/(e-s), all/n, sc/n, cpu/n}')
-    [ "$cap" = 100000 ] && label=uncapped || label="PLIVO_MAX_RPS=$cap"
+    [ "$cap" = 100000 ] && label=uncapped || label="SMS_MAX_RPS=$cap"
     echo "$label: $stats"
     line="$line; $label: $stats"
   done
@@ -247,7 +247,7 @@ scenario_memory() {
   local target=$(($(issued) + 100000))
   while [ "$(issued)" -lt "$target" ]; do load 32 5 >/dev/null; done
   backlog=$(($(issued) - target + 100000))
-  start_dispatcher 3901 PLIVO_MAX_RPS=50
+  start_dispatcher 3901 SMS_MAX_RPS=50
   sleep 10
   local disp_backlog api_after; disp_backlog=$(rss_mib "$disp"); api_after=$(rss_mib "$api")
   echo "SUMMARY memory: under load otp-api ${api_load} MiB, otp-dispatcher ${disp_load} MiB; with a ${backlog}-job backlog otp-api ${api_after} MiB, otp-dispatcher ${disp_backlog} MiB (prefetch ${DISPATCHER_CONCURRENCY})"

@@ -112,27 +112,10 @@ impl Config {
     /// tokens, plain-http callback URLs, and no spending ceiling. The error names the variable.
     pub fn check_production(&self) -> Result<(), String> {
         self.check_keys()?;
-        let reports = &self.reports;
-        otp_shared::keyring::check_tokens(
-            self.process.app_env,
-            &[
-                ("PLIVO_AUTH_TOKEN", reports.plivo_auth_token.as_ref()),
-                ("TWILIO_AUTH_TOKEN", reports.twilio_auth_token.as_ref()),
-            ],
-        )?;
+        self.reports.check_production(self.process.app_env)?;
         if self.process.app_env == AppEnv::Development {
             return Ok(());
         }
-        otp_shared::urls::check_secure_urls(&[
-            (
-                "SMS_STATUS_CALLBACK_URL",
-                reports.sms_status_callback_url.as_deref(),
-            ),
-            (
-                "TWILIO_STATUS_CALLBACK_URL",
-                reports.twilio_status_callback_url.as_deref(),
-            ),
-        ])?;
         if self.limits.max_sends_per_hour.is_none() {
             return Err(
                 "MAX_SENDS_PER_HOUR is required in production: the most codes sent per \

@@ -7,9 +7,9 @@
 
 use std::{ffi::OsString, sync::Arc, time::Duration};
 
-use otp_dispatcher::{
-    console::ConsoleSink, memory_queue::memory_queue, sender::SmsSender, source::serve,
-    worker::Worker,
+use otp_delivery::{
+    console::ConsoleSink, memory_queue::memory_queue, metrics::DeliveryMetrics, sender::SmsSender,
+    settings::ProviderArgs, source::serve, worker::Worker,
 };
 use otp_shared::{config::AppEnv, memory::DeliveryRecords};
 use tokio_util::sync::CancellationToken;
@@ -119,26 +119,21 @@ pub fn check_trial(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Where SMS go: to the providers of SMS_PROVIDERS when PLIVO_AUTH_ID or TWILIO_ACCOUNT_SID
-/// is set (read as otp-dispatcher reads them), else to the console.
-fn senders() -> anyhow::Result<Vec<Arc<dyn SmsSender>>> {
-    use clap::Parser;
-    // The dispatcher's settings from the environment, as in development (this mode refuses
-    // production); its job key is unused here (the worker opens jobs with the API's), but the
-    // parser requires one.
-    let key = format!("--job-encryption-key={EXAMPLE_JOB_ENCRYPTION_KEY}");
-    let args = ["otp-dispatcher", "--app-env=development", &key];
-    let settings = otp_dispatcher::config::Config::try_parse_from(args)
-        .map_err(|e| anyhow::anyhow!("the SMS provider settings: {e}"))?;
-    if settings.plivo_auth_id.is_none() && settings.twilio_account_sid.is_none() {
+/// is set (read from the environment as otp-dispatcher reads them), else to the console.
+fn senders(config: &Config, metrics: &DeliveryMetrics) -> anyhow::Result<Vec<Arc<dyn SmsSender>>> {
+    let providers = ProviderArgs::from_env()?;
+    if !providers.any_account() {
         tracing::warn!(
             "no PLIVO_* or TWILIO_* settings: every SMS, code included, is printed to the console"
         );
         return Ok(vec![Arc::new(ConsoleSink)]);
     }
-    settings.validate().map_err(anyhow::Error::msg)?;
-    let metrics = otp_dispatcher::metrics::DispatcherMetrics::new();
-    tracing::warn!(providers = ?settings.sms_providers, "SMS go to the real providers");
-    otp_dispatcher::startup::senders(&settings, &metrics)
+    // This mode refuses production, so the provider settings are checked as in development.
+    providers
+        .validate(&config.reports, AppEnv::Development)
+        .map_err(anyhow::Error::msg)?;
+    tracing::warn!(providers = ?providers.sms_providers, "SMS go to the real providers");
+    providers.senders(&config.reports, metrics)
 }
 
 /// The one-process mode is never production: it loses everything on exit and prints codes.
@@ -152,12 +147,19 @@ pub fn refuse_production(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The in-memory store and queue, with the dispatcher's worker consuming the queue until
-/// `stop` fires (then finishing the jobs in flight).
-pub fn start(
-    config: &Config,
-    stop: CancellationToken,
-) -> anyhow::Result<(MemoryStore, MemoryJobQueue, tokio::task::JoinHandle<()>)> {
+/// What the one-process mode runs beside the API.
+pub struct Embedded {
+    pub store: MemoryStore,
+    pub queue: MemoryJobQueue,
+    /// The delivery worker's metrics, served on the API's `/metrics`.
+    pub metrics: Arc<DeliveryMetrics>,
+    /// The worker, consuming the queue until `stop` fires.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// The in-memory store and queue, with the delivery worker consuming the queue until `stop`
+/// fires (then finishing the jobs in flight).
+pub fn start(config: &Config, stop: CancellationToken) -> anyhow::Result<Embedded> {
     refuse_production(config)?;
     check_trial(config)?;
     tracing::warn!(
@@ -167,19 +169,26 @@ pub fn start(
     let records = DeliveryRecords::default();
     let store = MemoryStore::new(StorePolicy::from_config(config), records.clone());
     let live = store.clone();
+    let metrics = Arc::new(DeliveryMetrics::new());
     let mut worker = Worker::in_memory(
-        senders()?,
+        senders(config, &metrics)?,
         config.otp.job_encryption_key.clone(),
         records,
         Arc::new(move |e164, vid| live.is_live(e164, vid)),
         SENDS_PER_SECOND,
+        metrics.clone(),
     );
     worker.resend_on_undelivered = config.reports.resend_on_undelivered;
     let (queue, consumer) = memory_queue(CONCURRENCY);
     let task = tokio::spawn(async move {
         serve(consumer, Arc::new(worker), stop, SHUTDOWN_GRACE).await;
     });
-    Ok((store, MemoryJobQueue(queue), task))
+    Ok(Embedded {
+        store,
+        queue: MemoryJobQueue(queue),
+        metrics,
+        task,
+    })
 }
 
 #[cfg(test)]

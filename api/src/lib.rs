@@ -26,6 +26,7 @@
 //!   states, the one resend), over the code store.
 //! - [`cli`]: operator subcommands: `healthcheck`, `fraud list | block | unblock`.
 //! - [`client_ip`]: the client address behind trusted proxies.
+//! - `testing` (feature `test-support`, dev-dependencies only): the API's settings for tests.
 
 pub mod callbacks;
 pub mod cli;
@@ -45,3 +46,5 @@ pub mod service;
 pub mod sms_text;
 pub mod startup;
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;

@@ -322,7 +322,7 @@ mod tests {
         metrics.fraud_block("US");
         metrics.conversion_ratio.with_label_values(&["US"]).set(0.5);
         let doc = include_str!("../../docs/operations.md");
-        let missing = otp_shared::testing::undocumented_metrics(&metrics.render(), doc);
+        let missing = otp_testkit::undocumented_metrics(&metrics.render(), doc);
         assert!(
             missing.is_empty(),
             "docs/operations.md does not name: {missing:#?}"

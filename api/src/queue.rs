@@ -224,11 +224,11 @@ async fn wait_until_broken(inner: &Inner, connection: &Connection, shutdown: &Ca
 /// Send jobs through process memory to the dispatcher's worker in the same process (the
 /// one-process mode): always "connected", and a publish is confirmed once queued.
 #[derive(Clone)]
-pub struct MemoryJobQueue(pub otp_dispatcher::memory_queue::MemoryQueue);
+pub struct MemoryJobQueue(pub otp_delivery::memory_queue::MemoryQueue);
 
 impl MemoryJobQueue {
     fn send(&self, job: &SendJob, header: (&str, &str)) -> Result<(), PublishError> {
-        let message = otp_dispatcher::memory_queue::Message {
+        let message = otp_delivery::memory_queue::Message {
             body: job.to_bytes(),
             headers: [(header.0.to_owned(), header.1.to_owned())].into(),
             redelivered: false,

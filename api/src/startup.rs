@@ -52,9 +52,14 @@ impl Application {
         let metrics = Arc::new(ApiMetrics::new());
         let background = CancellationToken::new();
         // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all.
-        let (store, queue, publisher_task) = if config.embedded {
-            let (store, queue, task) = crate::embedded::start(&config, background.clone())?;
-            (AnyStore::Memory(store), AnyQueue::Memory(queue), task)
+        let (store, queue, publisher_task, delivery_metrics) = if config.embedded {
+            let embedded = crate::embedded::start(&config, background.clone())?;
+            (
+                AnyStore::Memory(embedded.store),
+                AnyQueue::Memory(embedded.queue),
+                embedded.task,
+                Some(embedded.metrics),
+            )
         } else {
             let redis = config.redis.connect()?;
             let (publisher, task) = AmqpPublisher::start(
@@ -73,7 +78,12 @@ impl Application {
                     .clone()
                     .watch_manual_blocks(MANUAL_BLOCKS_REFRESH, background.clone()),
             );
-            (AnyStore::Redis(store), AnyQueue::Amqp(publisher), task)
+            (
+                AnyStore::Redis(store),
+                AnyQueue::Amqp(publisher),
+                task,
+                None,
+            )
         };
         let otp = &config.otp;
         let limits = &config.limits;
@@ -103,6 +113,7 @@ impl Application {
                 HealthApi {
                     service,
                     metrics: metrics.clone(),
+                    delivery_metrics,
                 },
             ),
             "OTP API",

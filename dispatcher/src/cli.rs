@@ -13,10 +13,9 @@ use otp_shared::{
     config::{AmqpArgs, RedisArgs},
 };
 
-use crate::{
-    dlq::{DeadLetterQueue, Taken, parse_age, reopen_failed},
-    source::DeadLetters,
-};
+use otp_delivery::source::DeadLetters;
+
+use crate::dlq::{DeadLetterQueue, Taken, parse_age, reopen_failed};
 
 /// The subcommand names; anything else on the command line runs the dispatcher.
 pub const TOOLS: [&str; 2] = ["dlq", "healthcheck"];

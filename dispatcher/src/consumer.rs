@@ -34,8 +34,8 @@ use otp_shared::{
     urls::AmqpUrl,
 };
 
-use crate::{
-    metrics::DispatcherMetrics,
+use otp_delivery::{
+    metrics::DeliveryMetrics,
     outcome::Settle,
     source::JobSource,
     worker::{Incoming, Worker},
@@ -51,7 +51,7 @@ pub struct Consumer {
     pub concurrency: u16,
     /// True while consuming; read by /readyz.
     pub connected: Arc<AtomicBool>,
-    pub metrics: Arc<DispatcherMetrics>,
+    pub metrics: Arc<DeliveryMetrics>,
 }
 
 /// How often the queue-depth gauges are refreshed.
@@ -179,7 +179,7 @@ impl Consumer {
 async fn watch_depths(
     channel: lapin::Result<Channel>,
     topology: Topology,
-    metrics: Arc<DispatcherMetrics>,
+    metrics: Arc<DeliveryMetrics>,
 ) {
     let Ok(channel) = channel else { return };
     let passive = QueueDeclareOptions {

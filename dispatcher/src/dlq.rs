@@ -24,26 +24,24 @@ use otp_shared::{
     ledger::JobOutcome,
 };
 
-use crate::source::{DeadLetter, DeadLetters};
+use otp_delivery::source::{DeadLetter, DeadLetters};
 
 /// How long the broker may take to confirm a replayed job.
 const REPLAY_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl DeadLetter {
-    /// A dead letter from RabbitMQ: our headers, or the broker's `x-death` when it
-    /// dead-lettered the message itself.
-    pub fn read(body: &[u8], properties: &BasicProperties) -> Self {
-        let death = broker_death(properties);
-        let dead_at = header_str(properties, DEAD_AT_HEADER)
-            .and_then(|s| s.parse::<i64>().ok())
-            .or(death.as_ref().and_then(|d| d.1))
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-        let reason = header_str(properties, DEAD_REASON_HEADER)
-            .or_else(|| death.map(|d| format!("rejected by the broker ({})", d.0)))
-            .unwrap_or_else(|| "unknown".into());
-        let attempts = header_str(properties, ATTEMPTS_HEADER).and_then(|s| s.parse().ok());
-        Self::new(body, reason, dead_at, attempts)
-    }
+/// A dead letter from RabbitMQ: our headers, or the broker's `x-death` when it dead-lettered
+/// the message itself.
+pub fn read_dead_letter(body: &[u8], properties: &BasicProperties) -> DeadLetter {
+    let death = broker_death(properties);
+    let dead_at = header_str(properties, DEAD_AT_HEADER)
+        .and_then(|s| s.parse::<i64>().ok())
+        .or(death.as_ref().and_then(|d| d.1))
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+    let reason = header_str(properties, DEAD_REASON_HEADER)
+        .or_else(|| death.map(|d| format!("rejected by the broker ({})", d.0)))
+        .unwrap_or_else(|| "unknown".into());
+    let attempts = header_str(properties, ATTEMPTS_HEADER).and_then(|s| s.parse().ok());
+    DeadLetter::new(body, reason, dead_at, attempts)
 }
 
 /// The reason and time (unix seconds) RabbitMQ wrote into `x-death` when it dead-lettered the
@@ -99,7 +97,7 @@ impl DeadLetterQueue {
                 .await
                 .with_context(|| format!("reading {}", self.topology.dead_queue))?;
             let Some(message) = got else { break };
-            let letter = DeadLetter::read(&message.delivery.data, &message.delivery.properties);
+            let letter = read_dead_letter(&message.delivery.data, &message.delivery.properties);
             taken.push(Taken { message, letter });
         }
         Ok(taken)
@@ -252,7 +250,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_message_is_listed_without_ids() {
-        let letter = DeadLetter::read(b"not json", &BasicProperties::default());
+        let letter = read_dead_letter(b"not json", &BasicProperties::default());
         assert_eq!(letter.job_id, None);
         assert_eq!(letter.reason, "unknown");
         assert!(letter.line().starts_with("-  verification=-"));

@@ -14,13 +14,13 @@ use poem::{
 };
 use serde_json::json;
 
-use crate::metrics::DispatcherMetrics;
+use otp_delivery::metrics::DeliveryMetrics;
 
 #[derive(Clone)]
 pub struct Readiness {
     pub redis: RedisConn,
     pub amqp_connected: Arc<AtomicBool>,
-    pub metrics: Arc<DispatcherMetrics>,
+    pub metrics: Arc<DeliveryMetrics>,
 }
 
 #[handler]

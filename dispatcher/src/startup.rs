@@ -14,129 +14,36 @@ use poem::{
 };
 use tokio_util::sync::CancellationToken;
 
+use otp_delivery::{metrics::DeliveryMetrics, source::serve, worker::Worker};
+
 use crate::{
-    breaker::{Breaker, BreakerSettings, SystemClock},
     config::Config,
     consumer::Consumer,
     health::{self, Readiness},
-    ledger::Ledger,
-    limiter::RateLimiter,
-    metrics::DispatcherMetrics,
-    plivo::{PlivoClient, PlivoSettings},
-    records::RedisJobRecords,
-    router::{Provider, Router},
-    sender::{SmsProvider, SmsSender},
-    source::serve,
-    twilio::{TwilioClient, TwilioSettings},
-    worker::Worker,
 };
-
-/// The senders of SMS_PROVIDERS, in order (`validate` checked their settings are present).
-pub fn senders(
-    config: &Config,
-    metrics: &DispatcherMetrics,
-) -> anyhow::Result<Vec<Arc<dyn SmsSender>>> {
-    let connect_timeout = Some(Duration::from_millis(config.plivo_connect_timeout_ms));
-    let request_timeout = Some(Duration::from_millis(config.plivo_request_timeout_ms));
-    let mut list = Vec::new();
-    for provider in &config.sms_providers {
-        let missing = || anyhow::anyhow!("settings of {} are missing", provider.name());
-        let sender: Arc<dyn SmsSender> = match provider {
-            SmsProvider::Twilio => Arc::new(
-                TwilioClient::new(TwilioSettings {
-                    base_url: config.twilio_base_url.clone(),
-                    account_sid: config.twilio_account_sid.clone().ok_or_else(missing)?,
-                    auth_token: config
-                        .reports
-                        .twilio_auth_token
-                        .clone()
-                        .ok_or_else(missing)?,
-                    from: config.twilio_from_number.clone().ok_or_else(missing)?,
-                    status_callback_url: config.reports.twilio_status_callback_url.clone(),
-                    connect_timeout,
-                    request_timeout,
-                })
-                .context("building the Twilio HTTP client")?
-                .with_metrics(metrics.provider(provider.name())),
-            ),
-            SmsProvider::Plivo => Arc::new(
-                PlivoClient::new(PlivoSettings {
-                    base_url: config.plivo_base_url.clone(),
-                    auth_id: config.plivo_auth_id.clone().ok_or_else(missing)?,
-                    auth_token: config
-                        .reports
-                        .plivo_auth_token
-                        .clone()
-                        .ok_or_else(missing)?,
-                    sender: config.plivo_sender_number.clone().ok_or_else(missing)?,
-                    status_callback_url: config.reports.sms_status_callback_url.clone(),
-                    connect_timeout,
-                    request_timeout,
-                })
-                .context("building the Plivo HTTP client")?
-                .with_metrics(metrics.provider(provider.name())),
-            ),
-        };
-        list.push(sender);
-    }
-    Ok(list)
-}
-
-/// The BREAKER_* settings.
-pub fn breaker_settings(config: &Config) -> BreakerSettings {
-    BreakerSettings {
-        consecutive_failures: config.breaker_failures,
-        failure_ratio: config.breaker_failure_ratio,
-        min_calls: config.breaker_min_calls,
-        window: Duration::from_secs(config.breaker_window_seconds),
-        cooldown: Duration::from_secs(config.breaker_cooldown_seconds),
-    }
-}
 
 /// How long the health endpoint's open requests may finish after a stop.
 const HEALTH_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// The worker on Redis (ledger, rate, breakers, delivery records, all shared by every
-/// dispatcher), sending through `senders` in order.
+/// The worker on Redis with the configured providers, counting into `metrics`.
 pub fn redis_worker(
     config: &Config,
     redis: &otp_shared::redis_conn::RedisConn,
-    senders: Vec<Arc<dyn SmsSender>>,
-    metrics: &Arc<DispatcherMetrics>,
+    metrics: &Arc<DeliveryMetrics>,
 ) -> anyhow::Result<Worker> {
-    let keys = config.redis.keys();
-    let settings = breaker_settings(config);
-    let providers = senders
-        .into_iter()
-        .map(|sender| {
-            let breaker = Breaker::new(
-                redis.clone(),
-                &keys,
-                sender.name(),
-                settings.clone(),
-                Arc::new(SystemClock),
-                metrics.breaker(sender.name()),
-            );
-            Provider { sender, breaker }
-        })
-        .collect();
-    Ok(Worker {
-        ledger: Arc::new(Ledger::new(
-            redis.clone(),
-            keys.clone(),
-            Duration::from_secs(config.job_lease_seconds),
-        )),
-        limiter: Arc::new(RateLimiter::new(redis.clone(), &keys, config.plivo_max_rps)),
-        router: Router::new(providers, config.failover_after_retries),
-        policy: config.retry_policy()?,
-        job_key: config.job_encryption_key.clone(),
-        records: Arc::new(RedisJobRecords {
-            conn: redis.clone(),
-            keys,
-        }),
-        metrics: metrics.clone(),
-        resend_on_undelivered: config.reports.resend_on_undelivered,
-    })
+    let senders = config
+        .delivery
+        .providers
+        .senders(&config.reports, metrics)?;
+    Worker::on_redis(
+        redis,
+        config.redis.keys(),
+        senders,
+        &config.delivery,
+        config.job_encryption_key.clone(),
+        config.reports.resend_on_undelivered,
+        metrics.clone(),
+    )
 }
 
 pub struct Application {
@@ -153,9 +60,10 @@ impl Application {
     /// the dispatcher connects (and reconnects) by itself.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
+        config.delivery.warn_deprecated();
         let redis = config.redis.connect()?;
-        let metrics = Arc::new(DispatcherMetrics::new());
-        let worker = redis_worker(&config, &redis, senders(&config, &metrics)?, &metrics)?;
+        let metrics = Arc::new(DeliveryMetrics::new());
+        let worker = redis_worker(&config, &redis, &metrics)?;
         let connected = Arc::new(AtomicBool::new(false));
         let consumer = Consumer {
             url: config.amqp.amqp_url.clone(),

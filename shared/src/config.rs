@@ -118,6 +118,33 @@ pub struct ReportArgs {
     pub resend_on_undelivered: bool,
 }
 
+impl ReportArgs {
+    /// What production refuses in these settings: empty or example tokens, and callback URLs
+    /// over plain http to another host. Development accepts both. The error names the variable.
+    pub fn check_production(&self, env: AppEnv) -> Result<(), String> {
+        crate::keyring::check_tokens(
+            env,
+            &[
+                ("PLIVO_AUTH_TOKEN", self.plivo_auth_token.as_ref()),
+                ("TWILIO_AUTH_TOKEN", self.twilio_auth_token.as_ref()),
+            ],
+        )?;
+        if env == AppEnv::Development {
+            return Ok(());
+        }
+        crate::urls::check_secure_urls(&[
+            (
+                "SMS_STATUS_CALLBACK_URL",
+                self.sms_status_callback_url.as_deref(),
+            ),
+            (
+                "TWILIO_STATUS_CALLBACK_URL",
+                self.twilio_status_callback_url.as_deref(),
+            ),
+        ])
+    }
+}
+
 /// An absolute http(s) URL with a host, kept exactly as given (signatures cover its text).
 fn parse_callback_url(value: &str) -> Result<String, String> {
     let url = url::Url::parse(value.trim()).map_err(|_| "must be an absolute URL".to_owned())?;
@@ -371,12 +398,13 @@ pub fn assert_errors_name_the_variable<C: clap::Parser>() {
 
 /// Test helper: every variable `C` reads is documented in `.env.example` (given as `text`), and
 /// the example's uncommented values are accepted as they stand. Panics with what is wrong.
+/// Hidden settings (deprecated names) are left out: the example shows the current names.
 #[doc(hidden)]
 pub fn assert_env_example_matches<C: clap::Parser>(text: &str) {
     let entries = env_example_entries(text);
     let command = C::command();
     let mut args = vec![command.get_name().to_owned()];
-    for arg in command.get_arguments() {
+    for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
         let Some(var) = arg.get_env().and_then(|v| v.to_str()) else {
             continue;
         };

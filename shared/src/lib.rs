@@ -22,8 +22,6 @@
 //! - [`redis_conn`]: `RedisConn`, one connection type for a single Redis and Redis Cluster.
 //! - [`supervise`]: the RabbitMQ reconnect loop and the `/readyz` rule of both binaries.
 //! - [`shutdown`]: SIGINT / SIGTERM handling.
-//! - `testing` (feature `test-support`): TCP proxy, cleanup and bounded-wait helpers
-//!   (`eventually`, `wait_for`) for integration tests.
 
 pub mod amqp;
 pub mod backend;
@@ -43,6 +41,4 @@ pub mod shutdown;
 pub mod status;
 pub mod supervise;
 pub mod telemetry;
-#[cfg(feature = "test-support")]
-pub mod testing;
 pub mod urls;

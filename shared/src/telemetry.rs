@@ -77,6 +77,7 @@ pub fn init_for_tests(service_name: &'static str) {
 fn traced_targets() -> Targets {
     Targets::new()
         .with_target("otp_api", LevelFilter::INFO)
+        .with_target("otp_delivery", LevelFilter::INFO)
         .with_target("otp_dispatcher", LevelFilter::INFO)
         .with_target("otp_shared", LevelFilter::INFO)
 }

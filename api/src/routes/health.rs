@@ -17,6 +17,8 @@ use super::ApiTags;
 pub struct HealthApi {
     pub service: Arc<AppService>,
     pub metrics: Arc<ApiMetrics>,
+    /// The in-process delivery worker's metrics, in the one-process mode.
+    pub delivery_metrics: Option<Arc<otp_delivery::metrics::DeliveryMetrics>>,
 }
 
 #[derive(Debug, Object)]
@@ -73,6 +75,10 @@ impl HealthApi {
     /// Prometheus metrics in the text exposition format (see docs/operations.md, "Metrics").
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> PlainText<String> {
-        PlainText(self.metrics.render())
+        let mut text = self.metrics.render();
+        if let Some(delivery) = &self.delivery_metrics {
+            text.push_str(&delivery.render());
+        }
+        PlainText(text)
     }
 }

@@ -13,15 +13,15 @@ use otp_api::{
         RateLimit, RedisStore, ResendRefusal, StorePolicy, VerifyLookup,
     },
 };
-use otp_dispatcher::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
+use otp_delivery::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
 use otp_shared::{
     keys::Keys,
     ledger::JobOutcome,
     memory::DeliveryRecords,
     phone::PhoneNumber,
     status::{DeliveryState, FIELD_PROVIDER_ID},
-    testing::Cleanup,
 };
+use otp_testkit::Cleanup;
 use uuid::Uuid;
 
 use crate::helpers::{AMQP_URL, test_config};
@@ -43,7 +43,7 @@ impl OnRedis {
     fn new() -> Self {
         let prefix = format!("test:{}:", Uuid::new_v4().simple());
         let cleanup = Cleanup {
-            redis_url: otp_shared::testing::redis_url(),
+            redis_url: otp_testkit::redis_url(),
             key_prefix: prefix.clone(),
             amqp_url: AMQP_URL.into(),
             queue: format!("test.conformance.{}", Uuid::new_v4().simple()),
@@ -59,7 +59,7 @@ impl Backend for OnRedis {
     type Store = RedisStore;
     fn store(&mut self, policy: StorePolicy) -> RedisStore {
         RedisStore::new(
-            otp_shared::testing::redis_conn(),
+            otp_testkit::redis_conn(),
             Keys::new(self.prefix.clone()),
             policy,
         )
@@ -67,7 +67,7 @@ impl Backend for OnRedis {
 
     fn ledger(&mut self) -> Arc<dyn SendLedger> {
         let keys = Keys::new(self.prefix.clone());
-        Arc::new(Ledger::new(otp_shared::testing::redis_conn(), keys, LEASE))
+        Arc::new(Ledger::new(otp_testkit::redis_conn(), keys, LEASE))
     }
 }
 

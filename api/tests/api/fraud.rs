@@ -32,7 +32,7 @@ async fn app_with(fraud: FraudSettings) -> TestApp {
 
 async fn metric(app: &TestApp, series: &str) -> f64 {
     let text = app.get("/metrics").await.text().await.unwrap();
-    otp_shared::testing::metric_value(&text, series)
+    otp_testkit::metric_value(&text, series)
 }
 
 /// Three unverified sends to +1415555xxxx, then past the grace.
@@ -269,8 +269,7 @@ async fn the_conversion_gauge_follows(store: impl otp_api::store::OtpStore + Clo
         }
     }
     let ratio = || gauge.with_label_values(&["US"]).get();
-    let moved =
-        otp_shared::testing::eventually(Duration::from_secs(15), || async { ratio() == 0.5 });
+    let moved = otp_testkit::eventually(Duration::from_secs(15), || async { ratio() == 0.5 });
     let moved = moved.await;
     stop.cancel();
     assert!(
@@ -289,13 +288,13 @@ fn monitored() -> otp_api::store::StorePolicy {
 #[tokio::test]
 async fn the_conversion_gauge_follows_redis() {
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
-    let _cleanup = otp_shared::testing::Cleanup {
-        redis_url: otp_shared::testing::redis_url(),
+    let _cleanup = otp_testkit::Cleanup {
+        redis_url: otp_testkit::redis_url(),
         key_prefix: prefix.clone(),
         amqp_url: crate::helpers::AMQP_URL.into(),
         queue: format!("test.gauge.{}", uuid::Uuid::new_v4().simple()),
     };
-    let conn = otp_shared::testing::redis_conn();
+    let conn = otp_testkit::redis_conn();
     let store = otp_api::store::RedisStore::new(conn, Keys::new(prefix), monitored());
     the_conversion_gauge_follows(store).await;
 }

@@ -8,13 +8,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use otp_api::{config::Config, startup::Application};
-use otp_shared::{
-    job::{JobContent, SendJob},
-    testing::{Cleanup, eventually, wait_for},
-};
+use otp_shared::job::{JobContent, SendJob};
+use otp_testkit::{Cleanup, eventually, wait_for};
 
-pub use crate::settings::{AMQP_URL, api_config, job_key};
-pub use otp_shared::testing::{redis_cluster, redis_url};
+pub use otp_api::testing::api_config;
+pub use otp_testkit::{AMQP_URL, job_key};
+pub use otp_testkit::{redis_cluster, redis_url};
 pub const PHONE: &str = "+14155552671";
 
 /// A config isolated to one test: its own key prefix and queue, limits off unless a test
@@ -75,9 +74,9 @@ async fn start(config: Config) -> TestApp {
     // up there too.
     let redis_url = match config.redis.redis_cluster {
         true => redis_url(),
-        false => otp_shared::testing::SINGLE_REDIS_URL.to_owned(),
+        false => otp_testkit::SINGLE_REDIS_URL.to_owned(),
     };
-    let redis = otp_shared::testing::redis_conn_to(&redis_url);
+    let redis = otp_testkit::redis_conn_to(&redis_url);
     let amqp = otp_shared::amqp::connect(AMQP_URL, "otp-api-test")
         .await
         .expect("test RabbitMQ connection");

@@ -1,7 +1,6 @@
 //! Integration tests of otp-api against the real Redis and RabbitMQ on this machine.
 
 mod helpers;
-mod settings;
 
 mod conformance;
 mod connections;

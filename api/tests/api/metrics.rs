@@ -7,7 +7,7 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
     let resp = app.get("/metrics").await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
-    otp_shared::testing::metric_value(&text, series)
+    otp_testkit::metric_value(&text, series)
 }
 
 #[tokio::test]

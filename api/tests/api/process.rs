@@ -9,7 +9,8 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 
-use otp_shared::{job::SendJob, testing::Cleanup};
+use otp_shared::job::SendJob;
+use otp_testkit::Cleanup;
 
 use crate::helpers::{AMQP_URL, PHONE, job_key, redis_cluster, redis_url};
 
@@ -112,7 +113,7 @@ pub async fn start_logged(
 
 /// Waits until the API at `base` answers /readyz with 200 (its Redis and broker connections up).
 async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let ready = otp_shared::testing::eventually(Duration::from_secs(5), || async {
+    let ready = otp_testkit::eventually(Duration::from_secs(5), || async {
         let ready = http.get(format!("{base}/readyz")).send().await;
         ready.is_ok_and(|r| r.status() == 200)
     });
@@ -389,6 +390,17 @@ async fn the_embedded_mode_needs_neither_redis_nor_rabbitmq_nor_settings() {
     };
     assert_eq!(verify(code.clone()).await.unwrap().status(), 200);
     assert_eq!(verify(code).await.unwrap().status(), 400, "used once");
+    // One /metrics serves the API's families and the in-process delivery worker's.
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert_eq!(
+        otp_testkit::metric_value(&metrics, "otp_codes_issued_total"),
+        1.0
+    );
+    assert_eq!(
+        otp_testkit::metric_value(&metrics, r#"otp_jobs_total{result="sent"}"#),
+        1.0
+    );
     let rest = terminate(child, lines).await;
     assert!(rest.contains("otp-api stopped"), "{rest}");
 }
@@ -505,7 +517,7 @@ async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
         let status: serde_json::Value = response.json().await.unwrap();
         status["state"].as_str().unwrap().to_owned()
     };
-    let sent = otp_shared::testing::eventually(Duration::from_secs(10), || async {
+    let sent = otp_testkit::eventually(Duration::from_secs(10), || async {
         state().await == "sent"
     })
     .await;

@@ -142,7 +142,7 @@ async fn an_operator_block_holds_with_the_fraud_guard_off() {
     let (ok, out) = crate::fraud::fraud_cli(&app, &["block", "+44794", "--hours", "1"]).await;
     assert!(ok, "{out}");
     // With the guard off and no budget, the API learns of a new block within 2 s.
-    let blocked = otp_shared::testing::eventually(std::time::Duration::from_secs(5), || async {
+    let blocked = otp_testkit::eventually(std::time::Duration::from_secs(5), || async {
         app.request_otp("+447946000001").await.status() == 403
     });
     assert!(blocked.await, "the manual block was not applied");

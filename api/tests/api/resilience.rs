@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use lapin::options::QueueDeleteOptions;
 use serde_json::Value;
 
-use otp_shared::testing::{Proxy, eventually, poll_until};
+use otp_testkit::{Proxy, eventually, poll_until};
 
 use crate::helpers::{PHONE, TestApp, assert_error, spawn_unready, spawn_with};
 

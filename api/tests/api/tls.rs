@@ -114,7 +114,7 @@ async fn the_api_works_over_rediss_with_its_certificate_verified() {
     make_certificates(&dir);
     let redis = start_tls_redis(&dir);
     let url = format!("rediss://127.0.0.1:{}/0", redis.port);
-    let listening = otp_shared::testing::eventually(Duration::from_secs(5), || async {
+    let listening = otp_testkit::eventually(Duration::from_secs(5), || async {
         std::net::TcpStream::connect(("127.0.0.1", redis.port)).is_ok()
     });
     assert!(listening.await, "the TLS Redis did not start");

@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::json;
 use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
 
-use otp_shared::testing::{eventually, wait_for};
+use otp_testkit::{eventually, wait_for};
 
 use crate::helpers::{
     PHONE, SENDER, World, accepted, destinations, plivo_call, spawn_dispatcher, start,
@@ -127,7 +127,7 @@ async fn a_500_and_a_429_are_retried_until_success() {
 /// no real time, and the recorded instants show the delays the dispatcher waited.
 #[tokio::test(start_paused = true)]
 async fn plivo_500_and_429_are_retried_with_growing_delays() {
-    use otp_dispatcher::{
+    use otp_delivery::{
         outcome::Final,
         plivo::{PlivoClient, PlivoSettings},
         retry::{RetryPolicy, run_attempts},

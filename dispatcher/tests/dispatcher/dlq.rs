@@ -14,8 +14,8 @@ use otp_shared::{
         ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, Topology, job_properties, long_string,
     },
     job::SendJob,
-    testing::eventually,
 };
+use otp_testkit::eventually;
 
 use crate::helpers::{PHONE, World, accepted, plivo_call, start};
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wiremock::MockServer;
 
-use otp_shared::testing::wait_for;
+use otp_testkit::wait_for;
 
 use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher, wait_api_ready};
 
@@ -14,11 +14,11 @@ async fn spawn_api(world: &World) -> (String, tokio::sync::oneshot::Sender<()>) 
 
 /// The API's settings for `world` (same queue, key prefix and job key as its dispatcher).
 pub fn api_config(world: &World) -> otp_api::config::Config {
-    let mut config = crate::api_settings::api_config(&world.prefix, &world.queue);
+    let mut config = otp_api::testing::api_config(&world.prefix, &world.queue);
     // Beside dispatchers (and on Redis Cluster in CI) the machine is busier than in the API's
     // own suite: a freshly declared quorum queue may take over 2 s to confirm a first publish.
     config.publish_confirm_timeout_ms = 5000;
-    config.redis = otp_shared::testing::redis_args(&world.prefix, 1000);
+    config.redis = otp_testkit::redis_args(&world.prefix, 1000);
     config
 }
 

@@ -7,7 +7,7 @@ use wiremock::{MockServer, ResponseTemplate};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use otp_dispatcher::breaker::{
+use otp_delivery::breaker::{
     Breaker, BreakerSettings, BreakerStore, Clock, MemoryBreakerStore, RedisBreakerStore, State,
 };
 
@@ -19,11 +19,11 @@ async fn both(
     twilio: &MockServer,
 ) -> otp_dispatcher::config::Config {
     let mut config = world.config(&plivo.uri());
-    config.sms_providers = vec![
-        otp_dispatcher::sender::SmsProvider::Plivo,
-        otp_dispatcher::sender::SmsProvider::Twilio,
+    config.delivery.providers.sms_providers = vec![
+        otp_delivery::sender::SmsProvider::Plivo,
+        otp_delivery::sender::SmsProvider::Twilio,
     ];
-    config.twilio_base_url = twilio.uri();
+    config.delivery.providers.twilio_base_url = twilio.uri();
     config
 }
 
@@ -119,8 +119,8 @@ async fn an_open_breaker_sends_jobs_straight_to_the_next_provider() {
         .await;
     let world = World::new().await;
     let mut config = both(&world, &plivo, &twilio).await;
-    config.breaker_failures = 2;
-    config.failover_after_retries = 10;
+    config.delivery.breaker.breaker_failures = 2;
+    config.delivery.retry.failover_after_retries = 10;
     let _dispatcher = spawn_dispatcher(config).await;
     for code in ["111111", "222222", "333333"] {
         let (_, status) = world.send_one(PHONE, code).await;
@@ -159,7 +159,7 @@ impl Clock for TestClock {
 #[tokio::test]
 async fn the_redis_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock() {
     let world = World::new().await;
-    let store = RedisBreakerStore::new(otp_shared::testing::redis_conn(), &world.keys(), "plivo");
+    let store = RedisBreakerStore::new(otp_testkit::redis_conn(), &world.keys(), "plivo");
     breaker_rules(Arc::new(store)).await;
 }
 
@@ -229,7 +229,7 @@ async fn a_breaker_opened_elsewhere_is_seen_within_a_second() {
     };
     let breaker = || {
         Breaker::new(
-            otp_shared::testing::redis_conn(),
+            otp_testkit::redis_conn(),
             &world.keys(),
             "plivo",
             settings.clone(),

@@ -22,7 +22,12 @@ use wiremock::{
 };
 
 use futures_util::future::BoxFuture;
-use otp_dispatcher::{config::Config, outcome::Attempt, sender::SmsSender, startup::Application};
+use otp_delivery::{
+    outcome::Attempt,
+    sender::{SmsProvider, SmsSender},
+    settings::{BreakerArgs, DeliveryArgs, ProviderArgs, RateArgs, RetryArgs},
+};
+use otp_dispatcher::{config::Config, startup::Application};
 use otp_shared::{
     amqp::{DEAD_REASON_HEADER, Topology, header_str, job_properties},
     config::{AmqpArgs, LogFormat},
@@ -30,11 +35,11 @@ use otp_shared::{
     keys::Keys,
     phone::PhoneNumber,
     status::{self, DeliveryState, DeliveryStatus},
-    testing::{Cleanup, eventually, wait_for},
 };
+use otp_testkit::{Cleanup, eventually, wait_for};
 
-pub use crate::api_settings::{AMQP_URL, job_key};
-pub use otp_shared::testing::{redis_cluster, redis_url};
+pub use otp_testkit::{AMQP_URL, job_key};
+pub use otp_testkit::{redis_cluster, redis_url};
 pub const AUTH_ID: &str = "MATESTAUTHID";
 pub const AUTH_TOKEN: &str = "test-auth-token";
 pub const SENDER: &str = "+14155550000";
@@ -87,14 +92,14 @@ pub struct World {
 
 impl World {
     /// A world on the tests' Redis (the single server, or the cluster: see
-    /// `otp_shared::testing::CLUSTER_ENV`).
+    /// `otp_testkit::CLUSTER_ENV`).
     pub async fn new() -> Self {
         Self::on(redis_url()).await
     }
 
     /// A world on the single local Redis server, for tests that put a proxy in front of it.
     pub async fn on_single_redis() -> Self {
-        Self::on(otp_shared::testing::SINGLE_REDIS_URL.to_owned()).await
+        Self::on(otp_testkit::SINGLE_REDIS_URL.to_owned()).await
     }
 
     async fn on(redis_url: String) -> Self {
@@ -113,7 +118,7 @@ impl World {
             .declare(&amqp, &channel)
             .await
             .expect("topology");
-        let redis = otp_shared::testing::redis_conn_to(&redis_url);
+        let redis = otp_testkit::redis_conn_to(&redis_url);
         let prefix = format!("test:{id}:");
         Self {
             _cleanup: Cleanup {
@@ -136,30 +141,40 @@ impl World {
 
     pub fn config(&self, plivo: &str) -> Config {
         Config {
-            redis: otp_shared::testing::redis_args(&self.prefix, 1000),
+            redis: otp_testkit::redis_args(&self.prefix, 1000),
             amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), &self.queue),
-            sms_providers: vec![otp_dispatcher::sender::SmsProvider::Plivo],
-            plivo_auth_id: Some(AUTH_ID.into()),
-            plivo_sender_number: Some(SENDER.into()),
-            twilio_account_sid: Some(TWILIO_SID.into()),
-            twilio_from_number: Some(SENDER.into()),
-            twilio_base_url: "http://127.0.0.1:9".into(),
-            failover_after_retries: 2,
-            breaker_failures: 5,
-            breaker_failure_ratio: 0.5,
-            breaker_min_calls: 20,
-            breaker_window_seconds: 60,
-            breaker_cooldown_seconds: 30,
-            plivo_base_url: plivo.to_owned(),
+            delivery: DeliveryArgs {
+                providers: ProviderArgs {
+                    sms_providers: vec![SmsProvider::Plivo],
+                    plivo_auth_id: Some(AUTH_ID.into()),
+                    plivo_sender_number: Some(SENDER.into()),
+                    plivo_base_url: plivo.to_owned(),
+                    twilio_account_sid: Some(TWILIO_SID.into()),
+                    twilio_from_number: Some(SENDER.into()),
+                    twilio_base_url: "http://127.0.0.1:9".into(),
+                    sms_connect_timeout_ms: Some(1000),
+                    sms_request_timeout_ms: Some(3000),
+                    plivo_connect_timeout_ms: None,
+                    plivo_request_timeout_ms: None,
+                },
+                retry: RetryArgs {
+                    retry_min_delay_ms: 20,
+                    retry_max_delay_ms: 200,
+                    retry_after_cap_seconds: 1,
+                    failover_after_retries: 2,
+                    job_lease_seconds: 2,
+                },
+                breaker: BreakerArgs {
+                    breaker_failures: 5,
+                    breaker_failure_ratio: 0.5,
+                    breaker_min_calls: 20,
+                    breaker_window_seconds: 60,
+                    breaker_cooldown_seconds: 30,
+                },
+                rate: RateArgs::new(1000),
+            },
             job_encryption_key: job_key(),
             dispatcher_concurrency: 16,
-            plivo_max_rps: 1000,
-            retry_min_delay_ms: 20,
-            retry_max_delay_ms: 200,
-            retry_after_cap_seconds: 1,
-            plivo_connect_timeout_ms: 1000,
-            plivo_request_timeout_ms: 3000,
-            job_lease_seconds: 2,
             dispatcher_http_port: 0,
             reports: otp_shared::config::ReportArgs {
                 plivo_auth_token: Some(AUTH_TOKEN.to_owned().into()),
@@ -366,7 +381,7 @@ impl Running {
             .text()
             .await
             .expect("metrics text");
-        otp_shared::testing::metric_sum(&text, "otp_jobs_total") as u64
+        otp_testkit::metric_sum(&text, "otp_jobs_total") as u64
     }
 
     /// Waits until this dispatcher has decided `jobs` jobs in all; fails on more or on a timeout.

@@ -4,19 +4,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use otp_dispatcher::{
+use otp_delivery::{
     memory_queue::{MemoryQueue, Message, memory_queue},
-    metrics::DispatcherMetrics,
+    metrics::DeliveryMetrics,
     source::{DeadLetters, serve},
     worker::Worker,
 };
 use otp_shared::{
-    job::SendJob,
-    memory::DeliveryRecords,
-    phone::PhoneNumber,
-    status::DeliveryState,
-    testing::{eventually, metric_sum},
+    job::SendJob, memory::DeliveryRecords, phone::PhoneNumber, status::DeliveryState,
 };
+use otp_testkit::{eventually, metric_sum};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -27,7 +24,7 @@ struct Pipeline {
     queue: MemoryQueue,
     records: DeliveryRecords,
     provider: Arc<Recorder>,
-    metrics: Arc<DispatcherMetrics>,
+    metrics: Arc<DeliveryMetrics>,
     stop: CancellationToken,
 }
 
@@ -46,6 +43,7 @@ fn start() -> Pipeline {
         records.clone(),
         Arc::new(|_, _| true),
         100,
+        Arc::new(DeliveryMetrics::new()),
     );
     let metrics = worker.metrics.clone();
     let (queue, consumer) = memory_queue(8);

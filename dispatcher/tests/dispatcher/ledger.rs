@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use otp_dispatcher::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
+use otp_delivery::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
 use otp_shared::{
     ledger::JobOutcome,
     memory::DeliveryRecords,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use otp_dispatcher::limiter::{MemoryRateLimiter, RateLimiter, SendRate};
+use otp_delivery::limiter::{MemoryRateLimiter, RateLimiter, SendRate};
 use tokio::time::Instant;
 
 use crate::helpers::World;

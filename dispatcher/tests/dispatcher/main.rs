@@ -1,9 +1,6 @@
 //! Integration tests of otp-dispatcher against the real RabbitMQ and Redis, with an in-process
 //! fake Plivo (wiremock) whose exact expectations catch any duplicate send.
 
-/// The API's test settings, written once beside the API's own suite.
-#[path = "../../../api/tests/api/settings.rs"]
-mod api_settings;
 mod helpers;
 
 mod compose;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
 
-use otp_shared::testing::eventually;
+use otp_testkit::eventually;
 
 use crate::helpers::{PHONE, Running, accepted, plivo_call, start};
 
@@ -17,7 +17,7 @@ async fn metric(dispatcher: &Running, series: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    otp_shared::testing::metric_value(&text, series)
+    otp_testkit::metric_value(&text, series)
 }
 
 /// Waits (bounded) until `series` reaches `value`, then asserts it.

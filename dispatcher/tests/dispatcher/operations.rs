@@ -3,8 +3,8 @@ use std::{process::Stdio, time::Duration};
 use tokio::time::Instant;
 use wiremock::{MockServer, ResponseTemplate};
 
-use otp_dispatcher::limiter::{RateLimiter, SendRate};
-use otp_shared::testing::{Proxy, eventually};
+use otp_delivery::limiter::{RateLimiter, SendRate};
+use otp_testkit::{Proxy, eventually};
 
 use crate::helpers::{PHONE, World, accepted, plivo_call, spawn_dispatcher};
 
@@ -175,8 +175,8 @@ async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
     let world = World::new().await;
     let mut config = world.config(&plivo.uri());
     config.process.shutdown_grace_seconds = 1;
-    config.retry_min_delay_ms = 5_000;
-    config.retry_max_delay_ms = 5_000;
+    config.delivery.retry.retry_min_delay_ms = 5_000;
+    config.delivery.retry.retry_max_delay_ms = 5_000;
     let dispatcher = spawn_dispatcher(config).await;
     let job = world.job(PHONE, "565656", time::Duration::minutes(5));
     world.publish(&job).await;
@@ -195,7 +195,7 @@ async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
 #[tokio::test]
 async fn the_provider_rate_is_shared_by_every_dispatcher() {
     let world = World::new().await;
-    let conn = otp_shared::testing::redis_conn;
+    let conn = otp_testkit::redis_conn;
     let one = RateLimiter::new(conn(), &world.keys(), 2);
     let other = RateLimiter::new(conn(), &world.keys(), 2);
     let now = Instant::now() + Duration::from_millis(100);
@@ -254,7 +254,7 @@ async fn health_endpoints_answer() {
 async fn three_dispatchers_share_the_cap_within_five_percent() {
     let world = World::new().await;
     let limiters: Vec<RateLimiter> = (0..3)
-        .map(|_| RateLimiter::new(otp_shared::testing::redis_conn(), &world.keys(), 20))
+        .map(|_| RateLimiter::new(otp_testkit::redis_conn(), &world.keys(), 20))
         .collect();
     let started = Instant::now();
     // 60 sends at 20/s: one second's burst (20) at once, the other 40 over two seconds.

@@ -21,6 +21,7 @@ async fn bad_settings_stop_the_process_naming_the_variable() {
         ("PLIVO_AUTH_TOKEN", None),
         ("JOB_ENCRYPTION_KEY", Some("c2hvcnQ=")),
         ("PLIVO_SENDER_NUMBER", Some("+1")),
+        ("SMS_MAX_RPS", Some("0")),
         ("PLIVO_MAX_RPS", Some("0")),
         ("DISPATCHER_CONCURRENCY", Some("lots")),
     ] {
@@ -66,17 +67,22 @@ async fn production_refuses_plain_http_to_another_host_and_weak_keys() {
     }
 }
 
+/// Also: an old setting name (PLIVO_MAX_RPS) still starts the dispatcher, with one warning.
 #[tokio::test]
 async fn sigterm_stops_the_dispatcher_cleanly() {
     let world = World::new().await;
     let mut child = otp_dispatcher(&world)
+        .env("PLIVO_MAX_RPS", "100")
         .stdout(Stdio::piped())
         .spawn()
         .expect("starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut start = Vec::new();
     let consuming = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("consuming") {
+            let done = line.contains("consuming");
+            start.push(line);
+            if done {
                 return true;
             }
         }
@@ -85,6 +91,12 @@ async fn sigterm_stops_the_dispatcher_cleanly() {
     .await
     .unwrap_or(false);
     assert!(consuming, "otp-dispatcher did not start consuming");
+    let deprecated: Vec<_> = start
+        .iter()
+        .filter(|l| l.contains("PLIVO_MAX_RPS is deprecated") && l.contains("SMS_MAX_RPS"))
+        .collect();
+    assert_eq!(deprecated.len(), 1, "{start:#?}");
+    assert!(deprecated[0].contains("WARN"), "{}", deprecated[0]);
     let pid = child.id().unwrap().to_string();
     assert!(
         Command::new("kill")

@@ -1,5 +1,5 @@
 //! The queue's consuming side, checked once against RabbitMQ (with the Redis worker) and once
-//! against process memory (with the in-memory worker), through `otp_dispatcher::source`: a job
+//! against process memory (with the in-memory worker), through `otp_delivery::source`: a job
 //! given up on becomes a dead letter with its ids, reason, attempts and time; an unreadable one
 //! becomes a dead letter without ids; a delivered one does not; listing leaves them in place.
 
@@ -13,24 +13,22 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use otp_dispatcher::{
-    consumer::Consumer,
-    dlq::DeadLetterQueue,
+use otp_delivery::{
     memory_queue::{MemoryConsumer, MemoryQueue, Message, memory_queue},
-    metrics::DispatcherMetrics,
+    metrics::DeliveryMetrics,
     sender::SmsSender,
     source::{DeadLetter, DeadLetters, JobSource, serve},
-    startup::redis_worker,
     worker::Worker,
 };
+use otp_dispatcher::{consumer::Consumer, dlq::DeadLetterQueue};
 use otp_shared::{
     amqp::{Topology, job_properties},
     job::SendJob,
     memory::DeliveryRecords,
     phone::PhoneNumber,
     status::{self, DeliveryState},
-    testing::eventually,
 };
+use otp_testkit::eventually;
 
 use crate::helpers::{AMQP_URL, PHONE, REFUSED_REASON, Recorder, World, job_key};
 
@@ -59,9 +57,18 @@ impl Backend for Rabbit {
 
     fn open(&mut self, sender: Arc<dyn SmsSender>) -> (Consumer, DeadLetterQueue, Worker) {
         let world = &self.0;
-        let metrics = Arc::new(DispatcherMetrics::new());
+        let metrics = Arc::new(DeliveryMetrics::new());
         let config = world.config("http://127.0.0.1:9");
-        let worker = redis_worker(&config, &world.redis, vec![sender], &metrics).unwrap();
+        let worker = Worker::on_redis(
+            &world.redis,
+            config.redis.keys(),
+            vec![sender],
+            &config.delivery,
+            config.job_encryption_key.clone(),
+            config.reports.resend_on_undelivered,
+            metrics.clone(),
+        )
+        .unwrap();
         let consumer = Consumer {
             url: AMQP_URL.parse().unwrap(),
             topology: Topology::new(&world.queue),
@@ -115,7 +122,9 @@ impl Backend for Memory {
 
     fn open(&mut self, sender: Arc<dyn SmsSender>) -> (MemoryConsumer, MemoryQueue, Worker) {
         let live = Arc::new(|_: &str, _: Uuid| true);
-        let worker = Worker::in_memory(vec![sender], job_key(), self.records.clone(), live, 1000);
+        let metrics = Arc::new(DeliveryMetrics::new());
+        let records = self.records.clone();
+        let worker = Worker::in_memory(vec![sender], job_key(), records, live, 1000, metrics);
         let consumer = self.consumer.take().expect("opened once");
         (consumer, self.queue.clone(), worker)
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use otp_dispatcher::records::{JobRecords, MemoryJobRecords, RedisJobRecords};
+use otp_delivery::records::{JobRecords, MemoryJobRecords, RedisJobRecords};
 use otp_shared::{memory::DeliveryRecords, status::DeliveryState};
 use uuid::Uuid;
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use wiremock::MockServer;
 
-use otp_shared::testing::eventually;
+use otp_testkit::eventually;
 
 use crate::{
     end_to_end::{api_config, spawn_api_with},
@@ -50,11 +50,11 @@ async fn stack_with(twilio_calls: u64, tweak: impl FnOnce(&mut otp_api::config::
         .await;
     let world = World::new().await;
     let mut dispatcher = world.config(&plivo.uri());
-    dispatcher.sms_providers = vec![
-        otp_dispatcher::sender::SmsProvider::Plivo,
-        otp_dispatcher::sender::SmsProvider::Twilio,
+    dispatcher.delivery.providers.sms_providers = vec![
+        otp_delivery::sender::SmsProvider::Plivo,
+        otp_delivery::sender::SmsProvider::Twilio,
     ];
-    dispatcher.twilio_base_url = twilio.uri();
+    dispatcher.delivery.providers.twilio_base_url = twilio.uri();
     let dispatcher = spawn_dispatcher(dispatcher).await;
     let mut api = api_config(&world);
     api.reports.plivo_auth_token = Some(TOKEN.to_owned().into());
@@ -161,7 +161,7 @@ impl Stack {
             text.contains("\notp_resends_total "),
             "otp_resends_total is exposed"
         );
-        otp_shared::testing::metric_value(&text, "otp_resends_total") as u64
+        otp_testkit::metric_value(&text, "otp_resends_total") as u64
     }
 
     async fn twilio_texts(&self) -> Vec<String> {

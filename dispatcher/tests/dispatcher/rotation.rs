@@ -8,10 +8,8 @@ use serde_json::{Value, json};
 use wiremock::MockServer;
 
 use otp_api::config::HmacKey;
-use otp_shared::{
-    crypto::JobKey,
-    testing::{eventually, wait_for},
-};
+use otp_shared::crypto::JobKey;
+use otp_testkit::{eventually, wait_for};
 
 use crate::{
     end_to_end::{api_config, spawn_api_with},

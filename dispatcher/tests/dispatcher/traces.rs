@@ -15,7 +15,7 @@ use poem::{EndpointExt, Route, Server, handler, listener::TcpListener as PoemLis
 use prost::Message;
 use tokio::process::Command;
 
-use otp_shared::testing::{eventually, wait_for};
+use otp_testkit::{eventually, wait_for};
 
 use crate::helpers::{PHONE, World, accepted, plivo_call, wait_api_ready};
 

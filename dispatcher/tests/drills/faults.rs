@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use otp_shared::testing::{Cleanup, SINGLE_REDIS_URL};
+use otp_testkit::{Cleanup, SINGLE_REDIS_URL};
 
 use crate::support::{Load, Outcome, Plivo, Stack, eventually};
 
@@ -156,7 +156,7 @@ async fn faults_lose_and_duplicate_no_sms() {
 /// The benchmark suite's scenario 4: the provider answers 503 to everything for
 /// `DRILL_OUTAGE_SECONDS` (default 10) under steady load (20 requests/s), then recovers. Codes
 /// live 300 s, far longer than the outage, so none expires: every accepted request's SMS must
-/// arrive exactly once. The backlog drains at the `PLIVO_MAX_RPS` cap (50 here) after the
+/// arrive exactly once. The backlog drains at the `SMS_MAX_RPS` cap (50 here) after the
 /// limiter's one-second burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a long drill: tools/test.sh --cluster runs it alone"]
@@ -167,7 +167,7 @@ async fn a_provider_outage_drains_at_the_cap_and_loses_nothing() {
     // Short breaker cooldown and retry ceiling, so the drain starts soon after the provider is
     // back and what is measured is the drain itself.
     stack.env = vec![
-        ("PLIVO_MAX_RPS".into(), CAP.to_string()),
+        ("SMS_MAX_RPS".into(), CAP.to_string()),
         ("BREAKER_COOLDOWN_SECONDS".into(), "5".into()),
         ("RETRY_MAX_DELAY_MS".into(), "5000".into()),
     ];

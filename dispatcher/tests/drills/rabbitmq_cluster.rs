@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use otp_shared::testing::Cleanup;
+use otp_testkit::Cleanup;
 
 use crate::support::{Load, Plivo, Stack, assert_exactly_once, cluster};
 

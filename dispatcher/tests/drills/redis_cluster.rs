@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use otp_shared::testing::Cleanup;
+use otp_testkit::Cleanup;
 
 use crate::support::{Load, Plivo, Stack, assert_exactly_once, cluster, eventually};
 

@@ -126,7 +126,7 @@ impl Stack {
             .env("PLIVO_AUTH_TOKEN", "drill-token")
             .env("PLIVO_SENDER_NUMBER", "+14155550000")
             .env("PLIVO_BASE_URL", plivo)
-            .env("PLIVO_MAX_RPS", "10000")
+            .env("SMS_MAX_RPS", "10000")
             // Last, so a drill's own settings (`env`) win.
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd.spawn().expect("otp-dispatcher starts");
@@ -183,7 +183,7 @@ fn free_port() -> u16 {
 
 async fn wait_ready(base: &str) {
     let http = reqwest::Client::new();
-    let ready = otp_shared::testing::poll_until(
+    let ready = otp_testkit::poll_until(
         Duration::from_secs(30),
         Duration::from_millis(100),
         || async {
@@ -383,7 +383,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    otp_shared::testing::poll_until(within, Duration::from_millis(200), check).await
+    otp_testkit::poll_until(within, Duration::from_millis(200), check).await
 }
 
 /// Checks a drill's outcome: only 202 and (for requests sent inside `windows`) 503 answers; every accepted

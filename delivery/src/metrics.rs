@@ -1,4 +1,5 @@
-//! otp-dispatcher's Prometheus metrics, served at `GET /metrics` on DISPATCHER_HTTP_PORT.
+//! The delivery's Prometheus metrics, served at `GET /metrics`: on DISPATCHER_HTTP_PORT by
+//! otp-dispatcher, beside the API's by `otp-api --embedded`.
 //! Names are stable (dashboards and alerts depend on them); labels are bounded sets. Every
 //! labelled series is resolved once, here, so recording is a plain atomic operation.
 
@@ -24,7 +25,7 @@ pub enum JobResult {
 /// The providers metrics are kept for.
 const PROVIDERS: [&str; 2] = ["plivo", "twilio"];
 
-pub struct DispatcherMetrics {
+pub struct DeliveryMetrics {
     registry: Registry,
     jobs: [IntCounter; 5],
     /// Indexed like `PROVIDERS`.
@@ -60,7 +61,7 @@ impl ProviderMetrics {
     }
 }
 
-impl DispatcherMetrics {
+impl DeliveryMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let jobs = m::counter_vec(
@@ -177,7 +178,7 @@ impl DispatcherMetrics {
     }
 }
 
-impl Default for DispatcherMetrics {
+impl Default for DeliveryMetrics {
     fn default() -> Self {
         Self::new()
     }
@@ -206,11 +207,11 @@ mod tests {
     /// Every family, label and label value this binary exports is named in the metrics doc.
     #[test]
     fn the_operations_doc_names_every_series() {
-        let metrics = DispatcherMetrics::new();
+        let metrics = DeliveryMetrics::new();
         metrics.provider("plivo");
         metrics.provider("twilio");
         let doc = include_str!("../../docs/operations.md");
-        let missing = otp_shared::testing::undocumented_metrics(&metrics.render(), doc);
+        let missing = otp_testkit::undocumented_metrics(&metrics.render(), doc);
         assert!(
             missing.is_empty(),
             "docs/operations.md does not name: {missing:#?}"
@@ -219,7 +220,7 @@ mod tests {
 
     #[test]
     fn provider_calls_are_counted_by_status_class() {
-        let metrics = DispatcherMetrics::new();
+        let metrics = DeliveryMetrics::new();
         for status in [Some(202), Some(429), Some(503), None] {
             metrics
                 .provider("plivo")

@@ -1,4 +1,4 @@
-//! PLIVO_MAX_RPS as one global rate (GCRA, the generic cell rate algorithm): one call reserves
+//! SMS_MAX_RPS as one global rate (GCRA, the generic cell rate algorithm): one call reserves
 //! the next free send slot and says when it is, and the task sleeps until it. Never polls.
 //! [`RateLimiter`] shares the rate among every dispatcher through Redis; [`MemoryRateLimiter`]
 //! keeps it in this process. Both allow a burst of one second's worth.

@@ -1,21 +1,13 @@
-//! The API's settings for tests, written once. The API's suite uses it through its helpers, and
-//! the dispatcher's suite includes this file (`#[path]`) to run the API beside its dispatchers.
+//! The API's settings for tests (feature `test-support`, enabled only by dev-dependencies):
+//! the API's own suite and the dispatcher's, which runs the API beside its dispatchers.
 
 use std::net::Ipv4Addr;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use otp_api::config::{Config, HmacKey, HttpLimits, Limits, OtpSettings};
-use otp_shared::{
-    config::{AmqpArgs, LogFormat},
-    crypto::JobKey,
-};
+use otp_shared::config::{AmqpArgs, LogFormat};
+use otp_testkit::{AMQP_URL, job_key};
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// The job key both suites seal and open jobs with.
-pub fn job_key() -> JobKey {
-    JobKey::from_base64(&STANDARD.encode([42u8; 32])).expect("test key")
-}
+use crate::config::{Config, HmacKey, HttpLimits, Limits, OtpSettings};
 
 /// Settings on the tests' Redis and RabbitMQ under `key_prefix` and `queue`: codes of 6 digits
 /// for 300 s with 5 attempts, every limit off (tests turn on what they check), the fraud guard
@@ -24,7 +16,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
     Config {
         port: 0,
         bind_address: Ipv4Addr::LOCALHOST.into(),
-        redis: otp_shared::testing::redis_args(key_prefix, 500),
+        redis: otp_testkit::redis_args(key_prefix, 500),
         amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), queue),
         publish_confirm_timeout_ms: 2000,
         otp: OtpSettings {
@@ -61,8 +53,8 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             http2_max_concurrent_streams: 32,
             docs_enabled: None,
         },
-        fraud: otp_api::fraud::FraudSettings {
-            fraud_guard: otp_api::fraud::Mode::Monitor,
+        fraud: crate::fraud::FraudSettings {
+            fraud_guard: crate::fraud::Mode::Monitor,
             fraud_guard_prefix_drop_digits: 4,
             fraud_guard_window_minutes: 60,
             fraud_guard_grace_seconds: 120,

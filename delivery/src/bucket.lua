@@ -1,4 +1,4 @@
--- PLIVO_MAX_RPS for every dispatcher together, as GCRA (the generic cell rate algorithm): each
+-- SMS_MAX_RPS for every dispatcher together, as GCRA (the generic cell rate algorithm): each
 -- call reserves the next free send slot and says how long to wait for it, so a waiting task
 -- sleeps once and never polls. Bursts up to one second's worth. Uses the Redis clock, so
 -- dispatcher clocks need not agree.

@@ -1,4 +1,6 @@
-//! Test helpers shared by the integration tests of both binaries (feature `test-support`).
+//! otp-testkit: what the test suites share (a dev-dependency only, never in a release build):
+//! the tests' Redis and RabbitMQ, a TCP proxy that stalls, severs or refuses, cleanup of a
+//! test's keys and queues, bounded waits (`eventually`, `wait_for`), and metric readers.
 
 use std::{
     net::SocketAddr,
@@ -11,7 +13,16 @@ use std::{
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 
-use crate::{amqp::Topology, config::RedisArgs, redis_conn::RedisConn};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use otp_shared::{amqp::Topology, config::RedisArgs, crypto::JobKey, redis_conn::RedisConn};
+
+/// The tests' RabbitMQ.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The job key every suite seals and opens jobs with.
+pub fn job_key() -> JobKey {
+    JobKey::from_base64(&STANDARD.encode([42u8; 32])).expect("test key")
+}
 
 /// The local single Redis server, for the tests that need that one (a proxy in front of it).
 pub const SINGLE_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -195,7 +206,7 @@ pub fn cleanup_blocking(redis_url: String, key_prefix: String, amqp_url: String,
                         redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                 }
             }
-            if let Ok(conn) = crate::amqp::connect(&amqp_url, "otp-test-cleanup").await
+            if let Ok(conn) = otp_shared::amqp::connect(&amqp_url, "otp-test-cleanup").await
                 && let Ok(channel) = conn.create_channel().await
             {
                 let topology = Topology::new(&queue);

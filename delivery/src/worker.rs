@@ -22,14 +22,15 @@ use otp_shared::{
 
 use crate::{
     breaker::{Breaker, BreakerSettings, MemoryBreakerStore, SystemClock},
-    ledger::{Claim, Entry, MemoryLedger, SendLedger, SentRecord, keep_alive},
-    limiter::{MemoryRateLimiter, SendRate},
-    metrics::{DispatcherMetrics, InFlight, JobResult},
+    ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord, keep_alive},
+    limiter::{MemoryRateLimiter, RateLimiter, SendRate},
+    metrics::{DeliveryMetrics, InFlight, JobResult},
     outcome::{Attempt, Final, Settle},
-    records::{JobRecords, LiveCode, MemoryJobRecords},
+    records::{JobRecords, LiveCode, MemoryJobRecords, RedisJobRecords},
     retry::{RetryPolicy, run_attempts},
     router::{JobRoute, Provider, Router},
     sender::SmsSender,
+    settings::DeliveryArgs,
 };
 
 /// How long a provider message id stays mapped to its verification after the code expires.
@@ -67,7 +68,7 @@ pub struct Worker {
     pub job_key: JobKey,
     /// The delivery record and the code's liveness.
     pub records: Arc<dyn JobRecords>,
-    pub metrics: Arc<DispatcherMetrics>,
+    pub metrics: Arc<DeliveryMetrics>,
     /// RESEND_ON_UNDELIVERED: keep sent jobs' envelopes for one resend.
     pub resend_on_undelivered: bool,
 }
@@ -76,17 +77,67 @@ pub struct Worker {
 const MEMORY_LEASE: Duration = Duration::from_secs(30);
 
 impl Worker {
+    /// A worker on Redis (ledger, rate, breakers and delivery records, all shared by every
+    /// dispatcher), sending through `senders` in order.
+    pub fn on_redis(
+        redis: &otp_shared::redis_conn::RedisConn,
+        keys: otp_shared::keys::Keys,
+        senders: Vec<Arc<dyn SmsSender>>,
+        settings: &DeliveryArgs,
+        job_key: JobKey,
+        resend_on_undelivered: bool,
+        metrics: Arc<DeliveryMetrics>,
+    ) -> anyhow::Result<Self> {
+        let breaker = settings.breaker.settings();
+        let providers = senders
+            .into_iter()
+            .map(|sender| {
+                let breaker = Breaker::new(
+                    redis.clone(),
+                    &keys,
+                    sender.name(),
+                    breaker.clone(),
+                    Arc::new(SystemClock),
+                    metrics.breaker(sender.name()),
+                );
+                Provider { sender, breaker }
+            })
+            .collect();
+        Ok(Self {
+            ledger: Arc::new(Ledger::new(
+                redis.clone(),
+                keys.clone(),
+                settings.retry.lease(),
+            )),
+            limiter: Arc::new(RateLimiter::new(
+                redis.clone(),
+                &keys,
+                settings.rate.max_rps(),
+            )),
+            router: Router::new(providers, settings.retry.failover_after_retries),
+            policy: settings.retry.policy()?,
+            job_key,
+            records: Arc::new(RedisJobRecords {
+                conn: redis.clone(),
+                keys,
+            }),
+            metrics,
+            resend_on_undelivered,
+        })
+    }
+
     /// A worker with every backend in this process (ledger, rate, breakers, records), sending
     /// through `senders` in order: the one-process mode's dispatcher. `live` answers whether a
-    /// code is still live (the code store is the API's).
+    /// code is still live (the code store is the API's). The retry policy and breakers have
+    /// the settings' defaults.
     pub fn in_memory(
         senders: Vec<Arc<dyn SmsSender>>,
         job_key: JobKey,
         records: DeliveryRecords,
         live: LiveCode,
         sends_per_second: u32,
+        metrics: Arc<DeliveryMetrics>,
     ) -> Self {
-        let metrics = Arc::new(DispatcherMetrics::new());
         let providers = senders
             .into_iter()
             .map(|sender| {
@@ -280,7 +331,7 @@ impl Worker {
             Ok(true) => {}
             Ok(false) => {
                 return Attempt::Retry {
-                    reason: "no send slot under PLIVO_MAX_RPS before the code expires".into(),
+                    reason: "no send slot under SMS_MAX_RPS before the code expires".into(),
                     after: Some(deadline.saturating_duration_since(Instant::now())),
                 };
             }

@@ -1,6 +1,6 @@
 //! The queue's consuming side as a seam: where send jobs come from, what settles them, and where
-//! the ones given up on are kept. RabbitMQ implements it ([`crate::consumer::Consumer`],
-//! [`crate::dlq::DeadLetterQueue`]) and so does process memory ([`crate::memory_queue`]).
+//! the ones given up on are kept. RabbitMQ implements it (otp-dispatcher's `consumer::Consumer`
+//! and `dlq::DeadLetterQueue`) and so does process memory ([`crate::memory_queue`]).
 //! [`serve`] runs either one with a shutdown grace period.
 
 use std::{future::Future, sync::Arc, time::Duration};
