@@ -51,12 +51,12 @@ pub struct ProviderArgs {
     #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com", value_parser = parse_http_url)]
     pub twilio_base_url: String,
 
-    /// Milliseconds allowed to open a connection to a provider [default: 3000]. Read through
-    /// [`ProviderArgs::connect_timeout`], which also honours the old name.
+    /// Milliseconds allowed to open a connection to a provider [default: 3000]
+    // Read through `connect_timeout()`, which also honours the old name.
     #[arg(long, env = "SMS_CONNECT_TIMEOUT_MS", value_parser = parse_millis)]
     pub sms_connect_timeout_ms: Option<u64>,
-    /// Milliseconds allowed for a whole provider call [default: 10000]. Read through
-    /// [`ProviderArgs::request_timeout`], which also honours the old name.
+    /// Milliseconds allowed for a whole provider call [default: 10000]
+    // Read through `request_timeout()`, which also honours the old name.
     #[arg(long, env = "SMS_REQUEST_TIMEOUT_MS", value_parser = parse_millis)]
     pub sms_request_timeout_ms: Option<u64>,
     /// Deprecated name of SMS_CONNECT_TIMEOUT_MS.
@@ -120,8 +120,8 @@ pub struct BreakerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RateArgs {
     /// Provider calls per second across all dispatchers together (GCRA in Redis: a call
-    /// reserves a slot and sleeps until it; bursts up to one second's worth) [default: 50].
-    /// Read through [`RateArgs::max_rps`], which also honours the old name.
+    /// reserves a slot and sleeps until it; bursts up to one second's worth) [default: 50]
+    // Read through `max_rps()`, which also honours the old name.
     #[arg(long, env = "SMS_MAX_RPS", value_parser = parse_rps)]
     pub sms_max_rps: Option<u32>,
     /// Deprecated name of SMS_MAX_RPS.

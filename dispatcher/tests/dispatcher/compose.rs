@@ -205,3 +205,133 @@ fn the_production_image_holds_only_the_two_services() {
     );
     assert!(copies("fake-plivo").contains("fake-plivo"));
 }
+
+const CONFIGURATION_DOC: &str = include_str!("../../../docs/configuration.md");
+
+/// docs/configuration.md as the settings define it: every variable each binary reads (their
+/// doc comments, defaults, and who reads it), once. Regenerate with
+/// `OTP_WRITE_CONFIGURATION_DOC=1 cargo test -p otp-dispatcher --test dispatcher configuration`.
+fn configuration_reference() -> String {
+    struct Setting {
+        var: String,
+        default: String,
+        help: String,
+        readers: Vec<&'static str>,
+    }
+    let mut settings: Vec<Setting> = Vec::new();
+    let mut deprecated = Vec::new();
+    for (binary, command) in [
+        ("otp-api", otp_api::config::Config::command()),
+        ("otp-dispatcher", otp_dispatcher::config::Config::command()),
+    ] {
+        for arg in command.get_arguments() {
+            let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace('|', "\\|");
+            if arg.is_hide_set() {
+                let entry = format!("| `{var}` | {help} |");
+                if !deprecated.contains(&entry) {
+                    deprecated.push(entry);
+                }
+                continue;
+            }
+            if let Some(known) = settings.iter_mut().find(|s| s.var == var) {
+                known.readers.push(binary);
+                continue;
+            }
+            let mut default = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",");
+            // A default the code applies (a setting with an old name) is stated in its help.
+            let mut help = help;
+            if let Some((text, stated)) = help.split_once(" [default: ") {
+                default = stated.trim_end_matches(']').to_owned();
+                help = text.to_owned();
+            }
+            settings.push(Setting {
+                var,
+                default: if default.is_empty() {
+                    String::new()
+                } else {
+                    format!("`{default}`")
+                },
+                help,
+                readers: vec![binary],
+            });
+        }
+    }
+    let mut doc = String::from(
+        "# Configuration\n\n\
+         Every setting the two binaries read, generated from their definitions (the same text as\n\
+         `otp-api --help` and `otp-dispatcher --help`); a test fails when this file and the code\n\
+         disagree. [`.env.example`](../.env.example) is a working example with the same names, and\n\
+         [Operations](operations.md#configuration) says how values are read and checked.\n\n\
+         - [Read by both binaries](#read-by-both-binaries)\n\
+         - [otp-api](#otp-api)\n\
+         - [otp-dispatcher](#otp-dispatcher)\n\
+         - [Read outside the settings](#read-outside-the-settings)\n\
+         - [Deprecated names](#deprecated-names)\n",
+    );
+    for (title, readers) in [
+        ("Read by both binaries", &["otp-api", "otp-dispatcher"][..]),
+        ("otp-api", &["otp-api"][..]),
+        ("otp-dispatcher", &["otp-dispatcher"][..]),
+    ] {
+        doc.push_str(&format!(
+            "\n## {title}\n\n| Variable | Default | Meaning |\n|---|---|---|\n"
+        ));
+        for s in settings.iter().filter(|s| s.readers == readers) {
+            doc.push_str(&format!("| `{}` | {} | {} |\n", s.var, s.default, s.help));
+        }
+    }
+    doc.push_str(
+        "\n## Read outside the settings\n\n| Variable | Meaning |\n|---|---|\n\
+         | `RUST_LOG` | What is logged (default `info`), e.g. `info,otp_api=debug`; traces are not filtered by it. |\n\
+         | `OTEL_EXPORTER_OTLP_ENDPOINT` | Export traces over OTLP/HTTP to this endpoint when set (the standard OpenTelemetry variable). |\n",
+    );
+    doc.push_str(
+        "\n## Deprecated names\n\nStill read, with a warning at start; the new name wins when both are set.\n\n\
+         | Variable | Meaning |\n|---|---|\n",
+    );
+    for line in deprecated {
+        doc.push_str(&line);
+        doc.push('\n');
+    }
+    doc
+}
+
+#[test]
+fn the_configuration_reference_is_what_the_binaries_read() {
+    let generated = configuration_reference();
+    if std::env::var_os("OTP_WRITE_CONFIGURATION_DOC").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+        std::fs::write(path, &generated).unwrap();
+        return;
+    }
+    for var in read_by_a_binary()
+        .iter()
+        .filter(|v| !v.starts_with("FAKE_PLIVO_"))
+    {
+        assert!(
+            CONFIGURATION_DOC.contains(&format!("| `{var}` |")),
+            "docs/configuration.md does not name {var}"
+        );
+    }
+    assert!(
+        CONFIGURATION_DOC == generated,
+        "docs/configuration.md is not what the settings define; regenerate it with \
+         OTP_WRITE_CONFIGURATION_DOC=1 cargo test -p otp-dispatcher --test dispatcher configuration"
+    );
+}
