@@ -28,8 +28,8 @@ use otp_shared::{
 use crate::{
     error::ApiError,
     metrics::ApiMetrics,
-    queue::{AnyQueue, JobQueue},
-    store::{AnyStore, OtpStore, ResendRefusal},
+    queue::JobQueue,
+    store::{ResendRefusal, Stores},
 };
 
 type HmacSha256 = Hmac<Sha256>;
@@ -47,9 +47,9 @@ pub struct Reports {
     pub twilio: Option<Signing>,
     /// Where a resend after an undelivered report is published; `None` when
     /// RESEND_ON_UNDELIVERED is off.
-    pub resend: Option<AnyQueue>,
+    pub resend: Option<Arc<dyn JobQueue>>,
     /// Where the message ids, nonces, delivery records and kept jobs are.
-    pub store: AnyStore,
+    pub stores: Stores,
     /// Opens a kept job for its destination, whose budgets and limits a resend spends.
     pub job_key: JobKey,
     pub metrics: Arc<ApiMetrics>,
@@ -305,7 +305,7 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
         reports.metrics.delivery_report(provider, report.status);
         return Ok(());
     };
-    let store = &reports.store;
+    let store = &reports.stores.reports;
     // Unknown (not mapped yet, or long expired): 404 makes the provider try again later.
     let verification = store
         .reported_verification(provider, report.message)
@@ -351,8 +351,8 @@ async fn resend(reports: &Reports, verification: Uuid, failed: &str) -> Result<(
     let Some(queue) = &reports.resend else {
         return Ok(());
     };
-    let store = &reports.store;
-    let kept = store.take_resend(verification, failed).await?;
+    let (resends, records) = (&reports.stores.resends, &reports.stores.reports);
+    let kept = resends.take_resend(verification, failed).await?;
     let now = time::OffsetDateTime::now_utc();
     let opened = kept.and_then(|bytes| SendJob::decode(&bytes, &reports.job_key).ok());
     let Some((job, content)) = opened.filter(|(job, _)| !job.is_expired(now)) else {
@@ -361,32 +361,32 @@ async fn resend(reports: &Reports, verification: Uuid, failed: &str) -> Result<(
     };
     // A resend costs what a new request would: budgets, fraud guard, the number's hourly limit.
     let spent = match PhoneNumber::parse(&content.destination) {
-        Ok(phone) => store.spend_resend(&phone, verification).await,
+        Ok(phone) => resends.spend_resend(&phone, verification).await,
         Err(_) => Ok(Some(ResendRefusal::Blocked)),
     };
     drop(content);
     let refused = match spent {
         Ok(refused) => refused,
         Err(e) => {
-            let _ = store.release_resend(verification).await;
+            let _ = resends.release_resend(verification).await;
             return Err(e.into());
         }
     };
     if let Some(refusal) = refused {
-        store
+        records
             .annotate_delivery(verification, FIELD_RESEND, refusal.text())
             .await?;
         tracing::info!(%verification, why = refusal.text(), "undelivered: no resend");
         return Ok(());
     }
     if let Err(e) = queue.republish(&job, failed).await {
-        let _ = store.release_resend(verification).await;
+        let _ = resends.release_resend(verification).await;
         return Err(ApiError::Unavailable(
             anyhow::Error::new(e).context("publishing a resend"),
         ));
     }
     reports.metrics.resends.inc();
-    if let Err(e) = store
+    if let Err(e) = records
         .annotate_delivery(verification, FIELD_RESEND, "resent")
         .await
     {

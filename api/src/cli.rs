@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 
 use otp_shared::config::RedisArgs;
 
-use crate::fraud::parse_prefix;
+use crate::{
+    fraud::parse_prefix,
+    store::{BlockedPrefix, FraudStore, RedisStore, StorePolicy},
+};
 
 /// The subcommand names; anything else on the command line runs the API.
 pub const TOOLS: [&str; 2] = ["healthcheck", "fraud"];
@@ -74,123 +77,23 @@ pub async fn run(tool: Tool) -> ExitCode {
 }
 
 async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
-    let keys = args.keys();
-    let mut redis = args.connect()?;
+    let store = RedisStore::new(args.connect()?, args.keys(), StorePolicy::operator_tools());
     match action {
         FraudAction::List => {
-            // The index of blocks (one sorted set, by when each ends), not a scan: a scan would
-            // have to visit every node of a cluster.
-            let (index, manual) = (keys.fraud_blocked(), keys.fraud_manual());
-            let now = unix_ms();
-            let (_, mut found, manual_ends): (i64, Vec<String>, Vec<(String, u64)>) = redis::pipe()
-                .atomic()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&index)
-                .arg("-inf")
-                .arg(now)
-                .cmd("ZRANGE")
-                .arg(&index)
-                .arg(0)
-                .arg(-1)
-                .cmd("HGETALL")
-                .arg(&manual)
-                .query_async(&mut redis)
-                .await?;
-            found.sort();
-            let mut listed = 0;
-            for prefix in &found {
-                if let Some((_, until)) = manual_ends.iter().find(|(p, _)| p == prefix) {
-                    if *until > now {
-                        listed += 1;
-                        let left = (until - now) / 1000;
-                        println!("{prefix}  manual  expires_in={left}s");
-                    }
-                    continue;
-                }
-                let key = keys.fraud_block(prefix);
-                let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-                    .arg(&key)
-                    .query_async(&mut redis)
-                    .await?;
-                if fields.is_empty() {
-                    continue; // unblocked meanwhile
-                }
-                listed += 1;
-                let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await?;
-                let get = |f: &str| fields.get(f).cloned().unwrap_or_else(|| "-".into());
-                let conversion = match (get("sends").parse::<f64>(), get("verified").parse::<f64>())
-                {
-                    (Ok(s), Ok(v)) if s > 0.0 => format!("{:.2}", v / s),
-                    _ => "-".into(),
-                };
-                println!(
-                    "{prefix}  rule={}  country={}  sends={}  verified={}  conversion={}  \
-                     young={}  clients={}  expires_in={ttl}s",
-                    get("rule"),
-                    get("country"),
-                    get("sends"),
-                    get("verified"),
-                    conversion,
-                    get("young"),
-                    get("clients"),
-                );
+            let blocks = store.blocks().await?;
+            for block in &blocks {
+                println!("{}", listing(block));
             }
-            // Manual blocks past their end are tidied away here (the guard ignores them).
-            let stale: Vec<&String> = manual_ends
-                .iter()
-                .filter(|(_, until)| *until <= now)
-                .map(|(p, _)| p)
-                .collect();
-            if !stale.is_empty() {
-                let _: i64 = redis::cmd("HDEL")
-                    .arg(&manual)
-                    .arg(stale)
-                    .query_async(&mut redis)
-                    .await?;
-            }
-            eprintln!("{listed} blocked prefix(es)");
+            eprintln!("{} blocked prefix(es)", blocks.len());
         }
         FraudAction::Unblock { prefix } => {
-            // The prefix's counts go too: else its next request would block it again at once.
-            let (auto, manual, _, _): (i64, i64, i64, i64) = redis::pipe()
-                .atomic()
-                .cmd("DEL")
-                .arg(keys.fraud_block(&prefix))
-                .cmd("HDEL")
-                .arg(keys.fraud_manual())
-                .arg(&prefix)
-                .cmd("DEL")
-                .arg(keys.fraud_sends(&prefix))
-                .arg(keys.fraud_verified(&prefix))
-                .arg(keys.fraud_clients(&prefix))
-                .arg(keys.fraud_trickle(&prefix))
-                .cmd("ZREM")
-                .arg(keys.fraud_blocked())
-                .arg(&prefix)
-                .query_async(&mut redis)
-                .await?;
-            anyhow::ensure!(auto + manual > 0, "{prefix} is not blocked");
+            anyhow::ensure!(store.unblock(&prefix).await?, "{prefix} is not blocked");
             tracing::warn!(event = "fraud_unblock", %prefix, "fraud guard block lifted by an operator");
             println!("{prefix} unblocked");
         }
         FraudAction::Block { prefix, hours } => {
-            // Every number under the prefix, in every FRAUD_GUARD mode (the guard looks up each
-            // prefix of a number in this one hash).
-            let until = unix_ms() + u64::from(hours) * 3_600_000;
-            let _: () = redis::pipe()
-                .atomic()
-                .cmd("HSET")
-                .arg(keys.fraud_manual())
-                .arg(&prefix)
-                .arg(until)
-                .ignore()
-                .cmd("ZADD")
-                .arg(keys.fraud_blocked())
-                .arg(until)
-                .arg(&prefix)
-                .ignore()
-                .query_async(&mut redis)
-                .await?;
+            let lasting = std::time::Duration::from_secs(u64::from(hours) * 3600);
+            store.block(&prefix, lasting).await?;
             tracing::warn!(event = "fraud_block", %prefix, hours, manual = true, "fraud guard block set by an operator");
             println!("{prefix} blocked for {hours} h (every number under it, in every mode)");
         }
@@ -198,6 +101,24 @@ async fn fraud(args: RedisArgs, action: FraudAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unix_ms() -> u64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
+/// One line of `fraud list`.
+fn listing(block: &BlockedPrefix) -> String {
+    let (prefix, left) = (&block.prefix, block.expires_in_seconds);
+    let Some(guard) = &block.guard else {
+        return format!("{prefix}  manual  expires_in={left}s");
+    };
+    let conversion = match guard.sends {
+        0 => "-".to_owned(),
+        sends => format!("{:.2}", guard.verified as f64 / sends as f64),
+    };
+    format!(
+        "{prefix}  rule={}  country={}  sends={}  verified={}  conversion={conversion}  \
+         young={}  clients={}  expires_in={left}s",
+        guard.rule.name(),
+        guard.country,
+        guard.sends,
+        guard.verified,
+        guard.young,
+        guard.clients,
+    )
 }

@@ -10,14 +10,15 @@
 //! - [`sms_text`]: the SMS text with autofill lines, and its segment count.
 //! - [`service`]: the use cases: request a code, verify it, read delivery state.
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
-//! - [`store`]: the `OtpStore` trait, its Redis implementation (Lua scripts beside it) and the
-//!   same rules in memory (`MemoryStore`), kept in step by one conformance suite; `rules`
-//!   holds what both apply alike.
+//! - [`store`]: the store's role traits (`CodeStore`, `IdempotencyStore`, `ReportStore`,
+//!   `ResendStore`, `FraudStore`; `Stores` holds one backend's), its Redis implementation (Lua
+//!   scripts beside it) and the same rules in memory (`MemoryStore`), kept in step by one
+//!   conformance suite; `rules` holds what both apply alike.
 //! - [`embedded`]: the one-process mode (`--embedded`): every backend in memory, a
 //!   dispatcher in the same process, SMS printed to the console.
 //! - [`openapi`]: the published OpenAPI document, completed with the live constraints.
 //! - [`queue`]: the `JobQueue` trait, the RabbitMQ publisher with confirms and reconnects, and
-//!   the in-memory queue of the embedded mode (`AnyQueue` is whichever runs).
+//!   the in-memory queue of the embedded mode.
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
 //! - [`fraud`]: the fraud guard's settings and destination prefixes (accounting is in Lua).
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.

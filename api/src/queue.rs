@@ -2,11 +2,11 @@
 //! long-lived RabbitMQ connection and a confirm-mode channel, and reconnects by itself.
 
 use std::{
-    future::Future,
     sync::{Arc, RwLock},
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
 use lapin::{Channel, Confirmation, Connection, options::BasicPublishOptions, types::FieldTable};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -45,20 +45,20 @@ impl From<lapin::Error> for PublishError {
 }
 
 /// Where send jobs go. `publish` resolves only once the job is safely stored by the queue.
-pub trait JobQueue: Send + Sync + 'static {
-    fn publish(
-        &self,
-        job: &SendJob,
-        request_id: &str,
-    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+pub trait JobQueue: Send + Sync {
+    fn publish<'a>(
+        &'a self,
+        job: &'a SendJob,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
 
     /// Publishes a sent job again, for a resend after an undelivered report, asking the
     /// dispatcher to avoid `provider` (the one that failed to deliver).
-    fn republish(
-        &self,
-        job: &SendJob,
-        provider: &str,
-    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    fn republish<'a>(
+        &'a self,
+        job: &'a SendJob,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
 
     fn is_connected(&self) -> bool;
 }
@@ -103,16 +103,28 @@ impl AmqpPublisher {
 }
 
 impl JobQueue for AmqpPublisher {
-    async fn publish(&self, job: &SendJob, request_id: &str) -> Result<(), PublishError> {
-        let mut headers = FieldTable::default();
-        headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
-        self.publish_with(job, headers).await
+    fn publish<'a>(
+        &'a self,
+        job: &'a SendJob,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            let mut headers = FieldTable::default();
+            headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
+            self.publish_with(job, headers).await
+        })
     }
 
-    async fn republish(&self, job: &SendJob, provider: &str) -> Result<(), PublishError> {
-        let mut headers = FieldTable::default();
-        headers.insert(RESEND_HEADER.into(), long_string(provider));
-        self.publish_with(job, headers).await
+    fn republish<'a>(
+        &'a self,
+        job: &'a SendJob,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            let mut headers = FieldTable::default();
+            headers.insert(RESEND_HEADER.into(), long_string(provider));
+            self.publish_with(job, headers).await
+        })
     }
 
     fn is_connected(&self) -> bool {
@@ -241,45 +253,23 @@ impl MemoryJobQueue {
 }
 
 impl JobQueue for MemoryJobQueue {
-    async fn publish(&self, job: &SendJob, request_id: &str) -> Result<(), PublishError> {
-        self.send(job, (REQUEST_ID_HEADER, request_id))
+    fn publish<'a>(
+        &'a self,
+        job: &'a SendJob,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move { self.send(job, (REQUEST_ID_HEADER, request_id)) })
     }
 
-    async fn republish(&self, job: &SendJob, provider: &str) -> Result<(), PublishError> {
-        self.send(job, (RESEND_HEADER, provider))
+    fn republish<'a>(
+        &'a self,
+        job: &'a SendJob,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move { self.send(job, (RESEND_HEADER, provider)) })
     }
 
     fn is_connected(&self) -> bool {
         true
-    }
-}
-
-/// The queue a running API uses: RabbitMQ, or memory in the one-process mode.
-#[derive(Clone)]
-pub enum AnyQueue {
-    Amqp(AmqpPublisher),
-    Memory(MemoryJobQueue),
-}
-
-impl JobQueue for AnyQueue {
-    async fn publish(&self, job: &SendJob, request_id: &str) -> Result<(), PublishError> {
-        match self {
-            Self::Amqp(q) => q.publish(job, request_id).await,
-            Self::Memory(q) => q.publish(job, request_id).await,
-        }
-    }
-
-    async fn republish(&self, job: &SendJob, provider: &str) -> Result<(), PublishError> {
-        match self {
-            Self::Amqp(q) => q.republish(job, provider).await,
-            Self::Memory(q) => q.republish(job, provider).await,
-        }
-    }
-
-    fn is_connected(&self) -> bool {
-        match self {
-            Self::Amqp(q) => q.is_connected(),
-            Self::Memory(q) => q.is_connected(),
-        }
     }
 }

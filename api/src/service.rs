@@ -24,13 +24,13 @@ use crate::{
     metrics::{ApiMetrics, VerifyOutcome},
     queue::JobQueue,
     store::{
-        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, RateLimit,
+        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, RateLimit, Stores,
         VerifyLookup,
     },
 };
 
 /// The service as deployed: Redis and RabbitMQ, or memory in the one-process mode.
-pub type AppService = OtpService<crate::store::AnyStore, crate::queue::AnyQueue>;
+pub type AppService = OtpService;
 
 /// Code policy the service applies.
 #[derive(Debug, Clone)]
@@ -58,9 +58,9 @@ pub struct Issued {
     pub rate: Option<RateLimit>,
 }
 
-pub struct OtpService<S, Q> {
-    store: S,
-    queue: Q,
+pub struct OtpService {
+    stores: Stores,
+    queue: Arc<dyn JobQueue>,
     hasher: CodeHasher,
     job_key: JobKey,
     policy: CodePolicy,
@@ -68,10 +68,10 @@ pub struct OtpService<S, Q> {
     fraud: FraudSettings,
 }
 
-impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
+impl OtpService {
     pub fn new(
-        store: S,
-        queue: Q,
+        stores: Stores,
+        queue: Arc<dyn JobQueue>,
         hasher: CodeHasher,
         job_key: JobKey,
         policy: CodePolicy,
@@ -79,7 +79,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         fraud: FraudSettings,
     ) -> Self {
         Self {
-            store,
+            stores,
             queue,
             hasher,
             job_key,
@@ -116,7 +116,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         let Some(key) = idempotency_key else {
             return self.issue(phone, client, true, request_id).await;
         };
-        if let Some(rate) = self.store.hit_request_ip(client).await? {
+        if let Some(rate) = self.stores.codes.hit_request_ip(client).await? {
             return Err(self.limited(LimitKind::RequestsPerIp, rate));
         }
         // Scoped to the caller: the same key from another client is another key, so knowing
@@ -124,7 +124,8 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         let key_digest = sha256_hex(format!("{client}\n{key}").as_bytes());
         let body_digest = sha256_hex(phone.as_e164().as_bytes());
         match self
-            .store
+            .stores
+            .idempotency
             .claim_idempotency(&key_digest, &body_digest)
             .await?
         {
@@ -146,11 +147,17 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             Ok(issued) => {
                 // Serialising a struct of ids and numbers cannot fail.
                 let json = serde_json::to_string(&issued.accepted).expect("Accepted serialises");
-                self.store
+                self.stores
+                    .idempotency
                     .complete_idempotency(&key_digest, &body_digest, &json)
                     .await
             }
-            Err(_) => self.store.release_idempotency(&key_digest).await,
+            Err(_) => {
+                self.stores
+                    .idempotency
+                    .release_idempotency(&key_digest)
+                    .await
+            }
         };
         if let Err(e) = stored {
             // The request itself is done; only a future replay is affected.
@@ -230,7 +237,8 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         let code = OtpCode::generate(self.policy.length);
         let digest = self.hasher.digest(phone, verification_id, &code);
         let rate = match self
-            .store
+            .stores
+            .codes
             .issue(phone, client, count_ip, verification_id, &digest)
             .await?
         {
@@ -260,7 +268,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
         self.metrics
             .publish(started.elapsed(), published.as_ref().map(|_| ()));
         if let Err(e) = published {
-            if let Err(revoke) = self.store.revoke(phone, verification_id).await {
+            if let Err(revoke) = self.stores.codes.revoke(phone, verification_id).await {
                 tracing::error!(error = %revoke, "could not remove the code of an unpublished job");
             }
             return Err(ApiError::Unavailable(
@@ -295,7 +303,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             self.metrics.verification(VerifyOutcome::Invalid);
             return Err(ApiError::InvalidOtp);
         };
-        let (rate, record) = match self.store.begin_verify(phone, client).await? {
+        let (rate, record) = match self.stores.codes.begin_verify(phone, client).await? {
             VerifyLookup::Limited(kind, rate) => {
                 self.metrics.verification(VerifyOutcome::RateLimited);
                 return Err(self.limited(kind, rate));
@@ -311,7 +319,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
             .hasher
             .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest)
             & bound;
-        if self.store.finish_verify(phone, vid, matched).await? {
+        if self.stores.codes.finish_verify(phone, vid, matched).await? {
             self.metrics.verification(VerifyOutcome::Success);
             tracing::info!("code verified");
             Ok(rate.enabled())
@@ -323,7 +331,8 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
     }
 
     pub async fn status(&self, verification_id: Uuid) -> Result<DeliveryStatus, ApiError> {
-        self.store
+        self.stores
+            .reports
             .delivery_status(verification_id)
             .await?
             .ok_or_else(|| ApiError::NotFound("Unknown verification id.".into()))
@@ -332,7 +341,7 @@ impl<S: OtpStore, Q: JobQueue> OtpService<S, Q> {
     /// Names of the dependencies that are down; empty when ready.
     pub async fn unavailable_dependencies(&self) -> Vec<&'static str> {
         otp_shared::supervise::unavailable(
-            self.store.ping().await.is_ok(),
+            self.stores.codes.ping().await.is_ok(),
             self.queue.is_connected(),
         )
     }

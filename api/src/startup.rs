@@ -15,11 +15,11 @@ use crate::{
     config::Config,
     metrics::ApiMetrics,
     middleware::{around, panic_response},
-    queue::{AmqpPublisher, AnyQueue},
+    queue::{AmqpPublisher, JobQueue},
     routes::{HealthApi, OtpApi},
     server::{ConnectionLimits, serve},
     service::{CodePolicy, OtpService},
-    store::{AnyStore, RedisStore, StorePolicy},
+    store::{RedisStore, StorePolicy, Stores},
 };
 
 /// How often the API looks whether any manual block exists (used only with FRAUD_GUARD=off and
@@ -52,11 +52,12 @@ impl Application {
         let metrics = Arc::new(ApiMetrics::new());
         let background = CancellationToken::new();
         // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all.
-        let (store, queue, publisher_task, delivery_metrics) = if config.embedded {
+        let (stores, queue, publisher_task, delivery_metrics) = if config.embedded {
             let embedded = crate::embedded::start(&config, background.clone())?;
+            let queue: Arc<dyn JobQueue> = Arc::new(embedded.queue);
             (
-                AnyStore::Memory(embedded.store),
-                AnyQueue::Memory(embedded.queue),
+                Stores::of(embedded.store),
+                queue,
                 embedded.task,
                 Some(embedded.metrics),
             )
@@ -78,17 +79,13 @@ impl Application {
                     .clone()
                     .watch_manual_blocks(MANUAL_BLOCKS_REFRESH, background.clone()),
             );
-            (
-                AnyStore::Redis(store),
-                AnyQueue::Amqp(publisher),
-                task,
-                None,
-            )
+            let queue: Arc<dyn JobQueue> = Arc::new(publisher);
+            (Stores::of(store), queue, task, None)
         };
         let otp = &config.otp;
         let limits = &config.limits;
         let service = Arc::new(OtpService::new(
-            store.clone(),
+            stores.clone(),
             queue.clone(),
             CodeHasher::new(otp.otp_hmac_key.clone()),
             otp.job_encryption_key.clone(),
@@ -136,13 +133,13 @@ impl Application {
                 &config.reports.twilio_auth_token,
                 &config.reports.twilio_status_callback_url,
             ),
-            store: store.clone(),
+            stores: stores.clone(),
             job_key: config.otp.job_encryption_key.clone(),
             metrics: metrics.clone(),
         });
         if config.fraud.fraud_guard != crate::fraud::Mode::Off {
             tokio::spawn(watch_conversion(
-                store.clone(),
+                stores.fraud.clone(),
                 metrics.conversion_ratio.clone(),
                 CONVERSION_REFRESH,
                 background.clone(),
@@ -224,7 +221,7 @@ fn shared_body(body: Bytes, content_type: &'static str) -> impl poem::Endpoint {
 /// the window (sends younger than the grace are not counted), every `every`. Countries no longer
 /// seen lose their label.
 pub async fn watch_conversion(
-    store: impl crate::store::OtpStore,
+    store: Arc<dyn crate::store::FraudStore>,
     gauge: prometheus::GaugeVec,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,

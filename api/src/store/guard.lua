@@ -8,7 +8,7 @@
 --       9 prefix clients, 10 prefix trickle counter, 11 manual blocks
 -- ARGV: 1 global hourly limit, 2 country hourly limit, fraud guard: 3 mode (0 off, 1 monitor,
 --       2 enforce), 4 window ms, 5 grace ms, 6 min sends, 7 min conversion per mille,
---       8 block seconds, 9 safe (1/0), 10 country, 11 prefix, 12 verification id, 13 burst,
+--       8 block ms, 9 safe (1/0), 10 country, 11 prefix, 12 verification id, 13 burst,
 --       14 min clients, 15 blocked sends per hour (0 for a resend), 16 client network ('' for
 --       a resend: no client), 17.. the number's prefixes a manual block may name
 -- The automatic guard runs under pcall: if its keys cannot be used, the request is not blocked
@@ -86,8 +86,8 @@ if mode > 0 then
       -- Blocked, or renewed while the pattern continues.
       redis.call('HSET', KEYS[5], 'sends', sends, 'verified', verified, 'young', young,
         'clients', clients, 'rule', rule, 'country', ARGV[10], 'prefix', ARGV[11], 'at', now_ms)
-      redis.call('EXPIRE', KEYS[5], ARGV[8])
-      redis.call('ZADD', KEYS[8], now_ms + tonumber(ARGV[8]) * 1000, ARGV[11])
+      redis.call('PEXPIRE', KEYS[5], ARGV[8])
+      redis.call('ZADD', KEYS[8], now_ms + tonumber(ARGV[8]), ARGV[11])
     end
     local signal = ''
     if rule ~= '' and not blocked then

@@ -1,4 +1,4 @@
-//! [`OtpStore`] in process memory: the rules of the Lua scripts beside [`super::RedisStore`]
+//! Every store role in process memory: the rules of the Lua scripts beside [`super::RedisStore`]
 //! (limits, codes, attempts, idempotency, send budgets, the fraud guard's prefix counts), kept
 //! under one lock, so every call is atomic; delivery records and what reports need are the
 //! [`DeliveryRecords`] it shares with the in-memory dispatcher. Time is tokio's clock, so tests can pause it.
@@ -21,9 +21,12 @@ use otp_shared::{
 
 use crate::fraud::Mode;
 
+use futures_util::future::BoxFuture;
+
 use super::{
-    BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL,
-    RateLimit, ResendRefusal, StoreError, StorePolicy, VerifyLookup,
+    BlockRule, BlockedPrefix, CodeStore, FraudSignal, FraudStore, GuardBlock, IdempotencyClaim,
+    IdempotencyStore, IssueOutcome, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
+    ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
     rules::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
@@ -157,6 +160,8 @@ struct Prefix {
     verified: Vec<(u64, Uuid)>,
     clients: HashMap<String, u64>,
     blocked_until: Option<Instant>,
+    /// What the guard saw when it blocked (or last renewed the block).
+    block: Option<GuardBlock>,
 }
 
 impl Prefix {
@@ -176,6 +181,8 @@ struct State {
     failures: Table<String, u32>,
     idempotency: Table<String, Idempotency>,
     prefixes: HashMap<String, Prefix>,
+    /// Operators' blocks: prefix → end.
+    manual: HashMap<String, Instant>,
     started: Option<Instant>,
     calls: u64,
 }
@@ -203,6 +210,7 @@ impl State {
             p.forget_before(oldest);
             !p.sends.is_empty() || p.blocked_until.is_some_and(|until| until > now)
         });
+        self.manual.retain(|_, until| *until > now);
     }
 }
 
@@ -273,6 +281,14 @@ impl MemoryStore {
         verification_id: Uuid,
         trickle_allowance: u32,
     ) -> Result<(FraudSignal, u64), IssueOutcome> {
+        // An operator's block of any prefix of the number holds in every mode.
+        let now = Instant::now();
+        let manual = crate::fraud::prefixes_of(phone)
+            .into_iter()
+            .any(|prefix| state.manual.get(prefix).is_some_and(|until| *until > now));
+        if manual {
+            return Err(IssueOutcome::Blocked(FraudSignal::Manual));
+        }
         let p = &self.policy;
         let country = sends_country(&country_of(phone));
         let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
@@ -325,10 +341,18 @@ impl MemoryStore {
                 } else {
                     None
                 };
-                let now = Instant::now();
                 let blocked = prefix.blocked_until.is_some_and(|until| until > now);
-                if rule.is_some() {
-                    prefix.blocked_until = Some(now + fraud.block());
+                if let Some(rule) = rule {
+                    // Blocked, or renewed while the pattern continues.
+                    prefix.blocked_until = Some(now + p.fraud_block);
+                    prefix.block = Some(GuardBlock {
+                        rule,
+                        country: prefix.country.clone(),
+                        sends,
+                        verified,
+                        young: young as u64,
+                        clients: clients as u64,
+                    });
                 }
                 signal = match (blocked, rule) {
                     (false, Some(rule)) => FraudSignal::NewBlock(rule),
@@ -384,379 +408,505 @@ impl MemoryStore {
     }
 }
 
-impl OtpStore for MemoryStore {
-    async fn hit_request_ip(&self, client: &str) -> Result<Option<RateLimit>, StoreError> {
-        let limit = self.policy.max_requests_per_ip_per_minute;
-        if limit == 0 {
-            return Ok(None);
-        }
-        let mut state = self.lock();
-        Ok(Self::hit(&mut state, &requests_per_ip(client), limit, MINUTE).err())
-    }
-
-    async fn issue(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
-        count_ip: bool,
-        verification_id: Uuid,
-        digest: &str,
-    ) -> Result<IssueOutcome, StoreError> {
-        let p = &self.policy;
-        let e164 = phone.as_e164().to_owned();
-        let mut state = self.lock();
-        let state = &mut *state;
-
-        let mut best = None;
-        if count_ip && p.max_requests_per_ip_per_minute > 0 {
-            let key = requests_per_ip(client);
-            match Self::hit(state, &key, p.max_requests_per_ip_per_minute, MINUTE) {
-                Ok(rate) => best = tighter(best, rate),
-                Err(rate) => return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate)),
+impl CodeStore for MemoryStore {
+    fn hit_request_ip<'a>(
+        &'a self,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RateLimit>, StoreError>> {
+        Box::pin(async move {
+            let limit = self.policy.max_requests_per_ip_per_minute;
+            if limit == 0 {
+                return Ok(None);
             }
-        }
-
-        let (signal, sent_ms) = match self.guard(
-            state,
-            phone,
-            client,
-            verification_id,
-            p.fraud.fraud_guard_blocked_sends_per_hour,
-        ) {
-            Ok(guarded) => guarded,
-            Err(refused) => return Ok(refused),
-        };
-
-        // The number's limits (issue.lua); a refusal gives back what the guard spent.
-        let cooldown = p.resend_cooldown_seconds;
-        if cooldown > 0
-            && let Some(until) = state.cooldowns.get(&e164)
-        {
-            let reset = until.ttl_seconds();
-            self.unguard(state, phone, verification_id);
-            return Ok(IssueOutcome::Limited(
-                LimitKind::ResendCooldown,
-                rate(1, 0, reset as i64),
-            ));
-        }
-        let mut number_rate = rate(0, 0, 0);
-        let hourly = p.max_sends_per_number_per_hour;
-        if hourly > 0 {
-            let key = sends_per_hour(&e164);
-            if state.counters.count(&key) >= hourly {
-                let reset = state.counters.ttl_or(&key, HOUR);
-                self.unguard(state, phone, verification_id);
-                return Ok(IssueOutcome::Limited(
-                    LimitKind::SendsPerHour,
-                    rate(hourly.into(), 0, reset as i64),
-                ));
-            }
-            let (n, reset) = state.counters.hit(&key, secs(HOUR));
-            number_rate = rate(hourly.into(), i64::from(hourly - n), reset as i64);
-        }
-        if cooldown > 0 {
-            state
-                .cooldowns
-                .set(e164.clone(), verification_id, secs(cooldown.into()));
-        }
-        // Replaces any previous code; failed attempts survive, at least as long as the new code.
-        let ttl = secs(p.code_ttl_seconds.into());
-        let code = Code {
-            verification_id,
-            digest: digest.to_owned(),
-            sent_ms,
-        };
-        // The replaced code's sealed job is never resent now.
-        if let Some(old) = state.codes.remove(&e164) {
-            self.records.drop_sealed(old.verification_id);
-        }
-        state.codes.set(e164.clone(), code, ttl);
-        if let Some(failures) = state.failures.get_mut(&e164) {
-            failures.until = failures.until.max(Instant::now() + ttl);
-        }
-        self.records
-            .record(verification_id, DeliveryState::Queued, 0, &[]);
-        let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
-        Ok(IssueOutcome::Issued(best, signal))
-    }
-
-    async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {
-        let e164 = phone.as_e164().to_owned();
-        let mut state = self.lock();
-        let state = &mut *state;
-        if state
-            .codes
-            .get(&e164)
-            .is_some_and(|c| c.value.verification_id == verification_id)
-        {
-            state.codes.remove(&e164);
-        }
-        if state
-            .cooldowns
-            .get(&e164)
-            .is_some_and(|c| c.value == verification_id)
-        {
-            state.cooldowns.remove(&e164);
-        }
-        state.counters.give_back(&sends_per_hour(&e164));
-        self.records.remove(verification_id);
-        self.unguard(state, phone, verification_id);
-        Ok(())
-    }
-
-    async fn begin_verify(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
-    ) -> Result<VerifyLookup, StoreError> {
-        let p = &self.policy;
-        let e164 = phone.as_e164();
-        let mut state = self.lock();
-        let mut best = None;
-        if p.max_verifies_per_ip_per_minute > 0 {
-            let key = verifies_per_ip(client);
-            match Self::hit(&mut state, &key, p.max_verifies_per_ip_per_minute, MINUTE) {
-                Ok(rate) => best = tighter(best, rate),
-                Err(rate) => return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate)),
-            }
-        }
-        let limit = p.max_verifies_per_number_per_15_minutes;
-        if limit > 0 {
-            let key = verifies(e164);
-            match Self::hit(&mut state, &key, limit, VERIFY_WINDOW_SECONDS) {
-                Ok(rate) => best = tighter(best, rate),
-                Err(rate) => {
-                    return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerNumber, rate));
-                }
-            }
-        }
-        let record = state
-            .codes
-            .get(&e164.to_owned())
-            .map(|c| (c.value.verification_id, c.value.digest.clone()));
-        Ok(VerifyLookup::Found {
-            rate: best.unwrap_or(rate(0, 0, 0)),
-            record,
+            let mut state = self.lock();
+            Ok(Self::hit(&mut state, &requests_per_ip(client), limit, MINUTE).err())
         })
     }
 
-    async fn finish_verify(
-        &self,
-        phone: &PhoneNumber,
+    fn issue<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        client: &'a str,
+        count_ip: bool,
+        verification_id: Uuid,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<IssueOutcome, StoreError>> {
+        Box::pin(async move {
+            let p = &self.policy;
+            let e164 = phone.as_e164().to_owned();
+            let mut state = self.lock();
+            let state = &mut *state;
+
+            let mut best = None;
+            if count_ip && p.max_requests_per_ip_per_minute > 0 {
+                let key = requests_per_ip(client);
+                match Self::hit(state, &key, p.max_requests_per_ip_per_minute, MINUTE) {
+                    Ok(rate) => best = tighter(best, rate),
+                    Err(rate) => return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate)),
+                }
+            }
+
+            let (signal, sent_ms) = match self.guard(
+                state,
+                phone,
+                client,
+                verification_id,
+                p.fraud.fraud_guard_blocked_sends_per_hour,
+            ) {
+                Ok(guarded) => guarded,
+                Err(refused) => return Ok(refused),
+            };
+
+            // The number's limits (issue.lua); a refusal gives back what the guard spent.
+            let cooldown = p.resend_cooldown_seconds;
+            if cooldown > 0
+                && let Some(until) = state.cooldowns.get(&e164)
+            {
+                let reset = until.ttl_seconds();
+                self.unguard(state, phone, verification_id);
+                return Ok(IssueOutcome::Limited(
+                    LimitKind::ResendCooldown,
+                    rate(1, 0, reset as i64),
+                ));
+            }
+            let mut number_rate = rate(0, 0, 0);
+            let hourly = p.max_sends_per_number_per_hour;
+            if hourly > 0 {
+                let key = sends_per_hour(&e164);
+                if state.counters.count(&key) >= hourly {
+                    let reset = state.counters.ttl_or(&key, HOUR);
+                    self.unguard(state, phone, verification_id);
+                    return Ok(IssueOutcome::Limited(
+                        LimitKind::SendsPerHour,
+                        rate(hourly.into(), 0, reset as i64),
+                    ));
+                }
+                let (n, reset) = state.counters.hit(&key, secs(HOUR));
+                number_rate = rate(hourly.into(), i64::from(hourly - n), reset as i64);
+            }
+            if cooldown > 0 {
+                state
+                    .cooldowns
+                    .set(e164.clone(), verification_id, secs(cooldown.into()));
+            }
+            // Replaces any previous code; failed attempts survive, at least as long as the new code.
+            let ttl = secs(p.code_ttl_seconds.into());
+            let code = Code {
+                verification_id,
+                digest: digest.to_owned(),
+                sent_ms,
+            };
+            // The replaced code's sealed job is never resent now.
+            if let Some(old) = state.codes.remove(&e164) {
+                self.records.drop_sealed(old.verification_id);
+            }
+            state.codes.set(e164.clone(), code, ttl);
+            if let Some(failures) = state.failures.get_mut(&e164) {
+                failures.until = failures.until.max(Instant::now() + ttl);
+            }
+            self.records
+                .record(verification_id, DeliveryState::Queued, 0, &[]);
+            let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
+            Ok(IssueOutcome::Issued(best, signal))
+        })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        verification_id: Uuid,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let e164 = phone.as_e164().to_owned();
+            let mut state = self.lock();
+            let state = &mut *state;
+            if state
+                .codes
+                .get(&e164)
+                .is_some_and(|c| c.value.verification_id == verification_id)
+            {
+                state.codes.remove(&e164);
+            }
+            if state
+                .cooldowns
+                .get(&e164)
+                .is_some_and(|c| c.value == verification_id)
+            {
+                state.cooldowns.remove(&e164);
+            }
+            state.counters.give_back(&sends_per_hour(&e164));
+            self.records.remove(verification_id);
+            self.unguard(state, phone, verification_id);
+            Ok(())
+        })
+    }
+
+    fn begin_verify<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<VerifyLookup, StoreError>> {
+        Box::pin(async move {
+            let p = &self.policy;
+            let e164 = phone.as_e164();
+            let mut state = self.lock();
+            let mut best = None;
+            if p.max_verifies_per_ip_per_minute > 0 {
+                let key = verifies_per_ip(client);
+                match Self::hit(&mut state, &key, p.max_verifies_per_ip_per_minute, MINUTE) {
+                    Ok(rate) => best = tighter(best, rate),
+                    Err(rate) => return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate)),
+                }
+            }
+            let limit = p.max_verifies_per_number_per_15_minutes;
+            if limit > 0 {
+                let key = verifies(e164);
+                match Self::hit(&mut state, &key, limit, VERIFY_WINDOW_SECONDS) {
+                    Ok(rate) => best = tighter(best, rate),
+                    Err(rate) => {
+                        return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerNumber, rate));
+                    }
+                }
+            }
+            let record = state
+                .codes
+                .get(&e164.to_owned())
+                .map(|c| (c.value.verification_id, c.value.digest.clone()));
+            Ok(VerifyLookup::Found {
+                rate: best.unwrap_or(rate(0, 0, 0)),
+                record,
+            })
+        })
+    }
+
+    fn finish_verify<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
         verification_id: Option<Uuid>,
         matched: bool,
-    ) -> Result<bool, StoreError> {
-        let e164 = phone.as_e164().to_owned();
-        let max = self.policy.max_attempts;
-        let mut state = self.lock();
-        let state = &mut *state;
-        let Some(vid) = verification_id else {
-            return Ok(false);
-        };
-        let sent_ms = match state.codes.get(&e164) {
-            Some(code) if code.value.verification_id == vid => code.value.sent_ms,
-            _ => return Ok(false),
-        };
-        let fails = state.failures.get(&e164).map_or(0, |f| f.value);
-        if fails >= max {
-            state.codes.remove(&e164);
-            return Ok(false);
-        }
-        if matched {
-            state.codes.remove(&e164);
-            state.failures.remove(&e164);
-            // The code is used: its sealed job is never resent.
-            self.records.drop_sealed(vid);
-            if sent_ms > 0 {
-                // converted.lua: a code verified under a block lifts it, counts afresh.
-                let prefix = self.policy.fraud.destination(phone).prefix;
-                let entry = state.prefixes.entry(prefix.clone()).or_default();
-                if entry
-                    .blocked_until
-                    .is_some_and(|until| until > Instant::now())
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let e164 = phone.as_e164().to_owned();
+            let max = self.policy.max_attempts;
+            let mut state = self.lock();
+            let state = &mut *state;
+            let Some(vid) = verification_id else {
+                return Ok(false);
+            };
+            let sent_ms = match state.codes.get(&e164) {
+                Some(code) if code.value.verification_id == vid => code.value.sent_ms,
+                _ => return Ok(false),
+            };
+            let fails = state.failures.get(&e164).map_or(0, |f| f.value);
+            if fails >= max {
+                state.codes.remove(&e164);
+                return Ok(false);
+            }
+            if matched {
+                state.codes.remove(&e164);
+                state.failures.remove(&e164);
+                // The code is used: its sealed job is never resent.
+                self.records.drop_sealed(vid);
+                if sent_ms > 0 {
+                    // converted.lua: a code verified under a block lifts it, counts afresh.
+                    let prefix = self.policy.fraud.destination(phone).prefix;
+                    let entry = state.prefixes.entry(prefix.clone()).or_default();
+                    if entry
+                        .blocked_until
+                        .is_some_and(|until| until > Instant::now())
+                    {
+                        *entry = Prefix {
+                            country: std::mem::take(&mut entry.country),
+                            ..Prefix::default()
+                        };
+                        state.counters.0.remove(&trickle(&prefix));
+                    } else {
+                        entry.verified.push((sent_ms, vid));
+                    }
+                }
+                return Ok(true);
+            }
+            let fails = fails + 1;
+            let ttl = secs(self.policy.code_ttl_seconds.into());
+            state.failures.set(e164.clone(), fails, ttl);
+            if fails >= max {
+                state.codes.remove(&e164);
+            }
+            Ok(false)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { Ok(()) })
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    fn claim_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+        body_digest: &'a str,
+    ) -> BoxFuture<'a, Result<IdempotencyClaim, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let key = key_digest.to_owned();
+            Ok(match state.idempotency.get(&key).map(|e| &e.value) {
+                None => {
+                    let pending = Idempotency::Pending {
+                        body: body_digest.to_owned(),
+                    };
+                    let ttl = secs(IDEMPOTENCY_PENDING_TTL_SECONDS);
+                    state.idempotency.set(key, pending, ttl);
+                    IdempotencyClaim::Claimed
+                }
+                Some(Idempotency::Pending { body } | Idempotency::Done { body, .. })
+                    if body != body_digest =>
                 {
+                    IdempotencyClaim::Conflict
+                }
+                Some(Idempotency::Pending { .. }) => IdempotencyClaim::InProgress,
+                Some(Idempotency::Done { response, .. }) => {
+                    IdempotencyClaim::Replay(response.clone())
+                }
+            })
+        })
+    }
+
+    fn complete_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+        body_digest: &'a str,
+        response_json: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let done = Idempotency::Done {
+                body: body_digest.to_owned(),
+                response: response_json.to_owned(),
+            };
+            let ttl = secs(IDEMPOTENCY_TTL_SECONDS);
+            self.lock()
+                .idempotency
+                .set(key_digest.to_owned(), done, ttl);
+            Ok(())
+        })
+    }
+
+    fn release_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.lock().idempotency.remove(&key_digest.to_owned());
+            Ok(())
+        })
+    }
+}
+
+impl ReportStore for MemoryStore {
+    fn delivery_status(
+        &self,
+        verification_id: Uuid,
+    ) -> BoxFuture<'_, Result<Option<DeliveryStatus>, StoreError>> {
+        Box::pin(async move { Ok(self.records.load(verification_id)) })
+    }
+
+    fn reported_verification<'a>(
+        &'a self,
+        provider: &'a str,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Uuid>, StoreError>> {
+        Box::pin(async move { Ok(self.records.message(provider, message_id)) })
+    }
+
+    fn first_report<'a>(
+        &'a self,
+        provider: &'a str,
+        nonce: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mark = format!("nonce:{provider}:{nonce}");
+            Ok(self.records.mark(&mark, REPORT_NONCE_TTL))
+        })
+    }
+
+    fn forget_report<'a>(
+        &'a self,
+        provider: &'a str,
+        nonce: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.records.unmark(&format!("nonce:{provider}:{nonce}"));
+            Ok(())
+        })
+    }
+
+    fn advance_delivery<'a>(
+        &'a self,
+        verification_id: Uuid,
+        state: DeliveryState,
+        extra: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.records.advance(verification_id, state, extra)) })
+    }
+
+    fn annotate_delivery<'a>(
+        &'a self,
+        verification_id: Uuid,
+        field: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.records.annotate(verification_id, field, value);
+            Ok(())
+        })
+    }
+}
+
+impl ResendStore for MemoryStore {
+    fn take_resend<'a>(
+        &'a self,
+        verification_id: Uuid,
+        _failed: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            if !self
+                .records
+                .mark(&format!("resend:{verification_id}"), REPORT_NONCE_TTL)
+            {
+                return Ok(None);
+            }
+            Ok(self.records.sealed(verification_id))
+        })
+    }
+
+    fn spend_resend<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        verification_id: Uuid,
+    ) -> BoxFuture<'a, Result<Option<ResendRefusal>, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let member = super::resend_member(verification_id);
+            match self.guard(state, phone, "", member, 0) {
+                Ok(_) => {}
+                Err(IssueOutcome::Limited(LimitKind::CountrySendsPerHour, _)) => {
+                    return Ok(Some(ResendRefusal::CountryBudget));
+                }
+                Err(IssueOutcome::Limited(..)) => return Ok(Some(ResendRefusal::TotalBudget)),
+                Err(_) => return Ok(Some(ResendRefusal::Blocked)),
+            }
+            let hourly = self.policy.max_sends_per_number_per_hour;
+            if hourly > 0
+                && Self::hit(state, &sends_per_hour(phone.as_e164()), hourly, HOUR).is_err()
+            {
+                self.unguard(state, phone, member);
+                return Ok(Some(ResendRefusal::NumberLimit));
+            }
+            Ok(None)
+        })
+    }
+
+    fn release_resend(&self, verification_id: Uuid) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.records.unmark(&format!("resend:{verification_id}"));
+            Ok(())
+        })
+    }
+}
+
+impl FraudStore for MemoryStore {
+    fn conversion_by_country(&self) -> BoxFuture<'_, Result<Vec<(String, f64)>, StoreError>> {
+        Box::pin(async move {
+            let fraud = &self.policy.fraud;
+            let mut state = self.lock();
+            let now_ms = state.clock_ms();
+            let oldest = now_ms.saturating_sub(fraud.window().as_millis() as u64);
+            let newest = now_ms.saturating_sub(fraud.grace().as_millis() as u64);
+            let counted = |list: &[(u64, Uuid)]| {
+                list.iter()
+                    .filter(|(ms, _)| *ms > oldest && *ms <= newest)
+                    .count() as u64
+            };
+            let mut countries: HashMap<&str, (u64, u64)> = HashMap::new();
+            for prefix in state.prefixes.values() {
+                let entry = countries.entry(&prefix.country).or_default();
+                entry.0 += counted(&prefix.sends);
+                entry.1 += counted(&prefix.verified);
+            }
+            Ok(countries
+                .into_iter()
+                .filter(|(_, (sends, _))| *sends > 0)
+                .map(|(country, (sends, verified))| {
+                    (country.to_owned(), verified as f64 / sends as f64)
+                })
+                .collect())
+        })
+    }
+
+    fn block<'a>(
+        &'a self,
+        prefix: &'a str,
+        lasting: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let until = Instant::now() + lasting;
+            self.lock().manual.insert(prefix.to_owned(), until);
+            Ok(())
+        })
+    }
+
+    fn unblock<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let now = Instant::now();
+            let manual = state.manual.remove(prefix).is_some_and(|until| until > now);
+            let auto = match state.prefixes.get_mut(prefix) {
+                Some(entry) => {
+                    let blocked = entry.blocked_until.is_some_and(|until| until > now);
+                    // The counts go too: else the next request would block it again at once.
                     *entry = Prefix {
                         country: std::mem::take(&mut entry.country),
                         ..Prefix::default()
                     };
-                    state.counters.0.remove(&trickle(&prefix));
-                } else {
-                    entry.verified.push((sent_ms, vid));
+                    blocked
                 }
-            }
-            return Ok(true);
-        }
-        let fails = fails + 1;
-        let ttl = secs(self.policy.code_ttl_seconds.into());
-        state.failures.set(e164.clone(), fails, ttl);
-        if fails >= max {
-            state.codes.remove(&e164);
-        }
-        Ok(false)
-    }
-
-    async fn claim_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-    ) -> Result<IdempotencyClaim, StoreError> {
-        let mut state = self.lock();
-        let key = key_digest.to_owned();
-        Ok(match state.idempotency.get(&key).map(|e| &e.value) {
-            None => {
-                let pending = Idempotency::Pending {
-                    body: body_digest.to_owned(),
-                };
-                let ttl = secs(IDEMPOTENCY_PENDING_TTL_SECONDS);
-                state.idempotency.set(key, pending, ttl);
-                IdempotencyClaim::Claimed
-            }
-            Some(Idempotency::Pending { body } | Idempotency::Done { body, .. })
-                if body != body_digest =>
-            {
-                IdempotencyClaim::Conflict
-            }
-            Some(Idempotency::Pending { .. }) => IdempotencyClaim::InProgress,
-            Some(Idempotency::Done { response, .. }) => IdempotencyClaim::Replay(response.clone()),
+                None => false,
+            };
+            state.counters.0.remove(&trickle(prefix));
+            Ok(manual || auto)
         })
     }
 
-    async fn complete_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-        response_json: &str,
-    ) -> Result<(), StoreError> {
-        let done = Idempotency::Done {
-            body: body_digest.to_owned(),
-            response: response_json.to_owned(),
-        };
-        let ttl = secs(IDEMPOTENCY_TTL_SECONDS);
-        self.lock()
-            .idempotency
-            .set(key_digest.to_owned(), done, ttl);
-        Ok(())
-    }
-
-    async fn release_idempotency(&self, key_digest: &str) -> Result<(), StoreError> {
-        self.lock().idempotency.remove(&key_digest.to_owned());
-        Ok(())
-    }
-
-    async fn delivery_status(
-        &self,
-        verification_id: Uuid,
-    ) -> Result<Option<DeliveryStatus>, StoreError> {
-        Ok(self.records.load(verification_id))
-    }
-
-    async fn reported_verification(
-        &self,
-        provider: &str,
-        message_id: &str,
-    ) -> Result<Option<Uuid>, StoreError> {
-        Ok(self.records.message(provider, message_id))
-    }
-
-    async fn first_report(&self, provider: &str, nonce: &str) -> Result<bool, StoreError> {
-        let mark = format!("nonce:{provider}:{nonce}");
-        Ok(self.records.mark(&mark, REPORT_NONCE_TTL))
-    }
-
-    async fn forget_report(&self, provider: &str, nonce: &str) -> Result<(), StoreError> {
-        self.records.unmark(&format!("nonce:{provider}:{nonce}"));
-        Ok(())
-    }
-
-    async fn advance_delivery(
-        &self,
-        verification_id: Uuid,
-        state: DeliveryState,
-        extra: &[(&str, &str)],
-    ) -> Result<bool, StoreError> {
-        Ok(self.records.advance(verification_id, state, extra))
-    }
-
-    async fn spend_resend(
-        &self,
-        phone: &PhoneNumber,
-        verification_id: Uuid,
-    ) -> Result<Option<ResendRefusal>, StoreError> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let member = super::resend_member(verification_id);
-        match self.guard(state, phone, "", member, 0) {
-            Ok(_) => {}
-            Err(IssueOutcome::Limited(LimitKind::CountrySendsPerHour, _)) => {
-                return Ok(Some(ResendRefusal::CountryBudget));
+    fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockedPrefix>, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let now = Instant::now();
+            state.manual.retain(|_, until| *until > now);
+            let left = |until: Instant| until.saturating_duration_since(now).as_secs();
+            let mut blocks: Vec<BlockedPrefix> = state
+                .manual
+                .iter()
+                .map(|(prefix, until)| BlockedPrefix {
+                    prefix: prefix.clone(),
+                    expires_in_seconds: left(*until),
+                    guard: None,
+                })
+                .collect();
+            for (prefix, entry) in &state.prefixes {
+                let until = entry.blocked_until.filter(|until| *until > now);
+                if let (Some(until), Some(guard)) = (until, &entry.block)
+                    && !state.manual.contains_key(prefix)
+                {
+                    blocks.push(BlockedPrefix {
+                        prefix: prefix.clone(),
+                        expires_in_seconds: left(until),
+                        guard: Some(guard.clone()),
+                    });
+                }
             }
-            Err(IssueOutcome::Limited(..)) => return Ok(Some(ResendRefusal::TotalBudget)),
-            Err(_) => return Ok(Some(ResendRefusal::Blocked)),
-        }
-        let hourly = self.policy.max_sends_per_number_per_hour;
-        if hourly > 0 && Self::hit(state, &sends_per_hour(phone.as_e164()), hourly, HOUR).is_err() {
-            self.unguard(state, phone, member);
-            return Ok(Some(ResendRefusal::NumberLimit));
-        }
-        Ok(None)
-    }
-
-    async fn annotate_delivery(
-        &self,
-        verification_id: Uuid,
-        field: &str,
-        value: &str,
-    ) -> Result<(), StoreError> {
-        self.records.annotate(verification_id, field, value);
-        Ok(())
-    }
-
-    async fn take_resend(
-        &self,
-        verification_id: Uuid,
-        _failed: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        if !self
-            .records
-            .mark(&format!("resend:{verification_id}"), REPORT_NONCE_TTL)
-        {
-            return Ok(None);
-        }
-        Ok(self.records.sealed(verification_id))
-    }
-
-    async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
-        self.records.unmark(&format!("resend:{verification_id}"));
-        Ok(())
-    }
-
-    async fn conversion_by_country(&self) -> Result<Vec<(String, f64)>, StoreError> {
-        let fraud = &self.policy.fraud;
-        let mut state = self.lock();
-        let now_ms = state.clock_ms();
-        let oldest = now_ms.saturating_sub(fraud.window().as_millis() as u64);
-        let newest = now_ms.saturating_sub(fraud.grace().as_millis() as u64);
-        let counted = |list: &[(u64, Uuid)]| {
-            list.iter()
-                .filter(|(ms, _)| *ms > oldest && *ms <= newest)
-                .count() as u64
-        };
-        let mut countries: HashMap<&str, (u64, u64)> = HashMap::new();
-        for prefix in state.prefixes.values() {
-            let entry = countries.entry(&prefix.country).or_default();
-            entry.0 += counted(&prefix.sends);
-            entry.1 += counted(&prefix.verified);
-        }
-        Ok(countries
-            .into_iter()
-            .filter(|(_, (sends, _))| *sends > 0)
-            .map(|(country, (sends, verified))| {
-                (country.to_owned(), verified as f64 / sends as f64)
-            })
-            .collect())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+            blocks.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+            Ok(blocks)
+        })
     }
 }

@@ -1,13 +1,22 @@
 //! Where codes, limits, idempotency records and delivery records (with what delivery reports
-//! need) live. The service talks to the [`OtpStore`] trait;
-//! [`RedisStore`] is the production implementation, [`MemoryStore`] the same rules in process
-//! memory (the conformance suite, `api/tests/api/conformance.rs`, keeps the two in step).
+//! need) live, seen through one trait per role: [`CodeStore`] (codes and their limits),
+//! [`IdempotencyStore`], [`ReportStore`] (delivery records and reports), [`ResendStore`] and
+//! [`FraudStore`] (blocks, for operators and the conversion gauge). [`RedisStore`] is the
+//! production implementation of every role, [`MemoryStore`] the same rules in process memory
+//! (the conformance suite, `api/tests/api/conformance.rs`, keeps the two in step).
+//!
+//! Every seam in the workspace is written one way: a `Send + Sync` trait whose async methods
+//! return a `BoxFuture`, held as `Arc<dyn Trait>`, so a backend is chosen at start-up without
+//! generics or forwarding enums.
 
 mod memory;
 mod redis_store;
+mod replies;
 mod rules;
 
-use std::future::Future;
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::BoxFuture;
 
 use uuid::Uuid;
 
@@ -37,6 +46,8 @@ pub struct StorePolicy {
     pub max_sends_per_hour: u32,
     pub max_sends_per_country_per_hour: CountryBudgets,
     pub fraud: FraudSettings,
+    /// How long a fraud guard block lasts (FRAUD_GUARD_BLOCK_HOURS).
+    pub fraud_block: Duration,
 }
 
 impl StorePolicy {
@@ -54,6 +65,37 @@ impl StorePolicy {
             max_sends_per_hour: limits.sends_per_hour(),
             max_sends_per_country_per_hour: limits.max_sends_per_country_per_hour.clone(),
             fraud: config.fraud.clone(),
+            fraud_block: config.fraud.block(),
+        }
+    }
+
+    /// For the operator tools (`otp-api fraud …`), which only read and write blocks: every
+    /// limit off, and the fraud guard off with its default shape.
+    pub fn operator_tools() -> Self {
+        Self {
+            code_ttl_seconds: 0,
+            max_attempts: 0,
+            resend_cooldown_seconds: 0,
+            max_sends_per_number_per_hour: 0,
+            max_requests_per_ip_per_minute: 0,
+            max_verifies_per_number_per_15_minutes: 0,
+            max_verifies_per_ip_per_minute: 0,
+            max_sends_per_hour: 0,
+            max_sends_per_country_per_hour: CountryBudgets::default(),
+            fraud: FraudSettings {
+                fraud_guard: crate::fraud::Mode::Off,
+                fraud_guard_prefix_drop_digits: 4,
+                fraud_guard_window_minutes: 60,
+                fraud_guard_grace_seconds: 120,
+                fraud_guard_min_sends: 20,
+                fraud_guard_min_conversion: 0.2,
+                fraud_guard_block_hours: 12,
+                fraud_guard_burst: 30,
+                fraud_guard_min_clients: 3,
+                fraud_guard_blocked_sends_per_hour: 6,
+                fraud_guard_safe_prefixes: Vec::new(),
+            },
+            fraud_block: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -162,27 +204,6 @@ pub enum FraudSignal {
     Unavailable,
 }
 
-impl FraudSignal {
-    /// From `guard.lua`'s `fraud` and `rule` answers.
-    pub(crate) fn from_script(fraud: &str, rule: &str) -> Result<Self, StoreError> {
-        let rule = match rule {
-            "" => None,
-            "conversion" => Some(BlockRule::Conversion),
-            "burst" => Some(BlockRule::Burst),
-            other => return Err(StoreError::Corrupt(format!("fraud rule '{other}'"))),
-        };
-        Ok(match (fraud, rule) {
-            ("", _) => Self::Clear,
-            ("blocked", _) => Self::Blocked,
-            ("new_block", Some(rule)) => Self::NewBlock(rule),
-            ("trickle", new) => Self::Trickle { new },
-            ("manual", _) => Self::Manual,
-            ("error", _) => Self::Unavailable,
-            (other, _) => return Err(StoreError::Corrupt(format!("fraud signal '{other}'"))),
-        })
-    }
-}
-
 /// Why the one resend after an undelivered report was not made: what a new request for the
 /// number would have been refused for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,294 +266,225 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Everything the API keeps about codes. Implementations must make `issue` and `finish_verify`
-/// atomic, and enforce limits across every API replica.
-pub trait OtpStore: Send + Sync + 'static {
+/// Codes and the limits around them. Implementations make `issue` and `finish_verify` atomic,
+/// and enforce limits across every API replica.
+pub trait CodeStore: Send + Sync {
     /// Counts a code request against its client's per-minute limit on its own (done before an
     /// Idempotency-Key is claimed); `Some` when the client is over it.
-    fn hit_request_ip(
-        &self,
-        client: &str,
-    ) -> impl Future<Output = Result<Option<RateLimit>, StoreError>> + Send;
+    fn hit_request_ip<'a>(
+        &'a self,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RateLimit>, StoreError>>;
 
     /// Applies the request limits and, if none is hit, stores `digest` as the number's only code.
     /// `client` is the caller's network (the per-IP limit's key), which the fraud guard counts;
     /// `count_ip` is false when its per-IP limit was already applied ([`Self::hit_request_ip`]).
-    fn issue(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
+    fn issue<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        client: &'a str,
         count_ip: bool,
         verification_id: Uuid,
-        digest: &str,
-    ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<IssueOutcome, StoreError>>;
 
     /// Undoes `issue` after its send job could not be published.
-    fn revoke(
-        &self,
-        phone: &PhoneNumber,
+    fn revoke<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
         verification_id: Uuid,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Counts a verify call against the client's and the number's limits and returns the
     /// number's live code, if any.
-    fn begin_verify(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
-    ) -> impl Future<Output = Result<VerifyLookup, StoreError>> + Send;
+    fn begin_verify<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<VerifyLookup, StoreError>>;
 
     /// Consumes the code if `matched` and it is still live and not void; otherwise counts a
     /// failure. Returns whether the code was consumed. Exactly one concurrent caller can win.
-    fn finish_verify(
-        &self,
-        phone: &PhoneNumber,
+    fn finish_verify<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
         verification_id: Option<Uuid>,
         matched: bool,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    fn claim_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-    ) -> impl Future<Output = Result<IdempotencyClaim, StoreError>> + Send;
+    /// Whether the backend answers (readiness).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Idempotency-Key records: which response a key stands for.
+pub trait IdempotencyStore: Send + Sync {
+    fn claim_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+        body_digest: &'a str,
+    ) -> BoxFuture<'a, Result<IdempotencyClaim, StoreError>>;
 
     /// Stores the response to replay for a claimed key.
-    fn complete_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-        response_json: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn complete_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+        body_digest: &'a str,
+        response_json: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Frees a claimed key whose request failed, so the client can retry with it.
-    fn release_idempotency(
-        &self,
-        key_digest: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn release_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
 
+/// Delivery records and what delivery reports need: the message-id map and used nonces.
+pub trait ReportStore: Send + Sync {
     fn delivery_status(
         &self,
         verification_id: Uuid,
-    ) -> impl Future<Output = Result<Option<DeliveryStatus>, StoreError>> + Send;
+    ) -> BoxFuture<'_, Result<Option<DeliveryStatus>, StoreError>>;
 
     /// The verification a provider's message id belongs to (mapped by the dispatcher when the
     /// provider accepted the SMS).
-    fn reported_verification(
-        &self,
-        provider: &str,
-        message_id: &str,
-    ) -> impl Future<Output = Result<Option<Uuid>, StoreError>> + Send;
+    fn reported_verification<'a>(
+        &'a self,
+        provider: &'a str,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Uuid>, StoreError>>;
 
     /// Marks a delivery report's nonce used for [`REPORT_NONCE_TTL`]; false when it was used
     /// before (a replay).
-    fn first_report(
-        &self,
-        provider: &str,
-        nonce: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn first_report<'a>(
+        &'a self,
+        provider: &'a str,
+        nonce: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Forgets a nonce, so the provider's retry of a report that could not be applied counts.
-    fn forget_report(
-        &self,
-        provider: &str,
-        nonce: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn forget_report<'a>(
+        &'a self,
+        provider: &'a str,
+        nonce: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Moves the verification's delivery record forward to `state` (never back, and only while
     /// the record exists), with extra fields; returns whether it moved.
-    fn advance_delivery(
-        &self,
+    fn advance_delivery<'a>(
+        &'a self,
         verification_id: Uuid,
         state: DeliveryState,
-        extra: &[(&str, &str)],
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+        extra: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
+    /// Sets one field of the verification's delivery record, if it exists, its state unchanged.
+    fn annotate_delivery<'a>(
+        &'a self,
+        verification_id: Uuid,
+        field: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// The one resend after an undelivered report.
+pub trait ResendStore: Send + Sync {
     /// Takes the verification's only resend (after the `failed` provider could not deliver):
     /// the sealed job kept for it, or `None` when the resend was taken before or no job is kept
     /// (its code was used or replaced, or it expired). Either way the resend is spent.
-    fn take_resend(
-        &self,
+    fn take_resend<'a>(
+        &'a self,
         verification_id: Uuid,
-        failed: &str,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+        failed: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
 
     /// Spends what the resend of `verification_id` to `phone` costs, as a new request would:
     /// the send budgets, the fraud guard (a blocked prefix gets no resend, not even on the
     /// trickle) and the number's hourly limit; `Some` says why it must not be made.
-    fn spend_resend(
-        &self,
-        phone: &PhoneNumber,
+    fn spend_resend<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
         verification_id: Uuid,
-    ) -> impl Future<Output = Result<Option<ResendRefusal>, StoreError>> + Send;
-
-    /// Sets one field of the verification's delivery record, if it exists, its state unchanged.
-    fn annotate_delivery(
-        &self,
-        verification_id: Uuid,
-        field: &str,
-        value: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> BoxFuture<'a, Result<Option<ResendRefusal>, StoreError>>;
 
     /// Gives back a taken resend whose publish failed.
-    fn release_resend(
-        &self,
-        verification_id: Uuid,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn release_resend(&self, verification_id: Uuid) -> BoxFuture<'_, Result<(), StoreError>>;
+}
 
+/// A blocked destination prefix, as `otp-api fraud list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedPrefix {
+    pub prefix: String,
+    /// Time left, in whole seconds.
+    pub expires_in_seconds: u64,
+    /// `None`: an operator's block (`fraud block`); else what the fraud guard saw.
+    pub guard: Option<GuardBlock>,
+}
+
+/// What the fraud guard saw when it blocked (or last renewed the block of) a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardBlock {
+    pub rule: BlockRule,
+    pub country: String,
+    /// Sends counted in the window (past the grace), and how many of them were verified.
+    pub sends: u64,
+    pub verified: u64,
+    /// Unverified sends younger than the grace.
+    pub young: u64,
+    /// Distinct client networks in the window.
+    pub clients: u64,
+}
+
+/// The fraud guard's state, as operators and the conversion gauge see it (the guard itself
+/// runs inside [`CodeStore::issue`]).
+pub trait FraudStore: Send + Sync {
     /// The fraud guard's conversion per country: (country, verified ÷ counted sends) for the
     /// countries with sends counted in the window (those younger than the grace are not).
-    fn conversion_by_country(
-        &self,
-    ) -> impl Future<Output = Result<Vec<(String, f64)>, StoreError>> + Send;
+    fn conversion_by_country(&self) -> BoxFuture<'_, Result<Vec<(String, f64)>, StoreError>>;
 
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// An operator's block of `prefix` (`+` and digits) for `lasting`: every number under it
+    /// is refused, in every FRAUD_GUARD mode, off included.
+    fn block<'a>(
+        &'a self,
+        prefix: &'a str,
+        lasting: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Lifts any block of `prefix` at once, with the counts that made it (else the next
+    /// request would block it again); false when it was not blocked.
+    fn unblock<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The prefixes blocked now, operators' and the guard's, by prefix.
+    fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockedPrefix>, StoreError>>;
 }
 
 /// How long a delivery report's nonce, and a verification's spent resend, are remembered.
 pub const REPORT_NONCE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
-/// The store a running API uses: Redis, or memory in the one-process mode.
+/// Every role of one backend, as the service and the report handler hold them: each part is
+/// the same store seen through one role.
 #[derive(Clone)]
-pub enum AnyStore {
-    Redis(RedisStore),
-    Memory(MemoryStore),
+pub struct Stores {
+    pub codes: Arc<dyn CodeStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub reports: Arc<dyn ReportStore>,
+    pub resends: Arc<dyn ResendStore>,
+    pub fraud: Arc<dyn FraudStore>,
 }
 
-/// Calls the same method on whichever store it is.
-macro_rules! on_store {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            AnyStore::Redis($store) => $call.await,
-            AnyStore::Memory($store) => $call.await,
+impl Stores {
+    /// Every role of `store`.
+    pub fn of<S>(store: S) -> Self
+    where
+        S: CodeStore + IdempotencyStore + ReportStore + ResendStore + FraudStore + 'static,
+    {
+        let store = Arc::new(store);
+        Self {
+            codes: store.clone(),
+            idempotency: store.clone(),
+            reports: store.clone(),
+            resends: store.clone(),
+            fraud: store,
         }
-    };
-}
-
-impl OtpStore for AnyStore {
-    async fn hit_request_ip(&self, client: &str) -> Result<Option<RateLimit>, StoreError> {
-        on_store!(self, s => s.hit_request_ip(client))
-    }
-
-    async fn issue(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
-        count_ip: bool,
-        verification_id: Uuid,
-        digest: &str,
-    ) -> Result<IssueOutcome, StoreError> {
-        on_store!(self, s => s.issue(phone, client, count_ip, verification_id, digest))
-    }
-
-    async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {
-        on_store!(self, s => s.revoke(phone, verification_id))
-    }
-
-    async fn begin_verify(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
-    ) -> Result<VerifyLookup, StoreError> {
-        on_store!(self, s => s.begin_verify(phone, client))
-    }
-
-    async fn finish_verify(
-        &self,
-        phone: &PhoneNumber,
-        verification_id: Option<Uuid>,
-        matched: bool,
-    ) -> Result<bool, StoreError> {
-        on_store!(self, s => s.finish_verify(phone, verification_id, matched))
-    }
-
-    async fn claim_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-    ) -> Result<IdempotencyClaim, StoreError> {
-        on_store!(self, s => s.claim_idempotency(key_digest, body_digest))
-    }
-
-    async fn complete_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-        response_json: &str,
-    ) -> Result<(), StoreError> {
-        on_store!(self, s => s.complete_idempotency(key_digest, body_digest, response_json))
-    }
-
-    async fn release_idempotency(&self, key_digest: &str) -> Result<(), StoreError> {
-        on_store!(self, s => s.release_idempotency(key_digest))
-    }
-
-    async fn delivery_status(
-        &self,
-        verification_id: Uuid,
-    ) -> Result<Option<DeliveryStatus>, StoreError> {
-        on_store!(self, s => s.delivery_status(verification_id))
-    }
-
-    async fn reported_verification(
-        &self,
-        provider: &str,
-        message_id: &str,
-    ) -> Result<Option<Uuid>, StoreError> {
-        on_store!(self, s => s.reported_verification(provider, message_id))
-    }
-
-    async fn first_report(&self, provider: &str, nonce: &str) -> Result<bool, StoreError> {
-        on_store!(self, s => s.first_report(provider, nonce))
-    }
-
-    async fn forget_report(&self, provider: &str, nonce: &str) -> Result<(), StoreError> {
-        on_store!(self, s => s.forget_report(provider, nonce))
-    }
-
-    async fn advance_delivery(
-        &self,
-        verification_id: Uuid,
-        state: DeliveryState,
-        extra: &[(&str, &str)],
-    ) -> Result<bool, StoreError> {
-        on_store!(self, s => s.advance_delivery(verification_id, state, extra))
-    }
-
-    async fn take_resend(
-        &self,
-        verification_id: Uuid,
-        failed: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        on_store!(self, s => s.take_resend(verification_id, failed))
-    }
-
-    async fn spend_resend(
-        &self,
-        phone: &PhoneNumber,
-        verification_id: Uuid,
-    ) -> Result<Option<ResendRefusal>, StoreError> {
-        on_store!(self, s => s.spend_resend(phone, verification_id))
-    }
-
-    async fn annotate_delivery(
-        &self,
-        verification_id: Uuid,
-        field: &str,
-        value: &str,
-    ) -> Result<(), StoreError> {
-        on_store!(self, s => s.annotate_delivery(verification_id, field, value))
-    }
-
-    async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
-        on_store!(self, s => s.release_resend(verification_id))
-    }
-
-    async fn conversion_by_country(&self) -> Result<Vec<(String, f64)>, StoreError> {
-        on_store!(self, s => s.conversion_by_country())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        on_store!(self, s => s.ping())
     }
 }

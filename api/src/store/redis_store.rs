@@ -1,4 +1,4 @@
-//! [`OtpStore`] on Redis. Every multi-key step is one Lua script over keys of one hash tag (see
+//! Every store role on Redis. Every multi-key step is one Lua script over keys of one hash tag (see
 //! `otp_shared::keys`), so it is atomic on a single server and on Redis Cluster alike.
 //!
 //! # Where a request takes several steps
@@ -41,9 +41,13 @@ use otp_shared::{
     status::{self, DeliveryState, DeliveryStatus},
 };
 
+use futures_util::future::BoxFuture;
+
 use super::{
-    FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, OtpStore, REPORT_NONCE_TTL, RateLimit,
-    ResendRefusal, StoreError, StorePolicy, VerifyLookup,
+    BlockRule, BlockedPrefix, CodeStore, FraudStore, GuardBlock, IdempotencyClaim,
+    IdempotencyStore, IssueOutcome, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
+    ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
+    replies::{GuardVerdict, Guarded, KeyClaim, NumberIssued, VerifyBegun, VerifyFinished},
     rules::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
@@ -97,8 +101,12 @@ struct IdempotencyRecord {
 }
 
 impl From<redis::RedisError> for StoreError {
+    /// A reply that could not be read is the store's fault, not its availability's.
     fn from(e: redis::RedisError) -> Self {
-        Self::Unavailable(Box::new(e))
+        match e.kind() {
+            redis::ErrorKind::Parse => Self::Corrupt(e.to_string()),
+            _ => Self::Unavailable(Box::new(e)),
+        }
     }
 }
 
@@ -177,27 +185,19 @@ impl RedisStore {
             .await
     }
 
-    /// Runs `guard.lua` for a send to `phone`: (outcome, limit, reset, fraud signal, sent ms).
-    /// `client` is '' for a resend (no client network), and `trickle` the sends a blocked
-    /// prefix may still take this hour.
+    /// Runs `guard.lua` for a send to `phone`. `client` is '' for a resend (no client
+    /// network), and `trickle` the sends a blocked prefix may still take this hour.
     async fn guard(
         &self,
         phone: &PhoneNumber,
         client: &str,
         vid: &str,
         trickle: u32,
-    ) -> Result<(String, i64, i64, FraudSignal, i64), StoreError> {
+    ) -> Result<Guarded, StoreError> {
         let (p, fraud) = (&self.policy, &self.policy.fraud);
         let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
         let destination = fraud.destination(phone);
-        let (outcome, limit, reset, signal, sent_ms, rule): (
-            String,
-            i64,
-            i64,
-            String,
-            i64,
-            String,
-        ) = GUARD
+        Ok(GUARD
             .key(self.keys.sends_all())
             .key(self.keys.sends_country(&country_of(phone)))
             .key(self.keys.fraud_sends(&destination.prefix))
@@ -216,7 +216,7 @@ impl RedisStore {
             .arg(fraud.grace().as_millis() as u64)
             .arg(fraud.fraud_guard_min_sends)
             .arg(fraud.min_conversion_per_mille())
-            .arg(fraud.block().as_secs())
+            .arg(p.fraud_block.as_millis() as u64)
             .arg(u8::from(destination.safe))
             .arg(&destination.country)
             .arg(&destination.prefix)
@@ -227,9 +227,7 @@ impl RedisStore {
             .arg(client)
             .arg(crate::fraud::prefixes_of(phone))
             .invoke_async(&mut self.conn.clone())
-            .await?;
-        let signal = FraudSignal::from_script(&signal, &rule)?;
-        Ok((outcome, limit, reset, signal, sent_ms))
+            .await?)
     }
 
     /// Gives back what `guard.lua` spent for `verification_id` (see the module docs).
@@ -265,412 +263,582 @@ enum HitOutcome {
     Over(RateLimit),
 }
 
-impl OtpStore for RedisStore {
-    async fn hit_request_ip(&self, client: &str) -> Result<Option<RateLimit>, StoreError> {
-        let limit = self.policy.max_requests_per_ip_per_minute;
-        if limit == 0 {
-            return Ok(None);
-        }
-        Ok(
-            match self
-                .hit(self.keys.requests_per_ip(client), limit, 60)
-                .await?
-            {
-                HitOutcome::Over(rate) => Some(rate),
-                HitOutcome::Under(_) => None,
-            },
-        )
-    }
-
-    async fn issue(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
-        count_ip: bool,
-        verification_id: Uuid,
-        digest: &str,
-    ) -> Result<IssueOutcome, StoreError> {
-        let e164 = phone.as_e164();
-        let p = &self.policy;
-        let vid = verification_id.to_string();
-
-        // (1) The client's per-IP limit: counts attempts, whatever happens next.
-        let mut best = None;
-        if count_ip && p.max_requests_per_ip_per_minute > 0 {
-            let key = self.keys.requests_per_ip(client);
-            match self.hit(key, p.max_requests_per_ip_per_minute, 60).await? {
-                HitOutcome::Over(rate) => {
-                    return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate));
-                }
-                HitOutcome::Under(rate) => best = tighter(best, rate),
+impl CodeStore for RedisStore {
+    fn hit_request_ip<'a>(
+        &'a self,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RateLimit>, StoreError>> {
+        Box::pin(async move {
+            let limit = self.policy.max_requests_per_ip_per_minute;
+            if limit == 0 {
+                return Ok(None);
             }
-        }
-
-        // (2) Manual blocks, send budgets and fraud guard, over all traffic.
-        let guarded = self.guarded(phone);
-        let (outcome, limit, reset, signal, sent_ms) = if guarded {
-            let trickle = p.fraud.fraud_guard_blocked_sends_per_hour;
-            self.guard(phone, client, &vid, trickle).await?
-        } else {
-            ("ok".to_owned(), 0, 0, FraudSignal::Clear, 0)
-        };
-        let refused = rate(limit, 0, reset);
-        match outcome.as_str() {
-            "ok" => {}
-            "blocked" => return Ok(IssueOutcome::Blocked(signal)),
-            "country" => {
-                return Ok(IssueOutcome::Limited(
-                    LimitKind::CountrySendsPerHour,
-                    refused,
-                ));
-            }
-            "global" => {
-                return Ok(IssueOutcome::Limited(LimitKind::TotalSendsPerHour, refused));
-            }
-            other => return Err(StoreError::Corrupt(format!("guard outcome '{other}'"))),
-        }
-
-        // (3) The number's limits and its code.
-        let number: redis::RedisResult<(String, i64, i64, i64, String)> = ISSUE
-            .key(self.keys.cooldown(e164))
-            .key(self.keys.sends_per_hour(e164))
-            .key(self.keys.code(e164))
-            .key(self.keys.failures(e164))
-            .arg(p.resend_cooldown_seconds)
-            .arg(p.max_sends_per_number_per_hour)
-            .arg(&vid)
-            .arg(digest)
-            .arg(p.code_ttl_seconds)
-            .arg(sent_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        // Refused, or not known to be issued: give back what (2) spent.
-        let issued = matches!(&number, Ok((outcome, ..)) if outcome == "ok");
-        if !issued && let Err(e) = self.unguard(phone, verification_id, sent_ms).await {
-            tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
-        }
-        let (outcome, limit, remaining, reset, replaced) = number?;
-        let number_rate = rate(limit, remaining, reset);
-        match outcome.as_str() {
-            "ok" => {}
-            "cooldown" => {
-                return Ok(IssueOutcome::Limited(
-                    LimitKind::ResendCooldown,
-                    number_rate,
-                ));
-            }
-            "hourly" => return Ok(IssueOutcome::Limited(LimitKind::SendsPerHour, number_rate)),
-            other => return Err(StoreError::Corrupt(format!("issue outcome '{other}'"))),
-        }
-
-        // (4) The delivery record, and the replaced code's sealed job (never resent now).
-        let mut conn = self.conn.clone();
-        let record = status::record(
-            &mut conn,
-            &self.keys,
-            verification_id,
-            DeliveryState::Queued,
-            0,
-            &[],
-        );
-        let drop_replaced = async {
-            match Uuid::parse_str(&replaced) {
-                Ok(old) => self.del(self.keys.sealed_job(old)).await,
-                Err(_) => Ok(0),
-            }
-        };
-        let (recorded, dropped) = tokio::join!(record, drop_replaced);
-        if let Err(e) = dropped {
-            tracing::warn!(error = %e, "could not remove the replaced code's sealed job");
-        }
-        if let Err(e) = recorded {
-            let _ = self.revoke(phone, verification_id).await;
-            return Err(e.into());
-        }
-
-        let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
-        Ok(IssueOutcome::Issued(best, signal))
-    }
-
-    async fn revoke(&self, phone: &PhoneNumber, verification_id: Uuid) -> Result<(), StoreError> {
-        let e164 = phone.as_e164();
-        let sent_ms: i64 = REVOKE
-            .key(self.keys.code(e164))
-            .key(self.keys.cooldown(e164))
-            .key(self.keys.sends_per_hour(e164))
-            .arg(verification_id.to_string())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let (forgot, unguarded) = tokio::join!(
-            self.del(self.keys.status(verification_id)),
-            self.unguard(phone, verification_id, sent_ms)
-        );
-        forgot?;
-        unguarded
-    }
-
-    async fn begin_verify(
-        &self,
-        phone: &PhoneNumber,
-        client: &str,
-    ) -> Result<VerifyLookup, StoreError> {
-        let e164 = phone.as_e164();
-        let p = &self.policy;
-        // The per-IP limit first: a call it refuses does not count against the number.
-        let mut best = None;
-        if p.max_verifies_per_ip_per_minute > 0 {
-            let key = self.keys.verifies_per_ip(client);
-            match self.hit(key, p.max_verifies_per_ip_per_minute, 60).await? {
-                HitOutcome::Over(rate) => {
-                    return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate));
-                }
-                HitOutcome::Under(rate) => best = tighter(best, rate),
-            }
-        }
-        let (outcome, limit, remaining, reset, vid, digest): (
-            String,
-            i64,
-            i64,
-            i64,
-            String,
-            String,
-        ) = VERIFY_BEGIN
-            .key(self.keys.verifies(e164))
-            .key(self.keys.code(e164))
-            .arg(p.max_verifies_per_number_per_15_minutes)
-            .arg(VERIFY_WINDOW_SECONDS)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let number_rate = rate(limit, remaining, reset);
-        if outcome == "number" {
-            return Ok(VerifyLookup::Limited(
-                LimitKind::VerifiesPerNumber,
-                number_rate,
-            ));
-        }
-        let rate = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
-        let record = Uuid::parse_str(&vid).ok().map(|vid| (vid, digest));
-        Ok(VerifyLookup::Found { rate, record })
-    }
-
-    async fn finish_verify(
-        &self,
-        phone: &PhoneNumber,
-        verification_id: Option<Uuid>,
-        matched: bool,
-    ) -> Result<bool, StoreError> {
-        let e164 = phone.as_e164();
-        let (consumed, sent_ms): (i64, i64) = VERIFY_FINISH
-            .key(self.keys.code(e164))
-            .key(self.keys.failures(e164))
-            .arg(verification_id.map(|v| v.to_string()).unwrap_or_default())
-            .arg(u8::from(matched))
-            .arg(self.policy.max_attempts)
-            .arg(self.policy.code_ttl_seconds)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let Some(vid) = verification_id.filter(|_| consumed == 1) else {
-            return Ok(false);
-        };
-        // The code is used: its sealed job is never resent, and the fraud guard counts the
-        // conversion (both best effort; see the module docs).
-        let drop_sealed = self.del(self.keys.sealed_job(vid));
-        let destination = self.policy.fraud.destination(phone);
-        let convert = async {
-            if sent_ms == 0 {
-                return Ok(0);
-            }
-            CONVERTED
-                .key(self.keys.fraud_verified(&destination.prefix))
-                .key(self.keys.fraud_country(&destination.country))
-                .key(self.keys.fraud_block(&destination.prefix))
-                .key(self.keys.fraud_blocked())
-                .key(self.keys.fraud_sends(&destination.prefix))
-                .key(self.keys.fraud_clients(&destination.prefix))
-                .key(self.keys.fraud_trickle(&destination.prefix))
-                .arg(vid.to_string())
-                .arg(sent_ms)
-                .arg(self.policy.fraud.window().as_secs() + 60)
-                .arg(&destination.prefix)
-                .invoke_async::<i64>(&mut self.conn.clone())
-                .await
-        };
-        let (dropped, converted) = tokio::join!(drop_sealed, convert);
-        if let Err(e) = dropped.and(converted) {
-            tracing::warn!(error = %e, "could not tidy up after a verified code");
-        }
-        Ok(true)
-    }
-
-    async fn claim_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-    ) -> Result<IdempotencyClaim, StoreError> {
-        let pending = IdempotencyRecord {
-            body: body_digest.to_owned(),
-            response: None,
-        };
-        let (outcome, existing): (String, String) = IDEMPOTENCY
-            .key(self.keys.idempotency(key_digest))
-            .arg(serde_json::to_string(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            .arg(IDEMPOTENCY_PENDING_TTL_SECONDS)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        if outcome == "claimed" {
-            return Ok(IdempotencyClaim::Claimed);
-        }
-        let record: IdempotencyRecord = serde_json::from_str(&existing)
-            .map_err(|e| StoreError::Corrupt(format!("idempotency record: {e}")))?;
-        Ok(match record.response {
-            _ if record.body != body_digest => IdempotencyClaim::Conflict,
-            Some(response) => IdempotencyClaim::Replay(response),
-            None => IdempotencyClaim::InProgress,
+            Ok(
+                match self
+                    .hit(self.keys.requests_per_ip(client), limit, 60)
+                    .await?
+                {
+                    HitOutcome::Over(rate) => Some(rate),
+                    HitOutcome::Under(_) => None,
+                },
+            )
         })
     }
 
-    async fn complete_idempotency(
-        &self,
-        key_digest: &str,
-        body_digest: &str,
-        response_json: &str,
-    ) -> Result<(), StoreError> {
-        let record = IdempotencyRecord {
-            body: body_digest.to_owned(),
-            response: Some(response_json.to_owned()),
-        };
-        let json =
-            serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let _: () = redis::cmd("SET")
-            .arg(self.keys.idempotency(key_digest))
-            .arg(json)
-            .arg("EX")
-            .arg(IDEMPOTENCY_TTL_SECONDS)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+    fn issue<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        client: &'a str,
+        count_ip: bool,
+        verification_id: Uuid,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<IssueOutcome, StoreError>> {
+        Box::pin(async move {
+            let e164 = phone.as_e164();
+            let p = &self.policy;
+            let vid = verification_id.to_string();
+
+            // (1) The client's per-IP limit: counts attempts, whatever happens next.
+            let mut best = None;
+            if count_ip && p.max_requests_per_ip_per_minute > 0 {
+                let key = self.keys.requests_per_ip(client);
+                match self.hit(key, p.max_requests_per_ip_per_minute, 60).await? {
+                    HitOutcome::Over(rate) => {
+                        return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate));
+                    }
+                    HitOutcome::Under(rate) => best = tighter(best, rate),
+                }
+            }
+
+            // (2) Manual blocks, send budgets and fraud guard, over all traffic.
+            let guarded = if self.guarded(phone) {
+                let trickle = p.fraud.fraud_guard_blocked_sends_per_hour;
+                self.guard(phone, client, &vid, trickle).await?
+            } else {
+                Guarded::pass()
+            };
+            let (signal, sent_ms) = (guarded.signal, guarded.sent_ms);
+            match guarded.verdict {
+                GuardVerdict::Pass => {}
+                GuardVerdict::Blocked => return Ok(IssueOutcome::Blocked(signal)),
+                GuardVerdict::Refused(limit) => {
+                    let refused = rate(guarded.limit, 0, guarded.reset);
+                    return Ok(IssueOutcome::Limited(limit, refused));
+                }
+            }
+
+            // (3) The number's limits and its code.
+            let number: redis::RedisResult<NumberIssued> = ISSUE
+                .key(self.keys.cooldown(e164))
+                .key(self.keys.sends_per_hour(e164))
+                .key(self.keys.code(e164))
+                .key(self.keys.failures(e164))
+                .arg(p.resend_cooldown_seconds)
+                .arg(p.max_sends_per_number_per_hour)
+                .arg(&vid)
+                .arg(digest)
+                .arg(p.code_ttl_seconds)
+                .arg(sent_ms)
+                .invoke_async(&mut self.conn.clone())
+                .await;
+            // Refused, or not known to be issued: give back what (2) spent.
+            let issued = matches!(&number, Ok(n) if n.refused.is_none());
+            if !issued && let Err(e) = self.unguard(phone, verification_id, sent_ms).await {
+                tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
+            }
+            let number = number?;
+            let number_rate = rate(number.limit, number.remaining, number.reset);
+            if let Some(limit) = number.refused {
+                return Ok(IssueOutcome::Limited(limit, number_rate));
+            }
+
+            // (4) The delivery record, and the replaced code's sealed job (never resent now).
+            let mut conn = self.conn.clone();
+            let record = status::record(
+                &mut conn,
+                &self.keys,
+                verification_id,
+                DeliveryState::Queued,
+                0,
+                &[],
+            );
+            let drop_replaced = async {
+                match number.replaced {
+                    Some(old) => self.del(self.keys.sealed_job(old)).await,
+                    None => Ok(0),
+                }
+            };
+            let (recorded, dropped) = tokio::join!(record, drop_replaced);
+            if let Err(e) = dropped {
+                tracing::warn!(error = %e, "could not remove the replaced code's sealed job");
+            }
+            if let Err(e) = recorded {
+                let _ = self.revoke(phone, verification_id).await;
+                return Err(e.into());
+            }
+
+            let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
+            Ok(IssueOutcome::Issued(best, signal))
+        })
     }
 
-    async fn release_idempotency(&self, key_digest: &str) -> Result<(), StoreError> {
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.keys.idempotency(key_digest))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+    fn revoke<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        verification_id: Uuid,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let e164 = phone.as_e164();
+            let sent_ms: i64 = REVOKE
+                .key(self.keys.code(e164))
+                .key(self.keys.cooldown(e164))
+                .key(self.keys.sends_per_hour(e164))
+                .arg(verification_id.to_string())
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            let (forgot, unguarded) = tokio::join!(
+                self.del(self.keys.status(verification_id)),
+                self.unguard(phone, verification_id, sent_ms)
+            );
+            forgot?;
+            unguarded
+        })
     }
 
-    async fn delivery_status(
+    fn begin_verify<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<VerifyLookup, StoreError>> {
+        Box::pin(async move {
+            let e164 = phone.as_e164();
+            let p = &self.policy;
+            // The per-IP limit first: a call it refuses does not count against the number.
+            let mut best = None;
+            if p.max_verifies_per_ip_per_minute > 0 {
+                let key = self.keys.verifies_per_ip(client);
+                match self.hit(key, p.max_verifies_per_ip_per_minute, 60).await? {
+                    HitOutcome::Over(rate) => {
+                        return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate));
+                    }
+                    HitOutcome::Under(rate) => best = tighter(best, rate),
+                }
+            }
+            let begun: VerifyBegun = VERIFY_BEGIN
+                .key(self.keys.verifies(e164))
+                .key(self.keys.code(e164))
+                .arg(p.max_verifies_per_number_per_15_minutes)
+                .arg(VERIFY_WINDOW_SECONDS)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            let number_rate = rate(begun.limit, begun.remaining, begun.reset);
+            if begun.over_limit {
+                return Ok(VerifyLookup::Limited(
+                    LimitKind::VerifiesPerNumber,
+                    number_rate,
+                ));
+            }
+            let rate = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
+            Ok(VerifyLookup::Found {
+                rate,
+                record: begun.record,
+            })
+        })
+    }
+
+    fn finish_verify<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
+        verification_id: Option<Uuid>,
+        matched: bool,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let e164 = phone.as_e164();
+            let VerifyFinished { consumed, sent_ms } = VERIFY_FINISH
+                .key(self.keys.code(e164))
+                .key(self.keys.failures(e164))
+                .arg(verification_id.map(|v| v.to_string()).unwrap_or_default())
+                .arg(u8::from(matched))
+                .arg(self.policy.max_attempts)
+                .arg(self.policy.code_ttl_seconds)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            let Some(vid) = verification_id.filter(|_| consumed) else {
+                return Ok(false);
+            };
+            // The code is used: its sealed job is never resent, and the fraud guard counts the
+            // conversion (both best effort; see the module docs).
+            let drop_sealed = self.del(self.keys.sealed_job(vid));
+            let destination = self.policy.fraud.destination(phone);
+            let convert = async {
+                if sent_ms == 0 {
+                    return Ok(0);
+                }
+                CONVERTED
+                    .key(self.keys.fraud_verified(&destination.prefix))
+                    .key(self.keys.fraud_country(&destination.country))
+                    .key(self.keys.fraud_block(&destination.prefix))
+                    .key(self.keys.fraud_blocked())
+                    .key(self.keys.fraud_sends(&destination.prefix))
+                    .key(self.keys.fraud_clients(&destination.prefix))
+                    .key(self.keys.fraud_trickle(&destination.prefix))
+                    .arg(vid.to_string())
+                    .arg(sent_ms)
+                    .arg(self.policy.fraud.window().as_secs() + 60)
+                    .arg(&destination.prefix)
+                    .invoke_async::<i64>(&mut self.conn.clone())
+                    .await
+            };
+            let (dropped, converted) = tokio::join!(drop_sealed, convert);
+            if let Err(e) = dropped.and(converted) {
+                tracing::warn!(error = %e, "could not tidy up after a verified code");
+            }
+            Ok(true)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _: String = redis::cmd("PING")
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+impl IdempotencyStore for RedisStore {
+    fn claim_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+        body_digest: &'a str,
+    ) -> BoxFuture<'a, Result<IdempotencyClaim, StoreError>> {
+        Box::pin(async move {
+            let pending = IdempotencyRecord {
+                body: body_digest.to_owned(),
+                response: None,
+            };
+            let claim: KeyClaim = IDEMPOTENCY
+                .key(self.keys.idempotency(key_digest))
+                .arg(
+                    serde_json::to_string(&pending)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                )
+                .arg(IDEMPOTENCY_PENDING_TTL_SECONDS)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            let existing = match claim {
+                KeyClaim::Claimed => return Ok(IdempotencyClaim::Claimed),
+                KeyClaim::Existing(record) => record,
+            };
+            let record: IdempotencyRecord = serde_json::from_str(&existing)
+                .map_err(|e| StoreError::Corrupt(format!("idempotency record: {e}")))?;
+            Ok(match record.response {
+                _ if record.body != body_digest => IdempotencyClaim::Conflict,
+                Some(response) => IdempotencyClaim::Replay(response),
+                None => IdempotencyClaim::InProgress,
+            })
+        })
+    }
+
+    fn complete_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+        body_digest: &'a str,
+        response_json: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let record = IdempotencyRecord {
+                body: body_digest.to_owned(),
+                response: Some(response_json.to_owned()),
+            };
+            let json =
+                serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let _: () = redis::cmd("SET")
+                .arg(self.keys.idempotency(key_digest))
+                .arg(json)
+                .arg("EX")
+                .arg(IDEMPOTENCY_TTL_SECONDS)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn release_idempotency<'a>(
+        &'a self,
+        key_digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _: i64 = redis::cmd("DEL")
+                .arg(self.keys.idempotency(key_digest))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+impl ReportStore for RedisStore {
+    fn delivery_status(
         &self,
         verification_id: Uuid,
-    ) -> Result<Option<DeliveryStatus>, StoreError> {
-        Ok(status::load(&mut self.conn.clone(), &self.keys, verification_id).await?)
+    ) -> BoxFuture<'_, Result<Option<DeliveryStatus>, StoreError>> {
+        Box::pin(async move {
+            Ok(status::load(&mut self.conn.clone(), &self.keys, verification_id).await?)
+        })
     }
 
-    async fn reported_verification(
-        &self,
-        provider: &str,
-        message_id: &str,
-    ) -> Result<Option<Uuid>, StoreError> {
-        let verification: Option<String> = redis::cmd("GET")
-            .arg(self.keys.provider_message(provider, message_id))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(verification.and_then(|v| Uuid::parse_str(&v).ok()))
+    fn reported_verification<'a>(
+        &'a self,
+        provider: &'a str,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Uuid>, StoreError>> {
+        Box::pin(async move {
+            let verification: Option<String> = redis::cmd("GET")
+                .arg(self.keys.provider_message(provider, message_id))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok(verification.and_then(|v| Uuid::parse_str(&v).ok()))
+        })
     }
 
-    async fn first_report(&self, provider: &str, nonce: &str) -> Result<bool, StoreError> {
-        let key = self.keys.report_nonce(provider, nonce);
-        Ok(self.set_once(key, "1").await?)
+    fn first_report<'a>(
+        &'a self,
+        provider: &'a str,
+        nonce: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let key = self.keys.report_nonce(provider, nonce);
+            Ok(self.set_once(key, "1").await?)
+        })
     }
 
-    async fn forget_report(&self, provider: &str, nonce: &str) -> Result<(), StoreError> {
-        self.del(self.keys.report_nonce(provider, nonce)).await?;
-        Ok(())
+    fn forget_report<'a>(
+        &'a self,
+        provider: &'a str,
+        nonce: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.del(self.keys.report_nonce(provider, nonce)).await?;
+            Ok(())
+        })
     }
 
-    async fn advance_delivery(
-        &self,
+    fn advance_delivery<'a>(
+        &'a self,
         verification_id: Uuid,
         state: DeliveryState,
-        extra: &[(&str, &str)],
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        Ok(status::advance(&mut conn, &self.keys, verification_id, state, extra).await?)
+        extra: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            Ok(status::advance(&mut conn, &self.keys, verification_id, state, extra).await?)
+        })
     }
 
-    async fn take_resend(
-        &self,
+    fn annotate_delivery<'a>(
+        &'a self,
         verification_id: Uuid,
-        failed: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let marker = self.keys.resend_marker(verification_id);
-        if !self.set_once(marker, failed).await? {
-            return Ok(None);
-        }
-        Ok(redis::cmd("GET")
-            .arg(self.keys.sealed_job(verification_id))
-            .query_async(&mut self.conn.clone())
-            .await?)
+        field: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _: i64 = ANNOTATE
+                .key(self.keys.status(verification_id))
+                .arg(field)
+                .arg(value)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            Ok(())
+        })
     }
+}
 
-    async fn spend_resend(
-        &self,
-        phone: &PhoneNumber,
+impl ResendStore for RedisStore {
+    fn take_resend<'a>(
+        &'a self,
         verification_id: Uuid,
-    ) -> Result<Option<ResendRefusal>, StoreError> {
-        let member = super::resend_member(verification_id);
-        let (outcome, _, _, _, sent_ms) = self.guard(phone, "", &member.to_string(), 0).await?;
-        match outcome.as_str() {
-            "ok" => {}
-            "blocked" => return Ok(Some(ResendRefusal::Blocked)),
-            "global" => return Ok(Some(ResendRefusal::TotalBudget)),
-            "country" => return Ok(Some(ResendRefusal::CountryBudget)),
-            other => return Err(StoreError::Corrupt(format!("guard outcome '{other}'"))),
-        }
-        let hourly = self.policy.max_sends_per_number_per_hour;
-        if hourly == 0 {
-            return Ok(None);
-        }
-        let key = self.keys.sends_per_hour(phone.as_e164());
-        if let HitOutcome::Over(_) = self.hit(key, hourly, 3600).await? {
-            // Refused after all: give back what the guard spent.
-            self.unguard(phone, member, sent_ms).await?;
-            return Ok(Some(ResendRefusal::NumberLimit));
-        }
-        Ok(None)
+        failed: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let marker = self.keys.resend_marker(verification_id);
+            if !self.set_once(marker, failed).await? {
+                return Ok(None);
+            }
+            Ok(redis::cmd("GET")
+                .arg(self.keys.sealed_job(verification_id))
+                .query_async(&mut self.conn.clone())
+                .await?)
+        })
     }
 
-    async fn annotate_delivery(
-        &self,
+    fn spend_resend<'a>(
+        &'a self,
+        phone: &'a PhoneNumber,
         verification_id: Uuid,
-        field: &str,
-        value: &str,
-    ) -> Result<(), StoreError> {
-        let _: i64 = ANNOTATE
-            .key(self.keys.status(verification_id))
-            .arg(field)
-            .arg(value)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+    ) -> BoxFuture<'a, Result<Option<ResendRefusal>, StoreError>> {
+        Box::pin(async move {
+            let member = super::resend_member(verification_id);
+            let guarded = self.guard(phone, "", &member.to_string(), 0).await?;
+            match guarded.verdict {
+                GuardVerdict::Pass => {}
+                GuardVerdict::Blocked => return Ok(Some(ResendRefusal::Blocked)),
+                GuardVerdict::Refused(LimitKind::CountrySendsPerHour) => {
+                    return Ok(Some(ResendRefusal::CountryBudget));
+                }
+                GuardVerdict::Refused(_) => return Ok(Some(ResendRefusal::TotalBudget)),
+            }
+            let sent_ms = guarded.sent_ms;
+            let hourly = self.policy.max_sends_per_number_per_hour;
+            if hourly == 0 {
+                return Ok(None);
+            }
+            let key = self.keys.sends_per_hour(phone.as_e164());
+            if let HitOutcome::Over(_) = self.hit(key, hourly, 3600).await? {
+                // Refused after all: give back what the guard spent.
+                self.unguard(phone, member, sent_ms).await?;
+                return Ok(Some(ResendRefusal::NumberLimit));
+            }
+            Ok(None)
+        })
     }
 
-    async fn release_resend(&self, verification_id: Uuid) -> Result<(), StoreError> {
-        self.del(self.keys.resend_marker(verification_id)).await?;
-        Ok(())
+    fn release_resend(&self, verification_id: Uuid) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.del(self.keys.resend_marker(verification_id)).await?;
+            Ok(())
+        })
+    }
+}
+
+impl FraudStore for RedisStore {
+    fn conversion_by_country(&self) -> BoxFuture<'_, Result<Vec<(String, f64)>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let fraud = &self.policy.fraud;
+            Ok(conversion_by_country(&mut conn, &self.keys, fraud).await?)
+        })
     }
 
-    async fn conversion_by_country(&self) -> Result<Vec<(String, f64)>, StoreError> {
-        let mut conn = self.conn.clone();
-        let fraud = &self.policy.fraud;
-        Ok(conversion_by_country(&mut conn, &self.keys, fraud).await?)
+    fn block<'a>(
+        &'a self,
+        prefix: &'a str,
+        lasting: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // guard.lua looks up every prefix of a number in this one hash, in every mode.
+            let until = unix_ms() + lasting.as_millis() as u64;
+            let _: () = redis::pipe()
+                .atomic()
+                .cmd("HSET")
+                .arg(self.keys.fraud_manual())
+                .arg(prefix)
+                .arg(until)
+                .ignore()
+                .cmd("ZADD")
+                .arg(self.keys.fraud_blocked())
+                .arg(until)
+                .arg(prefix)
+                .ignore()
+                .query_async(&mut self.conn.clone())
+                .await?;
+            self.manual_blocks.store(true, Ordering::Relaxed);
+            Ok(())
+        })
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+    fn unblock<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let keys = &self.keys;
+            let (auto, manual, _, _): (i64, i64, i64, i64) = redis::pipe()
+                .atomic()
+                .cmd("DEL")
+                .arg(keys.fraud_block(prefix))
+                .cmd("HDEL")
+                .arg(keys.fraud_manual())
+                .arg(prefix)
+                .cmd("DEL")
+                .arg(keys.fraud_sends(prefix))
+                .arg(keys.fraud_verified(prefix))
+                .arg(keys.fraud_clients(prefix))
+                .arg(keys.fraud_trickle(prefix))
+                .cmd("ZREM")
+                .arg(keys.fraud_blocked())
+                .arg(prefix)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok(auto + manual > 0)
+        })
+    }
+
+    fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockedPrefix>, StoreError>> {
+        Box::pin(async move {
+            let (keys, mut conn) = (&self.keys, self.conn.clone());
+            // The index of blocks (one sorted set, by when each ends), not a scan: a scan would
+            // have to visit every node of a cluster.
+            let (index, manual) = (keys.fraud_blocked(), keys.fraud_manual());
+            let now = unix_ms();
+            let (_, mut found, manual_ends): (i64, Vec<String>, Vec<(String, u64)>) = redis::pipe()
+                .atomic()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(now)
+                .cmd("ZRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(-1)
+                .cmd("HGETALL")
+                .arg(&manual)
+                .query_async(&mut conn)
+                .await?;
+            found.sort();
+            let mut blocks = Vec::new();
+            for prefix in found {
+                if let Some((_, until)) = manual_ends.iter().find(|(p, _)| *p == prefix) {
+                    if *until > now {
+                        let expires_in_seconds = (until - now) / 1000;
+                        blocks.push(BlockedPrefix {
+                            prefix,
+                            expires_in_seconds,
+                            guard: None,
+                        });
+                    }
+                    continue;
+                }
+                let key = keys.fraud_block(&prefix);
+                let (block, ttl): (GuardBlockFields, i64) = redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(&key)
+                    .cmd("TTL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await?;
+                // Lifted meanwhile, or gone with its TTL.
+                if let (Some(guard), Ok(expires_in_seconds)) = (block.0, u64::try_from(ttl)) {
+                    blocks.push(BlockedPrefix {
+                        prefix,
+                        expires_in_seconds,
+                        guard: Some(guard),
+                    });
+                }
+            }
+            // Manual blocks past their end are tidied away here (the guard ignores them).
+            let stale: Vec<&String> = manual_ends
+                .iter()
+                .filter(|(_, until)| *until <= now)
+                .map(|(p, _)| p)
+                .collect();
+            if !stale.is_empty() {
+                let _: i64 = redis::cmd("HDEL")
+                    .arg(&manual)
+                    .arg(stale)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            Ok(blocks)
+        })
     }
 }
 
@@ -727,4 +895,41 @@ async fn conversion_by_country<C: redis::aio::ConnectionLike + Send>(
         }
     }
     Ok(out)
+}
+
+/// A prefix's block hash as guard.lua writes it; `None` when the hash is gone.
+struct GuardBlockFields(Option<GuardBlock>);
+
+impl redis::FromRedisValue for GuardBlockFields {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let fields: std::collections::HashMap<String, String> =
+            redis::FromRedisValue::from_redis_value(value)?;
+        if fields.is_empty() {
+            return Ok(Self(None));
+        }
+        let number = |name: &str| -> Result<u64, redis::ParsingError> {
+            fields
+                .get(name)
+                .map_or(Ok(0), |v| v.parse())
+                .map_err(|_| format!("block field {name} is not a count").into())
+        };
+        // Blocks written before the burst rule existed have no rule: conversion.
+        let rule = match fields.get("rule").map(String::as_str) {
+            None | Some("conversion") => BlockRule::Conversion,
+            Some("burst") => BlockRule::Burst,
+            Some(other) => return Err(format!("block rule '{other}'").into()),
+        };
+        Ok(Self(Some(GuardBlock {
+            rule,
+            country: fields.get("country").cloned().unwrap_or_default(),
+            sends: number("sends")?,
+            verified: number("verified")?,
+            young: number("young")?,
+            clients: number("clients")?,
+        })))
+    }
+}
+
+fn unix_ms() -> u64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
 }

@@ -1,5 +1,5 @@
 //! One behavioural suite for both code stores: every rule is checked once, through the
-//! `OtpStore` trait, against `RedisStore` (the Lua scripts, on the real Redis, or Redis Cluster
+//! store's role traits, against `RedisStore` (the Lua scripts, on the real Redis, or Redis Cluster
 //! with OTP_TEST_REDIS_CLUSTER) and `MemoryStore` (on tokio's paused clock, so waiting out a
 //! TTL takes no time). The suite is what keeps the two in step.
 
@@ -9,8 +9,9 @@ use otp_api::{
     config::CountryBudgets,
     fraud::{FraudSettings, Mode},
     store::{
-        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, MemoryStore, OtpStore,
-        RateLimit, RedisStore, ResendRefusal, StorePolicy, VerifyLookup,
+        BlockRule, CodeStore, FraudSignal, FraudStore, GuardBlock, IdempotencyClaim,
+        IdempotencyStore, IssueOutcome, LimitKind, MemoryStore, RateLimit, RedisStore, ReportStore,
+        ResendRefusal, ResendStore, StorePolicy, VerifyLookup,
     },
 };
 use otp_delivery::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
@@ -25,6 +26,16 @@ use otp_testkit::Cleanup;
 use uuid::Uuid;
 
 use crate::helpers::{AMQP_URL, test_config};
+
+/// Every role of a code store, as the checks use them.
+trait OtpStore:
+    CodeStore + IdempotencyStore + ReportStore + ResendStore + FraudStore + Clone + 'static
+{
+}
+impl<S> OtpStore for S where
+    S: CodeStore + IdempotencyStore + ReportStore + ResendStore + FraudStore + Clone + 'static
+{
+}
 
 /// Makes a store with a policy; a Redis one isolates itself under a key prefix of its own. The
 /// dispatcher's ledger beside it is what records accepted sends (for delivery reports).
@@ -122,6 +133,8 @@ conformance!(
     revoke_gives_back_what_issue_took,
     idempotency_claims_replays_and_conflicts,
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
+    a_guard_block_ends_after_its_time,
+    an_operator_block_holds_in_every_mode_until_it_ends,
     monitor_mode_safe_prefixes_and_the_grace,
     a_burst_from_several_networks_is_blocked_with_a_trickle_left_open,
     a_resend_spends_like_a_send,
@@ -462,6 +475,96 @@ async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(backend: &mut imp
     assert_eq!(outcome, IssueOutcome::Blocked(FraudSignal::Blocked));
     // Another prefix is not affected.
     issue(&store, "+14155560001").await;
+
+    // Operators see the block with what the guard saw, and can lift it with its counts.
+    let blocks = store.blocks().await.unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].prefix, "+1415555");
+    let hours_12 = 12 * 3600;
+    assert!(
+        (hours_12 - 5..=hours_12).contains(&blocks[0].expires_in_seconds),
+        "{blocks:?}"
+    );
+    let seen = GuardBlock {
+        rule: BlockRule::Conversion,
+        country: "US".into(),
+        sends: 3,
+        verified: 1,
+        young: 0,
+        clients: 1,
+    };
+    assert_eq!(blocks[0].guard, Some(seen));
+    assert!(store.unblock("+1415555").await.unwrap());
+    assert!(!store.unblock("+1415555").await.unwrap(), "lifted once");
+    assert_eq!(store.blocks().await.unwrap(), vec![]);
+    issue(&store, "+14155550005").await;
+}
+
+async fn a_guard_block_ends_after_its_time(backend: &mut impl Backend) {
+    let mut base = policy();
+    base.fraud.fraud_guard = Mode::Enforce;
+    base.fraud_block = Duration::from_millis(1500);
+    let store = backend.store(base);
+    let first = issue(&store, "+14155550001").await;
+    assert!(verify(&store, "+14155550001", first, true).await);
+    issue(&store, "+14155550002").await;
+    issue(&store, "+14155550003").await;
+    let (_, outcome) = guarded(&store, "+14155550004", "ip-a").await;
+    assert_eq!(
+        outcome,
+        IssueOutcome::Blocked(FraudSignal::NewBlock(BlockRule::Conversion))
+    );
+    let (_, outcome) = guarded(&store, "+14155550004", "ip-a").await;
+    assert_eq!(outcome, IssueOutcome::Blocked(FraudSignal::Blocked));
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(store.blocks().await.unwrap(), vec![], "the block ended");
+    // The counts still say "does not convert": the next request blocks the prefix anew.
+    let (_, outcome) = guarded(&store, "+14155550004", "ip-a").await;
+    assert_eq!(
+        outcome,
+        IssueOutcome::Blocked(FraudSignal::NewBlock(BlockRule::Conversion))
+    );
+}
+
+/// `otp-api fraud block`: every number under the prefix, in every mode (the guard is off
+/// here), resends included, listed with its time left, until it ends or is lifted.
+async fn an_operator_block_holds_in_every_mode_until_it_ends(backend: &mut impl Backend) {
+    let store = backend.store(policy());
+    let vid = issue(&store, NUMBER).await;
+    store
+        .block("+1415555", Duration::from_millis(1500))
+        .await
+        .unwrap();
+    for number in [NUMBER, OTHER] {
+        let (_, outcome) = guarded(&store, number, "ip-a").await;
+        assert_eq!(
+            outcome,
+            IssueOutcome::Blocked(FraudSignal::Manual),
+            "{number}"
+        );
+    }
+    assert_eq!(
+        store.spend_resend(&phone(NUMBER), vid).await.unwrap(),
+        Some(ResendRefusal::Blocked)
+    );
+    issue(&store, "+442079460000").await;
+    let blocks = store.blocks().await.unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(
+        (blocks[0].prefix.as_str(), blocks[0].guard.as_ref()),
+        ("+1415555", None)
+    );
+    assert!(blocks[0].expires_in_seconds <= 1, "{blocks:?}");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(store.blocks().await.unwrap(), vec![], "the block ended");
+    issue(&store, NUMBER).await;
+
+    store.block("+1", Duration::from_secs(3600)).await.unwrap();
+    let (_, outcome) = guarded(&store, NUMBER, "ip-a").await;
+    assert_eq!(outcome, IssueOutcome::Blocked(FraudSignal::Manual));
+    assert!(store.unblock("+1").await.unwrap());
+    assert!(!store.unblock("+1").await.unwrap(), "lifted once");
+    issue(&store, OTHER).await;
 }
 
 /// What the fraud guard says about a request for `number` from the client network `client`.

@@ -80,7 +80,7 @@ async fn verified_traffic_is_never_blocked() {
             tokio::time::sleep(Duration::from_millis(1200)).await;
         }
     }
-    use otp_api::store::OtpStore;
+    use otp_api::store::FraudStore;
     let policy = otp_api::store::StorePolicy::from_config(&app.config);
     let store = otp_api::store::RedisStore::new(app.redis.clone(), Keys::new(app.prefix()), policy);
     let ratios = store.conversion_by_country().await.unwrap();
@@ -247,14 +247,21 @@ async fn counts_are_exact_under_concurrent_requests_from_two_api_processes() {
 
 /// `otp_conversion_ratio{country}` follows the store, Redis or memory (the embedded mode):
 /// verified ÷ counted sends, once the sends are past the grace.
-async fn the_conversion_gauge_follows(store: impl otp_api::store::OtpStore + Clone) {
+async fn the_conversion_gauge_follows<S>(store: S)
+where
+    S: otp_api::store::CodeStore + otp_api::store::FraudStore + Clone + 'static,
+{
     use otp_shared::phone::PhoneNumber;
     let opts = prometheus::Opts::new("otp_conversion_ratio", "test");
     let gauge = prometheus::GaugeVec::new(opts, &["country"]).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let every = Duration::from_millis(100);
-    let watch =
-        otp_api::startup::watch_conversion(store.clone(), gauge.clone(), every, stop.clone());
+    let watch = otp_api::startup::watch_conversion(
+        std::sync::Arc::new(store.clone()),
+        gauge.clone(),
+        every,
+        stop.clone(),
+    );
     tokio::spawn(watch);
     for (n, verified) in [(0, true), (1, false)] {
         let phone = PhoneNumber::parse(&format!("+1212555010{n}")).unwrap();
