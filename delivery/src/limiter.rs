@@ -17,10 +17,25 @@ static BUCKET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("buc
 
 /// The provider rate, wherever it is kept.
 pub trait SendRate: Send + Sync {
+    /// Reserves the next send slot and says how long until it, or reserves nothing and says
+    /// `None` when the slot is more than `max_wait` away. A backend that cannot be reached is
+    /// an error: sending blind could exceed the account's limit.
+    fn reserve(&self, max_wait: Duration) -> BoxFuture<'_, Result<Option<Duration>, Unavailable>>;
+
     /// Reserves the next send slot and sleeps until it. Returns false, reserving nothing, if
-    /// the slot is at or after `deadline`. A backend that cannot be reached is an error:
-    /// sending blind could exceed the account's limit.
-    fn acquire(&self, deadline: Instant) -> BoxFuture<'_, Result<bool, Unavailable>>;
+    /// the slot is after `deadline`.
+    fn acquire(&self, deadline: Instant) -> BoxFuture<'_, Result<bool, Unavailable>> {
+        Box::pin(async move {
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            let Some(wait) = self.reserve(max_wait).await? else {
+                return Ok(false);
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(true)
+        })
+    }
 }
 
 /// The rate in Redis, shared by every dispatcher (`bucket.lua`; Redis's clock, so dispatcher
@@ -43,22 +58,15 @@ impl RateLimiter {
 }
 
 impl SendRate for RateLimiter {
-    fn acquire(&self, deadline: Instant) -> BoxFuture<'_, Result<bool, Unavailable>> {
+    fn reserve(&self, max_wait: Duration) -> BoxFuture<'_, Result<Option<Duration>, Unavailable>> {
         Box::pin(async move {
-            let max_wait = deadline.saturating_duration_since(Instant::now());
             let wait_ms: i64 = BUCKET
                 .key(&self.key)
                 .arg(self.per_second)
                 .arg(max_wait.as_millis() as u64)
                 .invoke_async(&mut self.conn.clone())
                 .await?;
-            if wait_ms < 0 {
-                return Ok(false);
-            }
-            if wait_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
-            }
-            Ok(true)
+            Ok(u64::try_from(wait_ms).ok().map(Duration::from_millis))
         })
     }
 }
@@ -85,23 +93,17 @@ impl MemoryRateLimiter {
 }
 
 impl SendRate for MemoryRateLimiter {
-    fn acquire(&self, deadline: Instant) -> BoxFuture<'_, Result<bool, Unavailable>> {
+    fn reserve(&self, max_wait: Duration) -> BoxFuture<'_, Result<Option<Duration>, Unavailable>> {
         Box::pin(async move {
             let now = Instant::now();
-            let wait = {
-                let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-                let tat = next.map_or(now, |t| t.max(now));
-                let slot = (tat.checked_sub(self.tolerance)).map_or(now, |s| s.max(now));
-                if slot > deadline {
-                    return Ok(false);
-                }
-                *next = Some(tat + self.interval);
-                slot - now
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let tat = next.map_or(now, |t| t.max(now));
+            let slot = (tat.checked_sub(self.tolerance)).map_or(now, |s| s.max(now));
+            if slot > now + max_wait {
+                return Ok(None);
             }
-            Ok(true)
+            *next = Some(tat + self.interval);
+            Ok(Some(slot - now))
         })
     }
 }

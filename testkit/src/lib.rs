@@ -352,3 +352,34 @@ pub fn undocumented_metrics(exposition: &str, doc: &str) -> Vec<String> {
     }
     missing.into_iter().collect()
 }
+
+/// Runs each check against both backends of a seam, the one way every conformance suite does:
+/// `shared::check` with the backend `$shared()` builds (Redis or RabbitMQ: what every process
+/// shares), and `in_memory::check` with `$memory()`'s on tokio's paused clock (waiting out a
+/// TTL takes no time). Each check is `async fn check(backend)`, taking the backend by value;
+/// the two constructors are async functions of the test module.
+///
+/// ```ignore
+/// otp_testkit::conformance!(shared: on_redis, in_memory: in_memory; a_rule, another_rule);
+/// ```
+#[macro_export]
+macro_rules! conformance {
+    (shared: $shared:ident, in_memory: $memory:ident; $($check:ident),* $(,)?) => {
+        mod shared {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(super::$shared().await).await;
+                }
+            )*
+        }
+        mod in_memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $check() {
+                    super::$check(super::$memory().await).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,5 +1,5 @@
-//! One behavioural suite for both code stores: every rule is checked once, through the
-//! store's role traits, against `RedisStore` (the Lua scripts, on the real Redis, or Redis Cluster
+//! One behavioural suite for both code stores (`otp_testkit::conformance!`, like every seam's):
+//! every rule is checked once, through the store's role traits, against `RedisStore` (the Lua scripts, on the real Redis, or Redis Cluster
 //! with OTP_TEST_REDIS_CLUSTER) and `MemoryStore` (on tokio's paused clock, so waiting out a
 //! TTL takes no time). The suite is what keeps the two in step.
 
@@ -99,29 +99,16 @@ impl Backend for InMemory {
 
 const LEASE: Duration = Duration::from_secs(30);
 
-/// Runs each named check against both backends.
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod on_redis {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    super::$check(&mut super::OnRedis::new()).await;
-                }
-            )*
-        }
-        mod in_memory {
-            $(
-                #[tokio::test(start_paused = true)]
-                async fn $check() {
-                    super::$check(&mut super::InMemory::default()).await;
-                }
-            )*
-        }
-    };
+async fn on_redis() -> OnRedis {
+    OnRedis::new()
 }
 
-conformance!(
+async fn in_memory() -> InMemory {
+    InMemory::default()
+}
+
+otp_testkit::conformance!(
+    shared: on_redis, in_memory: in_memory;
     a_code_expires_with_its_ttl,
     the_attempt_cap_voids_the_code,
     a_replacement_keeps_the_failure_count,
@@ -207,7 +194,7 @@ fn assert_retry(rate: RateLimit, limit: u32, within: u64) {
     );
 }
 
-async fn a_code_expires_with_its_ttl(backend: &mut impl Backend) {
+async fn a_code_expires_with_its_ttl(mut backend: impl Backend) {
     let store = backend.store(StorePolicy {
         code_ttl_seconds: 1,
         ..policy()
@@ -225,7 +212,7 @@ async fn a_code_expires_with_its_ttl(backend: &mut impl Backend) {
     );
 }
 
-async fn the_attempt_cap_voids_the_code(backend: &mut impl Backend) {
+async fn the_attempt_cap_voids_the_code(mut backend: impl Backend) {
     let store = backend.store(StorePolicy {
         max_attempts: 3,
         ..policy()
@@ -244,7 +231,7 @@ async fn the_attempt_cap_voids_the_code(backend: &mut impl Backend) {
     assert!(!verify(&store, NUMBER, vid, true).await, "voided code used");
 }
 
-async fn a_replacement_keeps_the_failure_count(backend: &mut impl Backend) {
+async fn a_replacement_keeps_the_failure_count(mut backend: impl Backend) {
     let store = backend.store(StorePolicy {
         max_attempts: 3,
         ..policy()
@@ -266,7 +253,7 @@ async fn a_replacement_keeps_the_failure_count(backend: &mut impl Backend) {
     assert_eq!(live_code(&store, NUMBER).await, None);
 }
 
-async fn a_code_is_used_once_under_50_concurrent_verifies(backend: &mut impl Backend) {
+async fn a_code_is_used_once_under_50_concurrent_verifies(mut backend: impl Backend) {
     let store = backend.store(policy());
     let vid = issue(&store, NUMBER).await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -284,7 +271,7 @@ async fn a_code_is_used_once_under_50_concurrent_verifies(backend: &mut impl Bac
     assert_eq!(live_code(&store, NUMBER).await, None);
 }
 
-async fn a_wrong_verification_id_never_consumes(backend: &mut impl Backend) {
+async fn a_wrong_verification_id_never_consumes(mut backend: impl Backend) {
     let store = backend.store(policy());
     let vid = issue(&store, NUMBER).await;
     assert!(!verify(&store, NUMBER, Uuid::new_v4(), true).await);
@@ -297,7 +284,7 @@ async fn a_wrong_verification_id_never_consumes(backend: &mut impl Backend) {
     assert!(verify(&store, NUMBER, vid, true).await);
 }
 
-async fn request_and_verify_limits_say_when_to_retry(backend: &mut impl Backend) {
+async fn request_and_verify_limits_say_when_to_retry(mut backend: impl Backend) {
     let store = backend.store(StorePolicy {
         max_requests_per_ip_per_minute: 2,
         max_verifies_per_ip_per_minute: 3,
@@ -342,7 +329,7 @@ async fn request_and_verify_limits_say_when_to_retry(backend: &mut impl Backend)
     }
 }
 
-async fn send_limits_say_when_to_retry(backend: &mut impl Backend) {
+async fn send_limits_say_when_to_retry(mut backend: impl Backend) {
     let store = backend.store(StorePolicy {
         max_sends_per_number_per_hour: 2,
         max_sends_per_hour: 3,
@@ -378,7 +365,7 @@ async fn send_limits_say_when_to_retry(backend: &mut impl Backend) {
     }
 }
 
-async fn the_cooldown_ends_with_its_window(backend: &mut impl Backend) {
+async fn the_cooldown_ends_with_its_window(mut backend: impl Backend) {
     let store = backend.store(StorePolicy {
         resend_cooldown_seconds: 2,
         ..policy()
@@ -407,7 +394,7 @@ async fn the_cooldown_ends_with_its_window(backend: &mut impl Backend) {
     issue(&store, NUMBER).await;
 }
 
-async fn revoke_gives_back_what_issue_took(backend: &mut impl Backend) {
+async fn revoke_gives_back_what_issue_took(mut backend: impl Backend) {
     let store = backend.store(StorePolicy {
         resend_cooldown_seconds: 60,
         max_sends_per_number_per_hour: 1,
@@ -426,7 +413,7 @@ async fn revoke_gives_back_what_issue_took(backend: &mut impl Backend) {
     assert_eq!((status.state.as_str(), status.attempts), ("queued", 0));
 }
 
-async fn idempotency_claims_replays_and_conflicts(backend: &mut impl Backend) {
+async fn idempotency_claims_replays_and_conflicts(mut backend: impl Backend) {
     let store = backend.store(policy());
     let claim = |body: &'static str| {
         let store = store.clone();
@@ -456,7 +443,7 @@ async fn idempotency_claims_replays_and_conflicts(backend: &mut impl Backend) {
     );
 }
 
-async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(backend: &mut impl Backend) {
+async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(mut backend: impl Backend) {
     let mut base = policy();
     base.fraud.fraud_guard = Mode::Enforce;
     let store = backend.store(base);
@@ -500,7 +487,7 @@ async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(backend: &mut imp
     issue(&store, "+14155550005").await;
 }
 
-async fn a_guard_block_ends_after_its_time(backend: &mut impl Backend) {
+async fn a_guard_block_ends_after_its_time(mut backend: impl Backend) {
     let mut base = policy();
     base.fraud.fraud_guard = Mode::Enforce;
     base.fraud_block = Duration::from_millis(1500);
@@ -528,7 +515,7 @@ async fn a_guard_block_ends_after_its_time(backend: &mut impl Backend) {
 
 /// `otp-api fraud block`: every number under the prefix, in every mode (the guard is off
 /// here), resends included, listed with its time left, until it ends or is lifted.
-async fn an_operator_block_holds_in_every_mode_until_it_ends(backend: &mut impl Backend) {
+async fn an_operator_block_holds_in_every_mode_until_it_ends(mut backend: impl Backend) {
     let store = backend.store(policy());
     let vid = issue(&store, NUMBER).await;
     store
@@ -582,7 +569,7 @@ fn signal(outcome: IssueOutcome) -> FraudSignal {
 }
 
 async fn a_burst_from_several_networks_is_blocked_with_a_trickle_left_open(
-    backend: &mut impl Backend,
+    mut backend: impl Backend,
 ) {
     let mut base = policy();
     base.fraud.fraud_guard = Mode::Enforce;
@@ -616,7 +603,7 @@ async fn a_burst_from_several_networks_is_blocked_with_a_trickle_left_open(
     assert_eq!(signal(outcome), FraudSignal::Clear);
 }
 
-async fn monitor_mode_safe_prefixes_and_the_grace(backend: &mut impl Backend) {
+async fn monitor_mode_safe_prefixes_and_the_grace(mut backend: impl Backend) {
     // Monitor: the same judgement as enforce (3 unverified sends, 0% < 50%), never a refusal.
     let mut base = policy();
     base.fraud.fraud_guard = Mode::Monitor;
@@ -652,7 +639,7 @@ async fn monitor_mode_safe_prefixes_and_the_grace(backend: &mut impl Backend) {
     }
 }
 
-async fn a_resend_spends_like_a_send(backend: &mut impl Backend) {
+async fn a_resend_spends_like_a_send(mut backend: impl Backend) {
     // The number's hourly limit: the code's send and one resend fit in 2.
     let mut base = policy();
     base.max_sends_per_number_per_hour = 2;
@@ -730,7 +717,7 @@ async fn state(store: &impl OtpStore, vid: Uuid) -> Option<DeliveryState> {
     store.delivery_status(vid).await.unwrap().map(|s| s.state)
 }
 
-async fn delivery_reports_find_their_verification_once(backend: &mut impl Backend) {
+async fn delivery_reports_find_their_verification_once(mut backend: impl Backend) {
     let (store, ledger) = (backend.store(policy()), backend.ledger());
     let vid = issue(&store, NUMBER).await;
     accepted(&*ledger, vid, "plivo", "m-1", b"job").await;
@@ -789,7 +776,7 @@ async fn delivery_reports_find_their_verification_once(backend: &mut impl Backen
     );
 }
 
-async fn a_resend_is_taken_once_and_only_for_a_live_code(backend: &mut impl Backend) {
+async fn a_resend_is_taken_once_and_only_for_a_live_code(mut backend: impl Backend) {
     let (store, ledger) = (backend.store(policy()), backend.ledger());
     let vid = issue(&store, NUMBER).await;
     accepted(&*ledger, vid, "plivo", "m-1", b"job-1").await;
@@ -817,7 +804,7 @@ async fn a_resend_is_taken_once_and_only_for_a_live_code(backend: &mut impl Back
     assert_eq!(take(replaced).await, None);
 }
 
-async fn conversion_is_verified_over_counted_sends_per_country(backend: &mut impl Backend) {
+async fn conversion_is_verified_over_counted_sends_per_country(mut backend: impl Backend) {
     let base = policy();
     let store = backend.store(StorePolicy {
         fraud: FraudSettings {

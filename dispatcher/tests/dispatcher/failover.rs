@@ -156,20 +156,38 @@ impl Clock for TestClock {
     }
 }
 
-#[tokio::test]
-async fn the_redis_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock() {
-    let world = World::new().await;
-    let store = RedisBreakerStore::new(otp_testkit::redis_conn(), &world.keys(), "plivo");
-    breaker_rules(Arc::new(store)).await;
+/// Where a breaker's state lives (the World keeps the Redis keys until the check ends).
+struct Breakers(Option<World>);
+
+impl Breakers {
+    fn store(&self) -> Arc<dyn BreakerStore> {
+        match &self.0 {
+            Some(world) => Arc::new(RedisBreakerStore::new(
+                otp_testkit::redis_conn(),
+                &world.keys(),
+                "plivo",
+            )),
+            None => Arc::new(MemoryBreakerStore::default()),
+        }
+    }
 }
 
-#[tokio::test]
-async fn the_memory_breaker_follows_the_same_rules() {
-    breaker_rules(Arc::new(MemoryBreakerStore::default())).await;
+async fn on_redis() -> Breakers {
+    Breakers(Some(World::new().await))
 }
+
+async fn in_memory() -> Breakers {
+    Breakers(None)
+}
+
+otp_testkit::conformance!(
+    shared: on_redis, in_memory: in_memory;
+    the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock,
+);
 
 /// The breaker's rules, on a clock the test moves, whatever store keeps its state.
-async fn breaker_rules(store: Arc<dyn BreakerStore>) {
+async fn the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock(backend: Breakers) {
+    let store = backend.store();
     let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
     let settings = BreakerSettings {
         consecutive_failures: 3,

@@ -228,12 +228,15 @@ async fn jobs_given_up_on_become_dead_letters(mut backend: impl Backend) {
     assert_eq!(in_flight, 0);
 }
 
-#[tokio::test]
-async fn rabbitmq_keeps_what_the_worker_gives_up_on() {
-    jobs_given_up_on_become_dead_letters(Rabbit(World::new().await)).await;
+async fn on_rabbitmq() -> Rabbit {
+    Rabbit(World::new().await)
 }
 
-#[tokio::test]
-async fn memory_keeps_what_the_worker_gives_up_on() {
-    jobs_given_up_on_become_dead_letters(Memory::new()).await;
+async fn in_memory() -> Memory {
+    Memory::new()
 }
+
+otp_testkit::conformance!(
+    shared: on_rabbitmq, in_memory: in_memory;
+    jobs_given_up_on_become_dead_letters,
+);
