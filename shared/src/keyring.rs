@@ -6,8 +6,6 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 
-use crate::config::AppEnv;
-
 /// The public development values in `.env.example` (OTP_HMAC_KEY, JOB_ENCRYPTION_KEY).
 pub const EXAMPLE_KEYS: [&str; 2] = [
     "ZGV2LW9ubHktaG1hYy1rZXktbm90LWZvci1wcm9kMzI=",
@@ -17,12 +15,9 @@ pub const EXAMPLE_KEYS: [&str; 2] = [
 /// The provider tokens `.env.example` ships, which production refuses.
 pub const EXAMPLE_TOKENS: [&str; 1] = ["development-token"];
 
-/// Outside development, a provider token that is set must be neither empty nor an
-/// `.env.example` value. The error names the variable, never the value.
-pub fn check_tokens(env: AppEnv, tokens: &[(&str, Option<&SecretString>)]) -> Result<(), String> {
-    if env == AppEnv::Development {
-        return Ok(());
-    }
+/// Production's check of provider tokens (development skips it): a token that is set must be
+/// neither empty nor an `.env.example` value. The error names the variable, never the value.
+pub fn check_tokens(tokens: &[(&str, Option<&SecretString>)]) -> Result<(), String> {
     for (var, token) in tokens {
         let Some(token) = token.map(|t| t.expose_secret().trim()) else {
             continue;
@@ -126,12 +121,10 @@ fn weakness(bytes: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// Refuses, outside `APP_ENV=development`, a key that is a public example or has obviously low
-/// entropy, and the same key under two settings. `settings` pairs each variable with its keys.
-pub fn check_keys(env: AppEnv, settings: &[(&str, Vec<&[u8]>)]) -> Result<(), String> {
-    if env == AppEnv::Development {
-        return Ok(());
-    }
+/// Production's check of keys (development skips it): refuses a key that is a public example
+/// or has obviously low entropy, and the same key under two settings. `settings` pairs each
+/// variable with its keys.
+pub fn check_keys(settings: &[(&str, Vec<&[u8]>)]) -> Result<(), String> {
     let advice = "generate one with `openssl rand -base64 32` (APP_ENV=development allows it)";
     for (var, keys) in settings {
         if let Some(why) = keys.iter().find_map(|k| weakness(k)) {
@@ -164,17 +157,14 @@ mod tests {
         let token = |t: &str| Some(SecretString::from(t.to_owned()));
         for (value, why) in [("", "empty"), ("development-token", "example")] {
             let given = token(value);
-            let err = check_tokens(AppEnv::Production, &[("PLIVO_AUTH_TOKEN", given.as_ref())])
-                .unwrap_err();
+            let err = check_tokens(&[("PLIVO_AUTH_TOKEN", given.as_ref())]).unwrap_err();
             assert!(
                 err.contains("PLIVO_AUTH_TOKEN") && err.contains(why),
                 "{err}"
             );
         }
         let real = token("3f9a1c77e0b24d55a8c1");
-        assert!(check_tokens(AppEnv::Production, &[("T", real.as_ref()), ("U", None)]).is_ok());
-        let example = token("development-token");
-        assert!(check_tokens(AppEnv::Development, &[("T", example.as_ref())]).is_ok());
+        assert!(check_tokens(&[("T", real.as_ref()), ("U", None)]).is_ok());
     }
 
     fn random_key(seed: u8) -> Vec<u8> {
@@ -207,8 +197,7 @@ mod tests {
         let good = random_key(9);
         let other = random_key(77);
         let example = STANDARD.decode(EXAMPLE_KEYS[1]).unwrap();
-        let check =
-            |keys: Vec<&[u8]>| check_keys(AppEnv::Production, &[("JOB_ENCRYPTION_KEY", keys)]);
+        let check = |keys: Vec<&[u8]>| check_keys(&[("JOB_ENCRYPTION_KEY", keys)]);
         assert!(check(vec![&good]).is_ok());
         assert!(check(vec![&example]).unwrap_err().contains("example"));
         assert!(check(vec![&[42u8; 32]]).unwrap_err().contains("entropy"));
@@ -218,14 +207,10 @@ mod tests {
                 .unwrap_err()
                 .contains("JOB_ENCRYPTION_KEY")
         );
-        let same = check_keys(
-            AppEnv::Production,
-            &[
-                ("OTP_HMAC_KEY", vec![&good]),
-                ("JOB_ENCRYPTION_KEY", vec![&other, &good]),
-            ],
-        );
+        let same = check_keys(&[
+            ("OTP_HMAC_KEY", vec![&good]),
+            ("JOB_ENCRYPTION_KEY", vec![&other, &good]),
+        ]);
         assert!(same.unwrap_err().contains("must be different"));
-        assert!(check_keys(AppEnv::Development, &[("X", vec![&example])]).is_ok());
     }
 }

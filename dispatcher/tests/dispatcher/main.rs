@@ -10,6 +10,7 @@ mod end_to_end;
 mod failover;
 mod failures;
 mod in_memory;
+mod layout;
 mod ledger;
 mod limiter;
 mod metrics;
