@@ -131,6 +131,19 @@ pub struct Step {
     pub changed: Option<State>,
 }
 
+/// `breaker.lua`'s reply: `{state, allowed (1/0), changed ('' when not)}`.
+impl redis::FromRedisValue for Step {
+    fn from_redis_value(reply: redis::Value) -> Result<Self, redis::ParsingError> {
+        let (state, allowed, changed): (String, i64, String) =
+            redis::FromRedisValue::from_redis_value(reply)?;
+        Ok(Self {
+            state: State::parse(&state),
+            allowed: allowed == 1,
+            changed: (!changed.is_empty()).then(|| State::parse(&changed)),
+        })
+    }
+}
+
 /// Where a breaker's state lives: [`RedisBreakerStore`] (shared by every dispatcher, the rules
 /// in `breaker.lua`) or [`MemoryBreakerStore`] (this process, the same rules in Rust).
 pub trait BreakerStore: Send + Sync {
@@ -178,15 +191,7 @@ impl BreakerStore for RedisBreakerStore {
             .arg(s.window.as_millis() as u64)
             .arg(s.cooldown.as_millis() as u64)
             .arg(ttl);
-        Box::pin(async move {
-            let (state, allowed, changed): (String, i64, String) =
-                invocation.invoke_async(&mut self.conn.clone()).await?;
-            Ok(Step {
-                state: State::parse(&state),
-                allowed: allowed == 1,
-                changed: (!changed.is_empty()).then(|| State::parse(&changed)),
-            })
-        })
+        Box::pin(async move { Ok(invocation.invoke_async(&mut self.conn.clone()).await?) })
     }
 
     fn state(&self) -> BoxFuture<'_, Result<State, Unavailable>> {

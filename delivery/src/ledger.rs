@@ -45,6 +45,25 @@ pub enum Claim {
     Busy(Duration),
 }
 
+/// `claim.lua`'s reply: `{state, value}`. Never a guess: a reply read as "busy" would stall the
+/// job, as "claimed" send it twice, so anything else is an error.
+impl redis::FromRedisValue for Claim {
+    fn from_redis_value(reply: redis::Value) -> Result<Self, redis::ParsingError> {
+        let (state, value): (String, String) = redis::FromRedisValue::from_redis_value(reply)?;
+        let claim = match (state.as_str(), value.as_str()) {
+            ("done", outcome) => JobOutcome::parse(outcome).map(Claim::Done),
+            ("claimed", "withdrawn") => Ok(Claim::Withdrawn),
+            ("claimed", "") => Ok(Claim::Claimed),
+            ("busy", ms) => ms
+                .parse()
+                .map(|ms| Claim::Busy(Duration::from_millis(ms)))
+                .map_err(|_| format!("lease time '{ms}'")),
+            _ => Err(format!("reply ({state}, {value})")),
+        };
+        claim.map_err(|detail| format!("unexpected reply from the ledger's claim: {detail}").into())
+    }
+}
+
 /// One ledger entry: a send job, under its verification's hash tag (see `otp_shared::keys`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Entry {
@@ -152,26 +171,7 @@ impl Ledger {
                 .arg(time::OffsetDateTime::now_utc().unix_timestamp())
                 .arg(status::STATUS_TTL_SECONDS);
         }
-        let (state, value): (String, String) =
-            invocation.invoke_async(&mut self.conn.clone()).await?;
-        let claim = match (state.as_str(), value.as_str()) {
-            ("done", outcome) => JobOutcome::parse(outcome).map(Claim::Done),
-            ("claimed", "withdrawn") => Ok(Claim::Withdrawn),
-            ("claimed", "") => Ok(Claim::Claimed),
-            ("busy", ms) => ms
-                .parse()
-                .map(|ms| Claim::Busy(Duration::from_millis(ms)))
-                .map_err(|_| format!("lease time '{ms}'")),
-            _ => Err(format!("reply ({state}, {value})")),
-        };
-        // Never a guess: a reply read as "busy" would stall the job, as "claimed" send it twice.
-        claim.map_err(|detail| {
-            redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "unexpected reply from the ledger's claim",
-                detail,
-            ))
-        })
+        invocation.invoke_async(&mut self.conn.clone()).await
     }
 
     async fn finish_with(

@@ -9,6 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use futures_util::future::BoxFuture;
 use otp_shared::backend::Unavailable;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
@@ -68,9 +69,11 @@ impl MemoryQueue {
 }
 
 impl DeadLetters for MemoryQueue {
-    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, Unavailable> {
-        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(dead.iter().take(limit).cloned().collect())
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Unavailable>> {
+        Box::pin(async move {
+            let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(dead.iter().take(limit).cloned().collect())
+        })
     }
 }
 
@@ -78,54 +81,58 @@ impl JobSource for MemoryConsumer {
     /// Nothing: the worker's tasks hold what they need.
     type Held = ();
 
-    async fn consume(
+    fn consume(
         mut self,
         worker: Arc<Worker>,
         stop: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
-    ) -> Option<()> {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        loop {
-            let message = tokio::select! {
-                _ = stop.cancelled() => return None,
-                message = self.rx.recv() => match message {
-                    Some(message) => message,
-                    None => return None,
-                },
-            };
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                return None;
-            };
-            let (worker, abort) = (Arc::clone(&worker), abort.clone());
-            let (requeue, dead) = (self.requeue.clone(), Arc::clone(&self.dead));
-            tracker.spawn(async move {
-                let _slot = slot;
-                let header = |name: &str| message.headers.get(name).cloned();
-                let incoming = Incoming {
-                    body: &message.body,
-                    redelivered: message.redelivered,
-                    header: &header,
+    ) -> BoxFuture<'static, Option<()>> {
+        Box::pin(async move {
+            let slots = Arc::new(Semaphore::new(self.concurrency));
+            loop {
+                let message = tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    message = self.rx.recv() => match message {
+                        Some(message) => message,
+                        None => return None,
+                    },
                 };
-                match worker.handle(incoming, abort).await {
-                    Settle::Ack => {}
-                    Settle::DeadLetter { reason, attempts } => {
-                        tracing::warn!(%reason, "job dead-lettered (kept in memory)");
-                        let now = OffsetDateTime::now_utc();
-                        let letter =
-                            DeadLetter::new(&message.body, reason, Some(now), Some(attempts));
-                        dead.lock().unwrap_or_else(|e| e.into_inner()).push(letter);
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return None;
+                };
+                let (worker, abort) = (Arc::clone(&worker), abort.clone());
+                let (requeue, dead) = (self.requeue.clone(), Arc::clone(&self.dead));
+                tracker.spawn(async move {
+                    let _slot = slot;
+                    let header = |name: &str| message.headers.get(name).cloned();
+                    let incoming = Incoming {
+                        body: &message.body,
+                        redelivered: message.redelivered,
+                        header: &header,
+                    };
+                    match worker.handle(incoming, abort).await {
+                        Settle::Ack => {}
+                        Settle::DeadLetter { reason, attempts } => {
+                            tracing::warn!(%reason, "job dead-lettered (kept in memory)");
+                            let now = OffsetDateTime::now_utc();
+                            let letter =
+                                DeadLetter::new(&message.body, reason, Some(now), Some(attempts));
+                            dead.lock().unwrap_or_else(|e| e.into_inner()).push(letter);
+                        }
+                        Settle::Leave => {
+                            let _ = requeue.send(Message {
+                                redelivered: true,
+                                ..message
+                            });
+                        }
                     }
-                    Settle::Leave => {
-                        let _ = requeue.send(Message {
-                            redelivered: true,
-                            ..message
-                        });
-                    }
-                }
-            });
-        }
+                });
+            }
+        })
     }
 
-    async fn release((): ()) {}
+    fn release((): ()) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }

@@ -3,7 +3,9 @@
 //! and `dlq::DeadLetterQueue`) and so does process memory ([`crate::memory_queue`]).
 //! [`serve`] runs either one with a shutdown grace period.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::BoxFuture;
 
 use otp_shared::backend::Unavailable;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -31,19 +33,16 @@ pub trait JobSource: Send + 'static {
         stop: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
-    ) -> impl Future<Output = Option<Self::Held>> + Send;
+    ) -> BoxFuture<'static, Option<Self::Held>>;
 
     /// Closes what [`JobSource::consume`] returned, once in-flight jobs are done.
-    fn release(held: Self::Held) -> impl Future<Output = ()> + Send;
+    fn release(held: Self::Held) -> BoxFuture<'static, ()>;
 }
 
 /// The dead letters, as an operator sees them, wherever they are kept.
-pub trait DeadLetters {
+pub trait DeadLetters: Send + Sync {
     /// Up to `limit` dead letters, oldest first; they stay where they are.
-    fn list(
-        &self,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<DeadLetter>, Unavailable>> + Send;
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Unavailable>>;
 }
 
 /// One dead letter as an operator sees it.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, future::BoxFuture};
 use lapin::{
     BasicProperties, Channel, Connection,
     message::Delivery,
@@ -66,25 +66,29 @@ impl JobSource for Consumer {
     /// Consumes until `stop` fires, then cancels the consumer and hands back the connection and
     /// channel, which must stay open until in-flight jobs have acked. Reconnects by itself
     /// (`otp_shared::supervise`).
-    async fn consume(
+    fn consume(
         self,
         worker: Arc<Worker>,
         stop: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
-    ) -> Option<Open> {
-        let tag = format!("otp-dispatcher-{}", uuid::Uuid::new_v4());
-        let (this, worker, tag, stop, abort, tracker) =
-            (&self, &worker, &tag, &stop, &abort, &tracker);
-        supervise(stop, move || {
-            this.session(worker, tag, stop, abort, tracker)
+    ) -> BoxFuture<'static, Option<Open>> {
+        Box::pin(async move {
+            let tag = format!("otp-dispatcher-{}", uuid::Uuid::new_v4());
+            let (this, worker, tag, stop, abort, tracker) =
+                (&self, &worker, &tag, &stop, &abort, &tracker);
+            supervise(stop, move || {
+                this.session(worker, tag, stop, abort, tracker)
+            })
+            .await
+            .flatten()
         })
-        .await
-        .flatten()
     }
 
-    async fn release(Open(connection, channel): Open) {
-        close(connection, Some(channel)).await;
+    fn release(Open(connection, channel): Open) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            close(connection, Some(channel)).await;
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::future::BoxFuture;
 use lapin::{
     BasicProperties, Channel,
     message::BasicGetMessage,
@@ -178,15 +179,17 @@ impl DeadLetterQueue {
 }
 
 impl DeadLetters for DeadLetterQueue {
-    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, Unavailable> {
-        let listed = async {
-            let taken = self.take(limit).await?;
-            self.put_back(&taken).await?;
-            anyhow::Ok(taken.into_iter().map(|t| t.letter).collect())
-        };
-        listed.await.map_err(|e| Unavailable {
-            backend: "rabbitmq",
-            source: e.into(),
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Unavailable>> {
+        Box::pin(async move {
+            let listed = async {
+                let taken = self.take(limit).await?;
+                self.put_back(&taken).await?;
+                anyhow::Ok(taken.into_iter().map(|t| t.letter).collect())
+            };
+            listed.await.map_err(|e| Unavailable {
+                backend: "rabbitmq",
+                source: e.into(),
+            })
         })
     }
 }
