@@ -83,7 +83,7 @@ accepted() {
 issued() {
   local body
   body=$(curl -sf "http://127.0.0.1:$PORT/metrics") || { echo "otp-api /metrics failed" >&2; return 1; }
-  echo "$body" | awk '/^otp_codes_issued_total/ {print $2+0}'
+  echo "$body" | awk '/^otp_codes_issued_total/ {s += $2} END {print s + 0}'
 }
 # Issues at least $1 more codes, a little at a time (no dispatcher should be running).
 backlog_of() {
@@ -158,7 +158,7 @@ scenario_system() {
   echo "== whole system, provider instant: ${secs}s, 32 connections"
   result=$(load 32 "$secs" | wrk_summary)
   echo "$result"
-  local issued; issued=$(curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^otp_codes_issued_total/ {print $2+0}')
+  local issued; issued=$(curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^otp_codes_issued_total/ {s += $2} END {print s + 0}')
   sent=$(wait_sends "$issued" 60)
   for i in "${!procs[@]}"; do after[i]=$(cpu_us "${procs[i]}"); done
   local delivered=$((sent - sent0)) per="" total=0 us

@@ -45,6 +45,8 @@ pub struct Config {
     pub http: HttpLimits,
     #[command(flatten)]
     pub fraud: crate::fraud::FraudSettings,
+    #[command(flatten)]
+    pub access: crate::callers::AccessArgs,
 
     #[command(flatten)]
     pub reports: ReportArgs,

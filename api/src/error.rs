@@ -32,6 +32,9 @@ pub enum ApiError {
     /// 400 INVALID_PHONE_NUMBER.
     #[error("{0}")]
     InvalidPhoneNumber(String),
+    /// 401 UNAUTHORIZED: no caller key where one is required, or a wrong one.
+    #[error("A valid caller key is required: Authorization: Bearer <key>.")]
+    Unauthorized,
     /// 403 COUNTRY_NOT_ALLOWED.
     #[error("SMS to this country is not allowed.")]
     CountryNotAllowed,
@@ -93,6 +96,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) => "INVALID_REQUEST",
             Self::InvalidPhoneNumber(_) => "INVALID_PHONE_NUMBER",
+            Self::Unauthorized => "UNAUTHORIZED",
             Self::CountryNotAllowed => "COUNTRY_NOT_ALLOWED",
             Self::InvalidSignature => "INVALID_SIGNATURE",
             Self::DestinationBlocked => "DESTINATION_BLOCKED",
@@ -137,6 +141,7 @@ impl ApiError {
             Self::InvalidRequest(_) | Self::InvalidPhoneNumber(_) | Self::InvalidOtp => {
                 ErrorResponse::BadRequest(self.body(None))
             }
+            Self::Unauthorized => ErrorResponse::Unauthorized(self.body(None), "Bearer".into()),
             Self::CountryNotAllowed | Self::InvalidSignature | Self::DestinationBlocked => {
                 ErrorResponse::Forbidden(self.body(None))
             }
@@ -174,6 +179,9 @@ pub enum ErrorResponse {
     /// INVALID_REQUEST, INVALID_PHONE_NUMBER or INVALID_OTP.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// UNAUTHORIZED: a caller key is required (API_KEYS) and none or a wrong one was sent.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
     /// COUNTRY_NOT_ALLOWED (ALLOWED_COUNTRIES excludes the destination) or DESTINATION_BLOCKED
     /// (the fraud guard blocked it).
     #[oai(status = 403)]

@@ -26,10 +26,12 @@
 //! - [`callbacks`]: Plivo and Twilio delivery reports (signatures, replays, forward-only
 //!   states, the one resend), over the code store.
 //! - [`cli`]: operator subcommands: `healthcheck`, `fraud list | block | unblock`.
+//! - [`callers`]: caller keys (API_KEYS, PUBLIC_API): who may call the OTP routes.
 //! - [`client_ip`]: the client address behind trusted proxies.
 //! - `testing` (feature `test-support`, dev-dependencies only): the API's settings for tests.
 
 pub mod callbacks;
+pub mod callers;
 pub mod cli;
 pub mod client_ip;
 pub mod code;

@@ -9,7 +9,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 
 use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
 
-use crate::{queue::PublishError, store::LimitKind};
+use crate::{callers::Caller, queue::PublishError, store::LimitKind};
 
 /// Route labels: the API's paths as templates, plus `other` for anything unknown.
 const ROUTES: [&str; 12] = [
@@ -27,17 +27,21 @@ const ROUTES: [&str; 12] = [
     "other",
 ];
 /// Every status the API answers with.
-const STATUSES: [u16; 15] = [
-    200, 202, 204, 304, 400, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503,
+const STATUSES: [u16; 16] = [
+    200, 202, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503,
 ];
 
 pub struct ApiMetrics {
     registry: Registry,
+    /// The `client` label's values: each caller key's id, then `public`.
+    clients: Vec<String>,
     requests: IntCounterVec,
-    /// `requests` resolved per (route, status), indexed `route * STATUSES.len() + status`.
+    /// `requests` resolved per (client, route, status), indexed
+    /// `(client * ROUTES.len() + route) * STATUSES.len() + status`.
     request_series: Vec<IntCounter>,
     durations: Vec<Histogram>,
-    pub codes_issued: IntCounter,
+    /// By client, indexed like `clients`.
+    codes_issued: Vec<IntCounter>,
     /// Resends published after an undelivered or failed report.
     pub resends: IntCounter,
     verify_success: IntCounter,
@@ -76,21 +80,40 @@ pub enum VerifyOutcome {
 }
 
 impl ApiMetrics {
+    /// Metrics where every caller is `public` (no caller keys).
     pub fn new() -> Self {
+        Self::with_clients(vec!["public".to_owned()])
+    }
+
+    /// Metrics with a `client` label bounded by `clients` (the caller keys' ids and `public`,
+    /// last: see [`crate::callers::Callers::labels`]).
+    pub fn with_clients(clients: Vec<String>) -> Self {
         let registry = Registry::new();
         let requests = m::counter_vec(
             &registry,
             "otp_http_requests_total",
-            "HTTP requests answered, by route template and status code.",
-            &["route", "status"],
+            "HTTP requests answered, by route template, status code and client (caller key id, or public).",
+            &["route", "status", "client"],
         );
-        let request_series = ROUTES
+        let request_series = clients
             .iter()
-            .flat_map(|route| {
-                STATUSES
-                    .iter()
-                    .map(|s| requests.with_label_values(&[*route, s.to_string().as_str()]))
+            .flat_map(|client| ROUTES.iter().map(move |route| (client, route)))
+            .flat_map(|(client, route)| {
+                let requests = &requests;
+                STATUSES.iter().map(move |s| {
+                    requests.with_label_values(&[*route, s.to_string().as_str(), client])
+                })
             })
+            .collect();
+        let issued = m::counter_vec(
+            &registry,
+            "otp_codes_issued_total",
+            "Codes issued whose send job the broker confirmed, by client (caller key id, or public).",
+            &["client"],
+        );
+        let codes_issued = clients
+            .iter()
+            .map(|c| issued.with_label_values(&[c]))
             .collect();
         let duration_vec = m::histogram_vec(
             &registry,
@@ -152,11 +175,8 @@ impl ApiMetrics {
             &["provider", "status"],
         );
         Self {
-            codes_issued: m::counter(
-                &registry,
-                "otp_codes_issued_total",
-                "Codes issued whose send job the broker confirmed.",
-            ),
+            clients,
+            codes_issued,
             resends: m::counter(
                 &registry,
                 "otp_resends_total",
@@ -202,18 +222,39 @@ impl ApiMetrics {
         }
     }
 
-    /// Counts one answered request and its latency.
-    pub fn observe_request(&self, route: Route, status: u16, elapsed: Duration) {
+    /// The `client` label's index for `caller`.
+    pub fn client(&self, caller: &Caller) -> usize {
+        let public = self.clients.len() - 1;
+        match caller {
+            Caller::Public => public,
+            Caller::Key(id) => self
+                .clients
+                .iter()
+                .position(|c| c.as_str() == &**id)
+                .unwrap_or(public),
+        }
+    }
+
+    /// Counts one answered request (`client` from [`Self::client`]) and its latency.
+    pub fn observe_request(&self, route: Route, status: u16, client: usize, elapsed: Duration) {
         let route = route.0;
         self.durations[route].observe(elapsed.as_secs_f64());
         match STATUSES.iter().position(|s| *s == status) {
-            Some(s) => self.request_series[route * STATUSES.len() + s].inc(),
+            Some(s) => {
+                let index = (client * ROUTES.len() + route) * STATUSES.len() + s;
+                self.request_series[index].inc();
+            }
             // A status outside the table: still counted, through the (locking) label lookup.
             None => self
                 .requests
-                .with_label_values(&[ROUTES[route], &status.to_string()])
+                .with_label_values(&[ROUTES[route], &status.to_string(), &self.clients[client]])
                 .inc(),
         }
+    }
+
+    /// Counts a code issued (its send job confirmed) for `caller`.
+    pub fn code_issued(&self, caller: &Caller) {
+        self.codes_issued[self.client(caller)].inc();
     }
 
     pub fn verification(&self, outcome: VerifyOutcome) {
@@ -301,6 +342,11 @@ impl Route {
         })
     }
 
+    /// The OTP routes: a caller key is checked on these (see [`crate::callers`]).
+    pub fn keyed(self) -> bool {
+        matches!(self.0, 0..=2)
+    }
+
     /// The `Allow` header of a 405 (RFC 9110 §15.5.6).
     pub fn allow(self) -> &'static str {
         match self.0 {
@@ -331,21 +377,30 @@ mod tests {
 
     #[test]
     fn unknown_paths_and_statuses_stay_in_bounded_labels() {
-        let metrics = ApiMetrics::new();
+        let metrics = ApiMetrics::with_clients(vec!["web".into(), "public".into()]);
+        let (web, public) = (
+            metrics.client(&Caller::Key("web".into())),
+            metrics.client(&Caller::Public),
+        );
+        assert_eq!(metrics.client(&Caller::Key("gone".into())), public);
         let ms = Duration::from_millis(1);
-        metrics.observe_request(Route::of("/api/otp/status/1234"), 404, ms);
-        metrics.observe_request(Route::of("/wp-admin/+14155552671"), 404, ms);
-        metrics.observe_request(Route::of("/api/otp/request"), 418, ms);
+        metrics.observe_request(Route::of("/api/otp/status/1234"), 404, web, ms);
+        metrics.observe_request(Route::of("/wp-admin/+14155552671"), 404, public, ms);
+        metrics.observe_request(Route::of("/api/otp/request"), 418, web, ms);
+        metrics.code_issued(&Caller::Key("web".into()));
         assert_eq!(Route::of("/api/otp/callbacks/twilio").allow(), "POST");
         assert_eq!(Route::of("/readyz").allow(), "GET");
         let text = metrics.render();
-        assert!(text.contains(
-            "otp_http_requests_total{route=\"/api/otp/status/{verificationId}\",status=\"404\"} 1"
-        ));
-        assert!(text.contains("otp_http_requests_total{route=\"other\",status=\"404\"} 1"));
-        assert!(
-            text.contains("otp_http_requests_total{route=\"/api/otp/request\",status=\"418\"} 1")
-        );
+        let series = |s: &str| otp_testkit::metric_value(&text, s);
+        let status = r#"otp_http_requests_total{client="web",route="/api/otp/status/{verificationId}",status="404"}"#;
+        assert_eq!(series(status), 1.0);
+        let other = r#"otp_http_requests_total{client="public",route="other",status="404"}"#;
+        assert_eq!(series(other), 1.0);
+        let teapot =
+            r#"otp_http_requests_total{client="web",route="/api/otp/request",status="418"}"#;
+        assert_eq!(series(teapot), 1.0);
+        assert_eq!(series(r#"otp_codes_issued_total{client="web"}"#), 1.0);
+        assert_eq!(series(r#"otp_codes_issued_total{client="public"}"#), 0.0);
         assert!(!text.contains("14155552671"));
     }
 }

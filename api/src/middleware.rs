@@ -20,6 +20,7 @@ use tracing::Instrument;
 use otp_shared::telemetry::adopt_remote_context;
 
 use crate::{
+    callers::{Caller, Callers},
     error::ApiError,
     metrics::{ApiMetrics, Route},
 };
@@ -35,14 +36,26 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Wraps every request: request id, span (continuing a caller's trace), body cap, error mapping,
+/// What every request is wrapped with.
+pub struct Around {
+    pub metrics: Arc<ApiMetrics>,
+    pub callers: Arc<Callers>,
+    pub body_timeout: Duration,
+}
+
+/// Wraps every request: request id, span (continuing a caller's trace), the caller's key on
+/// the OTP routes (refused before anything is read, spent or written), body cap, error mapping,
 /// access log and the request metrics.
 pub async fn around<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
-    metrics: Arc<ApiMetrics>,
-    body_timeout: Duration,
+    around: Arc<Around>,
 ) -> poem::Result<Response> {
+    let Around {
+        metrics,
+        callers,
+        body_timeout,
+    } = &*around;
     let request_id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -54,6 +67,7 @@ pub async fn around<E: Endpoint>(
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
+        "client.id" = tracing::field::Empty,
     );
     // A caller's W3C trace context makes this request part of the caller's trace.
     adopt_remote_context(&span, |name| {
@@ -61,15 +75,31 @@ pub async fn around<E: Endpoint>(
         Some(value.to_owned())
     });
     let route = Route::of(req.uri().path());
+    let caller = callers.identify(req.headers());
+    if let Ok(caller) = &caller {
+        span.record("client.id", caller.id());
+    }
     async move {
         let started = Instant::now();
         req.extensions_mut().insert(RequestId(request_id.clone()));
-        let mut resp = match read_body(req, body_timeout).await {
-            Ok(req) => match ep.call(req).await {
-                Ok(resp) => resp.into_response(),
-                Err(err) => error_response(err),
-            },
-            Err(err) => err.into_response().into_response(),
+        let (mut resp, client) = match caller {
+            Err(refused) if route.keyed() => {
+                let resp = refused.into_response().into_response();
+                (resp, metrics.client(&Caller::Public))
+            }
+            caller => {
+                let caller = caller.unwrap_or(Caller::Public);
+                let client = metrics.client(&caller);
+                req.extensions_mut().insert(caller);
+                let resp = match read_body(req, *body_timeout).await {
+                    Ok(req) => match ep.call(req).await {
+                        Ok(resp) => resp.into_response(),
+                        Err(err) => error_response(err),
+                    },
+                    Err(err) => err.into_response().into_response(),
+                };
+                (resp, client)
+            }
         };
         let headers = resp.headers_mut();
         if let Ok(value) = request_id.parse() {
@@ -83,7 +113,7 @@ pub async fn around<E: Endpoint>(
                 .insert(ALLOW, HeaderValue::from_static(route.allow()));
         }
         let elapsed = started.elapsed();
-        metrics.observe_request(route, resp.status().as_u16(), elapsed);
+        metrics.observe_request(route, resp.status().as_u16(), client, elapsed);
         tracing::info!(
             status = resp.status().as_u16(),
             latency_ms = elapsed.as_secs_f64() * 1000.0,

@@ -13,8 +13,26 @@ const PHONE_PATTERN: &str = r"^\+[0-9]([ ().\-]*[0-9]){1,14}$";
 /// Idempotency-Key: 1 to 255 printable ASCII characters (space included).
 const KEY_PATTERN: &str = r"^[ -~]{1,255}$";
 
+/// Who may call the OTP routes, as the document states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No caller keys: anyone.
+    Open,
+    /// A caller key, or none (PUBLIC_API=true).
+    KeyOptional,
+    /// A caller key.
+    KeyRequired,
+}
+
+/// The OTP routes, which take a caller key.
+const KEYED: [(&str, &str); 3] = [
+    ("/api/otp/request", "post"),
+    ("/api/otp/verify", "post"),
+    ("/api/otp/status/{verificationId}", "get"),
+];
+
 /// `spec` is poem-openapi's JSON document; the result is what `/openapi.json` serves.
-pub fn document(spec: &str, otp_length: usize) -> String {
+pub fn document(spec: &str, otp_length: usize, access: Access) -> String {
     let mut doc: Value = match serde_json::from_str(spec) {
         Ok(doc) => doc,
         // poem-openapi always emits JSON; serve it unchanged if that ever differs.
@@ -54,6 +72,23 @@ pub fn document(spec: &str, otp_length: usize) -> String {
                 "minLength": 1,
                 "maxLength": 255,
             });
+        }
+    }
+    if access != Access::Open {
+        doc["components"]["securitySchemes"]["callerKey"] = json!({
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A caller key (API_KEYS): Authorization: Bearer <secret>.",
+        });
+        // An empty requirement makes the key optional.
+        let security = match access {
+            Access::KeyRequired => json!([{ "callerKey": [] }]),
+            _ => json!([{ "callerKey": [] }, {}]),
+        };
+        for (path, method) in KEYED {
+            if doc["paths"][path][method].is_object() {
+                doc["paths"][path][method]["security"] = security.clone();
+            }
         }
     }
     doc.to_string()

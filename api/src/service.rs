@@ -18,14 +18,15 @@ use otp_shared::{
 };
 
 use crate::{
+    callers::{Caller, KeyBudgets},
     code::{CandidateCode, CodeHasher, OtpCode, hex},
     error::ApiError,
     fraud::FraudSettings,
     metrics::{ApiMetrics, VerifyOutcome},
     queue::JobQueue,
     store::{
-        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, LimitKind, RateLimit, Stores,
-        VerifyLookup,
+        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, KeyBudget, LimitKind, RateLimit,
+        Requester, Stores, VerifyLookup,
     },
 };
 
@@ -41,6 +42,8 @@ pub struct CodePolicy {
     /// Empty means every country is allowed.
     pub allowed_countries: Vec<CountryCode>,
     pub resend_cooldown_seconds: u32,
+    /// API_KEY_MAX_SENDS_PER_HOUR.
+    pub key_budgets: KeyBudgets,
 }
 
 /// What a successful code request returns (and what an Idempotency-Key replays).
@@ -102,26 +105,33 @@ impl OtpService {
     /// Issues a code and queues its SMS. With an Idempotency-Key, a retry of the same request
     /// replays the first response instead of sending another SMS.
     ///
-    /// `client` is the caller's per-IP bucket ([`crate::client_ip::limit_key`]). With a key, the
-    /// per-IP limit is applied before the key is looked at, so probing keys costs like any
-    /// request; a replay spends nothing else (no cooldown, no send, no budget).
+    /// `client` is the end user's per-IP bucket ([`crate::client_ip::limit_key`]), and `caller`
+    /// who called (a caller key, or the public). With an Idempotency-Key, the per-IP limit is
+    /// applied before the key is looked at, so probing keys costs like any request; a replay
+    /// spends nothing else (no cooldown, no send, no budget).
     #[tracing::instrument(skip_all, fields(phone = %phone.masked(), verification_id))]
     pub async fn request(
         &self,
         phone: &PhoneNumber,
         client: &str,
+        caller: &Caller,
         idempotency_key: Option<&str>,
         request_id: &str,
     ) -> Result<Issued, ApiError> {
         let Some(key) = idempotency_key else {
-            return self.issue(phone, client, true, request_id).await;
+            return self.issue(phone, client, true, caller, request_id).await;
         };
         if let Some(rate) = self.stores.codes.hit_request_ip(client).await? {
             return Err(self.limited(LimitKind::RequestsPerIp, rate));
         }
-        // Scoped to the caller: the same key from another client is another key, so knowing
-        // someone's key neither reveals their verification nor blocks their retry.
-        let key_digest = sha256_hex(format!("{client}\n{key}").as_bytes());
+        // Scoped to the caller (its key, or for the public its network): the same key from
+        // another caller is another key, so knowing someone's key neither reveals their
+        // verification nor blocks their retry.
+        let scope = match caller {
+            Caller::Key(id) => format!("key:{id}"),
+            Caller::Public => format!("net:{client}"),
+        };
+        let key_digest = sha256_hex(format!("{scope}\n{key}").as_bytes());
         let body_digest = sha256_hex(phone.as_e164().as_bytes());
         match self
             .stores
@@ -142,7 +152,7 @@ impl OtpService {
                 });
             }
         }
-        let result = self.issue(phone, client, false, request_id).await;
+        let result = self.issue(phone, client, false, caller, request_id).await;
         let stored = match &result {
             Ok(issued) => {
                 // Serialising a struct of ids and numbers cannot fail.
@@ -229,8 +239,19 @@ impl OtpService {
         phone: &PhoneNumber,
         client: &str,
         count_ip: bool,
+        caller: &Caller,
         request_id: &str,
     ) -> Result<Issued, ApiError> {
+        let per_hour = self.policy.key_budgets.limit_for(caller);
+        let budget = (per_hour > 0).then(|| KeyBudget {
+            key: caller.id(),
+            per_hour,
+        });
+        let requester = Requester {
+            client,
+            count_ip,
+            budget,
+        };
         let verification_id = otp_shared::ids::random_uuid();
         tracing::Span::current()
             .record("verification_id", tracing::field::display(verification_id));
@@ -239,7 +260,7 @@ impl OtpService {
         let rate = match self
             .stores
             .codes
-            .issue(phone, client, count_ip, verification_id, &digest)
+            .issue(phone, requester, verification_id, &digest)
             .await?
         {
             IssueOutcome::Issued(rate, signal) => {
@@ -268,14 +289,15 @@ impl OtpService {
         self.metrics
             .publish(started.elapsed(), published.as_ref().map(|_| ()));
         if let Err(e) = published {
-            if let Err(revoke) = self.stores.codes.revoke(phone, verification_id).await {
+            let revoked = self.stores.codes.revoke(phone, budget, verification_id);
+            if let Err(revoke) = revoked.await {
                 tracing::error!(error = %revoke, "could not remove the code of an unpublished job");
             }
             return Err(ApiError::Unavailable(
                 anyhow::Error::new(e).context("publishing the send job"),
             ));
         }
-        self.metrics.codes_issued.inc();
+        self.metrics.code_issued(caller);
         tracing::info!(job_id = %job.job_id, "code issued and send job queued");
         Ok(Issued {
             accepted: Accepted {

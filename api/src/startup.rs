@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     callbacks::{self, Reports, Signing},
+    callers::Callers,
     code::CodeHasher,
     config::Config,
     metrics::ApiMetrics,
-    middleware::{around, panic_response},
+    middleware::{Around, around, panic_response},
     queue::{AmqpPublisher, JobQueue},
     routes::{HealthApi, OtpApi},
     server::{ConnectionLimits, serve},
@@ -49,7 +50,8 @@ impl Application {
             config.otp.sms_text().map_err(anyhow::Error::msg)?;
         tracing::info!(?encoding, segments, "each SMS takes {segments} segment(s)");
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
-        let metrics = Arc::new(ApiMetrics::new());
+        let callers = Arc::new(Callers::load(&config.access, config.process.app_env)?);
+        let metrics = Arc::new(ApiMetrics::with_clients(callers.labels()));
         let background = CancellationToken::new();
         // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all.
         let (stores, queue, publisher_task, delivery_metrics) = if config.embedded {
@@ -95,6 +97,7 @@ impl Application {
                 template: sms_template,
                 allowed_countries: otp.allowed_countries.clone(),
                 resend_cooldown_seconds: limits.resend_cooldown_seconds,
+                key_budgets: config.access.api_key_max_sends_per_hour.clone(),
             },
             metrics.clone(),
             config.fraud.clone(),
@@ -146,7 +149,11 @@ impl Application {
             ));
         }
         // Rendered once: every answer shares these buffers, however many clients ask.
-        let spec = Bytes::from(crate::openapi::document(&api.spec(), otp.otp_length.into()));
+        let spec = Bytes::from(crate::openapi::document(
+            &api.spec(),
+            otp.otp_length.into(),
+            callers.access(),
+        ));
         let docs_enabled = config
             .http
             .docs_enabled
@@ -172,7 +179,14 @@ impl Application {
                 poem::post(callbacks::twilio).data(reports),
             )
             .with(CatchPanic::new().with_handler(panic_response))
-            .around(move |ep, req| around(ep, req, metrics.clone(), body_timeout))
+            .around({
+                let around_all = Arc::new(Around {
+                    metrics: metrics.clone(),
+                    callers,
+                    body_timeout,
+                });
+                move |ep, req| around(ep, req, around_all.clone())
+            })
             .boxed();
 
         let bind = SocketAddr::new(config.bind_address, config.port);

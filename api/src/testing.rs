@@ -66,6 +66,12 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             fraud_guard_blocked_sends_per_hour: 6,
             fraud_guard_safe_prefixes: vec![],
         },
+        access: crate::callers::AccessArgs {
+            api_keys: vec![],
+            api_keys_file: None,
+            public_api: false,
+            api_key_max_sends_per_hour: Default::default(),
+        },
         reports: otp_shared::config::ReportArgs {
             plivo_auth_token: None,
             sms_status_callback_url: None,

@@ -68,6 +68,11 @@ impl Keys {
         format!("{}{{global}}:sends-all", self.prefix)
     }
 
+    /// Fixed-window counter of sends asked for by one caller key in the current hour.
+    pub fn sends_key(&self, key: &str) -> String {
+        format!("{}{{global}}:sends-key:{key}", self.prefix)
+    }
+
     /// Fixed-window counter of sends to one destination country in the current hour.
     pub fn sends_country(&self, country: &str) -> String {
         format!("{}{{global}}:sends-cc:{country}", self.prefix)

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 use poem::{
@@ -14,6 +14,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
 use crate::{
+    callers::Caller,
     client_ip::{client_ip, limit_key},
     error::{ApiError, ErrorResponse},
     middleware::RequestId,
@@ -21,6 +22,9 @@ use crate::{
 };
 
 use super::{ApiTags, strict::JsonString};
+
+/// A keyed caller's end user address.
+const END_USER_IP: &str = "x-end-user-ip";
 
 /// Idempotency-Key values are opaque client tokens of printable ASCII.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -120,9 +124,28 @@ enum StatusResponse {
 }
 
 impl OtpApi {
-    /// The caller's per-IP bucket: the client address (behind trusted proxies, from every
-    /// X-Forwarded-For line), IPv6 counted by its network.
-    fn client(&self, remote: &RemoteAddr, headers: &HeaderMap) -> Result<String, ApiError> {
+    /// The end user's per-IP bucket: a keyed caller's X-End-User-IP (a trusted backend calling
+    /// for its user), else the client address (behind trusted proxies, from every
+    /// X-Forwarded-For line), IPv6 counted by its network. The public's X-End-User-IP is
+    /// ignored.
+    fn client(
+        &self,
+        remote: &RemoteAddr,
+        headers: &HeaderMap,
+        caller: &Caller,
+    ) -> Result<String, ApiError> {
+        if caller.is_keyed()
+            && let Some(value) = headers.get(END_USER_IP)
+        {
+            let ip = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest("X-End-User-IP must be an IP address.".into())
+                })?;
+            return Ok(limit_key(ip, self.ipv6_prefix));
+        }
         let peer = remote
             .as_socket_addr()
             .map(|a| a.ip())
@@ -146,16 +169,24 @@ impl OtpApi {
     /// the SMS itself is sent asynchronously. A retry with the same `Idempotency-Key` (within
     /// 24 h, same body) replays the first response without sending another SMS.
     #[oai(path = "/api/otp/request", method = "post")]
+    // Each parameter is an extractor the OpenAPI document describes.
+    #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
         body: Json<OtpRequest>,
         /// Optional client token that makes retries safe.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
+        /// With a caller key: the end user's address, counted by the per-IP limits and the
+        /// fraud guard instead of the caller's. Ignored without a key.
+        #[oai(name = "X-End-User-IP")]
+        end_user_ip: Header<Option<String>>,
         remote: &RemoteAddr,
         headers: &HeaderMap,
         request_id: Data<&RequestId>,
+        caller: Data<&Caller>,
     ) -> Result<RequestResponse, ErrorResponse> {
+        let _ = end_user_ip; // read from the raw headers, with the caller's key in mind
         // Read from the raw header: the typed parameter reads a value that is not visible ASCII
         // as absent, which would silently drop the client's retry protection.
         let _ = idempotency_key;
@@ -174,10 +205,10 @@ impl OtpApi {
             }
         };
         let phone = self.service.destination(&body.phone_number)?;
-        let client = self.client(remote, headers)?;
+        let client = self.client(remote, headers, &caller)?;
         let issued = self
             .service
-            .request(&phone, &client, key, &request_id.0.0)
+            .request(&phone, &client, &caller, key, &request_id.0.0)
             .await?;
         let a = issued.accepted;
         Ok(RequestResponse::Accepted(
@@ -202,9 +233,14 @@ impl OtpApi {
     async fn verify(
         &self,
         body: Json<VerifyRequest>,
+        /// With a caller key: the end user's address (see the request operation).
+        #[oai(name = "X-End-User-IP")]
+        end_user_ip: Header<Option<String>>,
         remote: &RemoteAddr,
         headers: &HeaderMap,
+        caller: Data<&Caller>,
     ) -> Result<VerifyResponse, ErrorResponse> {
+        let _ = end_user_ip;
         let phone = parse_number(&body.phone_number)?;
         let verification_id =
             match &body.verification_id {
@@ -213,7 +249,7 @@ impl OtpApi {
                 })?),
                 None => None,
             };
-        let client = self.client(remote, headers)?;
+        let client = self.client(remote, headers, &caller)?;
         let rate = self
             .service
             .verify(&phone, &body.otp, verification_id, &client)

@@ -5,16 +5,18 @@
 -- back what this spent.
 -- KEYS: 1 global hourly counter, 2 country hourly counter, fraud guard: 3 prefix sends,
 --       4 prefix verified, 5 prefix block, 6 country buckets, 7 countries seen, 8 blocked index,
---       9 prefix clients, 10 prefix trickle counter, 11 manual blocks
+--       9 prefix clients, 10 prefix trickle counter, 11 manual blocks, 12 the caller key's
+--       hourly counter
 -- ARGV: 1 global hourly limit, 2 country hourly limit, fraud guard: 3 mode (0 off, 1 monitor,
 --       2 enforce), 4 window ms, 5 grace ms, 6 min sends, 7 min conversion per mille,
 --       8 block ms, 9 safe (1/0), 10 country, 11 prefix, 12 verification id, 13 burst,
 --       14 min clients, 15 blocked sends per hour (0 for a resend), 16 client network ('' for
---       a resend: no client), 17.. the number's prefixes a manual block may name
+--       a resend: no client), 17 the caller key's hourly budget (0: none), 18.. the number's
+--       prefixes a manual block may name
 -- The automatic guard runs under pcall: if its keys cannot be used, the request is not blocked
 -- on its account (fail open) and fraud says 'error'.
 -- Returns {outcome, limit, reset, fraud, sent_ms, rule}: outcome is ok / global / country /
--- blocked; limit and reset describe a refusing budget; fraud is '' / 'blocked' / 'new_block'
+-- key / blocked; limit and reset describe a refusing budget; fraud is '' / 'blocked' / 'new_block'
 -- (this request blocked it) / 'trickle' (blocked, let through on the hourly allowance) /
 -- 'manual' / 'error'; sent_ms is the send time the fraud guard counted (0: none); rule names
 -- the rule of a block this request made (conversion / burst; '' otherwise).
@@ -23,8 +25,8 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- An operator's block of any prefix of the number holds in every mode.
-if #ARGV > 16 then
-  for _, until_ms in ipairs(redis.call('HMGET', KEYS[11], unpack(ARGV, 17))) do
+if #ARGV > 17 then
+  for _, until_ms in ipairs(redis.call('HMGET', KEYS[11], unpack(ARGV, 18))) do
     if until_ms and tonumber(until_ms) > now_ms then
       return {'blocked', 0, 0, 'manual', 0, ''}
     end
@@ -51,6 +53,10 @@ if country_limit > 0 and count(KEYS[2]) >= country_limit then
 end
 if global_limit > 0 and count(KEYS[1]) >= global_limit then
   return {'global', global_limit, ttl_or(KEYS[1], 3600), '', 0, ''}
+end
+local key_limit = tonumber(ARGV[17])
+if key_limit > 0 and count(KEYS[12]) >= key_limit then
+  return {'key', key_limit, ttl_or(KEYS[12], 3600), '', 0, ''}
 end
 
 -- Fraud guard: is the destination prefix blocked, or does this request reveal pumping?
@@ -110,6 +116,7 @@ end
 
 if country_limit > 0 then spend(KEYS[2]) end
 if global_limit > 0 then spend(KEYS[1]) end
+if key_limit > 0 then spend(KEYS[12]) end
 
 local sent_ms = 0
 if mode > 0 and fraud ~= 'error' then

@@ -25,8 +25,8 @@ use futures_util::future::BoxFuture;
 
 use super::{
     BlockRule, BlockedPrefix, CodeStore, FraudSignal, FraudStore, GuardBlock, IdempotencyClaim,
-    IdempotencyStore, IssueOutcome, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
-    ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
+    IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
+    Requester, ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
     rules::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
@@ -230,6 +230,10 @@ fn sends_per_hour(e164: &str) -> String {
 fn sends_country(country: &str) -> String {
     format!("country:{country}")
 }
+fn sends_key(key: &str) -> String {
+    format!("sends-key:{key}")
+}
+
 fn trickle(prefix: &str) -> String {
     format!("trickle:{prefix}")
 }
@@ -277,10 +281,11 @@ impl MemoryStore {
         &self,
         state: &mut State,
         phone: &PhoneNumber,
-        client: &str,
+        requester: Requester<'_>,
         verification_id: Uuid,
         trickle_allowance: u32,
     ) -> Result<(FraudSignal, u64), IssueOutcome> {
+        let client = requester.client;
         // An operator's block of any prefix of the number holds in every mode.
         let now = Instant::now();
         let manual = crate::fraud::prefixes_of(phone)
@@ -306,6 +311,17 @@ impl MemoryStore {
                 LimitKind::TotalSendsPerHour,
                 rate(global_limit.into(), 0, reset as i64),
             ));
+        }
+        let key_budget = requester.budget.filter(|b| b.per_hour > 0);
+        if let Some(budget) = key_budget {
+            let key = sends_key(budget.key);
+            if state.counters.count(&key) >= budget.per_hour {
+                let reset = state.counters.ttl_or(&key, HOUR);
+                return Err(IssueOutcome::Limited(
+                    LimitKind::KeySendsPerHour,
+                    rate(budget.per_hour.into(), 0, reset as i64),
+                ));
+            }
         }
 
         let fraud = &p.fraud;
@@ -379,6 +395,9 @@ impl MemoryStore {
         if global_limit > 0 {
             state.counters.hit(SENDS_ALL, secs(HOUR));
         }
+        if let Some(budget) = key_budget {
+            state.counters.hit(&sends_key(budget.key), secs(HOUR));
+        }
         let mut sent_ms = 0;
         if mode.enabled() {
             let prefix = fraud.destination(phone).prefix;
@@ -393,8 +412,17 @@ impl MemoryStore {
     }
 
     /// Gives back what [`Self::guard`] spent (unguard.lua).
-    fn unguard(&self, state: &mut State, phone: &PhoneNumber, verification_id: Uuid) {
+    fn unguard(
+        &self,
+        state: &mut State,
+        phone: &PhoneNumber,
+        budget: Option<KeyBudget<'_>>,
+        verification_id: Uuid,
+    ) {
         let p = &self.policy;
+        if let Some(budget) = budget.filter(|b| b.per_hour > 0) {
+            state.counters.give_back(&sends_key(budget.key));
+        }
         if p.max_sends_per_country_per_hour.limit_for(phone.country()) > 0 {
             state.counters.give_back(&sends_country(&country_of(phone)));
         }
@@ -426,12 +454,16 @@ impl CodeStore for MemoryStore {
     fn issue<'a>(
         &'a self,
         phone: &'a PhoneNumber,
-        client: &'a str,
-        count_ip: bool,
+        requester: Requester<'a>,
         verification_id: Uuid,
         digest: &'a str,
     ) -> BoxFuture<'a, Result<IssueOutcome, StoreError>> {
         Box::pin(async move {
+            let Requester {
+                client,
+                count_ip,
+                budget,
+            } = requester;
             let p = &self.policy;
             let e164 = phone.as_e164().to_owned();
             let mut state = self.lock();
@@ -449,7 +481,7 @@ impl CodeStore for MemoryStore {
             let (signal, sent_ms) = match self.guard(
                 state,
                 phone,
-                client,
+                requester,
                 verification_id,
                 p.fraud.fraud_guard_blocked_sends_per_hour,
             ) {
@@ -463,7 +495,7 @@ impl CodeStore for MemoryStore {
                 && let Some(until) = state.cooldowns.get(&e164)
             {
                 let reset = until.ttl_seconds();
-                self.unguard(state, phone, verification_id);
+                self.unguard(state, phone, budget, verification_id);
                 return Ok(IssueOutcome::Limited(
                     LimitKind::ResendCooldown,
                     rate(1, 0, reset as i64),
@@ -475,7 +507,7 @@ impl CodeStore for MemoryStore {
                 let key = sends_per_hour(&e164);
                 if state.counters.count(&key) >= hourly {
                     let reset = state.counters.ttl_or(&key, HOUR);
-                    self.unguard(state, phone, verification_id);
+                    self.unguard(state, phone, budget, verification_id);
                     return Ok(IssueOutcome::Limited(
                         LimitKind::SendsPerHour,
                         rate(hourly.into(), 0, reset as i64),
@@ -514,6 +546,7 @@ impl CodeStore for MemoryStore {
     fn revoke<'a>(
         &'a self,
         phone: &'a PhoneNumber,
+        budget: Option<KeyBudget<'a>>,
         verification_id: Uuid,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
@@ -536,7 +569,7 @@ impl CodeStore for MemoryStore {
             }
             state.counters.give_back(&sends_per_hour(&e164));
             self.records.remove(verification_id);
-            self.unguard(state, phone, verification_id);
+            self.unguard(state, phone, budget, verification_id);
             Ok(())
         })
     }
@@ -788,7 +821,8 @@ impl ResendStore for MemoryStore {
             let mut state = self.lock();
             let state = &mut *state;
             let member = super::resend_member(verification_id);
-            match self.guard(state, phone, "", member, 0) {
+            let resend = Requester::network("", false);
+            match self.guard(state, phone, resend, member, 0) {
                 Ok(_) => {}
                 Err(IssueOutcome::Limited(LimitKind::CountrySendsPerHour, _)) => {
                     return Ok(Some(ResendRefusal::CountryBudget));
@@ -800,7 +834,7 @@ impl ResendStore for MemoryStore {
             if hourly > 0
                 && Self::hit(state, &sends_per_hour(phone.as_e164()), hourly, HOUR).is_err()
             {
-                self.unguard(state, phone, member);
+                self.unguard(state, phone, None, member);
                 return Ok(Some(ResendRefusal::NumberLimit));
             }
             Ok(None)

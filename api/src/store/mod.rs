@@ -127,6 +127,8 @@ pub enum LimitKind {
     CountrySendsPerHour,
     /// MAX_SENDS_PER_HOUR.
     TotalSendsPerHour,
+    /// API_KEY_MAX_SENDS_PER_HOUR.
+    KeySendsPerHour,
 }
 
 impl LimitKind {
@@ -140,10 +142,11 @@ impl LimitKind {
             Self::VerifiesPerIp => "verifies_per_ip",
             Self::CountrySendsPerHour => "sends_per_country_per_hour",
             Self::TotalSendsPerHour => "sends_per_hour",
+            Self::KeySendsPerHour => "sends_per_key_per_hour",
         }
     }
 
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::RequestsPerIp,
         Self::ResendCooldown,
         Self::SendsPerHour,
@@ -151,7 +154,39 @@ impl LimitKind {
         Self::VerifiesPerIp,
         Self::CountrySendsPerHour,
         Self::TotalSendsPerHour,
+        Self::KeySendsPerHour,
     ];
+}
+
+/// A caller key's hourly send budget (API_KEY_MAX_SENDS_PER_HOUR), spent with the other
+/// budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyBudget<'a> {
+    pub key: &'a str,
+    pub per_hour: u32,
+}
+
+/// Who asks for a code, as the limits see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester<'a> {
+    /// The caller's network (the per-IP limit's key), which the fraud guard counts.
+    pub client: &'a str,
+    /// Whether the per-IP limit is still to be applied (false when
+    /// [`CodeStore::hit_request_ip`] did).
+    pub count_ip: bool,
+    /// The caller key's budget, if it has one.
+    pub budget: Option<KeyBudget<'a>>,
+}
+
+impl<'a> Requester<'a> {
+    /// A caller known by its network alone, with no key budget.
+    pub fn network(client: &'a str, count_ip: bool) -> Self {
+        Self {
+            client,
+            count_ip,
+            budget: None,
+        }
+    }
 }
 
 /// The result of trying to issue a code.
@@ -277,21 +312,20 @@ pub trait CodeStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<RateLimit>, StoreError>>;
 
     /// Applies the request limits and, if none is hit, stores `digest` as the number's only code.
-    /// `client` is the caller's network (the per-IP limit's key), which the fraud guard counts;
-    /// `count_ip` is false when its per-IP limit was already applied ([`Self::hit_request_ip`]).
     fn issue<'a>(
         &'a self,
         phone: &'a PhoneNumber,
-        client: &'a str,
-        count_ip: bool,
+        requester: Requester<'a>,
         verification_id: Uuid,
         digest: &'a str,
     ) -> BoxFuture<'a, Result<IssueOutcome, StoreError>>;
 
-    /// Undoes `issue` after its send job could not be published.
+    /// Undoes `issue` after its send job could not be published; `budget` is the key budget
+    /// the issue spent.
     fn revoke<'a>(
         &'a self,
         phone: &'a PhoneNumber,
+        budget: Option<KeyBudget<'a>>,
         verification_id: Uuid,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 

@@ -45,8 +45,8 @@ use futures_util::future::BoxFuture;
 
 use super::{
     BlockRule, BlockedPrefix, CodeStore, FraudStore, GuardBlock, IdempotencyClaim,
-    IdempotencyStore, IssueOutcome, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
-    ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
+    IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
+    Requester, ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
     replies::{GuardVerdict, Guarded, KeyClaim, NumberIssued, VerifyBegun, VerifyFinished},
     rules::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
@@ -82,6 +82,12 @@ static HIT: LazyLock<Script> = LazyLock::new(|| {
 });
 static IDEMPOTENCY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("idempotency.lua")));
+
+/// What `guard.lua` gets for a caller without a key budget (its counter is never touched).
+const NO_KEY_BUDGET: KeyBudget<'static> = KeyBudget {
+    key: "public",
+    per_hour: 0,
+};
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -121,10 +127,11 @@ impl RedisStore {
     }
 
     /// Whether a request must run `guard.lua`: for the fraud guard, a budget, or a manual block.
-    fn guarded(&self, phone: &PhoneNumber) -> bool {
+    fn guarded(&self, phone: &PhoneNumber, budget: Option<KeyBudget<'_>>) -> bool {
         let p = &self.policy;
         p.fraud.fraud_guard.enabled()
             || p.max_sends_per_hour > 0
+            || budget.is_some_and(|b| b.per_hour > 0)
             || p.max_sends_per_country_per_hour.limit_for(phone.country()) > 0
             || self.manual_blocks.load(Ordering::Relaxed)
     }
@@ -190,11 +197,12 @@ impl RedisStore {
     async fn guard(
         &self,
         phone: &PhoneNumber,
-        client: &str,
+        requester: Requester<'_>,
         vid: &str,
         trickle: u32,
     ) -> Result<Guarded, StoreError> {
         let (p, fraud) = (&self.policy, &self.policy.fraud);
+        let budget = requester.budget.unwrap_or(NO_KEY_BUDGET);
         let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
         let destination = fraud.destination(phone);
         Ok(GUARD
@@ -209,6 +217,7 @@ impl RedisStore {
             .key(self.keys.fraud_clients(&destination.prefix))
             .key(self.keys.fraud_trickle(&destination.prefix))
             .key(self.keys.fraud_manual())
+            .key(self.keys.sends_key(budget.key))
             .arg(p.max_sends_per_hour)
             .arg(country_limit)
             .arg(fraud.fraud_guard.code())
@@ -224,7 +233,8 @@ impl RedisStore {
             .arg(fraud.fraud_guard_burst)
             .arg(fraud.fraud_guard_min_clients)
             .arg(trickle)
-            .arg(client)
+            .arg(requester.client)
+            .arg(budget.per_hour)
             .arg(crate::fraud::prefixes_of(phone))
             .invoke_async(&mut self.conn.clone())
             .await?)
@@ -234,13 +244,15 @@ impl RedisStore {
     async fn unguard(
         &self,
         phone: &PhoneNumber,
+        budget: Option<KeyBudget<'_>>,
         verification_id: Uuid,
         sent_ms: i64,
     ) -> Result<(), StoreError> {
         let p = &self.policy;
+        let budget = budget.filter(|b| b.per_hour > 0);
         let budgets = p.max_sends_per_hour > 0
             || p.max_sends_per_country_per_hour.limit_for(phone.country()) > 0;
-        if !budgets && !p.fraud.fraud_guard.enabled() {
+        if !budgets && budget.is_none() && !p.fraud.fraud_guard.enabled() {
             return Ok(());
         }
         let destination = p.fraud.destination(phone);
@@ -249,7 +261,9 @@ impl RedisStore {
             .key(self.keys.sends_country(&country_of(phone)))
             .key(self.keys.fraud_sends(&destination.prefix))
             .key(self.keys.fraud_country(&destination.country))
+            .key(self.keys.sends_key(budget.unwrap_or(NO_KEY_BUDGET).key))
             .arg(u8::from(budgets))
+            .arg(u8::from(budget.is_some()))
             .arg(verification_id.to_string())
             .arg(sent_ms)
             .invoke_async(&mut self.conn.clone())
@@ -288,12 +302,16 @@ impl CodeStore for RedisStore {
     fn issue<'a>(
         &'a self,
         phone: &'a PhoneNumber,
-        client: &'a str,
-        count_ip: bool,
+        requester: Requester<'a>,
         verification_id: Uuid,
         digest: &'a str,
     ) -> BoxFuture<'a, Result<IssueOutcome, StoreError>> {
         Box::pin(async move {
+            let Requester {
+                client,
+                count_ip,
+                budget,
+            } = requester;
             let e164 = phone.as_e164();
             let p = &self.policy;
             let vid = verification_id.to_string();
@@ -311,9 +329,9 @@ impl CodeStore for RedisStore {
             }
 
             // (2) Manual blocks, send budgets and fraud guard, over all traffic.
-            let guarded = if self.guarded(phone) {
+            let guarded = if self.guarded(phone, budget) {
                 let trickle = p.fraud.fraud_guard_blocked_sends_per_hour;
-                self.guard(phone, client, &vid, trickle).await?
+                self.guard(phone, requester, &vid, trickle).await?
             } else {
                 Guarded::pass()
             };
@@ -343,7 +361,7 @@ impl CodeStore for RedisStore {
                 .await;
             // Refused, or not known to be issued: give back what (2) spent.
             let issued = matches!(&number, Ok(n) if n.refused.is_none());
-            if !issued && let Err(e) = self.unguard(phone, verification_id, sent_ms).await {
+            if !issued && let Err(e) = self.unguard(phone, budget, verification_id, sent_ms).await {
                 tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
             }
             let number = number?;
@@ -373,7 +391,7 @@ impl CodeStore for RedisStore {
                 tracing::warn!(error = %e, "could not remove the replaced code's sealed job");
             }
             if let Err(e) = recorded {
-                let _ = self.revoke(phone, verification_id).await;
+                let _ = self.revoke(phone, budget, verification_id).await;
                 return Err(e.into());
             }
 
@@ -385,6 +403,7 @@ impl CodeStore for RedisStore {
     fn revoke<'a>(
         &'a self,
         phone: &'a PhoneNumber,
+        budget: Option<KeyBudget<'a>>,
         verification_id: Uuid,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
@@ -398,7 +417,7 @@ impl CodeStore for RedisStore {
                 .await?;
             let (forgot, unguarded) = tokio::join!(
                 self.del(self.keys.status(verification_id)),
-                self.unguard(phone, verification_id, sent_ms)
+                self.unguard(phone, budget, verification_id, sent_ms)
             );
             forgot?;
             unguarded
@@ -680,7 +699,8 @@ impl ResendStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<ResendRefusal>, StoreError>> {
         Box::pin(async move {
             let member = super::resend_member(verification_id);
-            let guarded = self.guard(phone, "", &member.to_string(), 0).await?;
+            let resend = Requester::network("", false);
+            let guarded = self.guard(phone, resend, &member.to_string(), 0).await?;
             match guarded.verdict {
                 GuardVerdict::Pass => {}
                 GuardVerdict::Blocked => return Ok(Some(ResendRefusal::Blocked)),
@@ -697,7 +717,7 @@ impl ResendStore for RedisStore {
             let key = self.keys.sends_per_hour(phone.as_e164());
             if let HitOutcome::Over(_) = self.hit(key, hourly, 3600).await? {
                 // Refused after all: give back what the guard spent.
-                self.unguard(phone, member, sent_ms).await?;
+                self.unguard(phone, None, member, sent_ms).await?;
                 return Ok(Some(ResendRefusal::NumberLimit));
             }
             Ok(None)

@@ -64,6 +64,7 @@ impl FromRedisValue for Guarded {
             "blocked" => GuardVerdict::Blocked,
             "country" => GuardVerdict::Refused(LimitKind::CountrySendsPerHour),
             "global" => GuardVerdict::Refused(LimitKind::TotalSendsPerHour),
+            "key" => GuardVerdict::Refused(LimitKind::KeySendsPerHour),
             other => return Err(format!("guard outcome '{other}'").into()),
         };
         let (limit, reset) = (f.next()?, f.next()?);

@@ -10,8 +10,8 @@ use otp_api::{
     fraud::{FraudSettings, Mode},
     store::{
         BlockRule, CodeStore, FraudSignal, FraudStore, GuardBlock, IdempotencyClaim,
-        IdempotencyStore, IssueOutcome, LimitKind, MemoryStore, RateLimit, RedisStore, ReportStore,
-        ResendRefusal, ResendStore, StorePolicy, VerifyLookup,
+        IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, MemoryStore, RateLimit, RedisStore,
+        ReportStore, Requester, ResendRefusal, ResendStore, StorePolicy, VerifyLookup,
     },
 };
 use otp_delivery::ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord};
@@ -121,6 +121,7 @@ otp_testkit::conformance!(
     idempotency_claims_replays_and_conflicts,
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
     a_guard_block_ends_after_its_time,
+    a_key_budget_is_spent_with_the_others_and_given_back_on_revoke,
     an_operator_block_holds_in_every_mode_until_it_ends,
     monitor_mode_safe_prefixes_and_the_grace,
     a_burst_from_several_networks_is_blocked_with_a_trickle_left_open,
@@ -161,7 +162,12 @@ fn policy() -> StorePolicy {
 async fn issue(store: &impl OtpStore, number: &str) -> Uuid {
     let vid = Uuid::new_v4();
     match store
-        .issue(&phone(number), "ip-a", false, vid, &format!("d-{vid}"))
+        .issue(
+            &phone(number),
+            Requester::network("ip-a", false),
+            vid,
+            &format!("d-{vid}"),
+        )
         .await
         .unwrap()
     {
@@ -294,7 +300,9 @@ async fn request_and_verify_limits_say_when_to_retry(mut backend: impl Backend) 
     // Requests per IP, on their own and as part of an issue.
     assert_eq!(store.hit_request_ip("ip-a").await.unwrap(), None);
     let (number, vid) = (phone(NUMBER), Uuid::new_v4());
-    let Ok(IssueOutcome::Issued(rate, _)) = store.issue(&number, "ip-a", true, vid, "d").await
+    let Ok(IssueOutcome::Issued(rate, _)) = store
+        .issue(&number, Requester::network("ip-a", true), vid, "d")
+        .await
     else {
         panic!("the second request of the minute was refused");
     };
@@ -305,7 +313,11 @@ async fn request_and_verify_limits_say_when_to_retry(mut backend: impl Backend) 
         .unwrap()
         .expect("limited");
     assert_retry(refused, 2, 60);
-    match store.issue(&number, "ip-a", true, vid, "d").await.unwrap() {
+    match store
+        .issue(&number, Requester::network("ip-a", true), vid, "d")
+        .await
+        .unwrap()
+    {
         IssueOutcome::Limited(LimitKind::RequestsPerIp, rate) => assert_retry(rate, 2, 60),
         other => panic!("{other:?}"),
     }
@@ -339,14 +351,22 @@ async fn send_limits_say_when_to_retry(mut backend: impl Backend) {
     issue(&store, NUMBER).await;
     issue(&store, NUMBER).await;
     let (number, vid) = (phone(NUMBER), Uuid::new_v4());
-    match store.issue(&number, "ip-a", false, vid, "d").await.unwrap() {
+    match store
+        .issue(&number, Requester::network("ip-a", false), vid, "d")
+        .await
+        .unwrap()
+    {
         IssueOutcome::Limited(LimitKind::SendsPerHour, rate) => assert_retry(rate, 2, 3600),
         other => panic!("{other:?}"),
     }
     // The country budget: one send to GB an hour.
     issue(&store, "+447400123456").await;
     let gb = phone("+447400123457");
-    match store.issue(&gb, "ip-a", false, vid, "d").await.unwrap() {
+    match store
+        .issue(&gb, Requester::network("ip-a", false), vid, "d")
+        .await
+        .unwrap()
+    {
         IssueOutcome::Limited(LimitKind::CountrySendsPerHour, rate) => {
             assert_retry(rate, 1, 3600);
         }
@@ -354,7 +374,7 @@ async fn send_limits_say_when_to_retry(mut backend: impl Backend) {
     }
     // The global budget: three sends in all (the refused ones spent nothing).
     match store
-        .issue(&phone(OTHER), "ip-a", false, vid, "d")
+        .issue(&phone(OTHER), Requester::network("ip-a", false), vid, "d")
         .await
         .unwrap()
     {
@@ -375,7 +395,12 @@ async fn the_cooldown_ends_with_its_window(mut backend: impl Backend) {
     let started = tokio::time::Instant::now();
     let again = || async {
         store
-            .issue(&phone(NUMBER), "ip-a", false, Uuid::new_v4(), "d")
+            .issue(
+                &phone(NUMBER),
+                Requester::network("ip-a", false),
+                Uuid::new_v4(),
+                "d",
+            )
             .await
             .unwrap()
     };
@@ -404,7 +429,7 @@ async fn revoke_gives_back_what_issue_took(mut backend: impl Backend) {
     });
     let vid = issue(&store, NUMBER).await;
     assert!(store.delivery_status(vid).await.unwrap().is_some());
-    store.revoke(&phone(NUMBER), vid).await.unwrap();
+    store.revoke(&phone(NUMBER), None, vid).await.unwrap();
     assert_eq!(live_code(&store, NUMBER).await, None);
     assert_eq!(store.delivery_status(vid).await.unwrap(), None);
     // Cooldown, hourly send, global and country budgets were all given back.
@@ -453,12 +478,18 @@ async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(mut backend: impl
     issue(&store, "+14155550002").await;
     issue(&store, "+14155550003").await;
     let (pumped, vid) = (phone("+14155550004"), Uuid::new_v4());
-    let outcome = store.issue(&pumped, "ip-a", false, vid, "d").await.unwrap();
+    let outcome = store
+        .issue(&pumped, Requester::network("ip-a", false), vid, "d")
+        .await
+        .unwrap();
     assert_eq!(
         outcome,
         IssueOutcome::Blocked(FraudSignal::NewBlock(BlockRule::Conversion))
     );
-    let outcome = store.issue(&pumped, "ip-a", false, vid, "d").await.unwrap();
+    let outcome = store
+        .issue(&pumped, Requester::network("ip-a", false), vid, "d")
+        .await
+        .unwrap();
     assert_eq!(outcome, IssueOutcome::Blocked(FraudSignal::Blocked));
     // Another prefix is not affected.
     issue(&store, "+14155560001").await;
@@ -485,6 +516,68 @@ async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(mut backend: impl
     assert!(!store.unblock("+1415555").await.unwrap(), "lifted once");
     assert_eq!(store.blocks().await.unwrap(), vec![]);
     issue(&store, "+14155550005").await;
+}
+
+async fn a_key_budget_is_spent_with_the_others_and_given_back_on_revoke(mut backend: impl Backend) {
+    let store = backend.store(policy());
+    let key = |key, per_hour| Requester {
+        client: "ip-a",
+        count_ip: false,
+        budget: Some(KeyBudget { key, per_hour }),
+    };
+    let web = key("web", 2);
+    let issued = |outcome: IssueOutcome| matches!(outcome, IssueOutcome::Issued(..));
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(issued(
+        store.issue(&phone(NUMBER), web, first, "d").await.unwrap()
+    ));
+    assert!(issued(
+        store.issue(&phone(OTHER), web, second, "d").await.unwrap()
+    ));
+    match store
+        .issue(&phone(THIRD), web, Uuid::new_v4(), "d")
+        .await
+        .unwrap()
+    {
+        IssueOutcome::Limited(LimitKind::KeySendsPerHour, rate) => {
+            assert_eq!((rate.limit, rate.remaining), (2, 0));
+            assert!(rate.reset_seconds > 3590, "{rate:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another key's budget is its own; a caller without one has none.
+    let eu = key("backend-eu", 1);
+    assert!(issued(
+        store
+            .issue(&phone(THIRD), eu, Uuid::new_v4(), "d")
+            .await
+            .unwrap()
+    ));
+    let public = Requester::network("ip-b", false);
+    assert!(issued(
+        store
+            .issue(&phone(THIRD), public, Uuid::new_v4(), "d")
+            .await
+            .unwrap()
+    ));
+    // A revoked code gives its send back to the key that spent it.
+    store
+        .revoke(
+            &phone(OTHER),
+            Some(KeyBudget {
+                key: "web",
+                per_hour: 2,
+            }),
+            second,
+        )
+        .await
+        .unwrap();
+    assert!(issued(
+        store
+            .issue(&phone(OTHER), web, Uuid::new_v4(), "d")
+            .await
+            .unwrap()
+    ));
 }
 
 async fn a_guard_block_ends_after_its_time(mut backend: impl Backend) {
@@ -557,7 +650,9 @@ async fn an_operator_block_holds_in_every_mode_until_it_ends(mut backend: impl B
 /// What the fraud guard says about a request for `number` from the client network `client`.
 async fn guarded(store: &impl OtpStore, number: &str, client: &str) -> (Uuid, IssueOutcome) {
     let vid = Uuid::new_v4();
-    let outcome = store.issue(&phone(number), client, true, vid, "d").await;
+    let outcome = store
+        .issue(&phone(number), Requester::network(client, true), vid, "d")
+        .await;
     (vid, outcome.unwrap())
 }
 

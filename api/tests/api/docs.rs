@@ -73,7 +73,8 @@ async fn production_serves_docs_only_when_enabled() {
                 "JOB_ENCRYPTION_KEY",
                 "fRsogpcZSVwUMCQmCeFgXxcPS2dXX4Dq1J1T7wLg4DY=",
             )
-            .env("MAX_SENDS_PER_HOUR", "1000");
+            .env("MAX_SENDS_PER_HOUR", "1000")
+            .env("PUBLIC_API", "true");
         if let Some(enabled) = enabled {
             cmd.env("DOCS_ENABLED", enabled);
         }

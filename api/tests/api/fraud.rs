@@ -267,7 +267,12 @@ where
         let phone = PhoneNumber::parse(&format!("+1212555010{n}")).unwrap();
         let vid = uuid::Uuid::new_v4();
         let issued = store
-            .issue(&phone, "ip-a", true, vid, "digest")
+            .issue(
+                &phone,
+                otp_api::store::Requester::network("ip-a", true),
+                vid,
+                "digest",
+            )
             .await
             .unwrap();
         assert!(matches!(issued, otp_api::store::IssueOutcome::Issued(..)));

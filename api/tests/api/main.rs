@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod callers;
 mod conformance;
 mod connections;
 mod docs;

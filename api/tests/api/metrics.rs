@@ -18,11 +18,14 @@ async fn issuing_verifying_and_limits_move_their_counters() {
     })
     .await;
     let code = app.issue_code(PHONE).await;
-    assert_eq!(metric(&app, "otp_codes_issued_total").await, 1.0);
+    assert_eq!(
+        metric(&app, r#"otp_codes_issued_total{client="public"}"#).await,
+        1.0
+    );
     assert_eq!(
         metric(
             &app,
-            r#"otp_http_requests_total{route="/api/otp/request",status="202"}"#
+            r#"otp_http_requests_total{client="public",route="/api/otp/request",status="202"}"#
         )
         .await,
         1.0
@@ -46,7 +49,10 @@ async fn issuing_verifying_and_limits_move_their_counters() {
         metric(&app, r#"otp_rate_limited_total{limit="resend_cooldown"}"#).await,
         1.0
     );
-    assert_eq!(metric(&app, "otp_codes_issued_total").await, 1.0);
+    assert_eq!(
+        metric(&app, r#"otp_codes_issued_total{client="public"}"#).await,
+        1.0
+    );
 
     let wrong = if code == "000000" { "111111" } else { "000000" };
     assert_eq!(app.verify(PHONE, wrong).await.status(), 400);
@@ -97,10 +103,13 @@ async fn a_failed_publish_is_counted_by_reason() {
     assert_eq!(
         metric(
             &app,
-            r#"otp_http_requests_total{route="/api/otp/request",status="503"}"#
+            r#"otp_http_requests_total{client="public",route="/api/otp/request",status="503"}"#
         )
         .await,
         1.0
     );
-    assert_eq!(metric(&app, "otp_codes_issued_total").await, 0.0);
+    assert_eq!(
+        metric(&app, r#"otp_codes_issued_total{client="public"}"#).await,
+        0.0
+    );
 }

@@ -306,6 +306,47 @@ async fn production_refuses_example_tokens_plain_callbacks_and_no_ceiling() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unlimited"));
 }
 
+/// Production chooses who may call: without caller keys and without PUBLIC_API=true it does not
+/// start, naming both; with PUBLIC_API=true, or with a key, it does.
+#[tokio::test]
+async fn production_needs_caller_keys_or_public_api() {
+    let production = [
+        (
+            "OTP_HMAC_KEY",
+            "ZMRZ8+3uYnNyHVnVirnb0ZrbiLjoLe3uOZqreeRILZ4=",
+        ),
+        (
+            "JOB_ENCRYPTION_KEY",
+            "fRsogpcZSVwUMCQmCeFgXxcPS2dXX4Dq1J1T7wLg4DY=",
+        ),
+        ("APP_ENV", "production"),
+        ("MAX_SENDS_PER_HOUR", "unlimited"),
+        ("BIND_ADDRESS", "127.0.0.1"),
+    ];
+    let (mut cmd, _cleanup) = otp_api();
+    let out = cmd.envs(production).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without keys");
+    assert!(
+        stderr.contains("API_KEYS") && stderr.contains("PUBLIC_API"),
+        "{stderr}"
+    );
+    let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    for (var, value) in [
+        ("PUBLIC_API", "true"),
+        ("API_KEYS", &*format!("web:{digest}")),
+    ] {
+        let (mut cmd, _cleanup) = otp_api();
+        cmd.envs(production).env(var, value);
+        let (child, _lines, port) = start_logged(&mut cmd).await;
+        let healthz = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(healthz.status(), 200, "{var}");
+        drop(child);
+    }
+}
+
 #[tokio::test]
 async fn wrong_passwords_are_never_logged_while_reconnecting() {
     let (mut cmd, _cleanup) = otp_api();
@@ -394,7 +435,7 @@ async fn the_embedded_mode_needs_neither_redis_nor_rabbitmq_nor_settings() {
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert_eq!(
-        otp_testkit::metric_value(&metrics, "otp_codes_issued_total"),
+        otp_testkit::metric_value(&metrics, r#"otp_codes_issued_total{client="public"}"#),
         1.0
     );
     assert_eq!(
