@@ -13,8 +13,6 @@ use subtle::ConstantTimeEq;
 
 use otp_shared::config::AppEnv;
 
-use crate::error::ApiError;
-
 /// The caller-key settings.
 #[derive(Debug, Clone, Args)]
 pub struct AccessArgs {
@@ -241,19 +239,15 @@ impl Callers {
         labels
     }
 
-    /// Who sent `headers`. A bearer secret must match a key (compared in constant time over
-    /// every key's digest); without one the caller is public where that is allowed. With no
-    /// key declared, an Authorization header is ignored.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// Who sent `headers`, or `None` for a refusal (401). A bearer secret must match a key
+    /// (compared in constant time over every key's digest); without one the caller is public
+    /// where that is allowed. With no key declared, an Authorization header is ignored.
+    pub fn identify(&self, headers: &HeaderMap) -> Option<Caller> {
         if self.keys.is_empty() {
-            return Ok(Caller::Public);
+            return Some(Caller::Public);
         }
         let Some(value) = headers.get(poem::http::header::AUTHORIZATION) else {
-            return if self.public {
-                Ok(Caller::Public)
-            } else {
-                Err(ApiError::Unauthorized)
-            };
+            return self.public.then_some(Caller::Public);
         };
         let secret = value
             .to_str()
@@ -261,8 +255,7 @@ impl Callers {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, secret)| secret.trim())
-            .filter(|secret| !secret.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
+            .filter(|secret| !secret.is_empty())?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         // Every key is compared, so the time taken says nothing about which matched.
         let mut found = None;
@@ -271,9 +264,7 @@ impl Callers {
                 found = Some(id);
             }
         }
-        found
-            .map(|id| Caller::Key(id.clone()))
-            .ok_or(ApiError::Unauthorized)
+        found.map(|id| Caller::Key(id.clone()))
     }
 }
 
@@ -305,16 +296,16 @@ mod tests {
         let callers = Callers::load(&access(&keys, false), AppEnv::Production).unwrap();
         let id = |h: &HeaderMap| callers.identify(h).map(|c| c.id().to_owned());
         assert_eq!(id(&bearer("s3cret-eu")).unwrap(), "backend-eu");
-        assert!(matches!(id(&bearer("s3cret")), Err(ApiError::Unauthorized)));
-        assert!(matches!(id(&HeaderMap::new()), Err(ApiError::Unauthorized)));
+        assert_eq!(id(&bearer("s3cret")), None);
+        assert_eq!(id(&HeaderMap::new()), None);
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic czNjcmV0LXdlYg==".parse().unwrap());
-        assert!(matches!(id(&basic), Err(ApiError::Unauthorized)));
+        assert_eq!(id(&basic), None);
 
         let public = Callers::load(&access(&keys, true), AppEnv::Production).unwrap();
         assert_eq!(public.identify(&HeaderMap::new()).unwrap(), Caller::Public);
         assert!(
-            public.identify(&bearer("wrong")).is_err(),
+            public.identify(&bearer("wrong")).is_none(),
             "a wrong key is never public"
         );
         assert_eq!(public.labels(), ["web", "backend-eu", "public"]);

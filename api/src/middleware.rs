@@ -76,15 +76,15 @@ pub async fn around<E: Endpoint>(
     });
     let route = Route::of(req.uri().path());
     let caller = callers.identify(req.headers());
-    if let Ok(caller) = &caller {
+    if let Some(caller) = &caller {
         span.record("client.id", caller.id());
     }
     async move {
         let started = Instant::now();
         req.extensions_mut().insert(RequestId(request_id.clone()));
         let (mut resp, client) = match caller {
-            Err(refused) if route.keyed() => {
-                let resp = refused.into_response().into_response();
+            None if route.keyed() => {
+                let resp = ApiError::Unauthorized.into_response().into_response();
                 (resp, metrics.client(&Caller::Public))
             }
             caller => {
