@@ -29,6 +29,10 @@ pub struct Config {
     /// Address to bind.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
+    /// Browser origins allowed to call the OTP routes (CORS), comma-separated exact origins
+    /// such as https://app.example.com; no wildcard. Unset: no CORS headers at all.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
+    pub cors_allowed_origins: Vec<String>,
 
     #[command(flatten)]
     pub redis: RedisArgs,

@@ -28,6 +28,7 @@
 //! - [`cli`]: operator subcommands: `healthcheck`, `fraud list | block | unblock`.
 //! - [`callers`]: caller keys (API_KEYS, PUBLIC_API): who may call the OTP routes.
 //! - [`client_ip`]: the client address behind trusted proxies.
+//! - [`cors`]: CORS for the OTP routes (CORS_ALLOWED_ORIGINS).
 //! - `testing` (feature `test-support`, dev-dependencies only): the API's settings for tests.
 
 pub mod callbacks;
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod code;
 pub mod config;
+pub mod cors;
 pub mod embedded;
 pub mod error;
 pub mod fraud;

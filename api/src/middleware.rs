@@ -21,6 +21,7 @@ use otp_shared::telemetry::adopt_remote_context;
 
 use crate::{
     callers::{Caller, Callers},
+    cors::Cors,
     error::ApiError,
     metrics::{ApiMetrics, Route},
 };
@@ -40,6 +41,7 @@ pub struct RequestId(pub String);
 pub struct Around {
     pub metrics: Arc<ApiMetrics>,
     pub callers: Arc<Callers>,
+    pub cors: Cors,
     pub body_timeout: Duration,
 }
 
@@ -54,6 +56,7 @@ pub async fn around<E: Endpoint>(
     let Around {
         metrics,
         callers,
+        cors,
         body_timeout,
     } = &*around;
     let request_id = req
@@ -75,6 +78,10 @@ pub async fn around<E: Endpoint>(
         Some(value.to_owned())
     });
     let route = Route::of(req.uri().path());
+    // A browser's preflight carries no caller key: it is answered first (allowed origins only).
+    let cors_on = route.keyed() && cors.is_enabled();
+    let preflight = cors_on.then(|| cors.preflight(&req)).flatten();
+    let origin = cors_on.then(|| cors.origin_of(&req)).flatten();
     let caller = callers.identify(req.headers());
     if let Some(caller) = &caller {
         span.record("client.id", caller.id());
@@ -83,6 +90,10 @@ pub async fn around<E: Endpoint>(
         let started = Instant::now();
         req.extensions_mut().insert(RequestId(request_id.clone()));
         let (mut resp, client) = match caller {
+            _ if preflight.is_some() => {
+                let resp = preflight.unwrap_or_default();
+                (resp, metrics.client(&Caller::Public))
+            }
             None if route.keyed() => {
                 let resp = ApiError::Unauthorized.into_response().into_response();
                 (resp, metrics.client(&Caller::Public))
@@ -101,6 +112,9 @@ pub async fn around<E: Endpoint>(
                 (resp, client)
             }
         };
+        if cors_on {
+            Cors::decorate(&mut resp, origin);
+        }
         let headers = resp.headers_mut();
         if let Ok(value) = request_id.parse() {
             headers.insert(REQUEST_ID_HEADER, value);

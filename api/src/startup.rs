@@ -183,6 +183,7 @@ impl Application {
                 let around_all = Arc::new(Around {
                     metrics: metrics.clone(),
                     callers,
+                    cors: crate::cors::Cors::new(&config.cors_allowed_origins),
                     body_timeout,
                 });
                 move |ep, req| around(ep, req, around_all.clone())

@@ -16,6 +16,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
     Config {
         port: 0,
         bind_address: Ipv4Addr::LOCALHOST.into(),
+        cors_allowed_origins: vec![],
         redis: otp_testkit::redis_args(key_prefix, 500),
         amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), queue),
         publish_confirm_timeout_ms: 2000,

@@ -5,6 +5,7 @@ mod helpers;
 mod callers;
 mod conformance;
 mod connections;
+mod cors;
 mod docs;
 mod fraud;
 mod hardening;
