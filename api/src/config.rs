@@ -51,6 +51,8 @@ pub struct Config {
     pub fraud: crate::fraud::FraudSettings,
     #[command(flatten)]
     pub access: crate::callers::AccessArgs,
+    #[command(flatten)]
+    pub tokens: crate::verdict::TokenArgs,
 
     #[command(flatten)]
     pub reports: ReportArgs,
@@ -138,13 +140,17 @@ impl Config {
         if self.process.app_env == AppEnv::Development {
             return Ok(());
         }
-        otp_shared::keyring::check_keys(&[
+        let mut keys = vec![
             ("OTP_HMAC_KEY", self.otp.otp_hmac_key.key_bytes()),
             (
                 "JOB_ENCRYPTION_KEY",
                 self.otp.job_encryption_key.key_bytes(),
             ),
-        ])
+        ];
+        if let Some(signing) = &self.tokens.token_signing_keys {
+            keys.push(("TOKEN_SIGNING_KEYS", signing.seeds()));
+        }
+        otp_shared::keyring::check_keys(&keys)
     }
 }
 

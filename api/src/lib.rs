@@ -29,6 +29,7 @@
 //! - [`callers`]: caller keys (API_KEYS, PUBLIC_API): who may call the OTP routes.
 //! - [`client_ip`]: the client address behind trusted proxies.
 //! - [`cors`]: CORS for the OTP routes (CORS_ALLOWED_ORIGINS).
+//! - [`verdict`]: the signed verify token (JWT, EdDSA) and the JWKS that checks it.
 //! - `testing` (feature `test-support`, dev-dependencies only): the API's settings for tests.
 
 pub mod callbacks;
@@ -53,3 +54,4 @@ pub mod startup;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod verdict;

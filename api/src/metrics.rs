@@ -12,7 +12,7 @@ use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
 use crate::{callers::Caller, queue::PublishError, store::LimitKind};
 
 /// Route labels: the API's paths as templates, plus `other` for anything unknown.
-const ROUTES: [&str; 12] = [
+const ROUTES: [&str; 13] = [
     "/api/otp/request",
     "/api/otp/verify",
     "/api/otp/status/{verificationId}",
@@ -24,6 +24,7 @@ const ROUTES: [&str; 12] = [
     "/metrics",
     "/openapi.json",
     "/docs",
+    "/.well-known/jwks.json",
     "other",
 ];
 /// Every status the API answers with.
@@ -338,6 +339,7 @@ impl Route {
             "/metrics" => 8,
             "/openapi.json" => 9,
             p if p == "/docs" || p.starts_with("/docs/") => 10,
+            "/.well-known/jwks.json" => 11,
             _ => ROUTES.len() - 1,
         })
     }

@@ -120,7 +120,10 @@ pub async fn around<E: Endpoint>(
             headers.insert(REQUEST_ID_HEADER, value);
         }
         // Answers hold codes' fates and verification ids: never cached, never sniffed.
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // (The public keys set their own caching.)
+        if !headers.contains_key(CACHE_CONTROL) {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
         headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
             resp.headers_mut()

@@ -320,7 +320,7 @@ impl OtpService {
         otp: &str,
         verification_id: Option<Uuid>,
         client: &str,
-    ) -> Result<Option<RateLimit>, ApiError> {
+    ) -> Result<(Option<RateLimit>, Uuid), ApiError> {
         let Some(candidate) = CandidateCode::parse(otp, self.policy.length) else {
             self.metrics.verification(VerifyOutcome::Invalid);
             return Err(ApiError::InvalidOtp);
@@ -341,10 +341,12 @@ impl OtpService {
             .hasher
             .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest)
             & bound;
-        if self.stores.codes.finish_verify(phone, vid, matched).await? {
+        if self.stores.codes.finish_verify(phone, vid, matched).await?
+            && let Some(vid) = vid
+        {
             self.metrics.verification(VerifyOutcome::Success);
             tracing::info!("code verified");
-            Ok(rate.enabled())
+            Ok((rate.enabled(), vid))
         } else {
             self.metrics.verification(VerifyOutcome::Invalid);
             tracing::info!("code rejected");

@@ -5,7 +5,11 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use bytes::Bytes;
 use otp_shared::config::AppEnv;
-use poem::{EndpointExt, Route, middleware::CatchPanic};
+use poem::{
+    EndpointExt, Route,
+    http::header::CACHE_CONTROL,
+    middleware::{CatchPanic, SetHeader},
+};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +25,7 @@ use crate::{
     server::{ConnectionLimits, serve},
     service::{CodePolicy, OtpService},
     store::{RedisStore, StorePolicy, Stores},
+    verdict::Verdicts,
 };
 
 /// How often the API looks whether any manual block exists (used only with FRAUD_GUARD=off and
@@ -52,6 +57,7 @@ impl Application {
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
         let callers = Arc::new(Callers::load(&config.access, config.process.app_env)?);
         let metrics = Arc::new(ApiMetrics::with_clients(callers.labels()));
+        let verdicts = Arc::new(Verdicts::from_args(&config.tokens, config.process.app_env)?);
         let background = CancellationToken::new();
         // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all.
         let (stores, queue, publisher_task, delivery_metrics) = if config.embedded {
@@ -109,6 +115,7 @@ impl Application {
                     service: service.clone(),
                     trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
                     ipv6_prefix: limits.ipv6_prefix_length,
+                    verdicts: verdicts.clone(),
                 },
                 HealthApi {
                     service,
@@ -159,10 +166,15 @@ impl Application {
             .docs_enabled
             .unwrap_or(config.process.app_env == AppEnv::Development);
         let docs = docs_enabled.then(|| Bytes::from(api.swagger_ui_html()));
-        let mut app = Route::new().nest("/", api).at(
-            "/openapi.json",
-            poem::get(shared_body(spec, "application/json; charset=utf-8")),
-        );
+        let jwks = poem::get(shared_body(verdicts.jwks(), "application/jwk-set+json"))
+            .with(SetHeader::new().overriding(CACHE_CONTROL, "public, max-age=300"));
+        let mut app = Route::new()
+            .nest("/", api)
+            .at(
+                "/openapi.json",
+                poem::get(shared_body(spec, "application/json; charset=utf-8")),
+            )
+            .at("/.well-known/jwks.json", jwks);
         if let Some(docs) = docs {
             app = app.at(
                 "/docs",

@@ -73,6 +73,12 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             public_api: false,
             api_key_max_sends_per_hour: Default::default(),
         },
+        tokens: crate::verdict::TokenArgs {
+            token_signing_keys: None,
+            token_issuer: "otp-api".into(),
+            token_audience: "signup".into(),
+            token_ttl_seconds: 300,
+        },
         reports: otp_shared::config::ReportArgs {
             plivo_auth_token: None,
             sms_status_callback_url: None,

@@ -19,6 +19,7 @@ use crate::{
     error::{ApiError, ErrorResponse},
     middleware::RequestId,
     service::{AppService, parse_number},
+    verdict::Verdicts,
 };
 
 use super::{ApiTags, strict::JsonString};
@@ -34,6 +35,7 @@ pub struct OtpApi {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     /// IPV6_PREFIX_LENGTH: IPv6 clients are counted by their network.
     pub ipv6_prefix: u8,
+    pub verdicts: Arc<Verdicts>,
 }
 
 #[derive(Debug, Object)]
@@ -72,6 +74,10 @@ struct RequestAccepted {
 struct Verified {
     success: bool,
     message: String,
+    /// A JWT (EdDSA) saying this number was verified: claims `iss`, `aud`, `sub` (the number,
+    /// E.164), `vid` (the verification id), `iat`, `exp`, `jti`. Check it against
+    /// `/.well-known/jwks.json`.
+    token: String,
 }
 
 #[derive(Debug, Object)]
@@ -250,7 +256,7 @@ impl OtpApi {
                 None => None,
             };
         let client = self.client(remote, headers, &caller)?;
-        let rate = self
+        let (rate, verified) = self
             .service
             .verify(&phone, &body.otp, verification_id, &client)
             .await?;
@@ -258,6 +264,7 @@ impl OtpApi {
             Json(Verified {
                 success: true,
                 message: "OTP verified successfully.".into(),
+                token: self.verdicts.token(&phone, verified),
             }),
             rate.map(|r| r.limit),
             rate.map(|r| r.remaining),

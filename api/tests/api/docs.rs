@@ -74,7 +74,11 @@ async fn production_serves_docs_only_when_enabled() {
                 "fRsogpcZSVwUMCQmCeFgXxcPS2dXX4Dq1J1T7wLg4DY=",
             )
             .env("MAX_SENDS_PER_HOUR", "1000")
-            .env("PUBLIC_API", "true");
+            .env("PUBLIC_API", "true")
+            .env(
+                "TOKEN_SIGNING_KEYS",
+                "k1:3q2+7wB0M6X1c9Z8aY4bT5vR2nL6pK0jH8gF1dE3cS4=",
+            );
         if let Some(enabled) = enabled {
             cmd.env("DOCS_ENABLED", enabled);
         }

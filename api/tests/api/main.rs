@@ -19,4 +19,5 @@ mod reports;
 mod request;
 mod resilience;
 mod tls;
+mod verdict;
 mod verify;

@@ -322,6 +322,10 @@ async fn production_needs_caller_keys_or_public_api() {
         ("APP_ENV", "production"),
         ("MAX_SENDS_PER_HOUR", "unlimited"),
         ("BIND_ADDRESS", "127.0.0.1"),
+        (
+            "TOKEN_SIGNING_KEYS",
+            "k1:3q2+7wB0M6X1c9Z8aY4bT5vR2nL6pK0jH8gF1dE3cS4=",
+        ),
     ];
     let (mut cmd, _cleanup) = otp_api();
     let out = cmd.envs(production).output().await.unwrap();
