@@ -22,6 +22,8 @@ pub const FIELD_REASON: &str = "reason";
 pub const FIELD_RESEND: &str = "resend";
 /// The provider that accepted the message (`plivo`, `twilio`).
 pub const FIELD_PROVIDER: &str = "provider";
+/// `1` once the verification's code was used (verified).
+pub const FIELD_VERIFIED: &str = "verified";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
@@ -100,6 +102,8 @@ pub struct DeliveryStatus {
     pub provider_message_id: Option<String>,
     /// [`FIELD_RESEND`], once a resend was decided.
     pub resend: Option<String>,
+    /// [`FIELD_VERIFIED`]: the code was used.
+    pub verified: bool,
 }
 
 /// Records a new state (with the attempt count so far, and extras such as the provider id).
@@ -208,6 +212,7 @@ impl DeliveryStatus {
             updated_at: number(FIELD_UPDATED_AT),
             provider_message_id: fields.get(FIELD_PROVIDER_ID).cloned(),
             resend: fields.get(FIELD_RESEND).cloned(),
+            verified: fields.get(FIELD_VERIFIED).is_some_and(|v| v == "1"),
         })
     }
 }

@@ -96,6 +96,8 @@ struct DeliveryStatusBody {
     /// hourly send budget spent`, `not resent: number's hourly limit reached`).
     #[oai(skip_serializing_if_is_none)]
     resend: Option<String>,
+    /// True once the code was used (verified).
+    verified: bool,
 }
 
 #[derive(ApiResponse)]
@@ -293,6 +295,7 @@ impl OtpApi {
             attempts: status.attempts,
             updated_at,
             resend: status.resend,
+            verified: status.verified,
         })))
     }
 }

@@ -638,8 +638,10 @@ impl CodeStore for MemoryStore {
             if matched {
                 state.codes.remove(&e164);
                 state.failures.remove(&e164);
-                // The code is used: its sealed job is never resent.
+                // The code is used: its sealed job is never resent, and its record says so.
                 self.records.drop_sealed(vid);
+                self.records
+                    .annotate(vid, otp_shared::status::FIELD_VERIFIED, "1");
                 if sent_ms > 0 {
                     // converted.lua: a code verified under a block lifts it, counts afresh.
                     let prefix = self.policy.fraud.destination(phone).prefix;

@@ -485,9 +485,22 @@ impl CodeStore for RedisStore {
             let Some(vid) = verification_id.filter(|_| consumed) else {
                 return Ok(false);
             };
-            // The code is used: its sealed job is never resent, and the fraud guard counts the
-            // conversion (both best effort; see the module docs).
-            let drop_sealed = self.del(self.keys.sealed_job(vid));
+            // The code is used: its sealed job is never resent, its delivery record says
+            // `verified` (one round trip: both keys share the verification's hash tag), and the
+            // fraud guard counts the conversion (all best effort; see the module docs).
+            let status = self.keys.status(vid);
+            let drop_sealed = async {
+                redis::pipe()
+                    .atomic()
+                    .del(self.keys.sealed_job(vid))
+                    .ignore()
+                    .hset(&status, status::FIELD_VERIFIED, "1")
+                    .ignore()
+                    .expire(&status, status::STATUS_TTL_SECONDS as i64)
+                    .ignore()
+                    .query_async::<()>(&mut self.conn.clone())
+                    .await
+            };
             let destination = self.policy.fraud.destination(phone);
             let convert = async {
                 if sent_ms == 0 {

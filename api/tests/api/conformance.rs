@@ -122,6 +122,7 @@ otp_testkit::conformance!(
     the_fraud_guard_blocks_a_prefix_that_does_not_convert,
     a_guard_block_ends_after_its_time,
     a_key_budget_is_spent_with_the_others_and_given_back_on_revoke,
+    a_used_code_shows_verified_in_its_status,
     an_operator_block_holds_in_every_mode_until_it_ends,
     monitor_mode_safe_prefixes_and_the_grace,
     a_burst_from_several_networks_is_blocked_with_a_trickle_left_open,
@@ -516,6 +517,27 @@ async fn the_fraud_guard_blocks_a_prefix_that_does_not_convert(mut backend: impl
     assert!(!store.unblock("+1415555").await.unwrap(), "lifted once");
     assert_eq!(store.blocks().await.unwrap(), vec![]);
     issue(&store, "+14155550005").await;
+}
+
+/// The status of a verification says `verified` once its code was used, and not before.
+async fn a_used_code_shows_verified_in_its_status(mut backend: impl Backend) {
+    let store = backend.store(policy());
+    let vid = issue(&store, NUMBER).await;
+    let status = |vid| store.delivery_status(vid);
+    assert!(!status(vid).await.unwrap().unwrap().verified);
+    assert!(!verify(&store, NUMBER, vid, false).await);
+    assert!(
+        !status(vid).await.unwrap().unwrap().verified,
+        "a wrong guess"
+    );
+    assert!(verify(&store, NUMBER, vid, true).await);
+    let after = status(vid).await.unwrap().unwrap();
+    assert!(after.verified);
+    assert_eq!(
+        after.state,
+        DeliveryState::Queued,
+        "the delivery state is its own"
+    );
 }
 
 async fn a_key_budget_is_spent_with_the_others_and_given_back_on_revoke(mut backend: impl Backend) {
