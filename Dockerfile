@@ -29,5 +29,5 @@ FROM base AS runtime
 COPY --from=build /out/otp-api /out/otp-dispatcher /usr/local/bin/
 USER otp
 ENV LOG_FORMAT=json
-EXPOSE 3000 3001
+EXPOSE 3000 3001 9464
 CMD ["otp-api"]

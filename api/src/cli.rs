@@ -18,10 +18,11 @@ pub const TOOLS: [&str; 2] = ["healthcheck", "fraud"];
 #[derive(Debug, Parser)]
 #[command(name = "otp-api", version, about = "otp-api operator tools.")]
 pub enum Tool {
-    /// Ask this host's API for /readyz (for container healthchecks): exit 0 when ready.
+    /// Ask this host's API for /readyz on its admin port (for container healthchecks): exit 0
+    /// when ready.
     Healthcheck {
-        /// Port of the API.
-        #[arg(long, env = "PORT", default_value_t = 3000)]
+        /// The API's admin port.
+        #[arg(long, env = "ADMIN_PORT", default_value_t = 9464)]
         port: u16,
     },
     /// The fraud guard's blocked destination prefixes.

@@ -29,6 +29,14 @@ pub struct Config {
     /// Address to bind.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
+    /// Port of the admin endpoints: /metrics, /readyz (naming what is down), /healthz, /docs
+    /// and /openapi.json. Keep it off the internet; in production the public port serves none
+    /// of them but /healthz and a /readyz without details.
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 9464)]
+    pub admin_port: u16,
+    /// Address of the admin port [default: 127.0.0.1 in development, 0.0.0.0 in production]
+    #[arg(long, env = "ADMIN_BIND")]
+    pub admin_bind: Option<IpAddr>,
     /// Browser origins allowed to call the OTP routes (CORS), comma-separated exact origins
     /// such as https://app.example.com; no wildcard. Unset: no CORS headers at all.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
@@ -116,6 +124,17 @@ pub struct OtpSettings {
 }
 
 impl Config {
+    /// Where the admin endpoints listen (ADMIN_BIND, ADMIN_PORT).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        let local = self.process.app_env == AppEnv::Development;
+        let default = if local {
+            IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        std::net::SocketAddr::new(self.admin_bind.unwrap_or(default), self.admin_port)
+    }
+
     /// What production refuses to start with, beyond single bad values: known-bad keys and
     /// tokens, plain-http callback URLs, and no spending ceiling. The error names the variable.
     pub fn check_production(&self) -> Result<(), String> {

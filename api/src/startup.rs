@@ -8,6 +8,7 @@ use otp_shared::config::AppEnv;
 use poem::{
     EndpointExt, Route,
     http::header::CACHE_CONTROL,
+    listener::{Acceptor, Listener},
     middleware::{CatchPanic, SetHeader},
 };
 use poem_openapi::OpenApiService;
@@ -35,9 +36,16 @@ const MANUAL_BLOCKS_REFRESH: Duration = Duration::from_secs(2);
 /// How often the fraud guard's conversion gauge is recomputed.
 const CONVERSION_REFRESH: Duration = Duration::from_secs(15);
 
+/// How long the admin port's open requests may finish after a stop.
+const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 pub struct Application {
     addr: SocketAddr,
     listener: tokio::net::TcpListener,
+    /// The admin port: /metrics, a detailed /readyz, /healthz, /docs, /openapi.json.
+    admin: poem::listener::TcpAcceptor,
+    admin_addr: SocketAddr,
+    admin_app: poem::endpoint::BoxEndpoint<'static>,
     limits: ConnectionLimits,
     app: poem::endpoint::BoxEndpoint<'static>,
     background: CancellationToken,
@@ -118,9 +126,10 @@ impl Application {
                     verdicts: verdicts.clone(),
                 },
                 HealthApi {
-                    service,
+                    service: service.clone(),
                     metrics: metrics.clone(),
-                    delivery_metrics,
+                    delivery_metrics: delivery_metrics.clone(),
+                    detailed: config.process.app_env == AppEnv::Development,
                 },
             ),
             "OTP API",
@@ -165,22 +174,47 @@ impl Application {
             .http
             .docs_enabled
             .unwrap_or(config.process.app_env == AppEnv::Development);
-        let docs = docs_enabled.then(|| Bytes::from(api.swagger_ui_html()));
+        let docs = Bytes::from(api.swagger_ui_html());
+        let spec_body = || poem::get(shared_body(spec.clone(), "application/json; charset=utf-8"));
+        let docs_body = || poem::get(shared_body(docs.clone(), "text/html; charset=utf-8"));
         let jwks = poem::get(shared_body(verdicts.jwks(), "application/jwk-set+json"))
             .with(SetHeader::new().overriding(CACHE_CONTROL, "public, max-age=300"));
         let mut app = Route::new()
             .nest("/", api)
-            .at(
-                "/openapi.json",
-                poem::get(shared_body(spec, "application/json; charset=utf-8")),
-            )
             .at("/.well-known/jwks.json", jwks);
-        if let Some(docs) = docs {
-            app = app.at(
-                "/docs",
-                poem::get(shared_body(docs, "text/html; charset=utf-8")),
-            );
+        // The public port shows the documents in development, or with DOCS_ENABLED=true; the
+        // admin port always does.
+        if docs_enabled {
+            app = app
+                .at("/openapi.json", spec_body())
+                .at("/docs", docs_body());
         }
+        let admin_api = OpenApiService::new(
+            HealthApi {
+                service,
+                metrics: metrics.clone(),
+                delivery_metrics,
+                detailed: true,
+            },
+            "OTP API admin",
+            env!("CARGO_PKG_VERSION"),
+        );
+        let admin_app = Route::new()
+            .nest("/", admin_api)
+            .at("/openapi.json", spec_body())
+            .at("/docs", docs_body())
+            .with(CatchPanic::new().with_handler(panic_response))
+            .boxed();
+        let admin_bind = config.admin_addr();
+        let admin = poem::listener::TcpListener::bind(admin_bind)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("binding {admin_bind} (ADMIN_BIND, ADMIN_PORT)"))?;
+        let admin_addr = admin
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("reading the admin port's address")?;
         let app = app
             .at(
                 "/api/otp/callbacks/plivo",
@@ -209,6 +243,9 @@ impl Application {
         Ok(Self {
             addr,
             listener,
+            admin,
+            admin_addr,
+            admin_app,
             limits: config.http.connection_limits(),
             app,
             background,
@@ -222,11 +259,26 @@ impl Application {
         self.addr
     }
 
+    /// The admin port's address (useful with ADMIN_PORT=0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish within the grace
     /// period and closes the broker connection.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.addr, "otp-api listening");
+        tracing::info!(addr = %self.addr, admin = %self.admin_addr, "otp-api listening");
+        let admin_stop = CancellationToken::new();
+        let admin = tokio::spawn(
+            poem::Server::new_with_acceptor(self.admin).run_with_graceful_shutdown(
+                self.admin_app,
+                admin_stop.clone().cancelled_owned(),
+                Some(ADMIN_SHUTDOWN_GRACE),
+            ),
+        );
         let served = serve(self.listener, self.app, self.limits, shutdown, self.grace).await;
+        admin_stop.cancel();
+        let _ = admin.await;
         self.background.cancel();
         let _ =
             tokio::time::timeout(otp_shared::supervise::CLOSE_TIMEOUT, self.publisher_task).await;

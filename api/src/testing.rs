@@ -17,6 +17,8 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
         port: 0,
         bind_address: Ipv4Addr::LOCALHOST.into(),
         cors_allowed_origins: vec![],
+        admin_port: 0,
+        admin_bind: None,
         redis: otp_testkit::redis_args(key_prefix, 500),
         amqp: AmqpArgs::new(AMQP_URL.parse().unwrap(), queue),
         publish_confirm_timeout_ms: 2000,

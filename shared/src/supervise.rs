@@ -94,6 +94,9 @@ pub fn unavailable(redis_up: bool, rabbitmq_up: bool) -> Vec<&'static str> {
 
 /// The message of a 503 from `/readyz`.
 pub fn not_ready(down: &[&str]) -> String {
+    if down.is_empty() {
+        return "Not ready.".into();
+    }
     format!("Not ready: {} unavailable.", down.join(", "))
 }
 

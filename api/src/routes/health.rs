@@ -19,6 +19,10 @@ pub struct HealthApi {
     pub metrics: Arc<ApiMetrics>,
     /// The in-process delivery worker's metrics, in the one-process mode.
     pub delivery_metrics: Option<Arc<otp_delivery::metrics::DeliveryMetrics>>,
+    /// Serves the operators' view: /metrics, and a /readyz naming what is down (the admin
+    /// port; and the public one in development). Otherwise /metrics is 404 and /readyz says
+    /// only yes or no.
+    pub detailed: bool,
 }
 
 #[derive(Debug, Object)]
@@ -69,16 +73,21 @@ impl HealthApi {
         if down.is_empty() {
             return Ok(ok(false));
         }
-        Err(ApiError::NotReady(down).into())
+        // The public port in production says no more than "not ready".
+        let named = if self.detailed { down } else { Vec::new() };
+        Err(ApiError::NotReady(named).into())
     }
 
     /// Prometheus metrics in the text exposition format (see docs/operations.md, "Metrics").
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self) -> PlainText<String> {
+    async fn metrics(&self) -> Result<PlainText<String>, ErrorResponse> {
+        if !self.detailed {
+            return Err(ApiError::NotFound("Not found.".into()).into());
+        }
         let mut text = self.metrics.render();
         if let Some(delivery) = &self.delivery_metrics {
             text.push_str(&delivery.render());
         }
-        PlainText(text)
+        Ok(PlainText(text))
     }
 }

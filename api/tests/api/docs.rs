@@ -59,10 +59,12 @@ async fn the_openapi_document_lists_every_route_status_and_error_code() {
     );
 }
 
-/// Production serves the OpenAPI document but not Swagger UI, unless DOCS_ENABLED=true.
+/// Production's public port answers the API, /healthz and a /readyz that names nothing; the
+/// documents there only with DOCS_ENABLED=true. The admin port serves the operators' view:
+/// /metrics, a /readyz naming what is down, /docs and /openapi.json.
 #[tokio::test]
-async fn production_serves_docs_only_when_enabled() {
-    for (enabled, expected) in [(None, 404), (Some("true"), 200)] {
+async fn production_keeps_the_operators_view_on_the_admin_port() {
+    for enabled in [None, Some("true")] {
         let (mut cmd, _cleanup) = crate::process::otp_api();
         cmd.env("APP_ENV", "production")
             .env(
@@ -78,21 +80,52 @@ async fn production_serves_docs_only_when_enabled() {
             .env(
                 "TOKEN_SIGNING_KEYS",
                 "k1:3q2+7wB0M6X1c9Z8aY4bT5vR2nL6pK0jH8gF1dE3cS4=",
-            );
+            )
+            .env("ADMIN_BIND", "127.0.0.1")
+            // Nothing answers there: the API is up but not ready.
+            .env("REDIS_URL", "redis://127.0.0.1:1/0");
         if let Some(enabled) = enabled {
             cmd.env("DOCS_ENABLED", enabled);
         }
-        let (_child, mut lines, port) = crate::process::start_logged(&mut cmd).await;
+        let (_child, mut lines, port, admin) = crate::process::start_with_admin(&mut cmd).await;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let docs = http.get(format!("{base}/docs")).send().await.unwrap();
-        assert_eq!(docs.status().as_u16(), expected, "DOCS_ENABLED={enabled:?}");
-        let spec = http
-            .get(format!("{base}/openapi.json"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(spec.status().as_u16(), 200);
+        let get = |port: u16, path: &'static str| {
+            http.get(format!("http://127.0.0.1:{port}{path}")).send()
+        };
+        let public_docs = if enabled.is_some() { 200 } else { 404 };
+        for (path, status) in [
+            ("/docs", public_docs),
+            ("/openapi.json", public_docs),
+            ("/metrics", 404),
+            ("/healthz", 200),
+            ("/.well-known/jwks.json", 200),
+        ] {
+            let resp = get(port, path).await.unwrap();
+            assert_eq!(
+                resp.status(),
+                status,
+                "public {path}, DOCS_ENABLED={enabled:?}"
+            );
+        }
+        let ready = get(port, "/readyz").await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let body = ready.text().await.unwrap();
+        assert!(
+            !body.contains("redis"),
+            "the public /readyz names what is down: {body}"
+        );
+
+        for path in ["/docs", "/openapi.json", "/metrics", "/healthz"] {
+            let resp = get(admin, path).await.unwrap();
+            assert_eq!(resp.status(), 200, "admin {path}");
+        }
+        let ready = get(admin, "/readyz").await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let body = ready.text().await.unwrap();
+        assert!(
+            body.contains("redis"),
+            "the admin /readyz names what is down: {body}"
+        );
     }
 }

@@ -30,6 +30,7 @@ pub fn otp_api() -> (Command, Cleanup) {
         .env("AMQP_URL", AMQP_URL)
         .env("SMS_QUEUE", &queue)
         .env("PORT", "0")
+        .env("ADMIN_PORT", "0")
         .env("OTP_HMAC_KEY", KEY)
         .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
         // The tests' keys are fixed bytes, which production refuses.
@@ -90,6 +91,19 @@ async fn missing_or_bad_settings_stop_the_process_naming_the_variable() {
 pub async fn start_logged(
     cmd: &mut Command,
 ) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>, u16) {
+    let (child, lines, port, _) = start_with_admin(cmd).await;
+    (child, lines, port)
+}
+
+/// [`start_logged`], with the admin port too.
+pub async fn start_with_admin(
+    cmd: &mut Command,
+) -> (
+    tokio::process::Child,
+    Lines<BufReader<ChildStdout>>,
+    u16,
+    u16,
+) {
     let mut child = cmd
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::piped())
@@ -100,15 +114,18 @@ pub async fn start_logged(
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains("otp-api listening") {
                 let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let addr: std::net::SocketAddr = event["addr"].as_str().unwrap().parse().unwrap();
-                return addr.port();
+                let port = |field: &str| {
+                    let addr = event[field].as_str().unwrap();
+                    addr.parse::<std::net::SocketAddr>().unwrap().port()
+                };
+                return (port("addr"), port("admin"));
             }
         }
         panic!("otp-api exited before listening");
     })
     .await
     .expect("otp-api did not start");
-    (child, lines, port)
+    (child, lines, port.0, port.1)
 }
 
 /// Waits until the API at `base` answers /readyz with 200 (its Redis and broker connections up).
@@ -389,6 +406,7 @@ fn embedded_api() -> Command {
     cmd.env_clear()
         .current_dir(std::env::temp_dir())
         .env("PORT", "0")
+        .env("ADMIN_PORT", "0")
         .env("REDIS_URL", "redis://127.0.0.1:1")
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
         .kill_on_drop(true);
