@@ -17,6 +17,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 # The rediss:// test makes its own CA and certificate with openssl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The signup demo's test drives headless Chromium through chromedriver (WebDriver).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt"
   as_root apt-get update -qq

@@ -189,6 +189,15 @@ impl Application {
                 .at("/openapi.json", spec_body())
                 .at("/docs", docs_body());
         }
+        // The signup demo (examples/signup/), in development only.
+        if config.process.app_env == AppEnv::Development {
+            let page = include_str!("../../examples/signup/index.html");
+            let page = Bytes::from_static(page.as_bytes());
+            app = app.at(
+                "/demo",
+                poem::get(shared_body(page, "text/html; charset=utf-8")),
+            );
+        }
         let admin_api = OpenApiService::new(
             HealthApi {
                 service,

@@ -100,6 +100,7 @@ async fn production_keeps_the_operators_view_on_the_admin_port() {
             ("/metrics", 404),
             ("/healthz", 200),
             ("/.well-known/jwks.json", 200),
+            ("/demo", 404),
         ] {
             let resp = get(port, path).await.unwrap();
             assert_eq!(

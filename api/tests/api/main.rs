@@ -6,6 +6,7 @@ mod callers;
 mod conformance;
 mod connections;
 mod cors;
+mod demo;
 mod docs;
 mod fraud;
 mod hardening;

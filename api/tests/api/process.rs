@@ -401,7 +401,7 @@ async fn wrong_passwords_are_never_logged_while_reconnecting() {
 
 /// The binary with no settings at all, in a directory without `.env`; nothing listens at the
 /// Redis and RabbitMQ addresses it is given, so a mode that needs them cannot start.
-fn embedded_api() -> Command {
+pub fn embedded_api() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-api"));
     cmd.env_clear()
         .current_dir(std::env::temp_dir())
