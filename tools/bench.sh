@@ -17,6 +17,7 @@
 #                local RabbitMQ)
 # BENCH_PROFILE=debug uses the debug builds (the test suite's seconds-long smoke run of `system`,
 # so this script cannot rot); numbers from it mean nothing.
+# BENCH_API_KEY=true declares a caller key and sends it with every request.
 # BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
 # declare (declared first, with pika; the services then use it as it is, with a warning).
 # Everything it starts stops when it ends; it uses its own queue and key prefix and removes
@@ -44,6 +45,13 @@ MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 MAX_VERIFIES_PER_IP_PER_MINUTE=0 OTP_MA
 PORT=3900 ADMIN_PORT=3905 DISPATCHER_HTTP_PORT=3901 FAKE_PLIVO_PORT=3902 PLIVO_BASE_URL=http://127.0.0.1:3902
 FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 SMS_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
 set +a
+# BENCH_API_KEY=true: the API requires a caller key and every request sends one (the cost of
+# the key check).
+if [ "${BENCH_API_KEY:-false}" = true ]; then
+  export BENCH_BEARER=bench-secret-0f3c9a
+  API_KEYS="bench:$(printf %s "$BENCH_BEARER" | sha256sum | cut -d' ' -f1)"
+  export API_KEYS
+fi
 
 pids=()
 if [ "${BENCH_QUEUE_TYPE:-quorum}" = classic ]; then

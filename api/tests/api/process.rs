@@ -359,11 +359,32 @@ async fn production_needs_caller_keys_or_public_api() {
     ] {
         let (mut cmd, _cleanup) = otp_api();
         cmd.envs(production).env(var, value);
-        let (child, _lines, port) = start_logged(&mut cmd).await;
+        let (child, mut lines, port) = start_logged(&mut cmd).await;
         let healthz = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
             .await
             .unwrap();
         assert_eq!(healthz.status(), 200, "{var}");
+        if var == "API_KEYS" {
+            // The key's id is on the request's log line (the secret is `test`).
+            let resp = reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{port}/api/otp/request"))
+                .bearer_auth("test")
+                .json(&serde_json::json!({ "phoneNumber": PHONE }))
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(resp.status(), 401);
+            let logged = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("request finished") && line.contains("/api/otp/request") {
+                        return line;
+                    }
+                }
+                String::new()
+            });
+            let line = logged.await.unwrap_or_default();
+            assert!(line.contains(r#""client.id":"web""#), "{line}");
+        }
         drop(child);
     }
 }
