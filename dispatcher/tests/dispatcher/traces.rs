@@ -124,6 +124,11 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("RUST_LOG", "warn")
         .env("APP_ENV", "development")
+        // A caller key (the secret is `test`): its id goes on the request's span.
+        .env(
+            "API_KEYS",
+            "web:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        )
         .kill_on_drop(true)
         .spawn()
         .expect("otp-api starts");
@@ -135,6 +140,7 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
     let response = http
         .post(format!("{base}/api/otp/request"))
         .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .bearer_auth("test")
         .json(&serde_json::json!({ "phoneNumber": PHONE }))
         .send()
         .await
@@ -179,6 +185,12 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
         spans(&exports)
     );
 
+    assert_eq!(
+        span_attribute(&exports, "http_request", "client.id").as_deref(),
+        Some("web"),
+        "the request span names the caller key"
+    );
+
     // Nothing exported holds the code or the unmasked number.
     let digits = PHONE.trim_start_matches('+');
     for body in exports.lock().unwrap().iter() {
@@ -188,6 +200,26 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
     }
     let _ = api.start_kill();
     let _ = dispatcher.start_kill();
+}
+
+/// A string attribute of the first exported span called `name`.
+fn span_attribute(exports: &Exports, name: &str, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    for body in exports.lock().unwrap().iter() {
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
+        let spans = request
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        for span in spans.filter(|s| s.name == name) {
+            let value = span.attributes.into_iter().find(|a| a.key == key);
+            if let Some(Value::StringValue(v)) = value.and_then(|a| a.value?.value) {
+                return Some(v);
+            }
+        }
+    }
+    None
 }
 
 fn hex_bytes(hex: &str) -> Vec<u8> {
