@@ -277,9 +277,16 @@ pub struct HttpLimits {
     #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub http2_max_concurrent_streams: u32,
-    /// Serve Swagger UI at /docs. Default: on in development, off in production.
+    /// Serve /docs and /openapi.json on the public port (the admin port always does).
+    /// Default: on in development, off in production.
     #[arg(long, env = "DOCS_ENABLED", action = clap::ArgAction::Set)]
     pub docs_enabled: Option<bool>,
+    /// Seconds between SIGTERM and closing the listener: /readyz answers 503 at once while
+    /// requests are still served, so load balancers take the instance out before it stops
+    /// accepting. Then in-flight requests get SHUTDOWN_GRACE_SECONDS.
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub drain_seconds: u64,
 }
 
 impl HttpLimits {

@@ -69,6 +69,8 @@ pub struct OtpService {
     policy: CodePolicy,
     metrics: Arc<ApiMetrics>,
     fraud: FraudSettings,
+    /// Set at SIGTERM: /readyz says not ready while requests are still served.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl OtpService {
@@ -89,7 +91,14 @@ impl OtpService {
             policy,
             metrics,
             fraud,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on /readyz answers 503 (`draining`); requests are still served.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Parses a destination and applies ALLOWED_COUNTRIES.
@@ -364,6 +373,9 @@ impl OtpService {
 
     /// Names of the dependencies that are down; empty when ready.
     pub async fn unavailable_dependencies(&self) -> Vec<&'static str> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return vec!["this instance (draining before a stop)"];
+        }
         otp_shared::supervise::unavailable(
             self.stores.codes.ping().await.is_ok(),
             self.queue.is_connected(),

@@ -51,6 +51,9 @@ pub struct Application {
     background: CancellationToken,
     publisher_task: tokio::task::JoinHandle<()>,
     grace: Duration,
+    /// DRAIN_SECONDS, and what it tells to stop looking ready.
+    drain: Duration,
+    service: Arc<OtpService>,
 }
 
 impl Application {
@@ -116,6 +119,7 @@ impl Application {
             metrics.clone(),
             config.fraud.clone(),
         ));
+        let service_for_drain = service.clone();
 
         let api = OpenApiService::new(
             (
@@ -260,6 +264,8 @@ impl Application {
             background,
             publisher_task,
             grace: config.process.grace(),
+            drain: Duration::from_secs(config.http.drain_seconds),
+            service: service_for_drain,
         })
     }
 
@@ -285,7 +291,17 @@ impl Application {
                 Some(ADMIN_SHUTDOWN_GRACE),
             ),
         );
-        let served = serve(self.listener, self.app, self.limits, shutdown, self.grace).await;
+        // At the signal: not ready at once, still serving for DRAIN_SECONDS, then stop.
+        let (service, drain) = (self.service, self.drain);
+        let drained = async move {
+            shutdown.await;
+            service.start_draining();
+            if !drain.is_zero() {
+                tracing::info!(seconds = drain.as_secs(), "draining: /readyz answers 503");
+                tokio::time::sleep(drain).await;
+            }
+        };
+        let served = serve(self.listener, self.app, self.limits, drained, self.grace).await;
         admin_stop.cancel();
         let _ = admin.await;
         self.background.cancel();

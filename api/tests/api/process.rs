@@ -31,6 +31,7 @@ pub fn otp_api() -> (Command, Cleanup) {
         .env("SMS_QUEUE", &queue)
         .env("PORT", "0")
         .env("ADMIN_PORT", "0")
+        .env("DRAIN_SECONDS", "0")
         .env("OTP_HMAC_KEY", KEY)
         .env("JOB_ENCRYPTION_KEY", STANDARD.encode([42u8; 32]))
         // The tests' keys are fixed bytes, which production refuses.
@@ -167,6 +168,49 @@ async fn sigterm_stops_the_server_gracefully() {
     let (child, lines, _) = start_logged(&mut cmd).await;
     let log = terminate(child, lines).await;
     assert!(log.contains("otp-api stopped"), "{log}");
+}
+
+/// A rollout without errors: after SIGTERM, /readyz answers 503 at once while requests are
+/// still served for DRAIN_SECONDS; then the process stops by itself.
+#[tokio::test]
+async fn sigterm_drains_not_ready_but_still_serving() {
+    let (mut cmd, _cleanup) = otp_api();
+    cmd.env("DRAIN_SECONDS", "2");
+    let (child, mut lines, port) = start_logged(&mut cmd).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_ready(&http, &base).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await;
+    assert!(killed.unwrap().success());
+    let draining = otp_testkit::eventually(Duration::from_secs(1), || async {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        ready.is_ok_and(|r| r.status() == 503)
+    });
+    assert!(draining.await, "/readyz did not turn 503 at SIGTERM");
+    let started = std::time::Instant::now();
+    let resp = http
+        .post(format!("{base}/api/otp/request"))
+        .json(&serde_json::json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "a request during the drain");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let mut child = child;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops after the drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.push_str(&line);
+    }
+    assert!(
+        log.contains("draining") && log.contains("otp-api stopped"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -428,6 +472,7 @@ pub fn embedded_api() -> Command {
         .current_dir(std::env::temp_dir())
         .env("PORT", "0")
         .env("ADMIN_PORT", "0")
+        .env("DRAIN_SECONDS", "0")
         .env("REDIS_URL", "redis://127.0.0.1:1")
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
         .kill_on_drop(true);

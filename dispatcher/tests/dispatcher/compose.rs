@@ -118,8 +118,8 @@ fn the_compose_stack_scales_has_healthchecks_and_starts_in_order() {
             .unwrap_or("0s");
         let grace: u64 = grace.trim_end_matches('s').parse().unwrap();
         assert!(
-            grace > 10,
-            "{svc}: stop_grace_period must exceed SHUTDOWN_GRACE_SECONDS (10)"
+            grace > 15,
+            "{svc}: stop_grace_period must exceed DRAIN_SECONDS + SHUTDOWN_GRACE_SECONDS (5 + 10)"
         );
         let env = &service(&doc, svc)["environment"];
         assert_eq!(

@@ -112,6 +112,7 @@ async fn one_trace_covers_the_callers_request_the_api_and_the_dispatcher() {
         .current_dir(std::env::temp_dir())
         .env("PORT", port.to_string())
         .env("ADMIN_PORT", "0")
+        .env("DRAIN_SECONDS", "0")
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("REDIS_URL", crate::helpers::redis_url())
         .env("REDIS_CLUSTER", crate::helpers::redis_cluster().to_string())

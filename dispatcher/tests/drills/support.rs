@@ -102,6 +102,7 @@ impl Stack {
         self.common(&mut cmd, amqp_url);
         cmd.env("PORT", port.to_string())
             .env("ADMIN_PORT", "0")
+            .env("DRAIN_SECONDS", "0")
             .env("BIND_ADDRESS", "127.0.0.1")
             .env("OTP_HMAC_KEY", STANDARD.encode([7u8; 32]))
             .env("RESEND_COOLDOWN_SECONDS", "0")
