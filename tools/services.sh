@@ -20,6 +20,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The signup demo's test drives headless Chromium through chromedriver (WebDriver).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# promtool checks and unit-tests the alert rules (deploy/prometheus/).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt"
   as_root apt-get update -qq

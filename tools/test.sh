@@ -17,6 +17,9 @@ if [ "${1:-}" = "--cluster" ]; then
   shift
 fi
 bash tools/services.sh
+# The alert rules parse, and each fires on its problem and stays quiet when healthy.
+promtool check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && promtool test rules alerts.test.yml)
 cargo test --workspace --locked "$@"
 # Tests that measure latency run alone, without the rest of the suite beside them.
 cargo test --locked -p otp-api --test api -- --ignored --test-threads 1

@@ -335,3 +335,53 @@ fn the_configuration_reference_is_what_the_binaries_read() {
          OTP_WRITE_CONFIGURATION_DOC=1 cargo test -p otp-dispatcher --test dispatcher configuration"
     );
 }
+
+const ALERTS: &str = include_str!("../../../deploy/prometheus/alerts.yml");
+const OPERATIONS_DOC: &str = include_str!("../../../docs/operations.md");
+
+/// Every alert has a severity, a summary and a runbook that exists: a `###` section of
+/// docs/operations.md whose anchor is the runbook_url's. (promtool checks the expressions and
+/// the unit tests show each alert firing; tools/test.sh runs both.)
+#[test]
+fn every_alert_has_a_severity_a_summary_and_a_runbook_section() {
+    let doc: Value = serde_yaml_ng::from_str(ALERTS).expect("alerts.yml is YAML");
+    let anchors: Vec<String> = OPERATIONS_DOC
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(|heading| {
+            heading
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                .collect::<String>()
+                .replace(' ', "-")
+        })
+        .collect();
+    let rules = doc["groups"][0]["rules"].as_sequence().expect("rules");
+    assert!(rules.len() >= 12, "{} alerts", rules.len());
+    for rule in rules {
+        let name = rule["alert"].as_str().expect("an alert name");
+        let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
+        assert!(
+            ["warning", "critical"].contains(&severity),
+            "{name}: severity"
+        );
+        let summary = rule["annotations"]["summary"].as_str().unwrap_or_default();
+        assert!(!summary.is_empty(), "{name}: summary");
+        let runbook = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_default();
+        let anchor = runbook
+            .strip_prefix("docs/operations.md#")
+            .unwrap_or_else(|| panic!("{name}: runbook_url {runbook}"));
+        assert_eq!(
+            anchor,
+            name.to_lowercase(),
+            "{name}: the anchor is the alert's name"
+        );
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "{name}: no section #{anchor}"
+        );
+    }
+}
