@@ -132,6 +132,23 @@ pub fn prefixes_of(phone: &PhoneNumber) -> Vec<&str> {
 }
 
 impl FraudSettings {
+    /// The guard off, with the settings' defaults otherwise (operator tools, tests).
+    pub fn off() -> Self {
+        Self {
+            fraud_guard: Mode::Off,
+            fraud_guard_prefix_drop_digits: 4,
+            fraud_guard_window_minutes: 60,
+            fraud_guard_grace_seconds: 120,
+            fraud_guard_min_sends: 20,
+            fraud_guard_min_conversion: 0.2,
+            fraud_guard_block_hours: 12,
+            fraud_guard_burst: 30,
+            fraud_guard_min_clients: 3,
+            fraud_guard_blocked_sends_per_hour: 6,
+            fraud_guard_safe_prefixes: Vec::new(),
+        }
+    }
+
     pub fn destination(&self, phone: &PhoneNumber) -> Destination {
         let e164 = phone.as_e164();
         let keep = e164
@@ -173,19 +190,23 @@ impl FraudSettings {
 mod tests {
     use super::*;
 
+    #[test]
+    fn off_has_the_settings_defaults() {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            fraud: FraudSettings,
+        }
+        let parsed = <Defaults as clap::Parser>::try_parse_from(["otp", "--fraud-guard=off"]);
+        let parsed = parsed.unwrap().fraud;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", FraudSettings::off()));
+    }
+
     fn settings(safe: &[&str]) -> FraudSettings {
         FraudSettings {
             fraud_guard: Mode::Monitor,
-            fraud_guard_prefix_drop_digits: 4,
-            fraud_guard_window_minutes: 60,
-            fraud_guard_grace_seconds: 120,
-            fraud_guard_min_sends: 20,
-            fraud_guard_min_conversion: 0.2,
-            fraud_guard_block_hours: 12,
-            fraud_guard_burst: 30,
-            fraud_guard_min_clients: 3,
-            fraud_guard_blocked_sends_per_hour: 6,
             fraud_guard_safe_prefixes: safe.iter().map(|s| s.to_string()).collect(),
+            ..FraudSettings::off()
         }
     }
 

@@ -59,16 +59,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
         },
         fraud: crate::fraud::FraudSettings {
             fraud_guard: crate::fraud::Mode::Monitor,
-            fraud_guard_prefix_drop_digits: 4,
-            fraud_guard_window_minutes: 60,
-            fraud_guard_grace_seconds: 120,
-            fraud_guard_min_sends: 20,
-            fraud_guard_min_conversion: 0.2,
-            fraud_guard_block_hours: 12,
-            fraud_guard_burst: 30,
-            fraud_guard_min_clients: 3,
-            fraud_guard_blocked_sends_per_hour: 6,
-            fraud_guard_safe_prefixes: vec![],
+            ..crate::fraud::FraudSettings::off()
         },
         access: crate::callers::AccessArgs {
             api_keys: vec![],

@@ -82,19 +82,7 @@ impl StorePolicy {
             max_verifies_per_ip_per_minute: 0,
             max_sends_per_hour: 0,
             max_sends_per_country_per_hour: CountryBudgets::default(),
-            fraud: FraudSettings {
-                fraud_guard: crate::fraud::Mode::Off,
-                fraud_guard_prefix_drop_digits: 4,
-                fraud_guard_window_minutes: 60,
-                fraud_guard_grace_seconds: 120,
-                fraud_guard_min_sends: 20,
-                fraud_guard_min_conversion: 0.2,
-                fraud_guard_block_hours: 12,
-                fraud_guard_burst: 30,
-                fraud_guard_min_clients: 3,
-                fraud_guard_blocked_sends_per_hour: 6,
-                fraud_guard_safe_prefixes: Vec::new(),
-            },
+            fraud: FraudSettings::off(),
             fraud_block: Duration::from_secs(12 * 3600),
         }
     }

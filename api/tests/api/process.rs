@@ -138,10 +138,13 @@ async fn wait_ready(http: &reqwest::Client, base: &str) {
     assert!(ready.await, "otp-api did not become ready");
 }
 
-async fn terminate(
-    mut child: tokio::process::Child,
-    mut lines: Lines<BufReader<ChildStdout>>,
-) -> String {
+/// SIGTERM, then [`stopped`].
+async fn terminate(child: tokio::process::Child, lines: Lines<BufReader<ChildStdout>>) -> String {
+    sigterm(&child).await;
+    stopped(child, lines).await
+}
+
+async fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -149,9 +152,16 @@ async fn terminate(
         .await
         .unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+}
+
+/// Waits for a clean exit (within 15 s) and returns the rest of its log.
+async fn stopped(
+    mut child: tokio::process::Child,
+    mut lines: Lines<BufReader<ChildStdout>>,
+) -> String {
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
-        .expect("stops within the grace period")
+        .expect("stops within the drain and grace periods")
         .unwrap();
     assert!(status.success(), "{status:?}");
     let mut rest = String::new();
@@ -176,13 +186,11 @@ async fn sigterm_stops_the_server_gracefully() {
 async fn sigterm_drains_not_ready_but_still_serving() {
     let (mut cmd, _cleanup) = otp_api();
     cmd.env("DRAIN_SECONDS", "2");
-    let (child, mut lines, port) = start_logged(&mut cmd).await;
+    let (child, lines, port) = start_logged(&mut cmd).await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_ready(&http, &base).await;
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await;
-    assert!(killed.unwrap().success());
+    sigterm(&child).await;
     let draining = otp_testkit::eventually(Duration::from_secs(1), || async {
         let ready = http.get(format!("{base}/readyz")).send().await;
         ready.is_ok_and(|r| r.status() == 503)
@@ -197,16 +205,7 @@ async fn sigterm_drains_not_ready_but_still_serving() {
         .unwrap();
     assert_eq!(resp.status(), 202, "a request during the drain");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let mut child = child;
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("stops after the drain")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    let mut log = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        log.push_str(&line);
-    }
+    let log = stopped(child, lines).await;
     assert!(
         log.contains("draining") && log.contains("otp-api stopped"),
         "{log}"
