@@ -89,16 +89,13 @@ pub async fn around<E: Endpoint>(
     async move {
         let started = Instant::now();
         req.extensions_mut().insert(RequestId(request_id.clone()));
-        let (mut resp, client) = match caller {
-            _ if preflight.is_some() => {
-                let resp = preflight.unwrap_or_default();
-                (resp, metrics.client(&Caller::Public))
-            }
-            None if route.keyed() => {
+        let (mut resp, client) = match (preflight, caller) {
+            (Some(answer), _) => (answer, metrics.client(&Caller::Public)),
+            (None, None) if route.keyed() => {
                 let resp = ApiError::Unauthorized.into_response().into_response();
                 (resp, metrics.client(&Caller::Public))
             }
-            caller => {
+            (None, caller) => {
                 let caller = caller.unwrap_or(Caller::Public);
                 let client = metrics.client(&caller);
                 req.extensions_mut().insert(caller);
