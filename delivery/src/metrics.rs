@@ -34,6 +34,8 @@ pub struct DeliveryMetrics {
     pub send_retries: IntCounter,
     pub jobs_in_flight: IntGauge,
     pub time_to_accept: Histogram,
+    /// How long a send waited for its slot under the shared rate (SMS_MAX_RPS).
+    pub rate_wait: Histogram,
     pub queue_ready: IntGauge,
     pub dead_letters: IntGauge,
 }
@@ -41,8 +43,9 @@ pub struct DeliveryMetrics {
 /// The provider-call metrics, handed to the provider client.
 #[derive(Clone)]
 pub struct ProviderMetrics {
-    /// 2xx, 4xx, 5xx, other (1xx/3xx) and error (no answer: connect error or timeout).
-    by_class: [IntCounter; 5],
+    /// 2xx, 429, 4xx (other than 429), 5xx, other (1xx/3xx) and error (no answer: connect
+    /// error or timeout).
+    by_class: [IntCounter; 6],
     duration: Histogram,
 }
 
@@ -52,10 +55,11 @@ impl ProviderMetrics {
         self.duration.observe(elapsed.as_secs_f64());
         let class = match status {
             Some(200..=299) => 0,
-            Some(400..=499) => 1,
-            Some(500..=599) => 2,
-            Some(_) => 3,
-            None => 4,
+            Some(429) => 1,
+            Some(400..=499) => 2,
+            Some(500..=599) => 3,
+            Some(_) => 4,
+            None => 5,
         };
         self.by_class[class].inc();
     }
@@ -97,6 +101,7 @@ impl DeliveryMetrics {
                 ProviderMetrics {
                     by_class: [
                         class("2xx"),
+                        class("429"),
                         class("4xx"),
                         class("5xx"),
                         class("other"),
@@ -133,6 +138,12 @@ impl DeliveryMetrics {
                 &registry,
                 "otp_job_time_to_accept_seconds",
                 "Time from a job's createdAt to the provider's 2xx.",
+                WAIT_BUCKETS,
+            ),
+            rate_wait: m::histogram(
+                &registry,
+                "otp_rate_wait_seconds",
+                "Time a send waited for its slot under the shared rate (SMS_MAX_RPS).",
                 WAIT_BUCKETS,
             ),
             queue_ready: m::gauge(
@@ -221,7 +232,7 @@ mod tests {
     #[test]
     fn provider_calls_are_counted_by_status_class() {
         let metrics = DeliveryMetrics::new();
-        for status in [Some(202), Some(429), Some(503), None] {
+        for status in [Some(202), Some(429), Some(400), Some(503), None] {
             metrics
                 .provider("plivo")
                 .observe(status, Duration::from_millis(5));
@@ -231,13 +242,13 @@ mod tests {
             assert_eq!(metrics.jobs_in_flight.get(), 1);
         }
         let text = metrics.render();
-        for class in ["2xx", "4xx", "5xx", "error"] {
+        for class in ["2xx", "429", "4xx", "5xx", "error"] {
             let line = format!(
                 "otp_provider_requests_total{{provider=\"plivo\",status_class=\"{class}\"}} 1"
             );
             assert!(text.contains(&line), "{line} missing in {text}");
         }
         assert!(text.contains("otp_jobs_in_flight 0"));
-        assert!(text.contains("otp_provider_request_duration_seconds_count{provider=\"plivo\"} 4"));
+        assert!(text.contains("otp_provider_request_duration_seconds_count{provider=\"plivo\"} 5"));
     }
 }

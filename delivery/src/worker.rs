@@ -327,7 +327,12 @@ impl Worker {
         if n > 1 || !marked {
             self.set_state(job, DeliveryState::Sending, n, &[]).await;
         }
-        match self.limiter.acquire(deadline).await {
+        let waited = Instant::now();
+        let slot = self.limiter.acquire(deadline).await;
+        self.metrics
+            .rate_wait
+            .observe(waited.elapsed().as_secs_f64());
+        match slot {
             Ok(true) => {}
             Ok(false) => {
                 return Attempt::Retry {

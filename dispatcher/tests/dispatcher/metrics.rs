@@ -74,6 +74,11 @@ async fn every_job_result_and_provider_answer_is_counted() {
         metric(&dispatcher, "otp_job_time_to_accept_seconds_count").await,
         1.0
     );
+    // Each call waited for its slot under the shared rate.
+    assert_eq!(
+        metric(&dispatcher, "otp_rate_wait_seconds_count").await,
+        2.0
+    );
 
     // The same job again is a duplicate.
     world.publish_unannounced(&job).await;
