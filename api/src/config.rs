@@ -367,6 +367,11 @@ impl CountryBudgets {
         Ok(budgets)
     }
 
+    /// The countries named, with their budgets.
+    pub fn named(&self) -> impl Iterator<Item = (CountryCode, u32)> + '_ {
+        self.named.iter().copied()
+    }
+
     /// The hourly budget of `country` (`None`: a number of no single country); 0 means none.
     pub fn limit_for(&self, country: Option<CountryCode>) -> u32 {
         country

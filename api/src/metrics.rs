@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
 
@@ -57,6 +57,10 @@ pub struct ApiMetrics {
     fraud_blocks: IntCounterVec,
     /// Refreshed by the fraud guard's task; only countries seen in the window.
     pub conversion_ratio: prometheus::GaugeVec,
+    /// Each configured send budget's limit and what is left of it this hour, by scope
+    /// (`global` or a country); refreshed by [`crate::startup::watch_budgets`].
+    pub budget_limit: IntGaugeVec,
+    pub budget_remaining: IntGaugeVec,
 }
 
 /// Report statuses counted by name (Plivo's and Twilio's), and `replayed` for a report seen
@@ -90,6 +94,7 @@ impl ApiMetrics {
     /// last: see [`crate::callers::Callers::labels`]).
     pub fn with_clients(clients: Vec<String>) -> Self {
         let registry = Registry::new();
+        m::process(&registry);
         let requests = m::counter_vec(
             &registry,
             "otp_http_requests_total",
@@ -216,6 +221,19 @@ impl ApiMetrics {
             fraud_blocked_requests,
             fraud_blocks,
             conversion_ratio,
+            budget_limit: m::gauge_vec(
+                &registry,
+                "otp_send_budget_limit",
+                "A configured hourly send budget, by scope (global, or a country code).",
+                &["scope"],
+            ),
+            budget_remaining: m::gauge_vec(
+                &registry,
+                "otp_send_budget_remaining",
+                "Sends left in the current hour under a budget, by scope (global, or a country \
+                 code).",
+                &["scope"],
+            ),
             requests,
             request_series,
             durations,
@@ -369,6 +387,10 @@ mod tests {
         metrics.fraud_blocked_request("US");
         metrics.fraud_block("US");
         metrics.conversion_ratio.with_label_values(&["US"]).set(0.5);
+        for scope in ["global", "US"] {
+            metrics.budget_limit.with_label_values(&[scope]).set(10);
+            metrics.budget_remaining.with_label_values(&[scope]).set(9);
+        }
         let doc = include_str!("../../docs/operations.md");
         let missing = otp_testkit::undocumented_metrics(&metrics.render(), doc);
         assert!(

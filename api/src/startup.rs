@@ -35,6 +35,8 @@ const MANUAL_BLOCKS_REFRESH: Duration = Duration::from_secs(2);
 
 /// How often the fraud guard's conversion gauge is recomputed.
 const CONVERSION_REFRESH: Duration = Duration::from_secs(15);
+/// How often the send-budget gauges are refreshed.
+const BUDGET_REFRESH: Duration = Duration::from_secs(15);
 
 /// How long the admin port's open requests may finish after a stop.
 const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -160,6 +162,12 @@ impl Application {
             job_key: config.otp.job_encryption_key.clone(),
             metrics: metrics.clone(),
         });
+        tokio::spawn(watch_budgets(
+            stores.codes.clone(),
+            metrics.clone(),
+            BUDGET_REFRESH,
+            background.clone(),
+        ));
         if config.fraud.fraud_guard != crate::fraud::Mode::Off {
             tokio::spawn(watch_conversion(
                 stores.fraud.clone(),
@@ -319,6 +327,48 @@ fn shared_body(body: Bytes, content_type: &'static str) -> impl poem::Endpoint {
             .content_type(content_type)
             .body(body.clone())
     })
+}
+
+/// Keeps `otp_send_budget_limit{scope}` and `otp_send_budget_remaining{scope}` current for
+/// every configured budget, every `every`. While the store cannot say, the series are removed
+/// rather than left stale.
+pub async fn watch_budgets(
+    store: Arc<dyn crate::store::CodeStore>,
+    metrics: Arc<ApiMetrics>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut shown: Vec<String> = Vec::new();
+    loop {
+        let uses = store.budgets().await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "send budgets unavailable");
+            Vec::new()
+        });
+        for gone in shown
+            .iter()
+            .filter(|s| !uses.iter().any(|u| u.scope == **s))
+        {
+            let _ = metrics.budget_limit.remove_label_values(&[gone]);
+            let _ = metrics.budget_remaining.remove_label_values(&[gone]);
+        }
+        shown = uses.iter().map(|u| u.scope.clone()).collect();
+        for budget in uses {
+            let scope = [budget.scope.as_str()];
+            metrics
+                .budget_limit
+                .with_label_values(&scope)
+                .set(budget.limit.into());
+            let left = budget.limit.saturating_sub(budget.spent);
+            metrics
+                .budget_remaining
+                .with_label_values(&scope)
+                .set(left.into());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Keeps `otp_conversion_ratio{country}` current: verified ÷ counted sends per country seen in

@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, IntCounter, IntGauge, IntGaugeVec, Registry};
 
 use otp_shared::metrics::{self as m, LATENCY_BUCKETS, WAIT_BUCKETS};
+
+use crate::outcome::DeadReason;
 
 /// How a job ended, for `otp_jobs_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +33,21 @@ pub struct DeliveryMetrics {
     /// Indexed like `PROVIDERS`.
     providers: Vec<ProviderMetrics>,
     breakers: Vec<IntGauge>,
+    /// Indexed like `PROVIDERS`.
+    sends: Vec<IntCounter>,
+    /// `[from][to]`, indexed like `PROVIDERS`.
+    failovers: Vec<Vec<IntCounter>>,
+    /// Indexed like `DeadReason::ALL`.
+    dead_lettered: Vec<IntCounter>,
     pub send_retries: IntCounter,
     pub jobs_in_flight: IntGauge,
     pub time_to_accept: Histogram,
     /// How long a send waited for its slot under the shared rate (SMS_MAX_RPS).
     pub rate_wait: Histogram,
-    pub queue_ready: IntGauge,
-    pub dead_letters: IntGauge,
+    /// Messages waiting in the send queue and in its dead-letter queue. Only the dispatcher
+    /// holding the depth lease exports them, so each queue has one series.
+    pub queue_ready: IntGaugeVec,
+    pub dead_letters: IntGaugeVec,
 }
 
 /// The provider-call metrics, handed to the provider client.
@@ -78,7 +88,7 @@ impl DeliveryMetrics {
         let provider_requests = m::counter_vec(
             &registry,
             "otp_provider_requests_total",
-            "SMS provider calls, by provider and status class (2xx, 4xx, 5xx, other, error).",
+            "SMS provider calls, by provider and status class (2xx, 429, 4xx, 5xx, other, error).",
             &["provider", "status_class"],
         );
         let duration = m::histogram_vec(
@@ -111,8 +121,43 @@ impl DeliveryMetrics {
                 }
             })
             .collect();
+        let sends = m::counter_vec(
+            &registry,
+            "otp_sends_total",
+            "SMS accepted by a provider, by provider.",
+            &["provider"],
+        );
+        let failovers = m::counter_vec(
+            &registry,
+            "otp_failovers_total",
+            "Attempts of a job that moved to another provider than its previous attempt's.",
+            &["from", "to"],
+        );
+        let dead_lettered = m::counter_vec(
+            &registry,
+            "otp_dead_letters_total",
+            "Send jobs dead-lettered, by reason (rejected, no_provider, unreadable).",
+            &["reason"],
+        );
         Self {
             providers,
+            sends: PROVIDERS
+                .iter()
+                .map(|p| sends.with_label_values(&[p]))
+                .collect(),
+            failovers: PROVIDERS
+                .iter()
+                .map(|from| {
+                    PROVIDERS
+                        .iter()
+                        .map(|to| failovers.with_label_values(&[from, to]))
+                        .collect()
+                })
+                .collect(),
+            dead_lettered: DeadReason::ALL
+                .iter()
+                .map(|r| dead_lettered.with_label_values(&[r.as_str()]))
+                .collect(),
             breakers: PROVIDERS
                 .iter()
                 .map(|p| breaker_state.with_label_values(&[p]))
@@ -146,30 +191,60 @@ impl DeliveryMetrics {
                 "Time a send waited for its slot under the shared rate (SMS_MAX_RPS).",
                 WAIT_BUCKETS,
             ),
-            queue_ready: m::gauge(
+            queue_ready: m::gauge_vec(
                 &registry,
                 "otp_queue_ready_messages",
-                "Send jobs waiting in the queue (refreshed every few seconds).",
+                "Send jobs waiting in the queue, by queue (refreshed every few seconds by one \
+                 dispatcher).",
+                &["queue"],
             ),
-            dead_letters: m::gauge(
+            dead_letters: m::gauge_vec(
                 &registry,
                 "otp_dead_letter_messages",
-                "Messages in the dead-letter queue (refreshed every few seconds).",
+                "Messages in the dead-letter queue, by queue (refreshed every few seconds by one \
+                 dispatcher).",
+                &["queue"],
             ),
             registry,
         }
     }
 
+    /// The metrics of a dispatcher process: these, the process collector and `otp_build_info`.
+    pub fn for_process() -> Self {
+        let metrics = Self::new();
+        m::process(&metrics.registry);
+        metrics
+    }
+
     /// The call metrics of a provider (`plivo` or `twilio`).
     pub fn provider(&self, name: &str) -> ProviderMetrics {
-        let index = PROVIDERS.iter().position(|p| *p == name).unwrap_or(0);
+        let index = index_of(name).unwrap_or(0);
         self.providers[index].clone()
     }
 
     /// The breaker-state gauge of a provider.
     pub fn breaker(&self, name: &str) -> IntGauge {
-        let index = PROVIDERS.iter().position(|p| *p == name).unwrap_or(0);
+        let index = index_of(name).unwrap_or(0);
         self.breakers[index].clone()
+    }
+
+    /// An SMS `provider` accepted.
+    pub fn sent_by(&self, provider: &str) {
+        if let Some(i) = index_of(provider) {
+            self.sends[i].inc();
+        }
+    }
+
+    /// A job's attempt went to `to` after its previous one went to `from`.
+    pub fn failover(&self, from: &str, to: &str) {
+        if let (Some(f), Some(t)) = (index_of(from), index_of(to)) {
+            self.failovers[f][t].inc();
+        }
+    }
+
+    pub fn dead_lettered(&self, reason: DeadReason) {
+        let index = DeadReason::ALL.iter().position(|r| *r == reason);
+        self.dead_lettered[index.unwrap_or(0)].inc();
     }
 
     pub fn job(&self, result: JobResult) {
@@ -187,6 +262,10 @@ impl DeliveryMetrics {
     pub fn render(&self) -> String {
         m::render(&self.registry)
     }
+}
+
+fn index_of(provider: &str) -> Option<usize> {
+    PROVIDERS.iter().position(|p| *p == provider)
 }
 
 impl Default for DeliveryMetrics {
@@ -218,9 +297,14 @@ mod tests {
     /// Every family, label and label value this binary exports is named in the metrics doc.
     #[test]
     fn the_operations_doc_names_every_series() {
-        let metrics = DeliveryMetrics::new();
+        let metrics = DeliveryMetrics::for_process();
         metrics.provider("plivo");
         metrics.provider("twilio");
+        metrics.queue_ready.with_label_values(&["otp.sms"]).set(0);
+        metrics
+            .dead_letters
+            .with_label_values(&["otp.sms.dead"])
+            .set(0);
         let doc = include_str!("../../docs/operations.md");
         let missing = otp_testkit::undocumented_metrics(&metrics.render(), doc);
         assert!(

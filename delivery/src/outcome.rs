@@ -22,6 +22,29 @@ pub enum Attempt {
     Unusable { reason: String },
 }
 
+/// Why a job was dead-lettered, for `otp_dead_letters_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// A provider refused the message for good (a 4xx about the number or the text).
+    Rejected,
+    /// No provider could send at all (credentials, account, configuration).
+    NoProvider,
+    /// The message could not be read (not a send job, or sealed with an unknown key).
+    Unreadable,
+}
+
+impl DeadReason {
+    pub const ALL: [Self; 3] = [Self::Rejected, Self::NoProvider, Self::Unreadable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::NoProvider => "no_provider",
+            Self::Unreadable => "unreadable",
+        }
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Final {
@@ -31,12 +54,12 @@ pub enum Final {
     },
     Failed {
         reason: String,
+        /// The reason's class, for the metrics.
+        cause: DeadReason,
         attempts: u32,
     },
     /// The code expired before the SMS could be sent; it is never sent late.
-    Expired {
-        attempts: u32,
-    },
+    Expired { attempts: u32 },
 }
 
 /// What the queue does with a delivered job, once the worker is done with it.
@@ -55,7 +78,9 @@ impl Final {
     pub fn settle(&self) -> Settle {
         match self {
             Self::Sent { .. } | Self::Expired { .. } => Settle::Ack,
-            Self::Failed { reason, attempts } => Settle::DeadLetter {
+            Self::Failed {
+                reason, attempts, ..
+            } => Settle::DeadLetter {
                 reason: reason.clone(),
                 attempts: *attempts,
             },
@@ -85,6 +110,7 @@ mod tests {
         assert_eq!(Final::Expired { attempts: 2 }.settle(), Settle::Ack);
         let failed = Final::Failed {
             reason: "plivo 400".into(),
+            cause: DeadReason::Rejected,
             attempts: 1,
         };
         assert_eq!(

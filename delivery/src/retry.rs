@@ -7,7 +7,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rand::{RngExt, rng};
 use tokio::time::Instant;
 
-use crate::outcome::{Attempt, Final};
+use crate::outcome::{Attempt, DeadReason, Final};
 
 /// Backoff settings, validated at construction.
 #[derive(Debug, Clone)]
@@ -103,8 +103,21 @@ where
                     attempts,
                 };
             }
-            Attempt::Fail { reason } | Attempt::Unusable { reason } => {
-                return Final::Failed { reason, attempts };
+            Attempt::Fail { reason } => {
+                let cause = DeadReason::Rejected;
+                return Final::Failed {
+                    reason,
+                    cause,
+                    attempts,
+                };
+            }
+            Attempt::Unusable { reason } => {
+                let cause = DeadReason::NoProvider;
+                return Final::Failed {
+                    reason,
+                    cause,
+                    attempts,
+                };
             }
             Attempt::Retry { reason, after } => {
                 // `without_max_times` makes the iterator endless; the fallback only satisfies
@@ -243,6 +256,7 @@ mod tests {
             result,
             Final::Failed {
                 reason: "plivo answered 400".into(),
+                cause: DeadReason::Rejected,
                 attempts: 1
             }
         );

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::{breaker::Breaker, outcome::Attempt, sender::SmsSender};
+use crate::{breaker::Breaker, metrics::DeliveryMetrics, outcome::Attempt, sender::SmsSender};
 
 pub struct Provider {
     pub sender: Arc<dyn SmsSender>,
@@ -15,6 +15,8 @@ pub struct Provider {
 pub struct Router {
     providers: Vec<Provider>,
     failover_after: u32,
+    /// Counts failovers (`otp_failovers_total`).
+    metrics: Arc<DeliveryMetrics>,
 }
 
 /// One job's way through the providers.
@@ -43,10 +45,15 @@ impl JobRoute {
 
 impl Router {
     /// `providers` in order of preference; there is at least one (the config guarantees it).
-    pub fn new(providers: Vec<Provider>, failover_after: u32) -> Self {
+    pub fn new(
+        providers: Vec<Provider>,
+        failover_after: u32,
+        metrics: Arc<DeliveryMetrics>,
+    ) -> Self {
         Self {
             providers,
             failover_after,
+            metrics,
         }
     }
 
@@ -107,7 +114,9 @@ impl Router {
         };
         let provider = &self.providers[i];
         let name = provider.sender.name();
-        route.lock().last = Some(name);
+        if let Some(from) = route.lock().last.replace(name).filter(|from| *from != name) {
+            self.metrics.failover(from, name);
+        }
         let attempt = provider.sender.send(destination, text).await;
         let works = matches!(attempt, Attempt::Sent { .. } | Attempt::Fail { .. });
         provider.breaker.record(works).await;

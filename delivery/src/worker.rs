@@ -25,7 +25,7 @@ use crate::{
     ledger::{Claim, Entry, Ledger, MemoryLedger, SendLedger, SentRecord, keep_alive},
     limiter::{MemoryRateLimiter, RateLimiter, SendRate},
     metrics::{DeliveryMetrics, InFlight, JobResult},
-    outcome::{Attempt, Final, Settle},
+    outcome::{Attempt, DeadReason, Final, Settle},
     records::{JobRecords, LiveCode, MemoryJobRecords, RedisJobRecords},
     retry::{RetryPolicy, run_attempts},
     router::{JobRoute, Provider, Router},
@@ -114,7 +114,11 @@ impl Worker {
                 &keys,
                 settings.rate.max_rps(),
             )),
-            router: Router::new(providers, settings.retry.failover_after_retries),
+            router: Router::new(
+                providers,
+                settings.retry.failover_after_retries,
+                metrics.clone(),
+            ),
             policy: settings.retry.policy()?,
             job_key,
             records: Arc::new(RedisJobRecords {
@@ -154,7 +158,7 @@ impl Worker {
         Self {
             ledger: Arc::new(MemoryLedger::new(records.clone(), MEMORY_LEASE)),
             limiter: Arc::new(MemoryRateLimiter::new(sends_per_second)),
-            router: Router::new(providers, 2),
+            router: Router::new(providers, 2, metrics.clone()),
             policy: RetryPolicy::default(),
             job_key,
             records: Arc::new(MemoryJobRecords { records, live }),
@@ -174,6 +178,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(%request_id, error = %e, "unreadable send job; dead-lettering it");
                 self.metrics.job(JobResult::Failed);
+                self.metrics.dead_lettered(DeadReason::Unreadable);
                 return Settle::DeadLetter {
                     reason: e.to_string(),
                     attempts: 0,
@@ -293,20 +298,24 @@ impl Worker {
             resend: resend.is_some(),
         };
         self.record(job, &sent, &outcome).await;
-        self.count(job, &outcome);
+        self.count(job, provider, &outcome);
         outcome.settle()
     }
 
-    fn count(&self, job: &SendJob, outcome: &Final) {
+    fn count(&self, job: &SendJob, provider: &str, outcome: &Final) {
         let result = match outcome {
             Final::Sent { .. } => {
                 let waited = OffsetDateTime::now_utc() - job.created_at;
                 self.metrics
                     .time_to_accept
                     .observe(waited.as_seconds_f64().max(0.0));
+                self.metrics.sent_by(provider);
                 JobResult::Sent
             }
-            Final::Failed { .. } => JobResult::Failed,
+            Final::Failed { cause, .. } => {
+                self.metrics.dead_lettered(*cause);
+                JobResult::Failed
+            }
             Final::Expired { .. } => JobResult::Expired,
         };
         self.metrics.job(result);

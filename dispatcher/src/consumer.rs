@@ -18,7 +18,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+        BasicPublishOptions, BasicQosOptions,
     },
     types::FieldTable,
 };
@@ -30,10 +30,13 @@ use otp_shared::{
         ATTEMPTS_HEADER, DEAD_AT_HEADER, DEAD_REASON_HEADER, Topology, header_str, long_string,
         open_confirmed_channel,
     },
+    keys::Keys,
+    redis_conn::RedisConn,
     supervise::{CLOSE_TIMEOUT, Session, close, supervise},
     urls::AmqpUrl,
 };
 
+use crate::depths::DepthWatch;
 use otp_delivery::{
     metrics::DeliveryMetrics,
     outcome::Settle,
@@ -52,10 +55,9 @@ pub struct Consumer {
     /// True while consuming; read by /readyz.
     pub connected: Arc<AtomicBool>,
     pub metrics: Arc<DeliveryMetrics>,
+    /// Exports the queue depths while this dispatcher holds their lease.
+    pub depths: DepthWatch,
 }
-
-/// How often the queue-depth gauges are refreshed.
-const DEPTH_REFRESH: Duration = Duration::from_secs(5);
 
 /// The connection and channel in-flight jobs ack through after consuming stopped.
 pub struct Open(Connection, Channel);
@@ -93,6 +95,32 @@ impl JobSource for Consumer {
 }
 
 impl Consumer {
+    /// A consumer of `topology`'s queue that is not yet connected.
+    pub fn new(
+        url: AmqpUrl,
+        topology: Topology,
+        concurrency: u16,
+        redis: RedisConn,
+        keys: Keys,
+        metrics: Arc<DeliveryMetrics>,
+    ) -> Self {
+        let depths = DepthWatch {
+            redis,
+            keys,
+            topology: topology.clone(),
+            metrics: metrics.clone(),
+            owner: uuid::Uuid::new_v4().to_string(),
+        };
+        Self {
+            url,
+            topology,
+            concurrency,
+            connected: Arc::new(AtomicBool::new(false)),
+            metrics,
+            depths,
+        }
+    }
+
     /// One connection: consume, handing each delivery to a worker task, until the connection
     /// breaks or `stop` fires.
     async fn session(
@@ -109,15 +137,12 @@ impl Consumer {
         };
         tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
         self.connected.store(true, Ordering::SeqCst);
-        let depths = tokio::spawn(watch_depths(
-            connection.create_channel().await,
-            self.topology.clone(),
-            self.metrics.clone(),
-        ));
+        let depths = tokio::spawn(self.depths.clone().run(connection.create_channel().await));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
                     depths.abort();
+                    self.depths.clear();
                     self.connected.store(false, Ordering::SeqCst);
                     let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
@@ -151,6 +176,7 @@ impl Consumer {
             }
         }
         depths.abort();
+        self.depths.clear();
         self.connected.store(false, Ordering::SeqCst);
         close(connection, Some(channel)).await;
         Ok(Session::Broken)
@@ -174,39 +200,6 @@ impl Consumer {
             .await
             .with_context(|| format!("consuming from {}", self.topology.queue))?;
         Ok((connection, channel, consumer))
-    }
-}
-
-/// Keeps `otp_queue_ready_messages` and `otp_dead_letter_messages` current, on a channel of its
-/// own (a failed passive declare closes its channel; the consuming one must not be that one).
-/// Ends when the channel does; the consumer starts a new one with each connection.
-async fn watch_depths(
-    channel: lapin::Result<Channel>,
-    topology: Topology,
-    metrics: Arc<DeliveryMetrics>,
-) {
-    let Ok(channel) = channel else { return };
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    loop {
-        for (queue, gauge) in [
-            (&topology.queue, &metrics.queue_ready),
-            (&topology.dead_queue, &metrics.dead_letters),
-        ] {
-            match channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-            {
-                Ok(q) => gauge.set(q.message_count().into()),
-                Err(e) => {
-                    tracing::debug!(error = %e, "queue depth unavailable");
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(DEPTH_REFRESH).await;
     }
 }
 

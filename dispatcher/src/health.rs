@@ -20,6 +20,8 @@ use otp_delivery::metrics::DeliveryMetrics;
 pub struct Readiness {
     pub redis: RedisConn,
     pub amqp_connected: Arc<AtomicBool>,
+    /// Set at SIGTERM: from then on /readyz answers 503 while in-flight jobs finish.
+    pub stopping: Arc<AtomicBool>,
     pub metrics: Arc<DeliveryMetrics>,
 }
 
@@ -30,10 +32,13 @@ fn healthz() -> Json<serde_json::Value> {
 
 #[handler]
 async fn readyz(state: Data<&Readiness>) -> Response {
-    let down = supervise::unavailable(
+    let mut down = supervise::unavailable(
         supervise::redis_answers(&state.redis).await,
         state.amqp_connected.load(Ordering::SeqCst),
     );
+    if state.stopping.load(Ordering::SeqCst) {
+        down = vec!["this dispatcher (stopping)"];
+    }
     if down.is_empty() {
         return Json(json!({ "status": "ok" })).into_response();
     }

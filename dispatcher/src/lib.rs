@@ -8,6 +8,7 @@
 //! - [`startup`]: `Application::build` wires the parts; `run_until` handles graceful shutdown.
 //! - [`consumer`]: the AMQP `JobSource`: connection, prefetch, one task per delivery,
 //!   reconnects; acks, rejects and dead-letter copies (the only module that does).
+//! - [`depths`]: the queue-depth gauges, exported by one dispatcher per queue (a Redis lease).
 //! - [`dlq`]: reading, replaying and removing dead letters in RabbitMQ (`DeadLetters`).
 //! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod depths;
 pub mod dlq;
 pub mod health;
 pub mod startup;

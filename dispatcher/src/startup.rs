@@ -62,16 +62,17 @@ impl Application {
         config.validate().map_err(anyhow::Error::msg)?;
         config.delivery.warn_deprecated();
         let redis = config.redis.connect()?;
-        let metrics = Arc::new(DeliveryMetrics::new());
+        let metrics = Arc::new(DeliveryMetrics::for_process());
         let worker = redis_worker(&config, &redis, &metrics)?;
-        let connected = Arc::new(AtomicBool::new(false));
-        let consumer = Consumer {
-            url: config.amqp.amqp_url.clone(),
-            topology: config.amqp.topology(),
-            concurrency: config.dispatcher_concurrency,
-            connected: connected.clone(),
-            metrics: metrics.clone(),
-        };
+        let consumer = Consumer::new(
+            config.amqp.amqp_url.clone(),
+            config.amqp.topology(),
+            config.dispatcher_concurrency,
+            redis.clone(),
+            config.redis.keys(),
+            metrics.clone(),
+        );
+        let connected = consumer.connected.clone();
         let bind = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), config.dispatcher_http_port);
         let health = TcpListener::bind(bind)
             .into_acceptor()
@@ -90,6 +91,7 @@ impl Application {
             readiness: Readiness {
                 redis,
                 amqp_connected: connected,
+                stopping: Arc::new(AtomicBool::new(false)),
                 metrics,
             },
             grace: config.process.grace(),
@@ -104,11 +106,13 @@ impl Application {
     /// Consumes until `shutdown` resolves; then stops consuming at once, gives in-flight jobs
     /// the grace period, and leaves the rest unacked for the broker to redeliver.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let stop = CancellationToken::new();
+        let (stop, health_stop) = (CancellationToken::new(), CancellationToken::new());
+        let stopping = self.readiness.stopping.clone();
+        // The health port outlives consuming: /readyz says 503 until the process ends.
         let health = tokio::spawn(
             Server::new_with_acceptor(self.health).run_with_graceful_shutdown(
                 health::routes(self.readiness),
-                stop.clone().cancelled_owned(),
+                health_stop.clone().cancelled_owned(),
                 Some(HEALTH_SHUTDOWN_GRACE),
             ),
         );
@@ -121,8 +125,10 @@ impl Application {
         ));
         shutdown.await;
 
+        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         stop.cancel();
         let in_flight = serving.await.context("the consumer task panicked")?;
+        health_stop.cancel();
         let _ = health.await;
         tracing::info!(in_flight_at_stop = in_flight, "otp-dispatcher stopped");
         Ok(())

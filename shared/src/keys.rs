@@ -180,6 +180,12 @@ impl Keys {
         format!("{}lease:{{{verification_id}}}:{job_id}", self.prefix)
     }
 
+    /// The dispatcher that exports a queue's depth gauges now (a lease: its id, with a TTL),
+    /// so each queue has one series however many dispatchers run.
+    pub fn depth_watcher(&self, queue: &str) -> String {
+        format!("{}depths:{queue}", self.prefix)
+    }
+
     /// The provider-wide rate (GCRA: the theoretical arrival time, ms) shared by every
     /// dispatcher.
     pub fn provider_bucket(&self) -> String {

@@ -81,6 +81,31 @@ pub fn histogram_vec(
     h
 }
 
+/// The revision the binaries were built from: `OTP_REVISION` at build time (the Dockerfile
+/// passes it), or `unknown`.
+pub const REVISION: &str = match option_env!("OTP_REVISION") {
+    Some(revision) => revision,
+    None => "unknown",
+};
+
+/// Registers what every process exports once: the process collector (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_open_fds`, ...) and `otp_build_info{version,
+/// revision}` 1. Call it once per process, on the registry its `/metrics` serves.
+pub fn process(registry: &Registry) {
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    registry
+        .register(Box::new(collector))
+        .expect("the process collector is registered once");
+    gauge_vec(
+        registry,
+        "otp_build_info",
+        "The running build: its version and revision; always 1.",
+        &["version", "revision"],
+    )
+    .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
+    .set(1);
+}
+
 /// The registry in Prometheus' text exposition format (version 0.0.4).
 pub fn render(registry: &Registry) -> String {
     TextEncoder::new()
@@ -111,5 +136,37 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("otp_wait_seconds_count 1"), "{text}");
+    }
+
+    #[test]
+    fn a_process_exports_its_build_and_resources() {
+        let registry = Registry::new();
+        process(&registry);
+        let text = render(&registry);
+        let build = format!(
+            "otp_build_info{{revision=\"{REVISION}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{family} ")))
+                .unwrap_or_else(|| panic!("{family} missing in {text}"));
+            let value: f64 = value.parse().expect("a number");
+            assert!(value >= 0.0, "{family} {value}");
+        }
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            rss.is_some_and(|b| b > 1e6),
+            "a live process has resident memory: {text}"
+        );
     }
 }

@@ -24,9 +24,10 @@ use crate::fraud::Mode;
 use futures_util::future::BoxFuture;
 
 use super::{
-    BlockRule, BlockedPrefix, CodeStore, FraudSignal, FraudStore, GuardBlock, IdempotencyClaim,
-    IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
-    Requester, ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
+    BlockRule, BlockedPrefix, BudgetUse, CodeStore, FraudSignal, FraudStore, GuardBlock,
+    IdempotencyClaim, IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL,
+    RateLimit, ReportStore, Requester, ResendRefusal, ResendStore, StoreError, StorePolicy,
+    VerifyLookup,
     rules::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
         country_of, rate, tighter,
@@ -668,6 +669,21 @@ impl CodeStore for MemoryStore {
                 state.codes.remove(&e164);
             }
             Ok(false)
+        })
+    }
+
+    fn budgets(&self) -> BoxFuture<'_, Result<Vec<BudgetUse>, StoreError>> {
+        Box::pin(async move {
+            let scopes = self.policy.budget_scopes();
+            let state = self.lock();
+            let spent = scopes
+                .iter()
+                .map(|(country, _)| match country {
+                    Some(country) => state.counters.count(&sends_country(country)),
+                    None => state.counters.count(SENDS_ALL),
+                })
+                .collect();
+            Ok(super::budget_uses(scopes, spent))
         })
     }
 

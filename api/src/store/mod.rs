@@ -334,8 +334,47 @@ pub trait CodeStore: Send + Sync {
         matched: bool,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
+    /// Each configured send budget's use in the current hour (`otp_send_budget_remaining`).
+    fn budgets(&self) -> BoxFuture<'_, Result<Vec<BudgetUse>, StoreError>>;
+
     /// Whether the backend answers (readiness).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// A send budget's use in the current hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetUse {
+    /// `global` (MAX_SENDS_PER_HOUR) or a country named in MAX_SENDS_PER_COUNTRY_PER_HOUR.
+    pub scope: String,
+    pub limit: u32,
+    pub spent: u32,
+}
+
+impl StorePolicy {
+    /// The configured budgets, by scope, with their limits: the global one, then each named
+    /// country's (0, none, is left out).
+    pub fn budget_scopes(&self) -> Vec<(Option<String>, u32)> {
+        let global = (self.max_sends_per_hour > 0).then_some((None, self.max_sends_per_hour));
+        let countries = self
+            .max_sends_per_country_per_hour
+            .named()
+            .filter(|(_, limit)| *limit > 0)
+            .map(|(country, limit)| (Some(country.as_str().to_owned()), limit));
+        global.into_iter().chain(countries).collect()
+    }
+}
+
+/// Pairs each budget scope with what was spent on it.
+pub(crate) fn budget_uses(scopes: Vec<(Option<String>, u32)>, spent: Vec<u32>) -> Vec<BudgetUse> {
+    scopes
+        .into_iter()
+        .zip(spent)
+        .map(|((country, limit), spent)| BudgetUse {
+            scope: country.unwrap_or_else(|| "global".to_owned()),
+            limit,
+            spent,
+        })
+        .collect()
 }
 
 /// Idempotency-Key records: which response a key stands for.

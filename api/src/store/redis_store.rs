@@ -44,7 +44,7 @@ use otp_shared::{
 use futures_util::future::BoxFuture;
 
 use super::{
-    BlockRule, BlockedPrefix, CodeStore, FraudStore, GuardBlock, IdempotencyClaim,
+    BlockRule, BlockedPrefix, BudgetUse, CodeStore, FraudStore, GuardBlock, IdempotencyClaim,
     IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
     Requester, ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
     replies::{GuardVerdict, Guarded, KeyClaim, NumberIssued, VerifyBegun, VerifyFinished},
@@ -526,6 +526,29 @@ impl CodeStore for RedisStore {
                 tracing::warn!(error = %e, "could not tidy up after a verified code");
             }
             Ok(true)
+        })
+    }
+
+    fn budgets(&self) -> BoxFuture<'_, Result<Vec<BudgetUse>, StoreError>> {
+        Box::pin(async move {
+            let scopes = self.policy.budget_scopes();
+            if scopes.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Every budget key is in the `{global}` slot: one MGET, even on a cluster.
+            let keys: Vec<String> = scopes
+                .iter()
+                .map(|(country, _)| match country {
+                    Some(country) => self.keys.sends_country(country),
+                    None => self.keys.sends_all(),
+                })
+                .collect();
+            let spent: Vec<Option<u32>> = redis::cmd("MGET")
+                .arg(keys)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            let spent = spent.into_iter().map(Option::unwrap_or_default).collect();
+            Ok(super::budget_uses(scopes, spent))
         })
     }
 

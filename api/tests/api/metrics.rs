@@ -113,3 +113,80 @@ async fn a_failed_publish_is_counted_by_reason() {
         0.0
     );
 }
+
+/// `otp_send_budget_limit{scope}` and `otp_send_budget_remaining{scope}` follow the store,
+/// Redis or memory (the embedded mode): a code sent to a GB number spends the global budget
+/// and GB's, and a country with no budget of its own gets no series.
+async fn the_budget_gauges_follow<S>(store: S)
+where
+    S: otp_api::store::CodeStore + Clone + 'static,
+{
+    use otp_shared::phone::PhoneNumber;
+    let metrics = std::sync::Arc::new(otp_api::metrics::ApiMetrics::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(otp_api::startup::watch_budgets(
+        std::sync::Arc::new(store.clone()),
+        metrics.clone(),
+        std::time::Duration::from_millis(50),
+        stop.clone(),
+    ));
+    let series = |family: &prometheus::IntGaugeVec, scope: &str| {
+        family.get_metric_with_label_values(&[scope]).unwrap().get()
+    };
+    let shown = otp_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        series(&metrics.budget_remaining, "global") == 10
+    });
+    assert!(shown.await, "the budgets never showed");
+    assert_eq!(series(&metrics.budget_limit, "global"), 10);
+    assert_eq!(series(&metrics.budget_limit, "GB"), 5);
+    assert_eq!(series(&metrics.budget_remaining, "GB"), 5);
+
+    let phone = PhoneNumber::parse("+447400123456").unwrap();
+    let issued = store
+        .issue(
+            &phone,
+            otp_api::store::Requester::network("ip-a", true),
+            uuid::Uuid::new_v4(),
+            "digest",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(issued, otp_api::store::IssueOutcome::Issued(..)));
+    let spent = otp_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        series(&metrics.budget_remaining, "global") == 9
+    });
+    let spent = spent.await;
+    stop.cancel();
+    assert!(spent, "the global budget's gauge did not drop");
+    assert_eq!(series(&metrics.budget_remaining, "GB"), 4);
+    let text = metrics.render();
+    assert!(!text.contains(r#"scope="US""#), "{text}");
+}
+
+fn budgeted() -> otp_api::store::StorePolicy {
+    let mut config = crate::helpers::test_config();
+    config.limits.max_sends_per_hour = Some(otp_api::config::SendCeiling::PerHour(10));
+    config.limits.max_sends_per_country_per_hour =
+        otp_api::config::CountryBudgets::parse("GB=5").unwrap();
+    otp_api::store::StorePolicy::from_config(&config)
+}
+
+#[tokio::test]
+async fn the_budget_gauges_follow_redis() {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let _cleanup = otp_testkit::Cleanup {
+        redis_url: otp_testkit::redis_url(),
+        key_prefix: prefix.clone(),
+        amqp_url: crate::helpers::AMQP_URL.into(),
+        queue: format!("test.budget.{}", uuid::Uuid::new_v4().simple()),
+    };
+    let conn = otp_testkit::redis_conn();
+    let keys = otp_shared::keys::Keys::new(prefix);
+    the_budget_gauges_follow(otp_api::store::RedisStore::new(conn, keys, budgeted())).await;
+}
+
+#[tokio::test]
+async fn the_budget_gauges_follow_memory() {
+    let store = otp_api::store::MemoryStore::new(budgeted(), Default::default());
+    the_budget_gauges_follow(store).await;
+}

@@ -204,6 +204,17 @@ fn the_production_image_holds_only_the_two_services() {
         "fake-plivo prints codes: not in production"
     );
     assert!(copies("fake-plivo").contains("fake-plivo"));
+    // Kubernetes' runAsNonRoot checks a numeric user without reading /etc/passwd.
+    for (name, lines) in &stages[2..] {
+        let user = lines.iter().find_map(|l| l.strip_prefix("USER "));
+        let numeric = user.and_then(|u| u.split_once(':')).is_some_and(|(u, g)| {
+            u.parse::<u32>().is_ok_and(|u| u > 0) && g.parse::<u32>().is_ok()
+        });
+        assert!(
+            numeric,
+            "stage {name} runs as {user:?}, not a numeric non-root uid:gid"
+        );
+    }
 }
 
 const CONFIGURATION_DOC: &str = include_str!("../../../docs/configuration.md");

@@ -43,13 +43,32 @@ async fn when_plivo_keeps_failing_the_job_moves_to_twilio_and_is_sent_once() {
     let world = World::new().await;
     let mut config = both(&world, &plivo, &twilio).await;
     config.reports.twilio_status_callback_url = Some("https://otp.example.com/cb/twilio".into());
-    let _dispatcher = spawn_dispatcher(config).await;
+    let dispatcher = spawn_dispatcher(config).await;
 
     let (job, status) = world.send_one(PHONE, "271828").await;
     assert_eq!(status.state.as_str(), "sent");
     assert_eq!(status.provider_message_id.as_deref(), Some("SM-failover"));
     let outcome = world.outcome(&job, Duration::from_secs(5)).await;
     assert_eq!(outcome, "sent:twilio:SM-failover");
+    // Counted: one failover, one send by Twilio, none by Plivo.
+    let metrics = reqwest::get(format!("http://{}/metrics", dispatcher.health))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (series, value) in [
+        (r#"otp_failovers_total{from="plivo",to="twilio"}"#, 1.0),
+        (r#"otp_failovers_total{from="twilio",to="plivo"}"#, 0.0),
+        (r#"otp_sends_total{provider="twilio"}"#, 1.0),
+        (r#"otp_sends_total{provider="plivo"}"#, 0.0),
+    ] {
+        assert_eq!(
+            otp_testkit::metric_value(&metrics, series),
+            value,
+            "{series}"
+        );
+    }
     // Twilio's form carried the number and the text.
     let sent = &twilio.received_requests().await.unwrap()[0];
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&sent.body)

@@ -6,7 +6,7 @@ use wiremock::{MockServer, ResponseTemplate, matchers::body_partial_json};
 
 use otp_testkit::eventually;
 
-use crate::helpers::{PHONE, Running, accepted, plivo_call, start};
+use crate::helpers::{PHONE, Running, accepted, plivo_call, spawn_dispatcher, start};
 
 const OTHER_PHONE: &str = "+442071838750";
 
@@ -95,6 +95,22 @@ async fn every_job_result_and_provider_answer_is_counted() {
     assert_eq!(status.state.as_str(), "failed");
     expect_metric(&dispatcher, r#"otp_jobs_total{result="failed"}"#, 1.0, soon).await;
     assert_eq!(metric(&dispatcher, &class("4xx")).await, 1.0);
+    let dead = |reason: &str| format!(r#"otp_dead_letters_total{{reason="{reason}"}}"#);
+    assert_eq!(metric(&dispatcher, &dead("rejected")).await, 1.0);
+    assert_eq!(metric(&dispatcher, &dead("unreadable")).await, 0.0);
+    assert_eq!(
+        metric(&dispatcher, r#"otp_sends_total{provider="plivo"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &dispatcher,
+            r#"otp_failovers_total{from="plivo",to="twilio"}"#
+        )
+        .await,
+        0.0,
+        "one provider: no failover"
+    );
 
     // Expired, and withdrawn by the API: no call.
     let expired = world.job(PHONE, "789789", time::Duration::seconds(-1));
@@ -116,15 +132,41 @@ async fn every_job_result_and_provider_answer_is_counted() {
     )
     .await;
 
-    // The depth gauges are refreshed every few seconds.
+    // The depth gauges are refreshed every few seconds, by one dispatcher per queue: a second
+    // one on the same queue exports none while the first holds the lease.
+    let second = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let queue = &world.queue;
     expect_metric(
         &dispatcher,
-        "otp_dead_letter_messages",
+        &format!(r#"otp_dead_letter_messages{{queue="{queue}.dead"}}"#),
         1.0,
         Duration::from_secs(12),
     )
     .await;
-    assert_eq!(metric(&dispatcher, "otp_queue_ready_messages").await, 0.0);
+    assert_eq!(
+        metric(
+            &dispatcher,
+            &format!(r#"otp_queue_ready_messages{{queue="{queue}"}}"#)
+        )
+        .await,
+        0.0
+    );
+    let text = reqwest::get(format!("http://{}/metrics", second.health))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in ["otp_queue_ready_messages{", "otp_dead_letter_messages{"] {
+        assert!(
+            !text.contains(family),
+            "a second dispatcher exports no depth: {text}"
+        );
+    }
+    // What every process exports.
+    assert!(text.contains("otp_build_info{"), "{text}");
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    second.stop().await;
     assert_eq!(metric(&dispatcher, "otp_jobs_in_flight").await, 0.0);
     assert_eq!(
         metric(&dispatcher, &class("2xx")).await,

@@ -183,7 +183,20 @@ async fn jobs_unfinished_after_the_grace_period_go_back_to_the_queue() {
     wait_for_calls(&plivo, 1, Duration::from_secs(10)).await;
 
     let started = Instant::now();
-    dispatcher.stop().await;
+    let readyz = format!("http://{}/readyz", dispatcher.health);
+    let stopping = tokio::spawn(dispatcher.stop());
+    // Not ready at once, while the job in flight has its grace period.
+    let not_ready = eventually(Duration::from_millis(500), || async {
+        let answer = reqwest::get(&readyz)
+            .await
+            .expect("the health port still answers");
+        answer.status().as_u16() == 503 && answer.text().await.unwrap().contains("stopping")
+    });
+    assert!(
+        not_ready.await,
+        "/readyz is 503 (stopping) during the grace period"
+    );
+    stopping.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(6));
     let back = eventually(Duration::from_secs(5), || async {
         world.ready_messages().await == 1

@@ -3,10 +3,7 @@
 //! given up on becomes a dead letter with its ids, reason, attempts and time; an unreadable one
 //! becomes a dead letter without ids; a delivered one does not; listing leaves them in place.
 
-use std::{
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
@@ -69,13 +66,14 @@ impl Backend for Rabbit {
             metrics.clone(),
         )
         .unwrap();
-        let consumer = Consumer {
-            url: AMQP_URL.parse().unwrap(),
-            topology: Topology::new(&world.queue),
-            concurrency: CONCURRENCY as u16,
-            connected: Arc::new(AtomicBool::new(false)),
+        let consumer = Consumer::new(
+            AMQP_URL.parse().unwrap(),
+            Topology::new(&world.queue),
+            CONCURRENCY as u16,
+            world.redis.clone(),
+            world.keys(),
             metrics,
-        };
+        );
         let dead = DeadLetterQueue::new(world.channel.clone(), Topology::new(&world.queue));
         (consumer, dead, worker)
     }
