@@ -61,6 +61,8 @@ pub struct ApiMetrics {
     /// (`global` or a country); refreshed by [`crate::startup::watch_budgets`].
     pub budget_limit: IntGaugeVec,
     pub budget_remaining: IntGaugeVec,
+    /// Consumers of the send queue (the dispatchers), by queue; refreshed by the publisher.
+    pub queue_consumers: IntGaugeVec,
 }
 
 /// Report statuses counted by name (Plivo's and Twilio's), and `replayed` for a report seen
@@ -234,6 +236,12 @@ impl ApiMetrics {
                  code).",
                 &["scope"],
             ),
+            queue_consumers: m::gauge_vec(
+                &registry,
+                "otp_queue_consumers",
+                "Consumers (dispatchers) of the send queue, by queue; 0 means its jobs wait.",
+                &["queue"],
+            ),
             requests,
             request_series,
             durations,
@@ -391,6 +399,10 @@ mod tests {
             metrics.budget_limit.with_label_values(&[scope]).set(10);
             metrics.budget_remaining.with_label_values(&[scope]).set(9);
         }
+        metrics
+            .queue_consumers
+            .with_label_values(&["otp.sms"])
+            .set(2);
         let doc = include_str!("../../docs/operations.md");
         let missing = otp_testkit::undocumented_metrics(&metrics.render(), doc);
         assert!(

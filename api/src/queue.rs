@@ -75,6 +75,8 @@ struct Inner {
     channel: RwLock<Option<Channel>>,
     /// Wakes the supervisor when a publish hits a dead connection.
     broken: Notify,
+    /// `otp_queue_consumers{queue}`: the dispatchers consuming the send queue.
+    consumers: prometheus::IntGaugeVec,
 }
 
 impl AmqpPublisher {
@@ -84,6 +86,7 @@ impl AmqpPublisher {
         url: AmqpUrl,
         topology: Topology,
         confirm_timeout: Duration,
+        consumers: prometheus::IntGaugeVec,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let inner = Arc::new(Inner {
@@ -91,6 +94,7 @@ impl AmqpPublisher {
             confirm_timeout,
             channel: RwLock::new(None),
             broken: Notify::new(),
+            consumers,
         });
         let task = tokio::spawn(supervise(inner.clone(), url, shutdown));
         (Self { inner }, task)
@@ -191,7 +195,16 @@ async fn session(
         _ = shutdown.cancelled() => return Ok(Session::Stopped(())),
         result = open(inner, url) => result?,
     };
+    let consumers = tokio::spawn(watch_consumers(
+        connection.create_channel().await,
+        inner.topology.queue.clone(),
+        inner.consumers.clone(),
+    ));
     wait_until_broken(inner, &connection, shutdown).await;
+    consumers.abort();
+    let _ = inner
+        .consumers
+        .remove_label_values(&[&inner.topology.queue]);
     let channel = inner
         .channel
         .write()
@@ -211,8 +224,36 @@ async fn open(inner: &Inner, url: &AmqpUrl) -> anyhow::Result<Connection> {
     Ok(connection)
 }
 
+/// How often `otp_queue_consumers` is refreshed.
+const CONSUMER_REFRESH: Duration = Duration::from_secs(5);
 /// How often a quiet connection is checked; a failed publish wakes the check at once.
 const CONNECTION_CHECK: Duration = Duration::from_millis(500);
+
+/// Keeps `gauge{queue}` at the number of consumers of `queue` (the dispatchers taking its
+/// jobs; 0 means the jobs wait), every [`CONSUMER_REFRESH`], on a channel of its own (a failed
+/// passive declare closes it). Ends, with the series removed, when the channel fails.
+async fn watch_consumers(
+    channel: lapin::Result<Channel>,
+    queue: String,
+    gauge: prometheus::IntGaugeVec,
+) {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    if let Ok(channel) = channel {
+        while let Ok(declared) = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            gauge
+                .with_label_values(&[&queue])
+                .set(declared.consumer_count().into());
+            tokio::time::sleep(CONSUMER_REFRESH).await;
+        }
+    }
+    let _ = gauge.remove_label_values(&[&queue]);
+}
 
 async fn wait_until_broken(inner: &Inner, connection: &Connection, shutdown: &CancellationToken) {
     loop {

@@ -88,8 +88,21 @@ impl Application {
                 config.amqp.amqp_url.clone(),
                 config.amqp.topology(),
                 Duration::from_millis(config.publish_confirm_timeout_ms),
+                metrics.queue_consumers.clone(),
                 background.clone(),
             );
+            let fingerprint = otp_shared::agreement::Fingerprint::of(
+                &config.redis,
+                &config.amqp,
+                &config.reports,
+                &config.otp.job_encryption_key,
+            );
+            tokio::spawn(otp_shared::agreement::keep_written(
+                redis.clone(),
+                config.redis.keys().settings_fingerprint(),
+                fingerprint,
+                background.clone(),
+            ));
             let store = RedisStore::new(
                 redis,
                 config.redis.keys(),

@@ -48,6 +48,9 @@ pub struct DeliveryMetrics {
     /// holding the depth lease exports them, so each queue has one series.
     pub queue_ready: IntGaugeVec,
     pub dead_letters: IntGaugeVec,
+    /// 1 while this dispatcher's shared settings disagree with the API's (registered by
+    /// [`DeliveryMetrics::for_process`]: only a dispatcher process compares them).
+    pub config_mismatch: IntGauge,
 }
 
 /// The provider-call metrics, handed to the provider client.
@@ -205,14 +208,25 @@ impl DeliveryMetrics {
                  dispatcher).",
                 &["queue"],
             ),
+            config_mismatch: IntGauge::new(
+                "otp_config_mismatch",
+                "1 while this dispatcher's shared settings differ from the API's fingerprint \
+                 (or it finds none while jobs arrive): it does not consume.",
+            )
+            .expect("a valid gauge"),
             registry,
         }
     }
 
-    /// The metrics of a dispatcher process: these, the process collector and `otp_build_info`.
+    /// The metrics of a dispatcher process: these, `otp_config_mismatch`, the process
+    /// collector and `otp_build_info`.
     pub fn for_process() -> Self {
         let metrics = Self::new();
         m::process(&metrics.registry);
+        metrics
+            .registry
+            .register(Box::new(metrics.config_mismatch.clone()))
+            .expect("registered once");
         metrics
     }
 

@@ -36,7 +36,7 @@ use otp_shared::{
     urls::AmqpUrl,
 };
 
-use crate::depths::DepthWatch;
+use crate::{agreement::Agreement, depths::DepthWatch};
 use otp_delivery::{
     metrics::DeliveryMetrics,
     outcome::Settle,
@@ -57,6 +57,8 @@ pub struct Consumer {
     pub metrics: Arc<DeliveryMetrics>,
     /// Exports the queue depths while this dispatcher holds their lease.
     pub depths: DepthWatch,
+    /// Whether the shared settings agree with the API's: consuming waits for it.
+    pub agreement: Agreement,
 }
 
 /// The connection and channel in-flight jobs ack through after consuming stopped.
@@ -67,7 +69,8 @@ impl JobSource for Consumer {
 
     /// Consumes until `stop` fires, then cancels the consumer and hands back the connection and
     /// channel, which must stay open until in-flight jobs have acked. Reconnects by itself
-    /// (`otp_shared::supervise`).
+    /// (`otp_shared::supervise`). Compares the shared settings with the API's meanwhile, and
+    /// consumes only while they agree.
     fn consume(
         self,
         worker: Arc<Worker>,
@@ -76,6 +79,7 @@ impl JobSource for Consumer {
         tracker: TaskTracker,
     ) -> BoxFuture<'static, Option<Open>> {
         Box::pin(async move {
+            tokio::spawn(self.agreement.clone().run(stop.clone()));
             let tag = format!("otp-dispatcher-{}", uuid::Uuid::new_v4());
             let (this, worker, tag, stop, abort, tracker) =
                 (&self, &worker, &tag, &stop, &abort, &tracker);
@@ -102,6 +106,7 @@ impl Consumer {
         concurrency: u16,
         redis: RedisConn,
         keys: Keys,
+        agreement: Agreement,
         metrics: Arc<DeliveryMetrics>,
     ) -> Self {
         let depths = DepthWatch {
@@ -118,11 +123,13 @@ impl Consumer {
             connected: Arc::new(AtomicBool::new(false)),
             metrics,
             depths,
+            agreement,
         }
     }
 
     /// One connection: consume, handing each delivery to a worker task, until the connection
-    /// breaks or `stop` fires.
+    /// breaks or `stop` fires. While the shared settings disagree with the API's, it holds the
+    /// connection without consuming.
     async fn session(
         &self,
         worker: &Arc<Worker>,
@@ -131,58 +138,117 @@ impl Consumer {
         abort: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Session<Option<Open>>> {
-        let (connection, channel, mut deliveries) = tokio::select! {
+        let (connection, channel) = tokio::select! {
             _ = stop.cancelled() => return Ok(Session::Stopped(None)),
-            opened = self.open(tag) => opened?,
+            opened = self.open() => opened?,
         };
-        tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
         self.connected.store(true, Ordering::SeqCst);
         let depths = tokio::spawn(self.depths.clone().run(connection.create_channel().await));
+        let ended = self
+            .consume(&channel, worker, tag, stop, abort, tracker)
+            .await;
+        depths.abort();
+        self.depths.clear();
+        self.connected.store(false, Ordering::SeqCst);
+        match ended {
+            Ok(()) => Ok(Session::Stopped(Some(Open(connection, channel)))),
+            Err(e) => {
+                tracing::warn!(error = %e, "the RabbitMQ connection failed");
+                close(connection, Some(channel)).await;
+                Ok(Session::Broken)
+            }
+        }
+    }
+
+    /// Consumes on `channel` while the settings agree, until `stop` (`Ok`) or the channel
+    /// fails (`Err`).
+    async fn consume(
+        &self,
+        channel: &Channel,
+        worker: &Arc<Worker>,
+        tag: &str,
+        stop: &CancellationToken,
+        abort: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<()> {
         loop {
             tokio::select! {
-                _ = stop.cancelled() => {
-                    depths.abort();
-                    self.depths.clear();
-                    self.connected.store(false, Ordering::SeqCst);
-                    let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
-                    tracing::info!("stopped consuming");
-                    return Ok(Session::Stopped(Some(Open(connection, channel))));
-                }
-                next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let (worker, channel, abort) = (worker.clone(), channel.clone(), abort.clone());
-                        let topology = self.topology.clone();
-                        tracker.spawn(async move {
-                            let header = |name: &str| header_str(&delivery.properties, name);
-                            let incoming = Incoming {
-                                body: &delivery.data,
-                                redelivered: delivery.redelivered,
-                                header: &header,
-                            };
-                            let outcome = worker.handle(incoming, abort).await;
-                            settle(&channel, &topology, &delivery, outcome).await;
-                        });
+                _ = stop.cancelled() => return Ok(()),
+                _ = self.agreement.admitted() => {}
+            }
+            let mut deliveries = channel
+                .basic_consume(
+                    self.topology.queue.as_str().into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming from {}", self.topology.queue))?;
+            tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
+            let mut pausing = false;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
+                        tracing::info!("stopped consuming");
+                        return Ok(());
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "the RabbitMQ connection failed");
-                        break;
+                    // The deliveries already on their way still come, and are put back.
+                    _ = self.agreement.refused(), if !pausing => {
+                        pausing = true;
+                        channel
+                            .basic_cancel(tag.into(), BasicCancelOptions::default())
+                            .await
+                            .context("pausing the consumer")?;
                     }
-                    None => {
-                        tracing::warn!("the broker cancelled the consumer");
-                        break;
+                    next = deliveries.next() => match next {
+                        Some(Ok(delivery)) => self.dispatch(delivery, channel, worker, abort, tracker),
+                        Some(Err(e)) => return Err(e.into()),
+                        None if pausing => break,
+                        None => anyhow::bail!("the broker cancelled the consumer"),
                     }
                 }
             }
         }
-        depths.abort();
-        self.depths.clear();
-        self.connected.store(false, Ordering::SeqCst);
-        close(connection, Some(channel)).await;
-        Ok(Session::Broken)
     }
 
-    async fn open(&self, tag: &str) -> anyhow::Result<(Connection, Channel, lapin::Consumer)> {
+    /// Hands one delivery to a worker task, which settles it; or puts it back in the queue
+    /// when the settings do not agree.
+    fn dispatch(
+        &self,
+        delivery: Delivery,
+        channel: &Channel,
+        worker: &Arc<Worker>,
+        abort: &CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let (worker, channel, abort) = (worker.clone(), channel.clone(), abort.clone());
+        let (topology, agreement) = (self.topology.clone(), self.agreement.clone());
+        tracker.spawn(async move {
+            if !agreement.admits_job().await {
+                let back = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = delivery.nack(back).await {
+                    tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
+                }
+                return;
+            }
+            let header = |name: &str| header_str(&delivery.properties, name);
+            let incoming = Incoming {
+                body: &delivery.data,
+                redelivered: delivery.redelivered,
+                header: &header,
+            };
+            let outcome = worker.handle(incoming, abort).await;
+            settle(&channel, &topology, &delivery, outcome).await;
+        });
+    }
+
+    async fn open(&self) -> anyhow::Result<(Connection, Channel)> {
         // Confirms make dead-letter copies safe before the original is acked.
         let (connection, channel) =
             open_confirmed_channel(&self.url, "otp-dispatcher", &self.topology).await?;
@@ -190,16 +256,7 @@ impl Consumer {
             .basic_qos(self.concurrency, BasicQosOptions::default())
             .await
             .context("setting the prefetch")?;
-        let consumer = channel
-            .basic_consume(
-                self.topology.queue.as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming from {}", self.topology.queue))?;
-        Ok((connection, channel, consumer))
+        Ok((connection, channel))
     }
 }
 

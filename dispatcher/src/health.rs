@@ -16,12 +16,16 @@ use serde_json::json;
 
 use otp_delivery::metrics::DeliveryMetrics;
 
+use crate::agreement::Agreement;
+
 #[derive(Clone)]
 pub struct Readiness {
     pub redis: RedisConn,
     pub amqp_connected: Arc<AtomicBool>,
     /// Set at SIGTERM: from then on /readyz answers 503 while in-flight jobs finish.
     pub stopping: Arc<AtomicBool>,
+    /// Whether the shared settings agree with the API's.
+    pub agreement: Agreement,
     pub metrics: Arc<DeliveryMetrics>,
 }
 
@@ -39,13 +43,17 @@ async fn readyz(state: Data<&Readiness>) -> Response {
     if state.stopping.load(Ordering::SeqCst) {
         down = vec!["this dispatcher (stopping)"];
     }
-    if down.is_empty() {
-        return Json(json!({ "status": "ok" })).into_response();
+    let mut message = (!down.is_empty()).then(|| supervise::not_ready(&down));
+    if let (None, Some(problem)) = (&message, state.agreement.state().problem()) {
+        message = Some(format!("Not ready: {problem}."));
     }
+    let Some(message) = message else {
+        return Json(json!({ "status": "ok" })).into_response();
+    };
     let body = json!({
         "success": false,
         "code": "SERVICE_UNAVAILABLE",
-        "message": supervise::not_ready(&down),
+        "message": message,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

@@ -6,6 +6,8 @@
 //! - [`config`]: every setting, read from the environment by clap (`otp-dispatcher --help`);
 //!   the delivery groups come from `otp_delivery::settings`.
 //! - [`startup`]: `Application::build` wires the parts; `run_until` handles graceful shutdown.
+//! - [`agreement`]: whether this dispatcher's shared settings agree with the API's; it does
+//!   not consume while they differ.
 //! - [`consumer`]: the AMQP `JobSource`: connection, prefetch, one task per delivery,
 //!   reconnects; acks, rejects and dead-letter copies (the only module that does).
 //! - [`depths`]: the queue-depth gauges, exported by one dispatcher per queue (a Redis lease).
@@ -13,6 +15,7 @@
 //! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 
+pub mod agreement;
 pub mod cli;
 pub mod config;
 pub mod consumer;

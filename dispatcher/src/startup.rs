@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use otp_delivery::{metrics::DeliveryMetrics, source::serve, worker::Worker};
 
+use otp_shared::agreement::Fingerprint;
+
 use crate::{
+    agreement::Agreement,
     config::Config,
     consumer::Consumer,
     health::{self, Readiness},
@@ -64,12 +67,24 @@ impl Application {
         let redis = config.redis.connect()?;
         let metrics = Arc::new(DeliveryMetrics::for_process());
         let worker = redis_worker(&config, &redis, &metrics)?;
+        let agreement = Agreement::new(
+            redis.clone(),
+            config.redis.keys().settings_fingerprint(),
+            Fingerprint::of(
+                &config.redis,
+                &config.amqp,
+                &config.reports,
+                &config.job_encryption_key,
+            ),
+            metrics.clone(),
+        );
         let consumer = Consumer::new(
             config.amqp.amqp_url.clone(),
             config.amqp.topology(),
             config.dispatcher_concurrency,
             redis.clone(),
             config.redis.keys(),
+            agreement.clone(),
             metrics.clone(),
         );
         let connected = consumer.connected.clone();
@@ -92,6 +107,7 @@ impl Application {
                 redis,
                 amqp_connected: connected,
                 stopping: Arc::new(AtomicBool::new(false)),
+                agreement,
                 metrics,
             },
             grace: config.process.grace(),

@@ -73,6 +73,11 @@ impl JobKey {
         out
     }
 
+    /// Every key's id, the sealing key's first (ids are not secret).
+    pub fn ids(&self) -> Vec<u32> {
+        self.0.iter().map(|(id, _, _)| *id).collect()
+    }
+
     /// Whether a key with this id is configured.
     pub fn has(&self, key_id: u32) -> bool {
         self.0.iter().any(|(id, _, _)| *id == key_id)

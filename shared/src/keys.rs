@@ -186,6 +186,12 @@ impl Keys {
         format!("{}depths:{queue}", self.prefix)
     }
 
+    /// The fingerprint of the settings the API and the dispatchers must agree on
+    /// ([`crate::agreement`]), written by the API beside the keyspace it describes.
+    pub fn settings_fingerprint(&self) -> String {
+        format!("{}settings", self.prefix)
+    }
+
     /// The provider-wide rate (GCRA: the theoretical arrival time, ms) shared by every
     /// dispatcher.
     pub fn provider_bucket(&self) -> String {

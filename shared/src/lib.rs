@@ -1,6 +1,7 @@
 //! What otp-api and otp-dispatcher must agree on.
 //!
 //! # Layout
+//! - [`agreement`]: the fingerprint of the settings both binaries must agree on.
 //! - [`phone`]: `PhoneNumber` (E.164, parsed once at the edge) and `CountryCode`.
 //! - [`backend`]: `Unavailable`, the backend-neutral error of the seams.
 //! - [`crypto`]: base64 key decoding and the AES-256-GCM `JobKey`.
@@ -23,6 +24,7 @@
 //! - [`supervise`]: the RabbitMQ reconnect loop and the `/readyz` rule of both binaries.
 //! - [`shutdown`]: SIGINT / SIGTERM handling.
 
+pub mod agreement;
 pub mod amqp;
 pub mod backend;
 pub mod config;

@@ -204,12 +204,16 @@ impl TestApp {
             .message_count()
     }
 
+    /// The keys requests have written under the test's prefix (the settings fingerprint, which
+    /// the API writes at start, left out).
     pub async fn redis_keys(&self) -> Vec<String> {
-        redis::cmd("KEYS")
+        let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix()))
             .query_async(&mut self.redis.clone())
             .await
-            .expect("KEYS")
+            .expect("KEYS");
+        let fingerprint = self.config.redis.keys().settings_fingerprint();
+        keys.into_iter().filter(|k| *k != fingerprint).collect()
     }
 }
 

@@ -86,6 +86,7 @@ async fn the_status_callback_url_is_passed_to_plivo() {
     let world = World::new().await;
     let mut config = world.config(&plivo.uri());
     config.reports.sms_status_callback_url = Some("https://example.com/dlr".into());
+    world.write_fingerprint(&config).await;
     let _dispatcher = spawn_dispatcher(config).await;
     let (_, status) = world.send_one(PHONE, "012345").await;
     assert_eq!(status.state.as_str(), "sent");

@@ -43,6 +43,7 @@ async fn when_plivo_keeps_failing_the_job_moves_to_twilio_and_is_sent_once() {
     let world = World::new().await;
     let mut config = both(&world, &plivo, &twilio).await;
     config.reports.twilio_status_callback_url = Some("https://otp.example.com/cb/twilio".into());
+    world.write_fingerprint(&config).await;
     let dispatcher = spawn_dispatcher(config).await;
 
     let (job, status) = world.send_one(PHONE, "271828").await;

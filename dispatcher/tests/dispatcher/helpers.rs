@@ -120,7 +120,7 @@ impl World {
             .expect("topology");
         let redis = otp_testkit::redis_conn_to(&redis_url);
         let prefix = format!("test:{id}:");
-        Self {
+        let world = Self {
             _cleanup: Cleanup {
                 redis_url,
                 key_prefix: prefix.clone(),
@@ -132,7 +132,28 @@ impl World {
             channel,
             redis,
             _amqp: amqp,
-        }
+        };
+        world
+            .write_fingerprint(&world.config("http://127.0.0.1:9"))
+            .await;
+        world
+    }
+
+    /// Writes the settings fingerprint of `config` as the API would (this world's API runs
+    /// with the dispatcher's shared settings).
+    pub async fn write_fingerprint(&self, config: &Config) {
+        let fingerprint = otp_shared::agreement::Fingerprint::of(
+            &config.redis,
+            &config.amqp,
+            &config.reports,
+            &config.job_encryption_key,
+        );
+        let _: () = redis::cmd("SET")
+            .arg(self.keys().settings_fingerprint())
+            .arg(fingerprint.written())
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("SET the fingerprint");
     }
 
     pub fn keys(&self) -> Keys {
@@ -356,19 +377,24 @@ pub async fn start(plivo: &MockServer) -> (World, Running) {
 }
 
 pub async fn spawn_dispatcher(config: Config) -> Running {
+    let running = launch_dispatcher(config).await;
+    running.wait_ready().await;
+    running
+}
+
+/// A dispatcher started without waiting for it to be ready.
+pub async fn launch_dispatcher(config: Config) -> Running {
     let app = Application::build(config).await.expect("dispatcher builds");
     let health = app.health_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let running = Running {
+    Running {
         health,
         stop: Some(tx),
         task: Some(task),
-    };
-    running.wait_ready().await;
-    running
+    }
 }
 
 impl Running {
@@ -403,6 +429,25 @@ impl Running {
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
+    }
+
+    /// `/readyz`'s status and body.
+    pub async fn readiness(&self) -> (u16, String) {
+        let answer = reqwest::get(format!("http://{}/readyz", self.health))
+            .await
+            .expect("the health port answers");
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    }
+
+    /// The value of one series of this dispatcher's /metrics (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.health))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        otp_testkit::metric_value(&text, series)
     }
 
     pub async fn wait_ready(&self) {

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod agreement;
 mod compose;
 mod delivery;
 mod dlq;

@@ -72,6 +72,17 @@ impl Backend for Rabbit {
             CONCURRENCY as u16,
             world.redis.clone(),
             world.keys(),
+            otp_dispatcher::agreement::Agreement::new(
+                world.redis.clone(),
+                world.keys().settings_fingerprint(),
+                otp_shared::agreement::Fingerprint::of(
+                    &config.redis,
+                    &config.amqp,
+                    &config.reports,
+                    &config.job_encryption_key,
+                ),
+                metrics.clone(),
+            ),
             metrics,
         );
         let dead = DeadLetterQueue::new(world.channel.clone(), Topology::new(&world.queue));
