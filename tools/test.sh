@@ -20,6 +20,13 @@ bash tools/services.sh
 # The alert rules parse, and each fires on its problem and stays quiet when healthy.
 promtool check rules deploy/prometheus/alerts.yml
 (cd deploy/prometheus && promtool test rules alerts.test.yml)
+# The Kubernetes manifests' core kinds against the Kubernetes schemas (kubernetes-validate,
+# pinned); the KEDA objects, the variables and the secrets are checked by
+# dispatcher/tests/dispatcher/kubernetes.rs.
+[ "$(kubernetes-validate --version 2>/dev/null)" = 1.37.0 ] ||
+  pip install -q 'kubernetes-validate==1.37.0'
+kubernetes-validate --strict --quiet $(ls deploy/kubernetes/*.yaml |
+  grep -v -e /keda.yaml -e /kustomization.yaml)
 cargo test --workspace --locked "$@"
 # Tests that measure latency run alone, without the rest of the suite beside them.
 cargo test --locked -p otp-api --test api -- --ignored --test-threads 1

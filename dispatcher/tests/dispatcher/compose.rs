@@ -27,24 +27,25 @@ fn service<'a>(doc: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("service {name} is missing"))
 }
 
+/// The variables one binary's settings read (clap), and the OpenTelemetry SDK's.
+pub fn read_by(command: clap::Command) -> BTreeSet<String> {
+    let mut vars: BTreeSet<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .collect();
+    vars.extend(OTEL_VARS.iter().map(|v| v.to_string()));
+    vars
+}
+
 /// Every variable some binary reads: clap settings of both services, fake-plivo's (from its
 /// source), and the OpenTelemetry SDK's.
 fn read_by_a_binary() -> BTreeSet<String> {
-    let mut vars = BTreeSet::new();
-    for command in [
-        otp_api::config::Config::command(),
-        otp_dispatcher::config::Config::command(),
-    ] {
-        for arg in command.get_arguments() {
-            if let Some(env) = arg.get_env() {
-                vars.insert(env.to_string_lossy().into_owned());
-            }
-        }
-    }
+    let mut vars = read_by(otp_api::config::Config::command());
+    vars.extend(read_by(otp_dispatcher::config::Config::command()));
     for part in FAKE_PLIVO.split("env = \"").skip(1) {
         vars.insert(part.split('"').next().unwrap().to_owned());
     }
-    vars.extend(OTEL_VARS.iter().map(|v| v.to_string()));
     vars
 }
 

@@ -11,6 +11,7 @@ mod end_to_end;
 mod failover;
 mod failures;
 mod in_memory;
+mod kubernetes;
 mod layout;
 mod ledger;
 mod limiter;
