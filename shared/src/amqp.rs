@@ -33,6 +33,10 @@ pub const RESEND_HEADER: &str = "x-otp-resend-avoid";
 /// A poison message is dead-lettered by RabbitMQ after this many deliveries, so a message that
 /// crashes every consumer cannot loop forever.
 pub const DELIVERY_LIMIT: i64 = 20;
+/// The dead-letter queue's delivery limit, set explicitly: RabbitMQ 4.x gives quorum queues a
+/// default of 20, and every `dlq list` returns each message it shows (a delivery), so dead
+/// letters would be dropped after 20 listings. Positive, so RabbitMQ 3.x takes it too.
+pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000;
 /// Dead letters are kept a week by default (DEAD_LETTER_TTL_HOURS)...
 pub const DEFAULT_DEAD_LETTER_TTL_HOURS: u32 = 168;
 /// ...and at most this many (DEAD_LETTER_MAX_MESSAGES); the oldest go first.
@@ -103,6 +107,10 @@ impl Topology {
         dead_args.insert(
             "x-max-length".into(),
             AMQPValue::LongLongInt(self.dead_letter_max_messages.into()),
+        );
+        dead_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
         );
         ensure_queue(connection, &self.dead_queue, dead_args).await?;
         channel

@@ -71,6 +71,7 @@ fn the_compose_stack_scales_has_healthchecks_and_starts_in_order() {
         "fake-plivo",
         "jaeger",
         "prometheus",
+        "grafana",
         "api",
         "dispatcher",
     ] {
@@ -81,9 +82,50 @@ fn the_compose_stack_scales_has_healthchecks_and_starts_in_order() {
             .as_str()
             .map(str::to_owned)
     };
+    // One service builds each image; the others run it, so a clean machine's parallel build
+    // does not build one tag twice.
     assert_eq!(target("api").as_deref(), Some("runtime"));
-    assert_eq!(target("dispatcher").as_deref(), Some("runtime"));
+    assert_eq!(target("dispatcher"), None);
+    assert_eq!(
+        service(&doc, "dispatcher")["image"],
+        service(&doc, "api")["image"]
+    );
+    assert_eq!(
+        service(&doc, "dispatcher")["pull_policy"].as_str(),
+        Some("never")
+    );
     assert_eq!(target("fake-plivo").as_deref(), Some("fake-plivo"));
+
+    let services = doc["services"].as_mapping().unwrap();
+    for (name, svc) in services {
+        let restart = svc["restart"].as_str();
+        assert_eq!(
+            restart,
+            Some("unless-stopped"),
+            "{name:?} has a restart policy"
+        );
+        // Published on loopback only: nothing of the stack is reachable from the network.
+        for port in svc["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(port.starts_with("127.0.0.1:"), "{name:?} publishes {port}");
+        }
+    }
+    // A supported RabbitMQ (4.x), whose queue defaults the topology sets explicitly.
+    let rabbitmq = service(&doc, "rabbitmq")["image"].as_str().unwrap();
+    assert!(rabbitmq.starts_with("rabbitmq:4."), "{rabbitmq}");
+    // Grafana gets the dashboard and its data source from deploy/grafana/.
+    let volumes: Vec<&str> = service(&doc, "grafana")["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for dir in [
+        "./deploy/grafana/provisioning:",
+        "./deploy/grafana/dashboards:",
+    ] {
+        assert!(volumes.iter().any(|v| v.starts_with(dir)), "{volumes:?}");
+    }
 
     let dispatcher = service(&doc, "dispatcher");
     assert!(

@@ -251,6 +251,35 @@ async fn a_queue_made_with_other_arguments_is_used_as_it_is() {
     plivo.verify().await;
 }
 
+/// The dead-letter queue's delivery limit is explicit: RabbitMQ 4.x's default (20) would drop
+/// dead letters after 20 `dlq list`s, each of which returns every message it shows.
+#[tokio::test]
+async fn the_dead_letter_queue_survives_listing() {
+    let world = World::new().await;
+    let listing = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "arguments",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let dead = format!("{}.dead", world.queue);
+    let arguments = listing
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{dead}\t")))
+        .unwrap_or_else(|| panic!("{dead} is not listed: {listing}"));
+    let limit = format!(
+        "{{\"x-delivery-limit\",{}}}",
+        otp_shared::amqp::DEAD_DELIVERY_LIMIT
+    );
+    assert!(arguments.contains(&limit), "{arguments}");
+}
+
 #[tokio::test]
 async fn health_endpoints_answer() {
     let plivo = MockServer::start().await;

@@ -120,7 +120,11 @@ impl Stack {
 
     /// otp-dispatcher sending to `plivo`, uncapped.
     pub async fn dispatcher(&self, amqp_url: &str, plivo: &str) -> Child {
-        let port = free_port();
+        self.dispatcher_on(free_port(), amqp_url, plivo).await
+    }
+
+    /// otp-dispatcher with its health and metrics port on `port`.
+    pub async fn dispatcher_on(&self, port: u16, amqp_url: &str, plivo: &str) -> Child {
         let mut cmd = Command::new(binary("otp-dispatcher"));
         self.common(&mut cmd, amqp_url);
         cmd.env("DISPATCHER_HTTP_PORT", port.to_string())
@@ -175,7 +179,7 @@ fn binary(name: &str) -> std::path::PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
