@@ -1,19 +1,23 @@
-//! The operator subcommands of the API binary: `healthcheck`, and `fraud list | block |
-//! unblock`. Running without a subcommand starts the API ([`crate::config`]).
+//! The operator subcommands of the API binary: `healthcheck`, `config check`, and
+//! `fraud list | block | unblock`. Running without a subcommand starts the API ([`crate::config`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use otp_shared::config::RedisArgs;
+use otp_shared::{
+    config::RedisArgs,
+    settings::{self, ConfigAction},
+};
 
 use crate::{
+    config::Config,
     fraud::parse_prefix,
     store::{BlockedPrefix, FraudStore, RedisStore, StorePolicy},
 };
 
 /// The subcommand names; anything else on the command line runs the API.
-pub const TOOLS: [&str; 2] = ["healthcheck", "fraud"];
+pub const TOOLS: [&str; 3] = ["healthcheck", "fraud", "config"];
 
 #[derive(Debug, Parser)]
 #[command(name = "otp-api", version, about = "otp-api operator tools.")]
@@ -24,6 +28,11 @@ pub enum Tool {
         /// The API's admin port.
         #[arg(long, env = "ADMIN_PORT", default_value_t = 9464)]
         port: u16,
+    },
+    /// The settings, as the API would run with them (`config check`).
+    Config {
+        #[command(subcommand)]
+        action: otp_shared::settings::ConfigAction,
     },
     /// The fraud guard's blocked destination prefixes.
     Fraud {
@@ -57,7 +66,10 @@ pub enum FraudAction {
 /// The tool named on the command line, if the first argument names one.
 pub fn requested() -> Option<Tool> {
     let first = std::env::args_os().nth(1)?;
-    TOOLS.iter().any(|t| first == *t).then(Tool::parse)
+    TOOLS
+        .iter()
+        .any(|t| first == *t)
+        .then(otp_shared::settings::parse_tool::<Tool>)
 }
 
 pub async fn run(tool: Tool) -> ExitCode {
@@ -66,6 +78,15 @@ pub async fn run(tool: Tool) -> ExitCode {
             tokio::task::spawn_blocking(move || otp_shared::probe::healthcheck(port))
                 .await
                 .unwrap_or(ExitCode::FAILURE)
+        }
+        Tool::Config {
+            action: ConfigAction::Check,
+        } => {
+            // With the one-process mode's defaults, as when it runs.
+            let args = crate::embedded::with_defaults(vec!["otp-api".into()]);
+            let env = |name: &str| std::env::var_os(name);
+            let report = settings::check::<Config>(args, &env, crate::startup::problems);
+            settings::print(&report)
         }
         Tool::Fraud { redis, action } => match fraud(redis, action).await {
             Ok(()) => ExitCode::SUCCESS,

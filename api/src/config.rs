@@ -135,11 +135,29 @@ impl Config {
         std::net::SocketAddr::new(self.admin_bind.unwrap_or(default), self.admin_port)
     }
 
+    /// What start-up warns about: settings that work but are likely wrong in production.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.process.app_env == AppEnv::Production && self.limits.trusted_proxies.is_empty() {
+            warnings.push(
+                "TRUSTED_PROXIES is empty: behind a proxy or load balancer, every client \
+                 behind your proxy shares one per-IP bucket (set it to the proxies' addresses)"
+                    .into(),
+            );
+        }
+        warnings
+    }
+
     /// What production refuses to start with, beyond single bad values: known-bad keys and
     /// tokens, plain-http callback URLs, and no spending ceiling. The error names the variable.
     pub fn check_production(&self) -> Result<(), String> {
         self.check_keys()?;
         self.reports.check_production(self.process.app_env)?;
+        self.check_ceiling()
+    }
+
+    /// Production needs a spending ceiling (MAX_SENDS_PER_HOUR), if only `unlimited`.
+    pub fn check_ceiling(&self) -> Result<(), String> {
         if self.process.app_env == AppEnv::Development {
             return Ok(());
         }

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use otp_api::{cli, config::Config, startup::Application};
 use otp_shared::telemetry;
 
@@ -17,7 +16,7 @@ async fn main() -> ExitCode {
     let shutdown = otp_shared::shutdown::signal();
     // The one-process mode needs no settings: it fills in development defaults.
     let args = otp_api::embedded::with_defaults(std::env::args_os().collect());
-    let config = Config::parse_from(args);
+    let config: Config = otp_shared::settings::parse(args);
     let telemetry = telemetry::init("otp-api", config.process.log_format);
     let result = match Application::build(config).await {
         Ok(app) => app.run_until(shutdown).await,

@@ -64,6 +64,9 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::embedded::refuse_production(&config)?;
         config.check_production().map_err(anyhow::Error::msg)?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let (sms_template, encoding, segments) =
             config.otp.sms_text().map_err(anyhow::Error::msg)?;
         tracing::info!(?encoding, segments, "each SMS takes {segments} segment(s)");
@@ -415,4 +418,24 @@ pub async fn watch_conversion(
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// Everything `otp-api config check` and start-up refuse in `config`, each check's error
+/// listed (errors), and what start-up only warns about (warnings).
+pub fn problems(config: &Config) -> (Vec<String>, Vec<String>) {
+    let env = config.process.app_env;
+    let errors = otp_shared::settings::errors([
+        crate::embedded::refuse_production(config).map_err(|e| format!("{e:#}")),
+        config.check_keys(),
+        config.reports.check_production(env),
+        config.check_ceiling(),
+        config.otp.sms_text().map(|_| ()),
+        Callers::load(&config.access, env)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}")),
+        Verdicts::from_args(&config.tokens, env)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}")),
+    ]);
+    (errors, config.warnings())
 }

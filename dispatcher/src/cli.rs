@@ -1,5 +1,5 @@
-//! The operator subcommands of the dispatcher binary: `dlq list | replay | purge` and
-//! `healthcheck`. Running without a subcommand starts the dispatcher ([`crate::config`]).
+//! The operator subcommands of the dispatcher binary: `dlq list | replay | purge`,
+//! `config check` and `healthcheck`. Running without a subcommand starts the dispatcher ([`crate::config`]).
 
 use std::{process::ExitCode, time::Duration};
 
@@ -18,7 +18,7 @@ use otp_delivery::source::DeadLetters;
 use crate::dlq::{DeadLetterQueue, Taken, parse_age, reopen_failed};
 
 /// The subcommand names; anything else on the command line runs the dispatcher.
-pub const TOOLS: [&str; 2] = ["dlq", "healthcheck"];
+pub const TOOLS: [&str; 3] = ["dlq", "healthcheck", "config"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +29,11 @@ pub const TOOLS: [&str; 2] = ["dlq", "healthcheck"];
 pub enum Tool {
     /// Inspect, replay or purge dead-lettered send jobs (never shows a number or a code).
     Dlq(Box<DlqArgs>),
+    /// The settings, as the dispatcher would run with them (`config check`).
+    Config {
+        #[command(subcommand)]
+        action: otp_shared::settings::ConfigAction,
+    },
     /// Ask this host's dispatcher for /readyz (for container healthchecks): exit 0 when ready.
     Healthcheck {
         /// Port of the dispatcher's /readyz.
@@ -87,7 +92,10 @@ pub enum DlqAction {
 /// The tool named on the command line, if the first argument names one.
 pub fn requested() -> Option<Tool> {
     let first = std::env::args_os().nth(1)?;
-    TOOLS.iter().any(|t| first == *t).then(Tool::parse)
+    TOOLS
+        .iter()
+        .any(|t| first == *t)
+        .then(otp_shared::settings::parse_tool::<Tool>)
 }
 
 pub async fn run(tool: Tool) -> ExitCode {
@@ -99,6 +107,16 @@ pub async fn run(tool: Tool) -> ExitCode {
         })
         .await
         .unwrap_or(ExitCode::FAILURE),
+        Tool::Config {
+            action: otp_shared::settings::ConfigAction::Check,
+        } => {
+            let env = |name: &str| std::env::var_os(name);
+            let args = vec!["otp-dispatcher".into()];
+            let report = otp_shared::settings::check::<crate::config::Config>(args, &env, |c| {
+                (c.validate().err().into_iter().collect(), Vec::new())
+            });
+            otp_shared::settings::print(&report)
+        }
         Tool::Dlq(args) => match dlq(args).await {
             Ok(code) => code,
             Err(e) => {

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use otp_dispatcher::{cli, config::Config, startup::Application};
 use otp_shared::telemetry;
 
@@ -13,7 +12,7 @@ async fn main() -> ExitCode {
     }
     // Listen for signals before anything else, so none is missed during start-up.
     let shutdown = otp_shared::shutdown::signal();
-    let config = Config::parse();
+    let config: Config = otp_shared::settings::parse(std::env::args_os().collect());
     let telemetry = telemetry::init("otp-dispatcher", config.process.log_format);
     let result = match Application::build(config).await {
         Ok(app) => app.run_until(shutdown).await,

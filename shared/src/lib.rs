@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus registration helpers and the text exposition.
 //! - [`status`]: delivery state records (queued → sending → sent / failed / expired), their
 //!   field names, and the Lua prelude of every script that touches one.
+//! - [`settings`]: secrets from `<NAME>_FILE`, and `config check`.
 //! - [`config`]: settings read the same way by both binaries (Redis location, log format).
 //! - [`telemetry`]: tracing setup and trace-context propagation through AMQP headers.
 //! - [`urls`]: AMQP and Redis URLs, checked at start-up, never shown with their password.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod phone;
 pub mod probe;
 pub mod redis_conn;
+pub mod settings;
 pub mod shutdown;
 pub mod status;
 pub mod supervise;

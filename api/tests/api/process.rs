@@ -694,3 +694,49 @@ async fn the_embedded_mode_sends_through_plivo_when_it_is_set() {
     terminate(child, lines).await;
     plivo.verify().await;
 }
+
+/// `otp-api config check` prints the effective settings with secrets redacted and lists every
+/// error, not only the first; production warns when TRUSTED_PROXIES is empty.
+#[tokio::test]
+async fn config_check_lists_every_error_and_shows_no_secret() {
+    let (mut good, _cleanup) = otp_api();
+    let out = good.args(["config", "check"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OTP_HMAC_KEY=<redacted>"), "{stdout}");
+    assert!(stdout.contains("OTP_LENGTH=6 (default)"), "{stdout}");
+    assert!(!stdout.contains(KEY), "{stdout}");
+
+    let (mut production, _cleanup) = otp_api();
+    let out = production
+        .args(["config", "check"])
+        .env_remove("APP_ENV")
+        .env("REDIS_URL", "redis://:hunter2-secret@127.0.0.1:6379/0")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    for named in ["MAX_SENDS_PER_HOUR", "API_KEYS", "TOKEN_SIGNING_KEYS"] {
+        assert!(stderr.contains(named), "{named} is not listed: {stderr}");
+    }
+    let count: usize = stderr
+        .lines()
+        .find_map(|l| l.strip_suffix(" error(s):"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no error count: {stderr}"));
+    assert!(count >= 3, "{stderr}");
+    assert!(
+        stderr.contains("warning: TRUSTED_PROXIES is empty"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("REDIS_URL=<redacted>"), "{stdout}");
+    assert!(!format!("{stdout}{stderr}").contains("hunter2-secret"));
+}

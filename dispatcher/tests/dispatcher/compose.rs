@@ -29,11 +29,16 @@ fn service<'a>(doc: &'a Value, name: &str) -> &'a Value {
 
 /// The variables one binary's settings read (clap), and the OpenTelemetry SDK's.
 pub fn read_by(command: clap::Command) -> BTreeSet<String> {
-    let mut vars: BTreeSet<String> = command
-        .get_arguments()
-        .filter_map(|arg| arg.get_env())
-        .map(|env| env.to_string_lossy().into_owned())
-        .collect();
+    let files = otp_shared::settings::secrets(&command)
+        .into_iter()
+        .map(|(var, _)| otp_shared::settings::file_variable(&var));
+    let mut vars: BTreeSet<String> = files.collect();
+    vars.extend(
+        command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned()),
+    );
     vars.extend(OTEL_VARS.iter().map(|v| v.to_string()));
     vars
 }
@@ -336,6 +341,7 @@ fn configuration_reference() -> String {
          - [otp-api](#otp-api)\n\
          - [otp-dispatcher](#otp-dispatcher)\n\
          - [Read outside the settings](#read-outside-the-settings)\n\
+         - [Secrets from files](#secrets-from-files)\n\
          - [Deprecated names](#deprecated-names)\n",
     );
     for (title, readers) in [
@@ -355,6 +361,25 @@ fn configuration_reference() -> String {
          | `RUST_LOG` | What is logged (default `info`), e.g. `info,otp_api=debug`; traces are not filtered by it. |\n\
          | `OTEL_EXPORTER_OTLP_ENDPOINT` | Export traces over OTLP/HTTP to this endpoint when set (the standard OpenTelemetry variable). |\n",
     );
+    doc.push_str(
+        "\n## Secrets from files\n\nEach secret below is also read from `<NAME>_FILE`: the path of a \
+         file holding the value (trimmed), the way Kubernetes and Docker mount secrets. Setting both \
+         is an error.\n\n| Variable | Holds |\n|---|---|\n",
+    );
+    let mut secrets: Vec<String> = [
+        otp_api::config::Config::command(),
+        otp_dispatcher::config::Config::command(),
+    ]
+    .iter()
+    .flat_map(otp_shared::settings::secrets)
+    .map(|(var, _)| {
+        let file = otp_shared::settings::file_variable(&var);
+        format!("| `{file}` | `{var}` |\n")
+    })
+    .collect();
+    secrets.sort();
+    secrets.dedup();
+    doc.push_str(&secrets.concat());
     doc.push_str(
         "\n## Deprecated names\n\nStill read, with a warning at start; the new name wins when both are set.\n\n\
          | Variable | Meaning |\n|---|---|\n",

@@ -138,3 +138,95 @@ async fn healthcheck_exits_0_only_when_the_dispatcher_is_ready() {
     let down = probe(closed).output().await.unwrap();
     assert_eq!(down.status.code(), Some(1), "{down:?}");
 }
+
+/// A secret set through `<NAME>_FILE` (the file's contents, trimmed) starts the dispatcher, the
+/// way a mounted Kubernetes or Docker secret does; setting both is refused, naming both.
+#[tokio::test]
+async fn secrets_can_come_from_files() {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let world = World::new().await;
+    let dir = std::env::temp_dir().join(format!("otp-secrets-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("job-key");
+    std::fs::write(&key_file, format!("{}\n", STANDARD.encode([42u8; 32]))).unwrap();
+
+    let mut child = otp_dispatcher(&world)
+        .env_remove("JOB_ENCRYPTION_KEY")
+        .env("JOB_ENCRYPTION_KEY_FILE", &key_file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let consuming = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("consuming") {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(consuming.await.unwrap_or(false), "it did not start");
+    child.kill().await.unwrap();
+
+    let out = otp_dispatcher(&world)
+        .env("JOB_ENCRYPTION_KEY_FILE", &key_file)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("JOB_ENCRYPTION_KEY and JOB_ENCRYPTION_KEY_FILE are both set"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `config check` prints the effective settings with the secrets redacted, and every error.
+#[tokio::test]
+async fn config_check_lists_every_error_and_shows_no_secret() {
+    let world = World::new().await;
+    let good = otp_dispatcher(&world)
+        .args(["config", "check"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr),
+    );
+    assert!(good.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("SMS_QUEUE={}", world.queue)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("PLIVO_AUTH_TOKEN=<redacted>"), "{stdout}");
+    assert!(
+        stdout.contains("DISPATCHER_CONCURRENCY=64 (default)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(crate::helpers::AUTH_TOKEN), "{stdout}");
+
+    let bad = otp_dispatcher(&world)
+        .args(["config", "check"])
+        .env("SMS_MAX_RPS", "many")
+        .env("DISPATCHER_CONCURRENCY", "lots")
+        .env("JOB_ENCRYPTION_KEY", "c2hvcnQ=")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    for var in [
+        "SMS_MAX_RPS",
+        "DISPATCHER_CONCURRENCY",
+        "JOB_ENCRYPTION_KEY",
+    ] {
+        assert!(stderr.contains(var), "{var} is not listed: {stderr}");
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+    assert!(
+        !stderr.contains("c2hvcnQ="),
+        "a secret was echoed: {stderr}"
+    );
+}
