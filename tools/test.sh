@@ -30,6 +30,9 @@ kubernetes-validate --strict --quiet $(ls deploy/kubernetes/*.yaml |
 cargo test --workspace --locked "$@"
 # Tests that measure latency run alone, without the rest of the suite beside them.
 cargo test --locked -p otp-api --test api -- --ignored --test-threads 1
+# The alert rules and the dashboard on a real Prometheus against the real binaries
+# (dispatcher/tests/drills/prometheus.rs; it needs no cluster).
+cargo test --locked -p otp-dispatcher --test drills prometheus -- --ignored
 # The OpenAPI document against the running API: no 5xx, no undeclared status, no schema-valid
 # request rejected (schemathesis; fixed seed, so a run is repeatable).
 bash tools/fuzz.sh 100 --seed 1
@@ -43,5 +46,6 @@ if $cluster; then
   nodes=$(printf 'redis://127.0.0.1:%s,' 7000 7001 7002 7003 7004 7005)
   OTP_TEST_REDIS_CLUSTER=${nodes%,} cargo test --locked -p otp-api -p otp-dispatcher \
     --test api --test dispatcher
-  cargo test --locked -p otp-dispatcher --test drills -- --ignored --test-threads 1
+  cargo test --locked -p otp-dispatcher --test drills -- --ignored --test-threads 1 \
+    --skip prometheus
 fi

@@ -2,7 +2,8 @@
 //! Plivo (wiremock) counting every SMS, and something breaking underneath them: a node of a
 //! RabbitMQ cluster or of a Redis Cluster, a dispatcher killed, RabbitMQ or Redis restarted.
 //! Every accepted request's SMS must arrive exactly once. One more drill watches the stack
-//! from a real Prometheus: an alert fires and resolves, and the dashboard's queries run.
+//! from a real Prometheus: an alert fires and resolves, and the dashboard's queries run
+//! (`tools/test.sh` runs that one with or without `--cluster`: it needs no cluster).
 //!
 //! They need the local clusters (`tools/rabbitmq-cluster.sh`, `tools/redis-cluster.sh`) or
 //! restart the local RabbitMQ, so they are ignored by a plain `cargo test`; `tools/test.sh

@@ -16,14 +16,16 @@ use crate::support::{Load, Plivo, Stack, eventually, free_port};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const ALERT: &str = "OtpProviderBreakerOpen";
-/// Panels that must show data in a stack that serves requests (by title).
-const CORE_PANELS: [&str; 6] = [
+/// Panels that must show data in a stack that serves requests (by title): the core ones, and
+/// the budget, which this drill configures.
+const CORE_PANELS: [&str; 7] = [
     "Requests by route and status",
     "Codes issued, sent and delivered",
     "Queue depth",
     "Provider latency p99",
     "Provider answers by class",
     "Breaker state (0 closed, 1 open, 2 half-open)",
+    "Send budget used this hour",
 ];
 
 fn repository() -> PathBuf {
@@ -91,15 +93,19 @@ async fn alert_state(http: &reqwest::Client, prometheus: &str) -> Option<String>
 }
 
 #[tokio::test]
-#[ignore = "starts Prometheus and the real binaries; tools/test.sh --cluster runs it"]
+#[ignore = "starts Prometheus and the real binaries; tools/test.sh runs it"]
 async fn the_breaker_alert_fires_and_resolves_and_the_dashboard_queries_run() {
     let plivo = Plivo::start().await;
     let mut stack = Stack::new(SINGLE_REDIS_URL);
     // A short cooldown: once the provider is back, the next probe closes the breaker.
+    // Budgets and the fraud guard's monitor mode, so their panels have series to show.
     stack.env = [
         ("BREAKER_COOLDOWN_SECONDS", "3"),
         ("RETRY_MIN_DELAY_MS", "50"),
         ("RETRY_MAX_DELAY_MS", "200"),
+        ("MAX_SENDS_PER_HOUR", "1000000"),
+        ("MAX_SENDS_PER_COUNTRY_PER_HOUR", "US=1000000"),
+        ("FRAUD_GUARD", "monitor"),
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .to_vec();
