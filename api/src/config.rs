@@ -61,6 +61,8 @@ pub struct Config {
     pub access: crate::callers::AccessArgs,
     #[command(flatten)]
     pub tokens: crate::verdict::TokenArgs,
+    #[command(flatten)]
+    pub captcha: crate::captcha::CaptchaArgs,
 
     #[command(flatten)]
     pub reports: ReportArgs,

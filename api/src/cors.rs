@@ -11,7 +11,8 @@ use poem::{
 };
 
 /// The request headers a page may send to the OTP routes.
-const ALLOW_HEADERS: &str = "authorization, content-type, idempotency-key, x-request-id";
+const ALLOW_HEADERS: &str =
+    "authorization, content-type, idempotency-key, x-captcha-token, x-request-id";
 /// The response headers a page may read.
 const EXPOSE_HEADERS: &str =
     "ratelimit-limit, ratelimit-remaining, ratelimit-reset, retry-after, x-request-id";

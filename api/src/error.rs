@@ -47,6 +47,15 @@ pub enum ApiError {
     /// 403 INVALID_SIGNATURE: a provider callback without a valid signature.
     #[error("The callback signature is missing or wrong.")]
     InvalidSignature,
+    /// 400 CAPTCHA_REQUIRED: a caller without a key sent no CAPTCHA token.
+    #[error("A CAPTCHA token is required: captchaToken, or the X-Captcha-Token header.")]
+    CaptchaRequired,
+    /// 403 CAPTCHA_FAILED: the CAPTCHA provider refused the token, or it was used before.
+    #[error("The CAPTCHA was not solved, or its token was already used; solve it again.")]
+    CaptchaFailed,
+    /// 503 CAPTCHA_UNAVAILABLE: the CAPTCHA provider could not be asked.
+    #[error("The CAPTCHA cannot be checked right now; please retry.")]
+    CaptchaUnavailable,
     /// 404 NOT_FOUND.
     #[error("{0}")]
     NotFound(String),
@@ -101,6 +110,9 @@ impl ApiError {
             Self::InvalidSignature => "INVALID_SIGNATURE",
             Self::DestinationBlocked => "DESTINATION_BLOCKED",
             Self::InvalidOtp => "INVALID_OTP",
+            Self::CaptchaRequired => "CAPTCHA_REQUIRED",
+            Self::CaptchaFailed => "CAPTCHA_FAILED",
+            Self::CaptchaUnavailable => "CAPTCHA_UNAVAILABLE",
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::IdempotencyInProgress => "IDEMPOTENCY_REQUEST_IN_PROGRESS",
@@ -138,13 +150,15 @@ impl ApiError {
     pub fn into_response(self) -> ErrorResponse {
         self.log();
         match &self {
-            Self::InvalidRequest(_) | Self::InvalidPhoneNumber(_) | Self::InvalidOtp => {
-                ErrorResponse::BadRequest(self.body(None))
-            }
+            Self::InvalidRequest(_)
+            | Self::InvalidPhoneNumber(_)
+            | Self::InvalidOtp
+            | Self::CaptchaRequired => ErrorResponse::BadRequest(self.body(None)),
             Self::Unauthorized => ErrorResponse::Unauthorized(self.body(None), "Bearer".into()),
-            Self::CountryNotAllowed | Self::InvalidSignature | Self::DestinationBlocked => {
-                ErrorResponse::Forbidden(self.body(None))
-            }
+            Self::CountryNotAllowed
+            | Self::InvalidSignature
+            | Self::DestinationBlocked
+            | Self::CaptchaFailed => ErrorResponse::Forbidden(self.body(None)),
             Self::NotFound(_) => ErrorResponse::NotFound(self.body(None)),
             Self::MethodNotAllowed => ErrorResponse::MethodNotAllowed(self.body(None)),
             Self::IdempotencyInProgress => {
@@ -165,7 +179,7 @@ impl ApiError {
                     after,
                 )
             }
-            Self::Unavailable(_) | Self::NotReady(_) => {
+            Self::Unavailable(_) | Self::NotReady(_) | Self::CaptchaUnavailable => {
                 ErrorResponse::ServiceUnavailable(self.body(None), UNAVAILABLE_RETRY_AFTER_SECONDS)
             }
             Self::Internal(_) => ErrorResponse::Internal(self.body(None)),
@@ -176,14 +190,14 @@ impl ApiError {
 /// The documented error responses (OpenAPI lists each status with its body).
 #[derive(ApiResponse)]
 pub enum ErrorResponse {
-    /// INVALID_REQUEST, INVALID_PHONE_NUMBER or INVALID_OTP.
+    /// INVALID_REQUEST, INVALID_PHONE_NUMBER, INVALID_OTP or CAPTCHA_REQUIRED.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// UNAUTHORIZED: a caller key is required (API_KEYS) and none or a wrong one was sent.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
-    /// COUNTRY_NOT_ALLOWED (ALLOWED_COUNTRIES excludes the destination) or DESTINATION_BLOCKED
-    /// (the fraud guard blocked it).
+    /// COUNTRY_NOT_ALLOWED (ALLOWED_COUNTRIES excludes the destination), DESTINATION_BLOCKED
+    /// (the fraud guard blocked it) or CAPTCHA_FAILED (the CAPTCHA token was refused or reused).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// NOT_FOUND.
@@ -219,7 +233,8 @@ pub enum ErrorResponse {
     /// INTERNAL: generic, details are only in the server log.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// SERVICE_UNAVAILABLE: Redis or RabbitMQ is down, or the publish was not confirmed in time.
+    /// SERVICE_UNAVAILABLE: Redis or RabbitMQ is down, or the publish was not confirmed in time;
+    /// or CAPTCHA_UNAVAILABLE: the CAPTCHA provider could not be asked.
     #[oai(status = 503)]
     ServiceUnavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }

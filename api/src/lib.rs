@@ -25,7 +25,8 @@
 //! - [`middleware`]: request ids, body limit, access log, framework-error mapping.
 //! - [`callbacks`]: Plivo and Twilio delivery reports (signatures, replays, forward-only
 //!   states, the one resend), over the code store.
-//! - [`cli`]: operator subcommands: `healthcheck`, `fraud list | block | unblock`.
+//! - [`cli`]: operator subcommands: `healthcheck`, `config check`, `fraud list | block | unblock`.
+//! - [`captcha`]: the CAPTCHA check before any SMS for callers without a key.
 //! - [`callers`]: caller keys (API_KEYS, PUBLIC_API): who may call the OTP routes.
 //! - [`client_ip`]: the client address behind trusted proxies.
 //! - [`cors`]: CORS for the OTP routes (CORS_ALLOWED_ORIGINS).
@@ -34,6 +35,7 @@
 
 pub mod callbacks;
 pub mod callers;
+pub mod captcha;
 pub mod cli;
 pub mod client_ip;
 pub mod code;

@@ -9,7 +9,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
 
-use crate::{callers::Caller, queue::PublishError, store::LimitKind};
+use crate::{callers::Caller, captcha::CheckResult, queue::PublishError, store::LimitKind};
 
 /// Route labels: the API's paths as templates, plus `other` for anything unknown.
 const ROUTES: [&str; 13] = [
@@ -63,6 +63,10 @@ pub struct ApiMetrics {
     pub budget_remaining: IntGaugeVec,
     /// Consumers of the send queue (the dispatchers), by queue; refreshed by the publisher.
     pub queue_consumers: IntGaugeVec,
+    /// CAPTCHA checks by result, indexed like `CheckResult::ALL`.
+    captcha_checks: Vec<IntCounter>,
+    /// Time of the CAPTCHA provider's siteverify call.
+    pub captcha_duration: Histogram,
 }
 
 /// Report statuses counted by name (Plivo's and Twilio's), and `replayed` for a report seen
@@ -90,6 +94,14 @@ impl ApiMetrics {
     /// Metrics where every caller is `public` (no caller keys).
     pub fn new() -> Self {
         Self::with_clients(vec!["public".to_owned()])
+    }
+
+    /// Counts one CAPTCHA check.
+    pub fn captcha_check(&self, result: CheckResult) {
+        let index = CheckResult::ALL.iter().position(|r| *r == result);
+        if let Some(counter) = index.and_then(|i| self.captcha_checks.get(i)) {
+            counter.inc();
+        }
     }
 
     /// Metrics with a `client` label bounded by `clients` (the caller keys' ids and `public`,
@@ -241,6 +253,24 @@ impl ApiMetrics {
                 "otp_queue_consumers",
                 "Consumers (dispatchers) of the send queue, by queue; 0 means its jobs wait.",
                 &["queue"],
+            ),
+            captcha_checks: {
+                let checks = m::counter_vec(
+                    &registry,
+                    "otp_captcha_checks_total",
+                    "CAPTCHA checks of callers without a key, by result.",
+                    &["result"],
+                );
+                CheckResult::ALL
+                    .iter()
+                    .map(|r| checks.with_label_values(&[r.as_str()]))
+                    .collect()
+            },
+            captcha_duration: m::histogram(
+                &registry,
+                "otp_captcha_request_duration_seconds",
+                "Time of the CAPTCHA provider's siteverify call.",
+                LATENCY_BUCKETS,
             ),
             requests,
             request_series,

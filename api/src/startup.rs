@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     callbacks::{self, Reports, Signing},
     callers::Callers,
+    captcha::Captcha,
     code::CodeHasher,
     config::Config,
     metrics::ApiMetrics,
@@ -138,6 +139,13 @@ impl Application {
             config.fraud.clone(),
         ));
         let service_for_drain = service.clone();
+        let captcha = Captcha::from_args(
+            &config.captcha,
+            config.process.app_env,
+            stores.codes.clone(),
+            metrics.clone(),
+        )?
+        .map(Arc::new);
 
         let api = OpenApiService::new(
             (
@@ -146,6 +154,7 @@ impl Application {
                     trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
                     ipv6_prefix: limits.ipv6_prefix_length,
                     verdicts: verdicts.clone(),
+                    captcha: captcha.clone(),
                 },
                 HealthApi {
                     service: service.clone(),
@@ -221,10 +230,23 @@ impl Application {
         if config.process.app_env == AppEnv::Development {
             let page = include_str!("../../examples/signup/index.html");
             let page = Bytes::from_static(page.as_bytes());
-            app = app.at(
-                "/demo",
-                poem::get(shared_body(page, "text/html; charset=utf-8")),
-            );
+            // What the page needs for the CAPTCHA widget: the provider and its public site key.
+            let widget = match config.captcha.widget() {
+                Some((provider, key)) => {
+                    serde_json::json!({ "provider": provider.name(), "siteKey": key })
+                }
+                None => serde_json::json!({ "provider": "off" }),
+            };
+            let widget = Bytes::from(widget.to_string());
+            app = app
+                .at(
+                    "/demo",
+                    poem::get(shared_body(page, "text/html; charset=utf-8")),
+                )
+                .at(
+                    "/demo/captcha.json",
+                    poem::get(shared_body(widget, "application/json")),
+                );
         }
         let admin_api = OpenApiService::new(
             HealthApi {
@@ -428,6 +450,7 @@ pub fn problems(config: &Config) -> (Vec<String>, Vec<String>) {
         crate::embedded::refuse_production(config).map_err(|e| format!("{e:#}")),
         config.check_keys(),
         config.reports.check_production(env),
+        config.captcha.check(env),
         config.check_ceiling(),
         config.otp.sms_text().map(|_| ()),
         Callers::load(&config.access, env)

@@ -73,6 +73,16 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             token_audience: "signup".into(),
             token_ttl_seconds: 300,
         },
+        captcha: crate::captcha::CaptchaArgs {
+            captcha_provider: crate::captcha::Provider::Off,
+            captcha_secret: None,
+            captcha_site_key: None,
+            captcha_verify_url: None,
+            captcha_timeout_ms: 2000,
+            captcha_fail_open: false,
+            captcha_min_score: 0.5,
+            captcha_hostnames: vec![],
+        },
         reports: otp_shared::config::ReportArgs {
             plivo_auth_token: None,
             sms_status_callback_url: None,

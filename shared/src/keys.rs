@@ -186,6 +186,12 @@ impl Keys {
         format!("{}depths:{queue}", self.prefix)
     }
 
+    /// A CAPTCHA token already sent to the provider (its SHA-256), kept a few minutes so a
+    /// reuse is refused without a call.
+    pub fn captcha_token(&self, digest: &str) -> String {
+        format!("{}captcha:{digest}", self.prefix)
+    }
+
     /// The fingerprint of the settings the API and the dispatchers must agree on
     /// ([`crate::agreement`]), written by the API beside the keyspace it describes.
     pub fn settings_fingerprint(&self) -> String {

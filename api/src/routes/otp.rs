@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     callers::Caller,
+    captcha::Captcha,
     client_ip::{client_ip, limit_key},
     error::{ApiError, ErrorResponse},
     middleware::RequestId,
@@ -36,6 +37,8 @@ pub struct OtpApi {
     /// IPV6_PREFIX_LENGTH: IPv6 clients are counted by their network.
     pub ipv6_prefix: u8,
     pub verdicts: Arc<Verdicts>,
+    /// CAPTCHA_PROVIDER's check of callers without a key, when one is set.
+    pub captcha: Option<Arc<Captcha>>,
 }
 
 #[derive(Debug, Object)]
@@ -43,6 +46,10 @@ pub struct OtpApi {
 struct OtpRequest {
     /// Destination in international form, e.g. +14155552671.
     phone_number: JsonString,
+    /// With CAPTCHA_PROVIDER set, a caller without a key sends the widget's token here (or in
+    /// the X-Captcha-Token header). Each token is good for one request.
+    #[oai(validator(max_length = 4096))]
+    captcha_token: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -142,6 +149,20 @@ impl OtpApi {
         headers: &HeaderMap,
         caller: &Caller,
     ) -> Result<String, ApiError> {
+        Ok(limit_key(
+            self.end_user_ip(remote, headers, caller)?,
+            self.ipv6_prefix,
+        ))
+    }
+
+    /// The end user's address: a keyed caller's X-End-User-IP, else the client address behind
+    /// the trusted proxies.
+    fn end_user_ip(
+        &self,
+        remote: &RemoteAddr,
+        headers: &HeaderMap,
+        caller: &Caller,
+    ) -> Result<IpAddr, ApiError> {
         if caller.is_keyed()
             && let Some(value) = headers.get(END_USER_IP)
         {
@@ -152,7 +173,7 @@ impl OtpApi {
                 .ok_or_else(|| {
                     ApiError::InvalidRequest("X-End-User-IP must be an IP address.".into())
                 })?;
-            return Ok(limit_key(ip, self.ipv6_prefix));
+            return Ok(ip);
         }
         let peer = remote
             .as_socket_addr()
@@ -163,9 +184,8 @@ impl OtpApi {
             .iter()
             .map(|v| v.to_str().unwrap_or("\u{0}"))
             .collect::<Vec<_>>();
-        let ip = client_ip(peer, lines.into_iter(), &self.trusted_proxies)
-            .map_err(|e| ApiError::InvalidRequest(format!("{e}.")))?;
-        Ok(limit_key(ip, self.ipv6_prefix))
+        client_ip(peer, lines.into_iter(), &self.trusted_proxies)
+            .map_err(|e| ApiError::InvalidRequest(format!("{e}.")))
     }
 }
 
@@ -189,6 +209,10 @@ impl OtpApi {
         /// fraud guard instead of the caller's. Ignored without a key.
         #[oai(name = "X-End-User-IP")]
         end_user_ip: Header<Option<String>>,
+        /// With CAPTCHA_PROVIDER set, a caller without a key's CAPTCHA token (or the body's
+        /// `captchaToken`).
+        #[oai(name = "X-Captcha-Token")]
+        captcha_token: Header<Option<String>>,
         remote: &RemoteAddr,
         headers: &HeaderMap,
         request_id: Data<&RequestId>,
@@ -213,7 +237,13 @@ impl OtpApi {
             }
         };
         let phone = self.service.destination(&body.phone_number)?;
-        let client = self.client(remote, headers, &caller)?;
+        let ip = self.end_user_ip(remote, headers, &caller)?;
+        // Before any limit is spent or anything stored; keyed callers' backends did the check.
+        if let Some(captcha) = self.captcha.as_ref().filter(|_| !caller.is_keyed()) {
+            let token = body.captcha_token.as_deref().or(captcha_token.0.as_deref());
+            captcha.check(token, ip).await?;
+        }
+        let client = limit_key(ip, self.ipv6_prefix);
         let issued = self
             .service
             .request(&phone, &client, &caller, key, &request_id.0.0)

@@ -672,6 +672,13 @@ impl CodeStore for MemoryStore {
         })
     }
 
+    fn first_captcha<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mark = format!("captcha:{digest}");
+            Ok(self.records.mark(&mark, crate::captcha::TOKEN_MEMORY))
+        })
+    }
+
     fn budgets(&self) -> BoxFuture<'_, Result<Vec<BudgetUse>, StoreError>> {
         Box::pin(async move {
             let scopes = self.policy.budget_scopes();

@@ -334,6 +334,10 @@ pub trait CodeStore: Send + Sync {
         matched: bool,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
+    /// Marks a CAPTCHA token (its digest) seen for [`crate::captcha::TOKEN_MEMORY`]; false
+    /// when it was seen within that time (a reuse).
+    fn first_captcha<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
     /// Each configured send budget's use in the current hour (`otp_send_budget_remaining`).
     fn budgets(&self) -> BoxFuture<'_, Result<Vec<BudgetUse>, StoreError>>;
 

@@ -173,13 +173,18 @@ impl RedisStore {
     }
 
     /// Sets a single-use mark for [`REPORT_NONCE_TTL`]; false when it was set already.
-    async fn set_once(&self, key: String, value: &str) -> redis::RedisResult<bool> {
+    async fn set_once(
+        &self,
+        key: String,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> redis::RedisResult<bool> {
         let set: Option<String> = redis::cmd("SET")
             .arg(key)
             .arg(value)
             .arg("NX")
             .arg("EX")
-            .arg(REPORT_NONCE_TTL.as_secs())
+            .arg(ttl.as_secs())
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(set.is_some())
@@ -529,6 +534,15 @@ impl CodeStore for RedisStore {
         })
     }
 
+    fn first_captcha<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let key = self.keys.captcha_token(digest);
+            Ok(self
+                .set_once(key, "1", crate::captcha::TOKEN_MEMORY)
+                .await?)
+        })
+    }
+
     fn budgets(&self) -> BoxFuture<'_, Result<Vec<BudgetUse>, StoreError>> {
         Box::pin(async move {
             let scopes = self.policy.budget_scopes();
@@ -665,7 +679,7 @@ impl ReportStore for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let key = self.keys.report_nonce(provider, nonce);
-            Ok(self.set_once(key, "1").await?)
+            Ok(self.set_once(key, "1", REPORT_NONCE_TTL).await?)
         })
     }
 
@@ -718,7 +732,7 @@ impl ResendStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         Box::pin(async move {
             let marker = self.keys.resend_marker(verification_id);
-            if !self.set_once(marker, failed).await? {
+            if !self.set_once(marker, failed, REPORT_NONCE_TTL).await? {
                 return Ok(None);
             }
             Ok(redis::cmd("GET")

@@ -130,6 +130,7 @@ otp_testkit::conformance!(
     delivery_reports_find_their_verification_once,
     a_resend_is_taken_once_and_only_for_a_live_code,
     conversion_is_verified_over_counted_sends_per_country,
+    a_captcha_token_is_taken_once,
 );
 
 const NUMBER: &str = "+14155552671";
@@ -947,4 +948,12 @@ async fn conversion_is_verified_over_counted_sends_per_country(mut backend: impl
     let mut ratios = store.conversion_by_country().await.unwrap();
     ratios.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(ratios, [("GB".to_owned(), 1.0), ("US".to_owned(), 0.25)]);
+}
+
+/// A CAPTCHA token (its digest) is seen once within its memory; another token is its own.
+async fn a_captcha_token_is_taken_once(mut backend: impl Backend) {
+    let store = backend.store(policy());
+    assert!(store.first_captcha("digest-a").await.unwrap());
+    assert!(!store.first_captcha("digest-a").await.unwrap(), "a reuse");
+    assert!(store.first_captcha("digest-b").await.unwrap());
 }

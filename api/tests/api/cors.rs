@@ -44,6 +44,7 @@ async fn only_an_allowed_origin_gets_cors_headers() {
     assert!(methods.contains("POST"), "{methods}");
     let headers = header(&allowed, "access-control-allow-headers").unwrap();
     assert!(headers.contains("authorization") && headers.contains("content-type"));
+    assert!(headers.contains("x-captcha-token"), "{headers}");
     assert!(header(&allowed, "access-control-max-age").is_some());
 
     let other = preflight("https://evil.example").await.unwrap();

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod callers;
+mod captcha;
 mod conformance;
 mod connections;
 mod cors;

@@ -3,6 +3,10 @@
 //! `sid`), with optional latency and failures (or one provider down, to show failover), and keeps the last messages so a
 //! developer can read the code that "was sent to the phone".
 //!
+//! It also answers a CAPTCHA provider's `POST /siteverify` (Turnstile, hCaptcha and reCAPTCHA
+//! share its shape) for local runs with `CAPTCHA_VERIFY_URL=http://<fake>/siteverify`: the token
+//! `pass` passes, anything else fails.
+//!
 //! It prints and stores message texts, which hold codes: it is a development tool only.
 
 use std::{
@@ -180,6 +184,20 @@ fn stats(state: Data<&Arc<State>>) -> Json<Value> {
     }))
 }
 
+/// A CAPTCHA provider's siteverify: form-encoded `secret`, `response` (the token) and
+/// `remoteip`; the token `pass` passes.
+#[handler]
+fn siteverify(poem::web::Form(form): poem::web::Form<Vec<(String, String)>>) -> Json<Value> {
+    let token = form
+        .iter()
+        .find(|(k, _)| k == "response")
+        .map(|(_, v)| v.as_str());
+    match token {
+        Some("pass") => Json(json!({ "success": true, "hostname": "localhost", "score": 0.9 })),
+        _ => Json(json!({ "success": false, "error-codes": ["invalid-input-response"] })),
+    }
+}
+
 #[handler]
 fn readyz() -> &'static str {
     "ok"
@@ -217,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
         .at("/2010-04-01/Accounts/:sid/Messages.json", post(twilio_send))
         .at("/messages", get(list_messages))
         .at("/stats", get(stats))
+        .at("/siteverify", post(siteverify))
         .at("/readyz", get(readyz))
         .data(state);
     println!("[fake-plivo] listening on {addr}");
