@@ -299,3 +299,52 @@ async fn the_demo_page_gets_the_widget_settings() {
     let widget: Value = off.get("/demo/captcha.json").await.json().await.unwrap();
     assert_eq!(widget, json!({ "provider": "off" }));
 }
+
+/// For local runs, fake-plivo answers siteverify: the token `pass` passes, anything else fails.
+#[tokio::test]
+async fn the_fake_provider_answers_siteverify_for_local_runs() {
+    let exe = std::env::current_exe().unwrap();
+    let fake = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("fake-plivo");
+    assert!(
+        fake.exists(),
+        "{} is missing: cargo test --workspace (tools/test.sh) builds it",
+        fake.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _fake = tokio::process::Command::new(fake)
+        .env_clear()
+        .env("FAKE_PLIVO_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let up = otp_testkit::eventually(Duration::from_secs(10), || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok()
+    });
+    assert!(up.await, "fake-plivo did not start");
+    let app = spawn_with(|c| {
+        let server_uri = format!("http://127.0.0.1:{port}");
+        c.captcha.captcha_provider = Provider::Turnstile;
+        c.captcha.captcha_secret = Some("local".to_owned().into());
+        c.captcha.captcha_verify_url = Some(format!("{server_uri}/siteverify"));
+    })
+    .await;
+    let body = |token: &str| json!({ "phoneNumber": PHONE, "captchaToken": token });
+    assert_error(
+        request(&app, body("nope"), &[]).await,
+        403,
+        "CAPTCHA_FAILED",
+    )
+    .await;
+    assert_eq!(request(&app, body("pass"), &[]).await.status(), 202);
+}
