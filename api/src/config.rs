@@ -62,7 +62,7 @@ pub struct Config {
     #[command(flatten)]
     pub tokens: crate::verdict::TokenArgs,
     #[command(flatten)]
-    pub captcha: crate::captcha::CaptchaArgs,
+    pub captcha: crate::config::CaptchaArgs,
 
     #[command(flatten)]
     pub reports: ReportArgs,
@@ -97,10 +97,21 @@ pub struct OtpSettings {
     #[arg(long, env = "OTP_MAX_ATTEMPTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub otp_max_attempts: u32,
-    /// SMS text; `{code}` is replaced by the code.
-    #[arg(long, env = "SMS_TEMPLATE", default_value = "Your verification code is: {code}",
-          value_parser = parse_template)]
-    pub sms_template: String,
+    /// The SMS text of the default locale (SMS_DEFAULT_LOCALE), over its built-in one; `{code}`
+    /// is replaced by the code. Other languages: SMS_TEMPLATES_DIR
+    #[arg(long, env = "SMS_TEMPLATE", value_parser = parse_template)]
+    pub sms_template: Option<String>,
+    /// The language of an SMS when neither the request's `locale` nor the number's country
+    /// picks one with a template (a BCP 47 tag)
+    #[arg(long, env = "SMS_DEFAULT_LOCALE", default_value = "en")]
+    pub sms_default_locale: String,
+    /// Without a `locale` in the request, write in the main language of the number's country
+    #[arg(long, env = "SMS_LOCALE_BY_COUNTRY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sms_locale_by_country: bool,
+    /// A directory of `<locale>.txt` templates (`fr.txt`, `pt-BR.txt`) that override the
+    /// built-in ones or add languages
+    #[arg(long, env = "SMS_TEMPLATES_DIR")]
+    pub sms_templates_dir: Option<std::path::PathBuf>,
     /// Host name for the WebOTP origin-bound last line `@example.com #123456` (Safari, Chrome).
     #[arg(long, env = "SMS_ORIGIN", value_parser = crate::sms_text::parse_origin)]
     pub sms_origin: Option<String>,
@@ -123,6 +134,12 @@ pub struct OtpSettings {
     /// Comma-separated ISO 3166 codes (e.g. US,CA,GB). When set, other destinations get 403.
     #[arg(long, env = "ALLOWED_COUNTRIES", value_delimiter = ',')]
     pub allowed_countries: Vec<CountryCode>,
+}
+
+impl OtpSettings {
+    pub fn validity(&self) -> Duration {
+        Duration::from_secs(self.otp_validity_seconds.into())
+    }
 }
 
 impl Config {
@@ -190,32 +207,6 @@ impl Config {
             keys.push(("TOKEN_SIGNING_KEYS", signing.seeds()));
         }
         otp_shared::keyring::check_keys(&keys)
-    }
-}
-
-impl OtpSettings {
-    /// The template sent (with the autofill lines), checked against SMS_MAX_SEGMENTS with a
-    /// code of OTP_LENGTH digits. The error names the variables.
-    pub fn sms_text(&self) -> Result<(String, crate::sms_text::Encoding, usize), String> {
-        let template = crate::sms_text::full_template(
-            &self.sms_template,
-            self.sms_origin.as_deref(),
-            self.sms_android_app_hash.as_deref(),
-        );
-        let sample = template.replace("{code}", &"0".repeat(self.otp_length.into()));
-        let (encoding, segments) = crate::sms_text::segments(&sample);
-        if segments > self.sms_max_segments.into() {
-            return Err(format!(
-                "SMS_TEMPLATE (with SMS_ORIGIN and SMS_ANDROID_APP_HASH) takes {segments} SMS \
-                 segments ({encoding:?}), more than SMS_MAX_SEGMENTS={}",
-                self.sms_max_segments
-            ));
-        }
-        Ok((template, encoding, segments))
-    }
-
-    pub fn validity(&self) -> Duration {
-        Duration::from_secs(self.otp_validity_seconds.into())
     }
 }
 
@@ -486,5 +477,234 @@ mod tests {
         otp_shared::config::assert_env_example_matches::<Config>(include_str!(
             "../../.env.example"
         ));
+    }
+}
+
+/// CAPTCHA_PROVIDER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Off,
+    Turnstile,
+    Hcaptcha,
+    Recaptcha,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Turnstile => "turnstile",
+            Self::Hcaptcha => "hcaptcha",
+            Self::Recaptcha => "recaptcha",
+        }
+    }
+
+    /// The provider's siteverify endpoint.
+    pub(crate) fn verify_url(self) -> &'static str {
+        match self {
+            Self::Off => "",
+            Self::Turnstile => "https://challenges.cloudflare.com/turnstile/v0/siteverify",
+            Self::Hcaptcha => "https://api.hcaptcha.com/siteverify",
+            Self::Recaptcha => "https://www.google.com/recaptcha/api/siteverify",
+        }
+    }
+
+    /// The secrets each provider publishes for tests (they pass every token): never in
+    /// production.
+    fn test_secrets(self) -> &'static [&'static str] {
+        match self {
+            Self::Off => &[],
+            Self::Turnstile => &[
+                "1x0000000000000000000000000000000AA",
+                "2x0000000000000000000000000000000AA",
+                "3x0000000000000000000000000000000AA",
+            ],
+            Self::Hcaptcha => &["0x0000000000000000000000000000000000000000"],
+            Self::Recaptcha => &["6LeIxAcTAAAAAGG-vFI1TnRWxMZNFuojJ4WifJWe"],
+        }
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "turnstile" => Ok(Self::Turnstile),
+            "hcaptcha" => Ok(Self::Hcaptcha),
+            "recaptcha" => Ok(Self::Recaptcha),
+            _ => Err(format!(
+                "'{s}' is not a provider (off, turnstile, hcaptcha or recaptcha)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptchaArgs {
+    /// CAPTCHA before any SMS for callers without a key: off, turnstile, hcaptcha or recaptcha.
+    /// Keyed callers are exempt (their backend checks)
+    #[arg(long, env = "CAPTCHA_PROVIDER", default_value = "off")]
+    pub captcha_provider: Provider,
+    /// The provider's secret key for its siteverify call; required with a provider (production
+    /// refuses an empty one or a provider's published test secret)
+    #[arg(long, env = "CAPTCHA_SECRET", hide_env_values = true)]
+    pub captcha_secret: Option<secrecy::SecretString>,
+    /// The widget's public site key, for the demo page (/demo)
+    #[arg(long, env = "CAPTCHA_SITE_KEY")]
+    pub captcha_site_key: Option<String>,
+    /// The siteverify URL, https only outside development (plain http to this host excepted)
+    /// [default: the provider's]
+    #[arg(long, env = "CAPTCHA_VERIFY_URL")]
+    pub captcha_verify_url: Option<String>,
+    /// Milliseconds the siteverify call may take; then the check counts as unavailable
+    #[arg(long, env = "CAPTCHA_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=30_000))]
+    pub captcha_timeout_ms: u64,
+    /// Let requests through (and count them) when the provider is unreachable, times out or
+    /// answers nonsense, instead of 503 CAPTCHA_UNAVAILABLE
+    #[arg(long, env = "CAPTCHA_FAIL_OPEN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub captcha_fail_open: bool,
+    /// reCAPTCHA v3: the lowest score that passes (0 to 1)
+    #[arg(long, env = "CAPTCHA_MIN_SCORE", default_value_t = 0.5, value_parser = parse_score)]
+    pub captcha_min_score: f64,
+    /// Host names a token must have been solved on (the provider's `hostname`), comma-separated;
+    /// empty: any
+    #[arg(long, env = "CAPTCHA_HOSTNAMES", value_delimiter = ',')]
+    pub captcha_hostnames: Vec<String>,
+}
+
+fn parse_score(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(score) if (0.0..=1.0).contains(&score) => Ok(score),
+        _ => Err("must be a number from 0 to 1".into()),
+    }
+}
+
+impl CaptchaArgs {
+    /// The settings' own rules: a provider needs a secret (not a published test one outside
+    /// development) and a secure siteverify URL outside development. Errors name the variable.
+    pub fn check(&self, env: AppEnv) -> Result<(), String> {
+        let provider = self.captcha_provider;
+        if provider == Provider::Off {
+            return Ok(());
+        }
+        let secret = self
+            .captcha_secret
+            .as_ref()
+            .map(|s| secrecy::ExposeSecret::expose_secret(s).trim())
+            .unwrap_or_default();
+        if secret.is_empty() {
+            return Err(format!(
+                "CAPTCHA_SECRET is required with CAPTCHA_PROVIDER={}",
+                provider.name()
+            ));
+        }
+        if env == AppEnv::Production {
+            if provider.test_secrets().contains(&secret) {
+                return Err(format!(
+                    "CAPTCHA_SECRET is {}'s published test secret, which passes every token \
+                     (APP_ENV=development allows it)",
+                    provider.name()
+                ));
+            }
+            otp_shared::urls::check_secure_urls(&[(
+                "CAPTCHA_VERIFY_URL",
+                self.captcha_verify_url.as_deref(),
+            )])?;
+        }
+        if let Some(url) = &self.captcha_verify_url
+            && url::Url::parse(url).is_err()
+        {
+            return Err("CAPTCHA_VERIFY_URL is not a URL".into());
+        }
+        Ok(())
+    }
+
+    /// What the demo page needs to show the widget: the provider and the public site key.
+    pub fn widget(&self) -> Option<(Provider, String)> {
+        match (self.captcha_provider, &self.captcha_site_key) {
+            (Provider::Off, _) | (_, None) => None,
+            (provider, Some(key)) => Some((provider, key.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod captcha_tests {
+    use super::*;
+    use otp_shared::config::AppEnv;
+
+    fn args(provider: Provider, secret: Option<&str>, url: Option<&str>) -> CaptchaArgs {
+        CaptchaArgs {
+            captcha_provider: provider,
+            captcha_secret: secret.map(|s| s.to_owned().into()),
+            captcha_site_key: None,
+            captcha_verify_url: url.map(str::to_owned),
+            captcha_timeout_ms: 2000,
+            captcha_fail_open: false,
+            captcha_min_score: 0.5,
+            captcha_hostnames: vec![],
+        }
+    }
+
+    #[test]
+    fn production_refuses_a_missing_or_test_secret_and_plain_http() {
+        let production = AppEnv::Production;
+        assert!(args(Provider::Off, None, None).check(production).is_ok());
+        for secret in [None, Some(""), Some("  ")] {
+            let error = args(Provider::Turnstile, secret, None).check(production);
+            assert!(error.unwrap_err().contains("CAPTCHA_SECRET"));
+        }
+        let test = args(
+            Provider::Hcaptcha,
+            Some(Provider::Hcaptcha.test_secrets()[0]),
+            None,
+        );
+        let error = test.check(production).unwrap_err();
+        assert!(
+            error.contains("CAPTCHA_SECRET") && error.contains("test secret"),
+            "{error}"
+        );
+        assert!(test.check(AppEnv::Development).is_ok());
+        let plain = args(
+            Provider::Recaptcha,
+            Some("real"),
+            Some("http://verify.example.com/"),
+        );
+        assert!(
+            plain
+                .check(production)
+                .unwrap_err()
+                .contains("CAPTCHA_VERIFY_URL")
+        );
+        let local = args(
+            Provider::Recaptcha,
+            Some("real"),
+            Some("http://127.0.0.1:8080/siteverify"),
+        );
+        assert!(local.check(production).is_ok());
+        let error = args(Provider::Turnstile, Some("real"), None).check(production);
+        assert!(error.is_ok());
+        assert!(!format!("{:?}", args(Provider::Turnstile, Some("real"), None)).contains("real"));
+    }
+
+    #[test]
+    fn providers_parse_by_name() {
+        for provider in [
+            Provider::Off,
+            Provider::Turnstile,
+            Provider::Hcaptcha,
+            Provider::Recaptcha,
+        ] {
+            assert_eq!(provider.name().parse::<Provider>(), Ok(provider));
+        }
+        assert!(
+            "friendly"
+                .parse::<Provider>()
+                .unwrap_err()
+                .contains("turnstile")
+        );
     }
 }

@@ -7,6 +7,7 @@
 //!   conversion gauge, the manual-block watch).
 //! - [`routes`]: HTTP handlers (poem-openapi), thin translations to [`service`].
 //! - [`server`]: the HTTP server (hyper) with header, write, idle, age and connection bounds.
+//! - [`templates`]: the SMS texts by language, and how a request's locale is chosen.
 //! - [`sms_text`]: the SMS text with autofill lines, and its segment count.
 //! - [`service`]: the use cases: request a code, verify it, read delivery state.
 //! - [`code`]: code generation, HMAC digests and constant-time checks.
@@ -54,6 +55,7 @@ pub mod service;
 pub mod sms_text;
 pub mod startup;
 pub mod store;
+pub mod templates;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod verdict;

@@ -9,7 +9,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
 
-use crate::{callers::Caller, captcha::CheckResult, queue::PublishError, store::LimitKind};
+use crate::{callers::Caller, queue::PublishError, store::LimitKind};
 
 /// Route labels: the API's paths as templates, plus `other` for anything unknown.
 const ROUTES: [&str; 13] = [
@@ -410,6 +410,36 @@ impl Route {
         match self.0 {
             0 | 1 | 3 | 4 => "POST",
             _ => "GET",
+        }
+    }
+}
+
+/// How a check ended, as `otp_captcha_checks_total{result}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    Passed,
+    Failed,
+    Missing,
+    Unavailable,
+    FailOpen,
+}
+
+impl CheckResult {
+    pub const ALL: [Self; 5] = [
+        Self::Passed,
+        Self::Failed,
+        Self::Missing,
+        Self::Unavailable,
+        Self::FailOpen,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Missing => "missing",
+            Self::Unavailable => "unavailable",
+            Self::FailOpen => "fail_open",
         }
     }
 }

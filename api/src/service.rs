@@ -38,7 +38,8 @@ pub type AppService = OtpService;
 pub struct CodePolicy {
     pub length: usize,
     pub validity: Duration,
-    pub template: String,
+    /// The SMS templates by language, and how a request's is chosen.
+    pub templates: Arc<crate::templates::Templates>,
     /// Empty means every country is allowed.
     pub allowed_countries: Vec<CountryCode>,
     pub resend_cooldown_seconds: u32,
@@ -52,6 +53,13 @@ pub struct Accepted {
     pub verification_id: Uuid,
     pub expires_in_seconds: u64,
     pub resend_after_seconds: u64,
+    /// The language the SMS was written in (records stored before locales read as `en`).
+    #[serde(default = "default_locale")]
+    pub locale: String,
+}
+
+fn default_locale() -> String {
+    "en".into()
 }
 
 /// `rate` is `None` for a replayed response (no limit was consulted) or when every limit is off.
@@ -126,9 +134,12 @@ impl OtpService {
         caller: &Caller,
         idempotency_key: Option<&str>,
         request_id: &str,
+        locale: Option<&str>,
     ) -> Result<Issued, ApiError> {
         let Some(key) = idempotency_key else {
-            return self.issue(phone, client, true, caller, request_id).await;
+            return self
+                .issue(phone, client, true, caller, request_id, locale)
+                .await;
         };
         if let Some(rate) = self.stores.codes.hit_request_ip(client).await? {
             return Err(self.limited(LimitKind::RequestsPerIp, rate));
@@ -161,7 +172,9 @@ impl OtpService {
                 });
             }
         }
-        let result = self.issue(phone, client, false, caller, request_id).await;
+        let result = self
+            .issue(phone, client, false, caller, request_id, locale)
+            .await;
         let stored = match &result {
             Ok(issued) => {
                 // Serialising a struct of ids and numbers cannot fail.
@@ -250,6 +263,7 @@ impl OtpService {
         count_ip: bool,
         caller: &Caller,
         request_id: &str,
+        locale: Option<&str>,
     ) -> Result<Issued, ApiError> {
         let per_hour = self.policy.key_budgets.limit_for(caller);
         let budget = (per_hour > 0).then(|| KeyBudget {
@@ -283,12 +297,13 @@ impl OtpService {
             }
         };
         let now = OffsetDateTime::now_utc();
+        let (locale, template) = self.policy.templates.choose(locale, phone.country());
         let job = SendJob::seal(
             &self.job_key,
             verification_id,
             phone,
             code.expose(),
-            &self.policy.template,
+            template,
             now,
             now + self.policy.validity,
         );
@@ -313,6 +328,7 @@ impl OtpService {
                 verification_id,
                 expires_in_seconds: self.policy.validity.as_secs(),
                 resend_after_seconds: self.policy.resend_cooldown_seconds.into(),
+                locale: locale.to_owned(),
             },
             rate: rate.enabled(),
         })

@@ -27,6 +27,7 @@ use crate::{
     server::{ConnectionLimits, serve},
     service::{CodePolicy, OtpService},
     store::{RedisStore, StorePolicy, Stores},
+    templates::Templates,
     verdict::Verdicts,
 };
 
@@ -68,9 +69,11 @@ impl Application {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
-        let (sms_template, encoding, segments) =
-            config.otp.sms_text().map_err(anyhow::Error::msg)?;
-        tracing::info!(?encoding, segments, "each SMS takes {segments} segment(s)");
+        let templates = Arc::new(Templates::load(&config.otp).map_err(anyhow::Error::msg)?);
+        tracing::info!(
+            locales = templates.locales().join(","),
+            "SMS templates checked"
+        );
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
         let callers = Arc::new(Callers::load(&config.access, config.process.app_env)?);
         let metrics = Arc::new(ApiMetrics::with_clients(callers.labels()));
@@ -130,7 +133,7 @@ impl Application {
             CodePolicy {
                 length: otp.otp_length.into(),
                 validity: otp.validity(),
-                template: sms_template,
+                templates,
                 allowed_countries: otp.allowed_countries.clone(),
                 resend_cooldown_seconds: limits.resend_cooldown_seconds,
                 key_budgets: config.access.api_key_max_sends_per_hour.clone(),
@@ -452,7 +455,7 @@ pub fn problems(config: &Config) -> (Vec<String>, Vec<String>) {
         config.reports.check_production(env),
         config.captcha.check(env),
         config.check_ceiling(),
-        config.otp.sms_text().map(|_| ()),
+        Templates::load(&config.otp).map(|_| ()),
         Callers::load(&config.access, env)
             .map(|_| ())
             .map_err(|e| format!("{e:#}")),

@@ -26,7 +26,10 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             otp_length: 6,
             otp_validity_seconds: 300,
             otp_max_attempts: 5,
-            sms_template: "Your verification code is: {code}".into(),
+            sms_template: None,
+            sms_default_locale: "en".into(),
+            sms_locale_by_country: true,
+            sms_templates_dir: None,
             otp_hmac_key: HmacKey::from_base64(&STANDARD.encode([7u8; 32])).unwrap(),
             job_encryption_key: job_key(),
             allowed_countries: vec![],
@@ -73,8 +76,8 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             token_audience: "signup".into(),
             token_ttl_seconds: 300,
         },
-        captcha: crate::captcha::CaptchaArgs {
-            captcha_provider: crate::captcha::Provider::Off,
+        captcha: crate::config::CaptchaArgs {
+            captcha_provider: crate::config::Provider::Off,
             captcha_secret: None,
             captcha_site_key: None,
             captcha_verify_url: None,

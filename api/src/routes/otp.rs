@@ -50,6 +50,11 @@ struct OtpRequest {
     /// the X-Captcha-Token header). Each token is good for one request.
     #[oai(validator(max_length = 4096))]
     captcha_token: Option<String>,
+    /// The language of the SMS, a BCP 47 tag (`fr`, `pt-BR`, `zh-Hant`). Without it, the
+    /// number's country picks its main language (SMS_LOCALE_BY_COUNTRY), else
+    /// SMS_DEFAULT_LOCALE. A tag with no template, or a malformed one, falls back the same way;
+    /// the answer's `locale` says which was used.
+    locale: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -75,6 +80,8 @@ struct RequestAccepted {
     expires_in_seconds: u64,
     /// Seconds before this number may request another code.
     resend_after_seconds: u64,
+    /// The language the SMS is written in (a BCP 47 tag with a template).
+    locale: String,
 }
 
 #[derive(Debug, Object)]
@@ -246,7 +253,14 @@ impl OtpApi {
         let client = limit_key(ip, self.ipv6_prefix);
         let issued = self
             .service
-            .request(&phone, &client, &caller, key, &request_id.0.0)
+            .request(
+                &phone,
+                &client,
+                &caller,
+                key,
+                &request_id.0.0,
+                body.locale.as_deref(),
+            )
             .await?;
         let a = issued.accepted;
         Ok(RequestResponse::Accepted(
@@ -256,6 +270,7 @@ impl OtpApi {
                 verification_id: a.verification_id,
                 expires_in_seconds: a.expires_in_seconds,
                 resend_after_seconds: a.resend_after_seconds,
+                locale: a.locale,
             }),
             issued.rate.map(|r| r.limit),
             issued.rate.map(|r| r.remaining),

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use otp_api::{callers::ApiKey, captcha::Provider, config::Config};
+use otp_api::{
+    callers::ApiKey,
+    config::{Config, Provider},
+};
 use serde_json::{Value, json};
 use wiremock::{
     Mock, MockServer, ResponseTemplate,

@@ -14,6 +14,7 @@ mod hardening;
 mod http;
 mod idempotency;
 mod limits;
+mod locales;
 mod metrics;
 mod process;
 mod pumping;

@@ -311,7 +311,7 @@ async fn the_sms_carries_the_autofill_lines_byte_for_byte() {
 #[tokio::test]
 async fn a_template_longer_than_the_segment_limit_stops_the_api() {
     let mut config = crate::helpers::test_config();
-    config.otp.sms_template = format!("{} {{code}}", "x".repeat(160));
+    config.otp.sms_template = Some(format!("{} {{code}}", "x".repeat(160)));
     config.otp.sms_max_segments = 1;
     let err = otp_api::startup::Application::build(config)
         .await
