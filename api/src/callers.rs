@@ -222,6 +222,11 @@ impl Callers {
         }
     }
 
+    /// Whether any caller key is declared.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     /// Who may call, as the OpenAPI document states it.
     pub fn access(&self) -> crate::openapi::Access {
         use crate::openapi::Access;

@@ -12,10 +12,11 @@ use otp_shared::metrics::{self as m, LATENCY_BUCKETS};
 use crate::{callers::Caller, queue::PublishError, store::LimitKind};
 
 /// Route labels: the API's paths as templates, plus `other` for anything unknown.
-const ROUTES: [&str; 13] = [
+const ROUTES: [&str; 14] = [
     "/api/otp/request",
     "/api/otp/verify",
     "/api/otp/status/{verificationId}",
+    "/api/otp/cancel",
     "/api/otp/callbacks/plivo",
     "/api/otp/callbacks/twilio",
     "/",
@@ -387,28 +388,29 @@ impl Route {
             "/api/otp/request" => 0,
             "/api/otp/verify" => 1,
             p if p.starts_with("/api/otp/status/") => 2,
-            "/api/otp/callbacks/plivo" => 3,
-            "/api/otp/callbacks/twilio" => 4,
-            "/" => 5,
-            "/healthz" => 6,
-            "/readyz" => 7,
-            "/metrics" => 8,
-            "/openapi.json" => 9,
-            p if p == "/docs" || p.starts_with("/docs/") => 10,
-            "/.well-known/jwks.json" => 11,
+            "/api/otp/cancel" => 3,
+            "/api/otp/callbacks/plivo" => 4,
+            "/api/otp/callbacks/twilio" => 5,
+            "/" => 6,
+            "/healthz" => 7,
+            "/readyz" => 8,
+            "/metrics" => 9,
+            "/openapi.json" => 10,
+            p if p == "/docs" || p.starts_with("/docs/") => 11,
+            "/.well-known/jwks.json" => 12,
             _ => ROUTES.len() - 1,
         })
     }
 
     /// The OTP routes: a caller key is checked on these (see [`crate::callers`]).
     pub fn keyed(self) -> bool {
-        matches!(self.0, 0..=2)
+        matches!(self.0, 0..=3)
     }
 
     /// The `Allow` header of a 405 (RFC 9110 §15.5.6).
     pub fn allow(self) -> &'static str {
         match self.0 {
-            0 | 1 | 3 | 4 => "POST",
+            0 | 1 | 3..=5 => "POST",
             _ => "GET",
         }
     }

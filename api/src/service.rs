@@ -379,6 +379,18 @@ impl OtpService {
         }
     }
 
+    /// Voids a verification's live code. A used, expired, canceled or unknown verification
+    /// gives the same `NotFound`, so the answer reveals nothing about it.
+    pub async fn cancel(&self, verification_id: Uuid) -> Result<(), ApiError> {
+        if !self.stores.codes.cancel(verification_id).await? {
+            return Err(ApiError::NotFound(
+                "No live code for this verification id.".into(),
+            ));
+        }
+        tracing::info!(%verification_id, "verification canceled");
+        Ok(())
+    }
+
     pub async fn status(&self, verification_id: Uuid) -> Result<DeliveryStatus, ApiError> {
         self.stores
             .reports

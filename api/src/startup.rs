@@ -158,6 +158,7 @@ impl Application {
                     ipv6_prefix: limits.ipv6_prefix_length,
                     verdicts: verdicts.clone(),
                     captcha: captcha.clone(),
+                    keys_exist: callers.has_keys(),
                 },
                 HealthApi {
                     service: service.clone(),

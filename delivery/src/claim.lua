@@ -5,7 +5,7 @@
 --       once claimed (attempt 1), 4 now (unix seconds), 5 the record's ttl (s)
 -- Returns {'done', outcome} when the job already ended, {'claimed', ''} when this owner holds
 -- the lease now (and KEYS[3] is marked), {'claimed', 'withdrawn'} when it does but the delivery
--- record (KEYS[3]) is gone, or {'busy', ms} when another owner holds it for ms more.
+-- record (KEYS[3]) is gone or canceled, or {'busy', ms} when another owner holds it for ms more.
 local outcome = redis.call('GET', KEYS[1])
 if outcome then return {'done', outcome} end
 local held = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
@@ -16,7 +16,8 @@ if not held then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 if KEYS[3] then
-  if redis.call('EXISTS', KEYS[3]) == 0 then return {'claimed', 'withdrawn'} end
+  local state = redis.call('HGET', KEYS[3], FIELD_STATE)
+  if not state or state == 'canceled' then return {'claimed', 'withdrawn'} end
   redis.call('HSET', KEYS[3], FIELD_STATE, ARGV[3], FIELD_ATTEMPTS, 1, FIELD_UPDATED_AT, ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end

@@ -352,7 +352,8 @@ impl MemoryLedger {
                 _ => state.leases.insert(job, (owner, now + self.lease)),
             };
             if check_status {
-                if !self.records.exists(job.verification_id) {
+                let record = self.records.load(job.verification_id);
+                if record.is_none_or(|r| r.state == DeliveryState::Canceled) {
                     return Claim::Withdrawn;
                 }
                 self.records

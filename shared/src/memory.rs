@@ -157,6 +157,15 @@ impl DeliveryRecords {
         })
     }
 
+    /// One field of a record, if both exist.
+    pub fn field(&self, verification_id: Uuid, field: &str) -> Option<String> {
+        self.with(|records| {
+            records
+                .get(&verification_id)
+                .and_then(|r| r.fields.get(field).cloned())
+        })
+    }
+
     pub fn exists(&self, verification_id: Uuid) -> bool {
         self.with(|records| records.contains_key(&verification_id))
     }

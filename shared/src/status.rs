@@ -24,6 +24,9 @@ pub const FIELD_RESEND: &str = "resend";
 pub const FIELD_PROVIDER: &str = "provider";
 /// `1` once the verification's code was used (verified).
 pub const FIELD_VERIFIED: &str = "verified";
+/// The number (E.164) the code was issued for, so a cancel by verification id finds the code
+/// (the number is already in the code's key name); never shown by the status route.
+pub const FIELD_NUMBER: &str = "number";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
@@ -38,9 +41,12 @@ pub enum DeliveryState {
     /// Refused by the provider (permanently), or reported failed by it.
     Failed,
     Expired,
+    /// The app canceled the verification (`POST /api/otp/cancel`): a job still queued is
+    /// withdrawn.
+    Canceled,
 }
 
-const ALL_STATES: [DeliveryState; 7] = [
+const ALL_STATES: [DeliveryState; 8] = [
     DeliveryState::Queued,
     DeliveryState::Sending,
     DeliveryState::Sent,
@@ -48,6 +54,7 @@ const ALL_STATES: [DeliveryState; 7] = [
     DeliveryState::Undelivered,
     DeliveryState::Failed,
     DeliveryState::Expired,
+    DeliveryState::Canceled,
 ];
 
 impl DeliveryState {
@@ -60,6 +67,7 @@ impl DeliveryState {
             Self::Undelivered => "undelivered",
             Self::Failed => "failed",
             Self::Expired => "expired",
+            Self::Canceled => "canceled",
         }
     }
 
@@ -70,7 +78,9 @@ impl DeliveryState {
             Self::Queued => 0,
             Self::Sending => 1,
             Self::Sent => 2,
-            Self::Delivered | Self::Undelivered | Self::Failed | Self::Expired => 3,
+            Self::Delivered | Self::Undelivered | Self::Failed | Self::Expired | Self::Canceled => {
+                3
+            }
         }
     }
 }

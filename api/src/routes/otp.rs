@@ -39,6 +39,8 @@ pub struct OtpApi {
     pub verdicts: Arc<Verdicts>,
     /// CAPTCHA_PROVIDER's check of callers without a key, when one is set.
     pub captcha: Option<Arc<Captcha>>,
+    /// Caller keys exist (API_KEYS): cancel then needs one, even with PUBLIC_API.
+    pub keys_exist: bool,
 }
 
 #[derive(Debug, Object)]
@@ -71,6 +73,27 @@ struct VerifyRequest {
 
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
+struct CancelRequest {
+    /// The `verificationId` returned when the code was requested.
+    verification_id: JsonString,
+}
+
+#[derive(Debug, Object)]
+struct Canceled {
+    success: bool,
+    message: String,
+}
+
+#[derive(ApiResponse)]
+enum CancelResponse {
+    /// The code is void: a verify with it fails, its status says `canceled`, and a send job
+    /// still queued for it is not sent.
+    #[oai(status = 200)]
+    Canceled(Json<Canceled>),
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
 struct RequestAccepted {
     success: bool,
     message: String,
@@ -99,7 +122,7 @@ struct Verified {
 struct DeliveryStatusBody {
     verification_id: Uuid,
     /// queued, sending, sent (accepted by the provider), delivered or undelivered (the
-    /// carrier's report), failed or expired.
+    /// carrier's report), failed or expired; canceled after `POST /api/otp/cancel`.
     state: String,
     /// Provider calls made so far.
     attempts: u32,
@@ -317,6 +340,30 @@ impl OtpApi {
             rate.map(|r| r.remaining),
             rate.map(|r| r.reset_seconds),
         ))
+    }
+
+    /// Cancel a verification: its code is void at once.
+    ///
+    /// A later verify with it fails with INVALID_OTP, its status says `canceled`, and a send
+    /// job still queued for it is withdrawn, not sent. A used, expired, already canceled or
+    /// unknown verification answers the same 404. When caller keys exist (API_KEYS), it
+    /// requires one, even with PUBLIC_API=true.
+    #[oai(path = "/api/otp/cancel", method = "post")]
+    async fn cancel(
+        &self,
+        body: Json<CancelRequest>,
+        caller: Data<&Caller>,
+    ) -> Result<CancelResponse, ErrorResponse> {
+        if self.keys_exist && !caller.is_keyed() {
+            return Err(ApiError::Unauthorized.into());
+        }
+        let id = Uuid::parse_str(&body.verification_id)
+            .map_err(|_| ApiError::InvalidRequest("verificationId must be a UUID.".into()))?;
+        self.service.cancel(id).await?;
+        Ok(CancelResponse::Canceled(Json(Canceled {
+            success: true,
+            message: "Verification canceled.".into(),
+        })))
     }
 
     /// SMS delivery state of a verification. Never includes the number or the code.

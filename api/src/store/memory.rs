@@ -537,8 +537,12 @@ impl CodeStore for MemoryStore {
             if let Some(failures) = state.failures.get_mut(&e164) {
                 failures.until = failures.until.max(Instant::now() + ttl);
             }
-            self.records
-                .record(verification_id, DeliveryState::Queued, 0, &[]);
+            self.records.record(
+                verification_id,
+                DeliveryState::Queued,
+                0,
+                &[(otp_shared::status::FIELD_NUMBER, &e164)],
+            );
             let best = tighter(best, number_rate).unwrap_or(rate(0, 0, 0));
             Ok(IssueOutcome::Issued(best, signal))
         })
@@ -669,6 +673,34 @@ impl CodeStore for MemoryStore {
                 state.codes.remove(&e164);
             }
             Ok(false)
+        })
+    }
+
+    fn cancel(&self, verification_id: Uuid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            use otp_shared::status::{FIELD_NUMBER, FIELD_STATE, FIELD_UPDATED_AT};
+            let Some(number) = self.records.field(verification_id, FIELD_NUMBER) else {
+                return Ok(false);
+            };
+            {
+                let mut state = self.lock();
+                let live = state
+                    .codes
+                    .get(&number)
+                    .is_some_and(|c| c.value.verification_id == verification_id);
+                if !live {
+                    return Ok(false);
+                }
+                state.codes.remove(&number);
+            }
+            let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+            let canceled = DeliveryState::Canceled.as_str();
+            self.records
+                .annotate(verification_id, FIELD_STATE, canceled);
+            self.records
+                .annotate(verification_id, FIELD_UPDATED_AT, &now);
+            self.records.drop_sealed(verification_id);
+            Ok(true)
         })
     }
 

@@ -334,6 +334,12 @@ pub trait CodeStore: Send + Sync {
         matched: bool,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
+    /// Voids a verification's code if it is still the number's live code (not used, expired,
+    /// replaced or canceled): the code is removed, the delivery record says `canceled` (so a
+    /// job still queued is withdrawn) and the sealed job is never resent. False when there was
+    /// nothing to cancel.
+    fn cancel(&self, verification_id: Uuid) -> BoxFuture<'_, Result<bool, StoreError>>;
+
     /// Marks a CAPTCHA token (its digest) seen for [`crate::captcha::TOKEN_MEMORY`]; false
     /// when it was seen within that time (a reuse).
     fn first_captcha<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;

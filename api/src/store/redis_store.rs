@@ -66,6 +66,13 @@ static ANNOTATE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 static REVOKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("revoke.lua")));
+/// Removes a number's code only while it is this verification's (ARGV[1]); 1 when removed.
+static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('HGET', KEYS[1], 'vid') == ARGV[1] then \
+           redis.call('DEL', KEYS[1]) return 1 end return 0",
+    )
+});
 static VERIFY_BEGIN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_begin.lua")));
 static VERIFY_FINISH: LazyLock<Script> =
@@ -377,13 +384,14 @@ impl CodeStore for RedisStore {
 
             // (4) The delivery record, and the replaced code's sealed job (never resent now).
             let mut conn = self.conn.clone();
+            let number_field = [(status::FIELD_NUMBER, phone.as_e164())];
             let record = status::record(
                 &mut conn,
                 &self.keys,
                 verification_id,
                 DeliveryState::Queued,
                 0,
-                &[],
+                &number_field,
             );
             let drop_replaced = async {
                 match number.replaced {
@@ -530,6 +538,43 @@ impl CodeStore for RedisStore {
             if let Err(e) = dropped.and(converted) {
                 tracing::warn!(error = %e, "could not tidy up after a verified code");
             }
+            Ok(true)
+        })
+    }
+
+    fn cancel(&self, verification_id: Uuid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let record = self.keys.status(verification_id);
+            let number: Option<String> = redis::cmd("HGET")
+                .arg(&record)
+                .arg(status::FIELD_NUMBER)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            let Some(number) = number else {
+                return Ok(false);
+            };
+            let removed: i64 = CANCEL
+                .key(self.keys.code(&number))
+                .arg(verification_id.to_string())
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+            let _: () = redis::pipe()
+                .hset(
+                    &record,
+                    status::FIELD_STATE,
+                    DeliveryState::Canceled.as_str(),
+                )
+                .ignore()
+                .hset(&record, status::FIELD_UPDATED_AT, now)
+                .ignore()
+                .del(self.keys.sealed_job(verification_id))
+                .ignore()
+                .query_async(&mut self.conn.clone())
+                .await?;
             Ok(true)
         })
     }

@@ -131,6 +131,7 @@ otp_testkit::conformance!(
     a_resend_is_taken_once_and_only_for_a_live_code,
     conversion_is_verified_over_counted_sends_per_country,
     a_captcha_token_is_taken_once,
+    a_canceled_code_is_void_and_its_job_withdrawn,
 );
 
 const NUMBER: &str = "+14155552671";
@@ -956,4 +957,36 @@ async fn a_captcha_token_is_taken_once(mut backend: impl Backend) {
     assert!(store.first_captcha("digest-a").await.unwrap());
     assert!(!store.first_captcha("digest-a").await.unwrap(), "a reuse");
     assert!(store.first_captcha("digest-b").await.unwrap());
+}
+
+/// A cancel voids the live code once: verify fails, the record says canceled, a queued job is
+/// withdrawn; a used, canceled or unknown verification has nothing to cancel.
+async fn a_canceled_code_is_void_and_its_job_withdrawn(mut backend: impl Backend) {
+    let store = backend.store(policy());
+    let ledger = backend.ledger();
+    let vid = issue(&store, NUMBER).await;
+    assert!(store.cancel(vid).await.unwrap());
+    assert_eq!(live_code(&store, NUMBER).await, None);
+    assert!(
+        !verify(&store, NUMBER, vid, true).await,
+        "a canceled code verified"
+    );
+    assert_eq!(state(&store, vid).await, Some(DeliveryState::Canceled));
+    let job = Entry {
+        verification_id: vid,
+        job_id: Uuid::new_v4(),
+    };
+    let claim = ledger.claim_send(job, Uuid::new_v4()).await.unwrap();
+    assert_eq!(claim, Claim::Withdrawn);
+    assert!(!store.cancel(vid).await.unwrap(), "canceled twice");
+    assert!(!store.cancel(Uuid::new_v4()).await.unwrap(), "unknown");
+
+    let used = issue(&store, OTHER).await;
+    assert!(verify(&store, OTHER, used, true).await);
+    assert!(!store.cancel(used).await.unwrap(), "a used code");
+    // A newer code for the number is not the canceled verification's to void.
+    let first = issue(&store, THIRD).await;
+    let second = issue(&store, THIRD).await;
+    assert!(!store.cancel(first).await.unwrap(), "a replaced code");
+    assert_eq!(live_code(&store, THIRD).await.map(|(v, _)| v), Some(second));
 }

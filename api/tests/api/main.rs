@@ -3,6 +3,7 @@
 mod helpers;
 
 mod callers;
+mod cancel;
 mod captcha;
 mod conformance;
 mod connections;

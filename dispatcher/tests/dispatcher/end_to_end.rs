@@ -94,3 +94,54 @@ async fn an_api_request_reaches_the_provider_and_its_code_then_verifies() {
     );
     plivo.verify().await;
 }
+
+/// A verification canceled while its job waits in the queue: the job is withdrawn, not sent.
+#[tokio::test]
+async fn a_canceled_verification_s_queued_job_is_not_sent() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("never"))
+        .expect(0)
+        .mount(&plivo)
+        .await;
+    let world = World::new().await;
+    let (api, _stop) = spawn_api(&world).await;
+    let http = reqwest::Client::new();
+    wait_api_ready(&http, &api).await;
+    let resp = http
+        .post(format!("{api}/api/otp/request"))
+        .json(&json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let vid = body["verificationId"].as_str().unwrap().to_owned();
+    let canceled = http
+        .post(format!("{api}/api/otp/cancel"))
+        .json(&json!({ "verificationId": vid }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status().as_u16(), 200);
+
+    // The dispatcher starts with the job waiting: it withdraws it.
+    let dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    dispatcher.wait_handled(1).await;
+    assert_eq!(
+        dispatcher
+            .metric(r#"otp_jobs_total{result="withdrawn"}"#)
+            .await,
+        1.0
+    );
+    let status: serde_json::Value = http
+        .get(format!("{api}/api/otp/status/{vid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], json!("canceled"));
+    plivo.verify().await;
+}
