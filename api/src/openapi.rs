@@ -30,6 +30,8 @@ const KEYED: [(&str, &str); 3] = [
     ("/api/otp/verify", "post"),
     ("/api/otp/status/{verificationId}", "get"),
 ];
+/// Cancel needs a key whenever keys exist, even where the other routes take none.
+const CANCEL: (&str, &str) = ("/api/otp/cancel", "post");
 
 /// `spec` is poem-openapi's JSON document; the result is what `/openapi.json` serves.
 pub fn document(spec: &str, otp_length: usize, access: Access) -> String {
@@ -54,9 +56,18 @@ pub fn document(spec: &str, otp_length: usize, access: Access) -> String {
         let schema = &mut schemas[name];
         let description = schema["properties"]["phoneNumber"]["description"].clone();
         schema["properties"]["phoneNumber"] = phone(&description);
-        // Unknown fields are ignored, so newer clients can send fields older servers lack.
-        schema["additionalProperties"] = json!(true);
     }
+    // Unknown fields are ignored, so newer clients can send fields older servers lack.
+    for name in ["OtpRequest", "VerifyRequest", "CancelRequest"] {
+        schemas[name]["additionalProperties"] = json!(true);
+    }
+    // The optional fields of a code request take null as absent.
+    for field in ["locale", "captchaToken"] {
+        if schemas["OtpRequest"]["properties"][field].is_object() {
+            schemas["OtpRequest"]["properties"][field]["nullable"] = json!(true);
+        }
+    }
+    schemas["CancelRequest"]["properties"]["verificationId"]["format"] = json!("uuid");
     schemas["VerifyRequest"]["properties"]["otp"] = json!({
         "type": "string",
         "pattern": format!("^[0-9]{{{otp_length}}}$"),
@@ -89,6 +100,10 @@ pub fn document(spec: &str, otp_length: usize, access: Access) -> String {
             if doc["paths"][path][method].is_object() {
                 doc["paths"][path][method]["security"] = security.clone();
             }
+        }
+        let (path, method) = CANCEL;
+        if doc["paths"][path][method].is_object() {
+            doc["paths"][path][method]["security"] = json!([{ "callerKey": [] }]);
         }
     }
     doc.to_string()

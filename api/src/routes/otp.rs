@@ -50,13 +50,12 @@ struct OtpRequest {
     phone_number: JsonString,
     /// With CAPTCHA_PROVIDER set, a caller without a key sends the widget's token here (or in
     /// the X-Captcha-Token header). Each token is good for one request.
-    #[oai(validator(max_length = 4096))]
-    captcha_token: Option<String>,
+    captcha_token: Option<JsonString>,
     /// The language of the SMS, a BCP 47 tag (`fr`, `pt-BR`, `zh-Hant`). Without it, the
     /// number's country picks its main language (SMS_LOCALE_BY_COUNTRY), else
     /// SMS_DEFAULT_LOCALE. A tag with no template, or a malformed one, falls back the same way;
     /// the answer's `locale` says which was used.
-    locale: Option<String>,
+    locale: Option<JsonString>,
 }
 
 #[derive(Debug, Object)]
