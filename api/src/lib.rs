@@ -20,6 +20,7 @@
 //! - [`openapi`]: the published OpenAPI document, completed with the live constraints.
 //! - [`queue`]: the `JobQueue` trait, the RabbitMQ publisher with confirms and reconnects, and
 //!   the in-memory queue of the embedded mode.
+//! - [`events`]: where verification events go (RabbitMQ's `otp.events`, or the console).
 //! - [`error`]: `ApiError`, the stable error codes and their HTTP statuses.
 //! - [`fraud`]: the fraud guard's settings and destination prefixes (accounting is in Lua).
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
@@ -44,6 +45,7 @@ pub mod config;
 pub mod cors;
 pub mod embedded;
 pub mod error;
+pub mod events;
 pub mod fraud;
 pub mod metrics;
 pub mod middleware;

@@ -68,6 +68,8 @@ pub struct ApiMetrics {
     captcha_checks: Vec<IntCounter>,
     /// Time of the CAPTCHA provider's siteverify call.
     pub captcha_duration: Histogram,
+    /// Verification events whose publish was not confirmed.
+    pub events_failed: IntCounter,
 }
 
 /// Report statuses counted by name (Plivo's and Twilio's), and `replayed` for a report seen
@@ -267,6 +269,11 @@ impl ApiMetrics {
                     .map(|r| checks.with_label_values(&[r.as_str()]))
                     .collect()
             },
+            events_failed: m::counter(
+                &registry,
+                "otp_events_failed_total",
+                "Verification events that could not be published (the request was served).",
+            ),
             captcha_duration: m::histogram(
                 &registry,
                 "otp_captcha_request_duration_seconds",

@@ -77,6 +77,8 @@ struct Inner {
     broken: Notify,
     /// `otp_queue_consumers{queue}`: the dispatchers consuming the send queue.
     consumers: prometheus::IntGaugeVec,
+    /// `otp_events_failed_total`: events whose publish was not confirmed.
+    events_failed: prometheus::IntCounter,
 }
 
 impl AmqpPublisher {
@@ -87,6 +89,7 @@ impl AmqpPublisher {
         topology: Topology,
         confirm_timeout: Duration,
         consumers: prometheus::IntGaugeVec,
+        events_failed: prometheus::IntCounter,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let inner = Arc::new(Inner {
@@ -95,6 +98,7 @@ impl AmqpPublisher {
             channel: RwLock::new(None),
             broken: Notify::new(),
             consumers,
+            events_failed,
         });
         let task = tokio::spawn(supervise(inner.clone(), url, shutdown));
         (Self { inner }, task)
@@ -103,6 +107,42 @@ impl AmqpPublisher {
     fn channel(&self) -> Option<Channel> {
         let guard = self.inner.channel.read().unwrap_or_else(|e| e.into_inner());
         guard.clone().filter(|c| c.status().connected())
+    }
+}
+
+impl crate::events::Events for AmqpPublisher {
+    /// Publishes to `otp.events` with a publisher confirm, in a task of its own.
+    fn emit(&self, event: otp_shared::events::Event) {
+        let (channel, inner) = (self.channel(), self.inner.clone());
+        tokio::spawn(async move {
+            let kind = event.kind.as_str();
+            let published = async {
+                let channel = channel.ok_or(PublishError::NotConnected)?;
+                let properties = lapin::BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_message_id(event.id.to_string().into());
+                let confirm = channel
+                    .basic_publish(
+                        otp_shared::events::EXCHANGE.into(),
+                        event.routing_key().as_str().into(),
+                        BasicPublishOptions::default(),
+                        &event.to_json(),
+                        properties,
+                    )
+                    .await?
+                    .await?;
+                match confirm {
+                    Confirmation::Nack(_) => Err(PublishError::Nacked),
+                    _ => Ok(()),
+                }
+            };
+            let confirmed = tokio::time::timeout(inner.confirm_timeout, published).await;
+            if !matches!(confirmed, Ok(Ok(()))) {
+                inner.events_failed.inc();
+                tracing::warn!(event = kind, "a verification event was not published");
+            }
+        });
     }
 }
 

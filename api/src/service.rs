@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use otp_shared::{
     crypto::JobKey,
+    events::{Event, EventType},
     job::SendJob,
     phone::{CountryCode, PhoneNumber},
     status::DeliveryStatus,
@@ -72,6 +73,8 @@ pub struct Issued {
 pub struct OtpService {
     stores: Stores,
     queue: Arc<dyn JobQueue>,
+    /// Verification events (`otp.events`, or the console).
+    events: Arc<dyn crate::events::Events>,
     hasher: CodeHasher,
     job_key: JobKey,
     policy: CodePolicy,
@@ -82,9 +85,12 @@ pub struct OtpService {
 }
 
 impl OtpService {
+    // Each argument is one collaborator the service keeps; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         stores: Stores,
         queue: Arc<dyn JobQueue>,
+        events: Arc<dyn crate::events::Events>,
         hasher: CodeHasher,
         job_key: JobKey,
         policy: CodePolicy,
@@ -94,6 +100,7 @@ impl OtpService {
         Self {
             stores,
             queue,
+            events,
             hasher,
             job_key,
             policy,
@@ -293,6 +300,8 @@ impl OtpService {
             IssueOutcome::Limited(kind, rate) => return Err(self.limited(kind, rate)),
             IssueOutcome::Blocked(signal) => {
                 self.fraud_signal(phone, signal, true);
+                let caller_id = caller.is_keyed().then(|| caller.id());
+                self.emit(EventType::Blocked, verification_id, Some(phone), caller_id);
                 return Err(ApiError::DestinationBlocked);
             }
         };
@@ -323,6 +332,13 @@ impl OtpService {
         }
         self.metrics.code_issued(caller);
         tracing::info!(job_id = %job.job_id, "code issued and send job queued");
+        let caller_id = caller.is_keyed().then(|| caller.id());
+        self.emit(
+            EventType::Requested,
+            verification_id,
+            Some(phone),
+            caller_id,
+        );
         Ok(Issued {
             accepted: Accepted {
                 verification_id,
@@ -371,6 +387,7 @@ impl OtpService {
         {
             self.metrics.verification(VerifyOutcome::Success);
             tracing::info!("code verified");
+            self.emit(EventType::Verified, vid, Some(phone), None);
             Ok((rate.enabled(), vid))
         } else {
             self.metrics.verification(VerifyOutcome::Invalid);
@@ -388,7 +405,21 @@ impl OtpService {
             ));
         }
         tracing::info!(%verification_id, "verification canceled");
+        self.emit(EventType::Canceled, verification_id, None, None);
         Ok(())
+    }
+
+    /// Publishes a verification event in the background (never the request's failure).
+    fn emit(
+        &self,
+        kind: EventType,
+        verification_id: Uuid,
+        phone: Option<&PhoneNumber>,
+        caller_key_id: Option<&str>,
+    ) {
+        let mut event = Event::new(kind, verification_id, phone);
+        event.caller_key_id = caller_key_id.map(str::to_owned);
+        self.events.emit(event);
     }
 
     pub async fn status(&self, verification_id: Uuid) -> Result<DeliveryStatus, ApiError> {

@@ -20,6 +20,7 @@ use crate::{
     captcha::Captcha,
     code::CodeHasher,
     config::Config,
+    events::{ConsoleEvents, Events},
     metrics::ApiMetrics,
     middleware::{Around, around, panic_response},
     queue::{AmqpPublisher, JobQueue},
@@ -80,12 +81,14 @@ impl Application {
         let verdicts = Arc::new(Verdicts::from_args(&config.tokens, config.process.app_env)?);
         let background = CancellationToken::new();
         // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all.
-        let (stores, queue, publisher_task, delivery_metrics) = if config.embedded {
+        let (stores, queue, events, publisher_task, delivery_metrics) = if config.embedded {
             let embedded = crate::embedded::start(&config, background.clone())?;
             let queue: Arc<dyn JobQueue> = Arc::new(embedded.queue);
+            let events: Arc<dyn Events> = Arc::new(ConsoleEvents);
             (
                 Stores::of(embedded.store),
                 queue,
+                events,
                 embedded.task,
                 Some(embedded.metrics),
             )
@@ -96,6 +99,7 @@ impl Application {
                 config.amqp.topology(),
                 Duration::from_millis(config.publish_confirm_timeout_ms),
                 metrics.queue_consumers.clone(),
+                metrics.events_failed.clone(),
                 background.clone(),
             );
             let fingerprint = otp_shared::agreement::Fingerprint::of(
@@ -120,14 +124,16 @@ impl Application {
                     .clone()
                     .watch_manual_blocks(MANUAL_BLOCKS_REFRESH, background.clone()),
             );
+            let events: Arc<dyn Events> = Arc::new(publisher.clone());
             let queue: Arc<dyn JobQueue> = Arc::new(publisher);
-            (Stores::of(store), queue, task, None)
+            (Stores::of(store), queue, events, task, None)
         };
         let otp = &config.otp;
         let limits = &config.limits;
         let service = Arc::new(OtpService::new(
             stores.clone(),
             queue.clone(),
+            events,
             CodeHasher::new(otp.otp_hmac_key.clone()),
             otp.job_encryption_key.clone(),
             CodePolicy {

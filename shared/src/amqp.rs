@@ -88,6 +88,19 @@ impl Topology {
     /// Declares exchange, queues and binding; safe to call any number of times. Queues are
     /// created when missing and otherwise used as they are (see the module docs).
     pub async fn declare(&self, connection: &Connection, channel: &Channel) -> anyhow::Result<()> {
+        // Verification events (crate::events), for whoever binds a queue to them.
+        channel
+            .exchange_declare(
+                crate::events::EXCHANGE.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring exchange {}", crate::events::EXCHANGE))?;
         channel
             .exchange_declare(
                 self.dead_exchange.as_str().into(),

@@ -7,6 +7,7 @@
 //! - [`crypto`]: base64 key decoding and the AES-256-GCM `JobKey`.
 //! - [`job`]: the send-job contract (`SendJob` envelope + sealed `JobContent`).
 //! - [`amqp`]: queue topology (`Topology`) and AMQP header conventions.
+//! - [`events`]: verification events (the `otp.events` exchange's messages).
 //! - [`ids`]: random UUIDs without a system call each.
 //! - [`keyring`]: key lists for rotation (`id:base64,...`) and the weak-key check.
 //! - [`keys`]: the Redis keyspace of both binaries.
@@ -30,6 +31,7 @@ pub mod amqp;
 pub mod backend;
 pub mod config;
 pub mod crypto;
+pub mod events;
 pub mod ids;
 pub mod job;
 pub mod keyring;

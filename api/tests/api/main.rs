@@ -10,6 +10,7 @@ mod connections;
 mod cors;
 mod demo;
 mod docs;
+mod events;
 mod fraud;
 mod hardening;
 mod http;

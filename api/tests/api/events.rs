@@ -1,0 +1,124 @@
+//! Verification events on RabbitMQ: a consumer that binds its own queue to `otp.events` sees
+//! each step of a verification, and no event holds the code or the full number.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::{
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use serde_json::{Value, json};
+
+use crate::helpers::{PHONE, spawn_with};
+
+#[tokio::test]
+async fn a_bound_queue_sees_requested_verified_and_canceled() {
+    let app = spawn_with(|_| {}).await;
+    // A queue of this test's own, bound to every verification event.
+    let queue = format!("test.events.{}", uuid::Uuid::new_v4().simple());
+    let declare = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    app.channel
+        .queue_declare(queue.as_str().into(), declare, FieldTable::default())
+        .await
+        .unwrap();
+    app.channel
+        .queue_bind(
+            queue.as_str().into(),
+            otp_shared::events::EXCHANGE.into(),
+            "verification.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let resp = app.request_otp(PHONE).await;
+    let verified: Value = resp.json().await.unwrap();
+    let verified_id = verified["verificationId"].as_str().unwrap().to_owned();
+    let (_, content) = app.next_job().await;
+    let code = content.code.clone();
+    let verify = json!({ "phoneNumber": PHONE, "otp": code, "verificationId": verified_id });
+    assert_eq!(
+        app.post_json("/api/otp/verify", &verify).await.status(),
+        200
+    );
+    let other = "+14155552672";
+    let resp = app.request_otp(other).await;
+    let canceled: Value = resp.json().await.unwrap();
+    let canceled_id = canceled["verificationId"].as_str().unwrap().to_owned();
+    let cancel = json!({ "verificationId": canceled_id });
+    assert_eq!(
+        app.post_json("/api/otp/cancel", &cancel).await.status(),
+        200
+    );
+
+    // Other tests publish too: keep this test's verifications' events.
+    let mut consumer = app
+        .channel
+        .basic_consume(
+            queue.as_str().into(),
+            "events-test".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, String, Value)> = Vec::new();
+    let wanted = 4;
+    let collect = async {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let text = String::from_utf8(delivery.data.clone()).unwrap();
+            let event: Value = serde_json::from_str(&text).unwrap();
+            let vid = event["verificationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if vid == verified_id || vid == canceled_id {
+                assert!(!text.contains(&code), "an event holds the code: {text}");
+                assert!(
+                    !text.contains("4155552671") && !text.contains("4155552672"),
+                    "{text}"
+                );
+                seen.push((vid, delivery.routing_key.to_string(), event));
+                if seen.len() == wanted {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), collect).await;
+    let kinds = |vid: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|(v, _, _)| v == vid)
+            .map(|(_, key, _)| key.clone())
+            .collect()
+    };
+    assert_eq!(
+        kinds(&verified_id),
+        ["verification.requested", "verification.verified"],
+        "{seen:?}"
+    );
+    assert_eq!(
+        kinds(&canceled_id),
+        ["verification.requested", "verification.canceled"],
+        "{seen:?}"
+    );
+    let (_, _, requested) = &seen[0];
+    assert_eq!(requested["type"], json!("requested"));
+    assert_eq!(requested["country"], json!("US"));
+    assert!(requested["maskedNumber"].as_str().unwrap().contains('*'));
+    assert!(requested["id"].as_str().is_some() && requested["occurredAt"].as_str().is_some());
+    let ids: std::collections::HashSet<&str> = seen
+        .iter()
+        .map(|(_, _, e)| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), seen.len(), "event ids are unique");
+}
