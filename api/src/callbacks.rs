@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use otp_shared::{
     crypto::JobKey,
+    events::{Event, EventType},
     job::SendJob,
     phone::PhoneNumber,
     status::{DeliveryState, FIELD_REASON, FIELD_RESEND},
@@ -53,6 +54,8 @@ pub struct Reports {
     /// Opens a kept job for its destination, whose budgets and limits a resend spends.
     pub job_key: JobKey,
     pub metrics: Arc<ApiMetrics>,
+    /// Verification events: `delivered`, `undelivered` (or `failed`) and `resent`.
+    pub events: Arc<dyn crate::events::Events>,
 }
 
 /// The string Plivo signs for a V3 signature of a form POST (see `shared/reference/plivo.md`).
@@ -330,6 +333,18 @@ async fn apply(reports: &Reports, report: Report<'_>) -> Result<(), ApiError> {
     let applied = async {
         let moved = store.advance_delivery(verification, state, &extra).await?;
         tracing::info!(provider, %verification, %state, moved, "delivery report");
+        let kind = match state {
+            DeliveryState::Delivered => Some(EventType::Delivered),
+            DeliveryState::Undelivered => Some(EventType::Undelivered),
+            DeliveryState::Failed => Some(EventType::Failed),
+            _ => None,
+        };
+        if let Some(kind) = kind.filter(|_| moved) {
+            let mut event = Event::new(kind, verification, None);
+            event.provider = Some(provider.to_owned());
+            event.reason = reason.clone();
+            reports.events.emit(event);
+        }
         if matches!(state, DeliveryState::Undelivered | DeliveryState::Failed) {
             resend(reports, verification, provider).await?;
         }
@@ -386,6 +401,9 @@ async fn resend(reports: &Reports, verification: Uuid, failed: &str) -> Result<(
         ));
     }
     reports.metrics.resends.inc();
+    let mut event = Event::new(EventType::Resent, verification, None);
+    event.reason = Some(format!("undelivered by {failed}"));
+    reports.events.emit(event);
     if let Err(e) = records
         .annotate_delivery(verification, FIELD_RESEND, "resent")
         .await

@@ -133,7 +133,7 @@ impl Application {
         let service = Arc::new(OtpService::new(
             stores.clone(),
             queue.clone(),
-            events,
+            events.clone(),
             CodeHasher::new(otp.otp_hmac_key.clone()),
             otp.job_encryption_key.clone(),
             CodePolicy {
@@ -196,6 +196,7 @@ impl Application {
             stores: stores.clone(),
             job_key: config.otp.job_encryption_key.clone(),
             metrics: metrics.clone(),
+            events: events.clone(),
         });
         tokio::spawn(watch_budgets(
             stores.codes.clone(),

@@ -314,3 +314,42 @@ async fn twilio_reports_follow_the_same_rules() {
         metrics.contains(r#"otp_delivery_reports_total{provider="twilio",status="replayed"} 1"#)
     );
 }
+
+/// A report that moves the state publishes its event (`delivered`, with the provider, or
+/// `undelivered`); the resend that follows is dispatcher/tests/dispatcher/resend.rs's.
+#[tokio::test]
+async fn reports_publish_delivered_and_undelivered_events() {
+    let app = reporting_app().await;
+    let queue = crate::events::bind_events(&app).await;
+    let delivered_vid = sent(&app, PHONE, "ev-1").await;
+    let undelivered_vid = sent(&app, "+14155552672", "ev-2").await;
+    let delivered = [("MessageUUID", "ev-1"), ("Status", "delivered")];
+    let resp = report(&app, &delivered, &v3_headers(&delivered, "ev-n1")).await;
+    assert_eq!(resp.status(), 200);
+    let undelivered = [
+        ("MessageUUID", "ev-2"),
+        ("Status", "undelivered"),
+        ("ErrorCode", "30"),
+    ];
+    let resp = report(&app, &undelivered, &v3_headers(&undelivered, "ev-n2")).await;
+    assert_eq!(resp.status(), 200);
+    let (d, u) = (delivered_vid.to_string(), undelivered_vid.to_string());
+    let seen = crate::events::events_for(&app, &queue, &[&d, &u], 4, &["4155552671"]).await;
+    let of = |vid: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|(_, e)| e["verificationId"] == serde_json::json!(vid))
+            .map(|(key, _)| key.clone())
+            .collect()
+    };
+    assert_eq!(of(&d), ["verification.requested", "verification.delivered"]);
+    assert_eq!(
+        of(&u),
+        ["verification.requested", "verification.undelivered"]
+    );
+    let delivered_event = &seen
+        .iter()
+        .find(|(key, _)| key == "verification.delivered")
+        .unwrap()
+        .1;
+    assert_eq!(delivered_event["provider"], serde_json::json!("plivo"));
+}
