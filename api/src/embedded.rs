@@ -179,6 +179,7 @@ pub fn start(config: &Config, stop: CancellationToken) -> anyhow::Result<Embedde
         metrics.clone(),
     );
     worker.resend_on_undelivered = config.reports.resend_on_undelivered;
+    let worker = worker.with_events(Arc::new(otp_shared::events::ConsoleEvents));
     let (queue, consumer) = memory_queue(CONCURRENCY);
     let task = tokio::spawn(async move {
         serve(consumer, Arc::new(worker), stop, SHUTDOWN_GRACE).await;

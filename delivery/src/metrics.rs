@@ -51,6 +51,9 @@ pub struct DeliveryMetrics {
     /// 1 while this dispatcher's shared settings disagree with the API's (registered by
     /// [`DeliveryMetrics::for_process`]: only a dispatcher process compares them).
     pub config_mismatch: IntGauge,
+    /// Verification events (`sent`, `failed`) whose publish was not confirmed (a dispatcher
+    /// process's; registered by [`DeliveryMetrics::for_process`]).
+    pub events_failed: IntCounter,
 }
 
 /// The provider-call metrics, handed to the provider client.
@@ -214,6 +217,11 @@ impl DeliveryMetrics {
                  (or it finds none while jobs arrive): it does not consume.",
             )
             .expect("a valid gauge"),
+            events_failed: IntCounter::new(
+                "otp_events_failed_total",
+                "Verification events that could not be published (the job was handled).",
+            )
+            .expect("a valid counter"),
             registry,
         }
     }
@@ -226,6 +234,10 @@ impl DeliveryMetrics {
         metrics
             .registry
             .register(Box::new(metrics.config_mismatch.clone()))
+            .expect("registered once");
+        metrics
+            .registry
+            .register(Box::new(metrics.events_failed.clone()))
             .expect("registered once");
         metrics
     }

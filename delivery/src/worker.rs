@@ -12,6 +12,7 @@ use uuid::Uuid;
 use otp_shared::{
     amqp::{REQUEST_ID_HEADER, RESEND_HEADER},
     crypto::JobKey,
+    events::{Event, EventType, Events, NoEvents},
     job::{JobContent, SendJob},
     ledger::JobOutcome,
     memory::DeliveryRecords,
@@ -71,6 +72,8 @@ pub struct Worker {
     pub metrics: Arc<DeliveryMetrics>,
     /// RESEND_ON_UNDELIVERED: keep sent jobs' envelopes for one resend.
     pub resend_on_undelivered: bool,
+    /// Verification events: `sent` and `failed` (see [`Worker::with_events`]).
+    pub events: Arc<dyn Events>,
 }
 
 /// How long an in-memory ledger claim holds without renewal.
@@ -127,6 +130,7 @@ impl Worker {
             }),
             metrics,
             resend_on_undelivered,
+            events: Arc::new(NoEvents),
         })
     }
 
@@ -164,6 +168,7 @@ impl Worker {
             records: Arc::new(MemoryJobRecords { records, live }),
             metrics,
             resend_on_undelivered: false,
+            events: Arc::new(NoEvents),
         }
     }
 
@@ -302,7 +307,24 @@ impl Worker {
         outcome.settle()
     }
 
+    /// Where this worker's `sent` and `failed` events go (by default nowhere).
+    pub fn with_events(mut self, events: Arc<dyn Events>) -> Self {
+        self.events = events;
+        self
+    }
+
     fn count(&self, job: &SendJob, provider: &str, outcome: &Final) {
+        let event = match outcome {
+            Final::Sent { .. } => Some((EventType::Sent, None)),
+            Final::Failed { cause, .. } => Some((EventType::Failed, Some(cause.as_str()))),
+            Final::Expired { .. } => None,
+        };
+        if let Some((kind, reason)) = event {
+            let mut event = Event::new(kind, job.verification_id, None);
+            event.provider = Some(provider.to_owned()).filter(|p| !p.is_empty());
+            event.reason = reason.map(str::to_owned);
+            self.events.emit(event);
+        }
         let result = match outcome {
             Final::Sent { .. } => {
                 let waited = OffsetDateTime::now_utc() - job.created_at;

@@ -36,7 +36,7 @@ use otp_shared::{
     urls::AmqpUrl,
 };
 
-use crate::{agreement::Agreement, depths::DepthWatch};
+use crate::{agreement::Agreement, depths::DepthWatch, events::AmqpEvents};
 use otp_delivery::{
     metrics::DeliveryMetrics,
     outcome::Settle,
@@ -59,6 +59,8 @@ pub struct Consumer {
     pub depths: DepthWatch,
     /// Whether the shared settings agree with the API's: consuming waits for it.
     pub agreement: Agreement,
+    /// The workers' `sent` and `failed` events, published on this consumer's channel.
+    pub events: AmqpEvents,
 }
 
 /// The connection and channel in-flight jobs ack through after consuming stopped.
@@ -121,6 +123,7 @@ impl Consumer {
             topology,
             concurrency,
             connected: Arc::new(AtomicBool::new(false)),
+            events: AmqpEvents::new(metrics.events_failed.clone()),
             metrics,
             depths,
             agreement,
@@ -144,9 +147,13 @@ impl Consumer {
         };
         self.connected.store(true, Ordering::SeqCst);
         let depths = tokio::spawn(self.depths.clone().run(connection.create_channel().await));
+        self.events.use_channel(Some(channel.clone()));
         let ended = self
             .consume(&channel, worker, tag, stop, abort, tracker)
             .await;
+        if ended.is_err() {
+            self.events.use_channel(None);
+        }
         depths.abort();
         self.depths.clear();
         self.connected.store(false, Ordering::SeqCst);

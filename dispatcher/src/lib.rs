@@ -10,6 +10,7 @@
 //!   not consume while they differ.
 //! - [`consumer`]: the AMQP `JobSource`: connection, prefetch, one task per delivery,
 //!   reconnects; acks, rejects and dead-letter copies (the only module that does).
+//! - [`events`]: the `sent` and `failed` verification events, on the consumer's channel.
 //! - [`depths`]: the queue-depth gauges, exported by one dispatcher per queue (a Redis lease).
 //! - [`dlq`]: reading, replaying and removing dead letters in RabbitMQ (`DeadLetters`).
 //! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
@@ -21,5 +22,6 @@ pub mod config;
 pub mod consumer;
 pub mod depths;
 pub mod dlq;
+pub mod events;
 pub mod health;
 pub mod startup;

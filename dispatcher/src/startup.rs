@@ -66,7 +66,6 @@ impl Application {
         config.delivery.warn_deprecated();
         let redis = config.redis.connect()?;
         let metrics = Arc::new(DeliveryMetrics::for_process());
-        let worker = redis_worker(&config, &redis, &metrics)?;
         let agreement = Agreement::new(
             redis.clone(),
             config.redis.keys().settings_fingerprint(),
@@ -87,6 +86,8 @@ impl Application {
             agreement.clone(),
             metrics.clone(),
         );
+        let worker =
+            redis_worker(&config, &redis, &metrics)?.with_events(Arc::new(consumer.events.clone()));
         let connected = consumer.connected.clone();
         let bind = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), config.dispatcher_http_port);
         let health = TcpListener::bind(bind)

@@ -100,6 +100,29 @@ impl Event {
     }
 }
 
+/// Where events go. Emitting never waits and never fails the work it reports on: a publish that
+/// is not confirmed is counted (`otp_events_failed_total`) and logged by the implementation.
+pub trait Events: Send + Sync {
+    /// Publishes `event` in the background.
+    fn emit(&self, event: Event);
+}
+
+/// The one-process mode: each event as a JSON line on standard output.
+pub struct ConsoleEvents;
+
+impl Events for ConsoleEvents {
+    fn emit(&self, event: Event) {
+        println!("[event] {}", String::from_utf8_lossy(&event.to_json()));
+    }
+}
+
+/// Drops every event: for parts run without a place to publish (tests of other concerns).
+pub struct NoEvents;
+
+impl Events for NoEvents {
+    fn emit(&self, _event: Event) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

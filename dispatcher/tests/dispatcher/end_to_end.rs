@@ -47,6 +47,7 @@ async fn an_api_request_reaches_the_provider_and_its_code_then_verifies() {
         .await;
     let world = World::new().await;
     let _dispatcher = spawn_dispatcher(world.config(&plivo.uri())).await;
+    let events = world.bind_events().await;
     let (api, _stop) = spawn_api(&world).await;
     let http = reqwest::Client::new();
     wait_api_ready(&http, &api).await;
@@ -92,6 +93,19 @@ async fn an_api_request_reaches_the_provider_and_its_code_then_verifies() {
         verify(code.to_owned()).await.unwrap().status().as_u16(),
         400
     );
+    // Each step was an event, from the API and the dispatcher, none with the code or number.
+    let vid: uuid::Uuid = vid.parse().unwrap();
+    let seen = world.events_of(&events, vid, "verified").await;
+    let kinds: Vec<&str> = seen.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["requested", "sent", "verified"]);
+    assert_eq!(seen[1]["provider"], json!("plivo"));
+    for event in &seen {
+        let text = event.to_string();
+        assert!(
+            !text.contains(code) && !text.contains("4155552671"),
+            "{text}"
+        );
+    }
     plivo.verify().await;
 }
 

@@ -19,9 +19,18 @@ async fn a_400_is_not_retried_and_the_job_is_dead_lettered_with_a_reason() {
         .mount(&plivo)
         .await;
     let (world, dispatcher) = start(&plivo).await;
+    let events = world.bind_events().await;
 
     let (job, status) = world.send_one(PHONE, "444444").await;
     assert_eq!((status.state.as_str(), status.attempts), ("failed", 1));
+    // A `failed` event says why, in the dead-letter reasons' words.
+    let failed = world
+        .events_of(&events, job.verification_id, "failed")
+        .await;
+    let failed = failed.last().expect("a failed event");
+    assert_eq!(failed["type"], "failed");
+    assert_eq!(failed["reason"], "rejected");
+    assert_eq!(failed["provider"], "plivo");
     let (body, reason) = world.dead_letter(Duration::from_secs(5)).await;
     assert_eq!(body, job.to_bytes());
     // A fixed text: the provider's words (which quote the number) stay out of it.

@@ -348,6 +348,62 @@ impl World {
         cmd
     }
 
+    /// A queue of this test's own bound to every verification event; returns its name.
+    pub async fn bind_events(&self) -> String {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        let queue = format!("test.events.{}", Uuid::new_v4().simple());
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
+            .await
+            .expect("events queue");
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                otp_shared::events::EXCHANGE.into(),
+                "verification.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("events binding");
+        queue
+    }
+
+    /// The events of `verification_id` on `queue` (bound by [`World::bind_events`]), in order,
+    /// once one of type `last` has come or 5 s have passed.
+    pub async fn events_of(
+        &self,
+        queue: &str,
+        verification_id: Uuid,
+        last: &str,
+    ) -> Vec<serde_json::Value> {
+        use lapin::options::BasicGetOptions;
+        let mut events: Vec<serde_json::Value> = Vec::new();
+        for _ in 0..50 {
+            while let Ok(Some(message)) = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+            {
+                let event: serde_json::Value =
+                    serde_json::from_slice(&message.delivery.data).expect("an event is JSON");
+                if event["verificationId"] == verification_id.to_string().as_str() {
+                    events.push(event);
+                }
+            }
+            if events.iter().any(|e| e["type"] == last) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        events
+    }
+
     /// Messages ready in the queue (not counting unacked ones).
     pub async fn ready_messages(&self) -> u32 {
         let declare = lapin::options::QueueDeclareOptions {
