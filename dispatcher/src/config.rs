@@ -40,6 +40,8 @@ pub struct Config {
     #[command(flatten)]
     pub reports: ReportArgs,
     #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookArgs,
+    #[command(flatten)]
     pub process: ProcessArgs,
 }
 
@@ -53,6 +55,7 @@ impl Config {
             let key = self.job_encryption_key.key_bytes();
             otp_shared::keyring::check_keys(&[("JOB_ENCRYPTION_KEY", key)])?;
         }
+        self.webhooks.check(env)?;
         self.reports.check_production(env)
     }
 }

@@ -14,6 +14,7 @@
 //! - [`depths`]: the queue-depth gauges, exported by one dispatcher per queue (a Redis lease).
 //! - [`dlq`]: reading, replaying and removing dead letters in RabbitMQ (`DeadLetters`).
 //! - [`cli`]: operator subcommands: `dlq list | replay | purge`, `healthcheck`.
+//! - [`webhooks`]: verification events delivered as signed POSTs (EVENTS_WEBHOOK_URL).
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 
 pub mod agreement;
@@ -25,3 +26,4 @@ pub mod dlq;
 pub mod events;
 pub mod health;
 pub mod startup;
+pub mod webhooks;

@@ -51,6 +51,8 @@ pub fn redis_worker(
 
 pub struct Application {
     consumer: Consumer,
+    /// EVENTS_WEBHOOK_URL's delivery, when set.
+    webhooks: Option<(crate::webhooks::Webhooks, otp_shared::urls::AmqpUrl)>,
     worker: Worker,
     health: TcpAcceptor,
     health_addr: SocketAddr,
@@ -99,8 +101,12 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .context("reading the bound address")?;
+        let webhooks =
+            crate::webhooks::Webhooks::from_args(&config.webhooks, &config.amqp.sms_queue)?
+                .map(|w| (w, config.amqp.amqp_url.clone()));
         Ok(Self {
             consumer,
+            webhooks,
             worker,
             health,
             health_addr,
@@ -133,6 +139,9 @@ impl Application {
                 Some(HEALTH_SHUTDOWN_GRACE),
             ),
         );
+        if let Some((webhooks, amqp)) = self.webhooks {
+            tokio::spawn(webhooks.run(amqp, stop.clone()));
+        }
         tracing::info!(health = %self.health_addr, "otp-dispatcher started");
         let serving = tokio::spawn(serve(
             self.consumer,

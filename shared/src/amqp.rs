@@ -251,6 +251,11 @@ async fn connect_node(node: &AMQPUri, name: &str) -> anyhow::Result<Connection> 
 /// anything; a bad URL's error never repeats it.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     let url = AmqpUrl::parse(url).map_err(|e| anyhow::anyhow!("AMQP_URL {e}"))?;
+    connect_url(&url, name).await
+}
+
+/// Connects to the first reachable node of `url`, without declaring anything.
+pub async fn connect_url(url: &AmqpUrl, name: &str) -> anyhow::Result<Connection> {
     let mut errors = Vec::new();
     for (index, node) in url.nodes() {
         match connect_node(node, name).await {

@@ -204,6 +204,11 @@ impl World {
                 twilio_status_callback_url: None,
                 resend_on_undelivered: true,
             },
+            webhooks: otp_dispatcher::webhooks::WebhookArgs {
+                events_webhook_url: None,
+                events_webhook_secret: None,
+                events_webhook_max_age_hours: 24,
+            },
             process: otp_shared::config::ProcessArgs {
                 app_env: otp_shared::config::AppEnv::Development,
                 log_format: LogFormat::Pretty,

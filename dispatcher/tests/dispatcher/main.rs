@@ -23,3 +23,4 @@ mod records;
 mod resend;
 mod rotation;
 mod traces;
+mod webhooks;
