@@ -26,8 +26,8 @@ use crate::{
     metrics::{ApiMetrics, VerifyOutcome},
     queue::JobQueue,
     store::{
-        BlockRule, FraudSignal, IdempotencyClaim, IssueOutcome, KeyBudget, LimitKind, RateLimit,
-        Requester, Stores, VerifyLookup,
+        BlockRule, Finished, FraudSignal, IdempotencyClaim, IssueOutcome, KeyBudget, LimitKind,
+        RateLimit, Requester, Stores, VerifyLookup,
     },
 };
 
@@ -382,7 +382,13 @@ impl OtpService {
             .hasher
             .matches(phone, vid.unwrap_or(Uuid::nil()), &candidate, digest)
             & bound;
-        if self.stores.codes.finish_verify(phone, vid, matched).await?
+        let finished = self.stores.codes.finish_verify(phone, vid, matched).await?;
+        if finished == Finished::Exhausted
+            && let Some(vid) = vid
+        {
+            self.emit(EventType::AttemptsExhausted, vid, Some(phone), None);
+        }
+        if finished.consumed()
             && let Some(vid) = vid
         {
             self.metrics.verification(VerifyOutcome::Success);

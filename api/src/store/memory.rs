@@ -24,7 +24,7 @@ use crate::fraud::Mode;
 use futures_util::future::BoxFuture;
 
 use super::{
-    BlockRule, BlockedPrefix, BudgetUse, CodeStore, FraudSignal, FraudStore, GuardBlock,
+    BlockRule, BlockedPrefix, BudgetUse, CodeStore, Finished, FraudSignal, FraudStore, GuardBlock,
     IdempotencyClaim, IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL,
     RateLimit, ReportStore, Requester, ResendRefusal, ResendStore, StoreError, StorePolicy,
     VerifyLookup,
@@ -622,23 +622,23 @@ impl CodeStore for MemoryStore {
         phone: &'a PhoneNumber,
         verification_id: Option<Uuid>,
         matched: bool,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Finished, StoreError>> {
         Box::pin(async move {
             let e164 = phone.as_e164().to_owned();
             let max = self.policy.max_attempts;
             let mut state = self.lock();
             let state = &mut *state;
             let Some(vid) = verification_id else {
-                return Ok(false);
+                return Ok(Finished::Failed);
             };
             let sent_ms = match state.codes.get(&e164) {
                 Some(code) if code.value.verification_id == vid => code.value.sent_ms,
-                _ => return Ok(false),
+                _ => return Ok(Finished::Failed),
             };
             let fails = state.failures.get(&e164).map_or(0, |f| f.value);
             if fails >= max {
                 state.codes.remove(&e164);
-                return Ok(false);
+                return Ok(Finished::Failed);
             }
             if matched {
                 state.codes.remove(&e164);
@@ -664,15 +664,16 @@ impl CodeStore for MemoryStore {
                         entry.verified.push((sent_ms, vid));
                     }
                 }
-                return Ok(true);
+                return Ok(Finished::Consumed);
             }
             let fails = fails + 1;
             let ttl = secs(self.policy.code_ttl_seconds.into());
             state.failures.set(e164.clone(), fails, ttl);
             if fails >= max {
                 state.codes.remove(&e164);
+                return Ok(Finished::Exhausted);
             }
-            Ok(false)
+            Ok(Finished::Failed)
         })
     }
 

@@ -289,6 +289,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// How a verify's second half ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The code matched and is used up.
+    Consumed,
+    /// No code consumed (wrong, void, replaced or gone).
+    Failed,
+    /// A wrong guess that used the last attempt: the code is void from now on.
+    Exhausted,
+}
+
+impl Finished {
+    pub fn consumed(self) -> bool {
+        self == Self::Consumed
+    }
+}
+
 /// Codes and the limits around them. Implementations make `issue` and `finish_verify` atomic,
 /// and enforce limits across every API replica.
 pub trait CodeStore: Send + Sync {
@@ -332,7 +349,7 @@ pub trait CodeStore: Send + Sync {
         phone: &'a PhoneNumber,
         verification_id: Option<Uuid>,
         matched: bool,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    ) -> BoxFuture<'a, Result<Finished, StoreError>>;
 
     /// Voids a verification's code if it is still the number's live code (not used, expired,
     /// replaced or canceled): the code is removed, the delivery record says `canceled` (so a

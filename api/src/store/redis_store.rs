@@ -44,9 +44,10 @@ use otp_shared::{
 use futures_util::future::BoxFuture;
 
 use super::{
-    BlockRule, BlockedPrefix, BudgetUse, CodeStore, FraudStore, GuardBlock, IdempotencyClaim,
-    IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL, RateLimit, ReportStore,
-    Requester, ResendRefusal, ResendStore, StoreError, StorePolicy, VerifyLookup,
+    BlockRule, BlockedPrefix, BudgetUse, CodeStore, Finished, FraudStore, GuardBlock,
+    IdempotencyClaim, IdempotencyStore, IssueOutcome, KeyBudget, LimitKind, REPORT_NONCE_TTL,
+    RateLimit, ReportStore, Requester, ResendRefusal, ResendStore, StoreError, StorePolicy,
+    VerifyLookup,
     replies::{GuardVerdict, Guarded, KeyClaim, NumberIssued, VerifyBegun, VerifyFinished},
     rules::{
         IDEMPOTENCY_PENDING_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, VERIFY_WINDOW_SECONDS,
@@ -483,10 +484,14 @@ impl CodeStore for RedisStore {
         phone: &'a PhoneNumber,
         verification_id: Option<Uuid>,
         matched: bool,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Finished, StoreError>> {
         Box::pin(async move {
             let e164 = phone.as_e164();
-            let VerifyFinished { consumed, sent_ms } = VERIFY_FINISH
+            let VerifyFinished {
+                consumed,
+                sent_ms,
+                exhausted,
+            } = VERIFY_FINISH
                 .key(self.keys.code(e164))
                 .key(self.keys.failures(e164))
                 .arg(verification_id.map(|v| v.to_string()).unwrap_or_default())
@@ -496,7 +501,10 @@ impl CodeStore for RedisStore {
                 .invoke_async(&mut self.conn.clone())
                 .await?;
             let Some(vid) = verification_id.filter(|_| consumed) else {
-                return Ok(false);
+                return Ok(match exhausted {
+                    true => Finished::Exhausted,
+                    false => Finished::Failed,
+                });
             };
             // The code is used: its sealed job is never resent, its delivery record says
             // `verified` (one round trip: both keys share the verification's hash tag), and the
@@ -538,7 +546,7 @@ impl CodeStore for RedisStore {
             if let Err(e) = dropped.and(converted) {
                 tracing::warn!(error = %e, "could not tidy up after a verified code");
             }
-            Ok(true)
+            Ok(Finished::Consumed)
         })
     }
 

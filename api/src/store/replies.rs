@@ -173,11 +173,13 @@ pub(super) struct VerifyFinished {
     pub consumed: bool,
     /// When the fraud guard counted the consumed code's send (ms; 0: not counted).
     pub sent_ms: i64,
+    /// This failure used up the last attempt (the code is void now).
+    pub exhausted: bool,
 }
 
 impl FromRedisValue for VerifyFinished {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let mut f = Fields::of(value, 2, "verify_finish.lua")?;
+        let mut f = Fields::of(value, 3, "verify_finish.lua")?;
         let consumed = match f.next::<i64>()? {
             0 => false,
             1 => true,
@@ -186,6 +188,7 @@ impl FromRedisValue for VerifyFinished {
         Ok(Self {
             consumed,
             sent_ms: f.next()?,
+            exhausted: f.next::<i64>()? == 1,
         })
     }
 }

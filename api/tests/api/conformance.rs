@@ -192,6 +192,7 @@ async fn verify(store: &impl OtpStore, number: &str, vid: Uuid, matched: bool) -
         .finish_verify(&phone(number), Some(vid), matched)
         .await
         .unwrap()
+        .consumed()
 }
 
 fn assert_retry(rate: RateLimit, limit: u32, within: u64) {
@@ -231,13 +232,20 @@ async fn the_attempt_cap_voids_the_code(mut backend: impl Backend) {
         assert!(!verify(&store, NUMBER, vid, false).await);
     }
     assert!(live_code(&store, NUMBER).await.is_some(), "voided too soon");
-    assert!(!verify(&store, NUMBER, vid, false).await);
+    // The guess that uses the last attempt says so (the `attempts_exhausted` event), once.
+    let last = store.finish_verify(&phone(NUMBER), Some(vid), false).await;
+    assert_eq!(last.unwrap(), otp_api::store::Finished::Exhausted);
     assert_eq!(
         live_code(&store, NUMBER).await,
         None,
         "not voided at the cap"
     );
-    assert!(!verify(&store, NUMBER, vid, true).await, "voided code used");
+    let after = store.finish_verify(&phone(NUMBER), Some(vid), true).await;
+    assert_eq!(
+        after.unwrap(),
+        otp_api::store::Finished::Failed,
+        "voided code used"
+    );
 }
 
 async fn a_replacement_keeps_the_failure_count(mut backend: impl Backend) {
@@ -289,6 +297,7 @@ async fn a_wrong_verification_id_never_consumes(mut backend: impl Backend) {
             .finish_verify(&phone(NUMBER), None, true)
             .await
             .unwrap()
+            .consumed()
     );
     assert!(verify(&store, NUMBER, vid, true).await);
 }

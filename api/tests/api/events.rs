@@ -137,3 +137,29 @@ async fn a_bound_queue_sees_requested_verified_and_canceled() {
         .collect();
     assert_eq!(ids.len(), seen.len(), "event ids are unique");
 }
+
+/// The wrong guess that uses up the last attempt publishes `attempts_exhausted`, once.
+#[tokio::test]
+async fn the_last_wrong_guess_publishes_attempts_exhausted() {
+    let app = spawn_with(|c| c.otp.otp_max_attempts = 2).await;
+    let queue = bind_events(&app).await;
+    let resp = app.request_otp(PHONE).await;
+    let body: Value = resp.json().await.unwrap();
+    let vid = body["verificationId"].as_str().unwrap().to_owned();
+    let (_, content) = app.next_job().await;
+    let wrong = if content.code == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for _ in 0..3 {
+        let guess = json!({ "phoneNumber": PHONE, "otp": wrong, "verificationId": vid });
+        assert_eq!(app.post_json("/api/otp/verify", &guess).await.status(), 400);
+    }
+    let seen = events_for(&app, &queue, &[&vid], 3, &[content.code.as_str()]).await;
+    let kinds: Vec<&str> = seen.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["verification.requested", "verification.attempts_exhausted"]
+    );
+}

@@ -277,7 +277,8 @@ where
             .unwrap();
         assert!(matches!(issued, otp_api::store::IssueOutcome::Issued(..)));
         if verified {
-            assert!(store.finish_verify(&phone, Some(vid), true).await.unwrap());
+            let finished = store.finish_verify(&phone, Some(vid), true).await.unwrap();
+            assert!(finished.consumed());
         }
     }
     let ratio = || gauge.with_label_values(&["US"]).get();
