@@ -63,6 +63,10 @@ pub struct Config {
     pub tokens: crate::verdict::TokenArgs,
     #[command(flatten)]
     pub captcha: crate::config::CaptchaArgs,
+    /// EVENTS_WEBHOOK_*: read by the one-process mode (`--embedded`) only; otherwise the
+    /// dispatchers deliver the webhooks.
+    #[command(flatten)]
+    pub webhooks: otp_delivery::webhook::WebhookArgs,
 
     #[command(flatten)]
     pub reports: ReportArgs,

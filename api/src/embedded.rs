@@ -159,7 +159,11 @@ pub struct Embedded {
 
 /// The in-memory store and queue, with the delivery worker consuming the queue until `stop`
 /// fires (then finishing the jobs in flight).
-pub fn start(config: &Config, stop: CancellationToken) -> anyhow::Result<Embedded> {
+pub fn start(
+    config: &Config,
+    stop: CancellationToken,
+    events: std::sync::Arc<dyn otp_shared::events::Events>,
+) -> anyhow::Result<Embedded> {
     refuse_production(config)?;
     check_trial(config)?;
     tracing::warn!(
@@ -179,7 +183,7 @@ pub fn start(config: &Config, stop: CancellationToken) -> anyhow::Result<Embedde
         metrics.clone(),
     );
     worker.resend_on_undelivered = config.reports.resend_on_undelivered;
-    let worker = worker.with_events(Arc::new(otp_shared::events::ConsoleEvents));
+    let worker = worker.with_events(events);
     let (queue, consumer) = memory_queue(CONCURRENCY);
     let task = tokio::spawn(async move {
         serve(consumer, Arc::new(worker), stop, SHUTDOWN_GRACE).await;

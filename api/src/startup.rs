@@ -20,7 +20,7 @@ use crate::{
     captcha::Captcha,
     code::CodeHasher,
     config::Config,
-    events::{ConsoleEvents, Events},
+    events::{EmbeddedEvents, Events},
     metrics::ApiMetrics,
     middleware::{Around, around, panic_response},
     queue::{AmqpPublisher, JobQueue},
@@ -82,9 +82,12 @@ impl Application {
         let background = CancellationToken::new();
         // Production: Redis and RabbitMQ. The one-process mode: memory, and no Redis at all.
         let (stores, queue, events, publisher_task, delivery_metrics) = if config.embedded {
-            let embedded = crate::embedded::start(&config, background.clone())?;
+            let env = config.process.app_env;
+            config.webhooks.check(env).map_err(anyhow::Error::msg)?;
+            let events: Arc<dyn Events> =
+                Arc::new(EmbeddedEvents::start(&config.webhooks, background.clone())?);
+            let embedded = crate::embedded::start(&config, background.clone(), events.clone())?;
             let queue: Arc<dyn JobQueue> = Arc::new(embedded.queue);
-            let events: Arc<dyn Events> = Arc::new(ConsoleEvents);
             (
                 Stores::of(embedded.store),
                 queue,
@@ -462,6 +465,7 @@ pub fn problems(config: &Config) -> (Vec<String>, Vec<String>) {
         config.check_keys(),
         config.reports.check_production(env),
         config.captcha.check(env),
+        config.webhooks.check(env),
         config.check_ceiling(),
         Templates::load(&config.otp).map(|_| ()),
         Callers::load(&config.access, env)

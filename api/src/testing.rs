@@ -76,6 +76,11 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             token_audience: "signup".into(),
             token_ttl_seconds: 300,
         },
+        webhooks: otp_delivery::webhook::WebhookArgs {
+            events_webhook_url: None,
+            events_webhook_secret: None,
+            events_webhook_max_age_hours: 24,
+        },
         captcha: crate::config::CaptchaArgs {
             captcha_provider: crate::config::Provider::Off,
             captcha_secret: None,

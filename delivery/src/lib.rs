@@ -31,6 +31,7 @@
 //! - [`twilio`]: the Twilio Messages API client, the second provider.
 //! - [`console`]: an SMS sink printing to standard output, for trying the service by hand.
 //! - [`metrics`]: the delivery's Prometheus metrics (`DeliveryMetrics`).
+//! - [`webhook`]: verification events as signed POSTs (`WebhookSender`), with retries.
 
 pub mod breaker;
 pub mod console;
@@ -47,4 +48,5 @@ pub mod sender;
 pub mod settings;
 pub mod source;
 pub mod twilio;
+pub mod webhook;
 pub mod worker;

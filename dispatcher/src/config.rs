@@ -40,7 +40,7 @@ pub struct Config {
     #[command(flatten)]
     pub reports: ReportArgs,
     #[command(flatten)]
-    pub webhooks: crate::webhooks::WebhookArgs,
+    pub webhooks: otp_delivery::webhook::WebhookArgs,
     #[command(flatten)]
     pub process: ProcessArgs,
 }

@@ -163,3 +163,58 @@ async fn the_last_wrong_guess_publishes_attempts_exhausted() {
         ["verification.requested", "verification.attempts_exhausted"]
     );
 }
+
+/// The one-process mode prints its events and, with EVENTS_WEBHOOK_URL, POSTs them signed:
+/// the API's `requested` and its worker's `sent`.
+#[tokio::test]
+async fn the_embedded_mode_delivers_events_to_the_webhook() {
+    use wiremock::{
+        Mock, MockServer, ResponseTemplate,
+        matchers::{method, path},
+    };
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    let mut cmd = crate::process::embedded_api();
+    cmd.arg("--embedded")
+        .env("EVENTS_WEBHOOK_URL", format!("{}/hook", hook.uri()))
+        .env("EVENTS_WEBHOOK_SECRET", "embedded-secret");
+    let (child, _lines, port) = crate::process::start_logged(&mut cmd).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/otp/request"))
+        .json(&json!({ "phoneNumber": PHONE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let arrived = otp_testkit::eventually(Duration::from_secs(10), || async {
+        hook.received_requests().await.unwrap().len() >= 2
+    });
+    assert!(
+        arrived.await,
+        "the webhook got {:?}",
+        hook.received_requests().await
+    );
+    let mut kinds = Vec::new();
+    for request in hook.received_requests().await.unwrap() {
+        let event: Value = serde_json::from_slice(&request.body).unwrap();
+        kinds.push(event["type"].as_str().unwrap().to_owned());
+        let signature = request
+            .headers
+            .get("otp-signature")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(
+            signature.starts_with("t=") && signature.contains(",v1="),
+            "{signature}"
+        );
+    }
+    // The API's `requested` and the worker's `sent` are published by two tasks: either first.
+    kinds.sort();
+    assert_eq!(kinds, ["requested", "sent"]);
+    drop(child);
+}

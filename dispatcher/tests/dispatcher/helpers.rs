@@ -204,7 +204,7 @@ impl World {
                 twilio_status_callback_url: None,
                 resend_on_undelivered: true,
             },
-            webhooks: otp_dispatcher::webhooks::WebhookArgs {
+            webhooks: otp_delivery::webhook::WebhookArgs {
                 events_webhook_url: None,
                 events_webhook_secret: None,
                 events_webhook_max_age_hours: 24,
