@@ -82,6 +82,31 @@ pub async fn events_for(
     seen
 }
 
+/// Up to `wanted` events of type `kind` on `queue`, from whichever verification (5 s at most).
+pub async fn events_of_type(app: &TestApp, queue: &str, kind: &str, wanted: usize) -> Vec<Value> {
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        while let Ok(Some(message)) = app
+            .channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+        {
+            let event: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+            if event["type"] == kind {
+                found.push(event);
+            }
+        }
+        if found.len() >= wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    found
+}
+
 #[tokio::test]
 async fn a_bound_queue_sees_requested_verified_and_canceled() {
     let app = spawn_with(|_| {}).await;
