@@ -113,36 +113,12 @@ impl AmqpPublisher {
 impl crate::events::Events for AmqpPublisher {
     /// Publishes to `otp.events` with a publisher confirm, in a task of its own.
     fn emit(&self, event: otp_shared::events::Event) {
-        let (channel, inner) = (self.channel(), self.inner.clone());
-        tokio::spawn(async move {
-            let kind = event.kind.as_str();
-            let published = async {
-                let channel = channel.ok_or(PublishError::NotConnected)?;
-                let properties = lapin::BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_message_id(event.id.to_string().into());
-                let confirm = channel
-                    .basic_publish(
-                        otp_shared::events::EXCHANGE.into(),
-                        event.routing_key().as_str().into(),
-                        BasicPublishOptions::default(),
-                        &event.to_json(),
-                        properties,
-                    )
-                    .await?
-                    .await?;
-                match confirm {
-                    Confirmation::Nack(_) => Err(PublishError::Nacked),
-                    _ => Ok(()),
-                }
-            };
-            let confirmed = tokio::time::timeout(inner.confirm_timeout, published).await;
-            if !matches!(confirmed, Ok(Ok(()))) {
-                inner.events_failed.inc();
-                tracing::warn!(event = kind, "a verification event was not published");
-            }
-        });
+        otp_shared::events::publish_in_background(
+            self.channel(),
+            event,
+            self.inner.confirm_timeout,
+            self.inner.events_failed.clone(),
+        );
     }
 }
 

@@ -8,9 +8,9 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Channel, options::BasicPublishOptions};
+use lapin::Channel;
 
-use otp_shared::events::{EXCHANGE, Event, Events};
+use otp_shared::events::{Event, Events, publish_in_background};
 
 /// How long an event's publish may wait for its confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,36 +42,6 @@ impl Events for AmqpEvents {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let failed = self.failed.clone();
-        tokio::spawn(async move {
-            let published = async {
-                let channel = channel?;
-                let properties = lapin::BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_message_id(event.id.to_string().into());
-                let confirm = channel
-                    .basic_publish(
-                        EXCHANGE.into(),
-                        event.routing_key().as_str().into(),
-                        BasicPublishOptions::default(),
-                        &event.to_json(),
-                        properties,
-                    )
-                    .await
-                    .ok()?
-                    .await
-                    .ok()?;
-                confirm.is_ack().then_some(())
-            };
-            let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, published).await;
-            if !matches!(confirmed, Ok(Some(()))) {
-                failed.inc();
-                tracing::warn!(
-                    event = event.kind.as_str(),
-                    "a verification event was not published"
-                );
-            }
-        });
+        publish_in_background(channel, event, CONFIRM_TIMEOUT, self.failed.clone());
     }
 }

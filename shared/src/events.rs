@@ -100,6 +100,46 @@ impl Event {
     }
 }
 
+/// Publishes `event` to [`EXCHANGE`] on `channel` (a confirm-mode channel; `None` while
+/// reconnecting) in a task of its own, waiting up to `timeout` for the broker's confirm. One
+/// that is not confirmed is counted in `failed` (`otp_events_failed_total`) and logged.
+pub fn publish_in_background(
+    channel: Option<lapin::Channel>,
+    event: Event,
+    timeout: std::time::Duration,
+    failed: prometheus::IntCounter,
+) {
+    tokio::spawn(async move {
+        let published = async {
+            let channel = channel?;
+            let properties = lapin::BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(event.id.to_string().into());
+            let confirm = channel
+                .basic_publish(
+                    EXCHANGE.into(),
+                    event.routing_key().as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &event.to_json(),
+                    properties,
+                )
+                .await
+                .ok()?
+                .await
+                .ok()?;
+            confirm.is_ack().then_some(())
+        };
+        if !matches!(tokio::time::timeout(timeout, published).await, Ok(Some(()))) {
+            failed.inc();
+            tracing::warn!(
+                event = event.kind.as_str(),
+                "a verification event was not published"
+            );
+        }
+    });
+}
+
 /// Where events go. Emitting never waits and never fails the work it reports on: a publish that
 /// is not confirmed is counted (`otp_events_failed_total`) and logged by the implementation.
 pub trait Events: Send + Sync {
