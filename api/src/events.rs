@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use otp_delivery::webhook::{WebhookArgs, WebhookSender};
 use otp_shared::events::Event;
-pub use otp_shared::events::{ConsoleEvents, Events};
+pub use otp_shared::events::Events;
 
 /// Events waiting for the one-process mode's webhook; beyond it new ones are dropped (and
 /// logged): the mode is for trying the service, and memory stays bounded.

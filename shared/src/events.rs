@@ -147,15 +147,6 @@ pub trait Events: Send + Sync {
     fn emit(&self, event: Event);
 }
 
-/// The one-process mode: each event as a JSON line on standard output.
-pub struct ConsoleEvents;
-
-impl Events for ConsoleEvents {
-    fn emit(&self, event: Event) {
-        println!("[event] {}", String::from_utf8_lossy(&event.to_json()));
-    }
-}
-
 /// Drops every event: for parts run without a place to publish (tests of other concerns).
 pub struct NoEvents;
 
