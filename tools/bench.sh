@@ -17,6 +17,8 @@
 #                local RabbitMQ)
 # BENCH_PROFILE=debug uses the debug builds (the test suite's seconds-long smoke run of `system`,
 # so this script cannot rot); numbers from it mean nothing.
+# BENCH_BIN=DIR runs the otp-api, otp-dispatcher and fake-plivo found in DIR instead of building
+# (a copy of the previous head's release build, to alternate with it in the same hour).
 # BENCH_API_KEY=true declares a caller key and sends it with every request.
 # BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
 # declare (declared first, with pika; the services then use it as it is, with a warning).
@@ -30,11 +32,11 @@ bash tools/services.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 profile=${BENCH_PROFILE:-release}
 case $profile in
-  release) cargo build --release --locked -q -p otp-api -p otp-dispatcher -p fake-plivo ;;
+  release) [ -n "${BENCH_BIN:-}" ] || cargo build --release --locked -q -p otp-api -p otp-dispatcher -p fake-plivo ;;
   debug) cargo build --locked -q -p otp-api -p otp-dispatcher -p fake-plivo ;;
   *) echo "BENCH_PROFILE is release or debug" >&2; exit 2 ;;
 esac
-bin=target/$profile
+bin=${BENCH_BIN:-target/$profile}
 
 set -a
 . ./.env.example

@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use otp_api::{cli, config::Config, startup::Application};
 use otp_shared::telemetry;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // A missing .env is normal; values in the real environment win over it.
