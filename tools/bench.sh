@@ -19,6 +19,8 @@
 # so this script cannot rot); numbers from it mean nothing.
 # BENCH_BIN=DIR runs the otp-api, otp-dispatcher and fake-plivo found in DIR instead of building
 # (a copy of the previous head's release build, to alternate with it in the same hour).
+# BENCH_RUST_LOG (default warn) and BENCH_ACCESS_LOG (default errors, the production default)
+# set the services' RUST_LOG and ACCESS_LOG.
 # BENCH_API_KEY=true declares a caller key and sends it with every request.
 # BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
 # declare (declared first, with pika; the services then use it as it is, with a warning).
@@ -40,12 +42,12 @@ bin=${BENCH_BIN:-target/$profile}
 
 set -a
 . ./.env.example
-LOG_FORMAT=json RUST_LOG=warn APP_ENV=development FRAUD_GUARD=off
+LOG_FORMAT=json RUST_LOG=${BENCH_RUST_LOG:-warn} APP_ENV=development FRAUD_GUARD=off
 SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
 MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
 MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 MAX_VERIFIES_PER_IP_PER_MINUTE=0 OTP_MAX_ATTEMPTS=100
 PORT=3900 ADMIN_PORT=3905 DRAIN_SECONDS=0 DISPATCHER_HTTP_PORT=3901 FAKE_PLIVO_PORT=3902 PLIVO_BASE_URL=http://127.0.0.1:3902
-FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 SMS_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
+ACCESS_LOG=${BENCH_ACCESS_LOG:-errors} FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 SMS_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
 set +a
 # BENCH_API_KEY=true: the API requires a caller key and every request sends one (the cost of
 # the key check).

@@ -296,6 +296,11 @@ pub struct HttpLimits {
     /// Default: on in development, off in production.
     #[arg(long, env = "DOCS_ENABLED", action = clap::ArgAction::Set)]
     pub docs_enabled: Option<bool>,
+    /// Which requests get an access log line: all, errors (answers of 400 and above) or off.
+    /// Metrics and traces count every request whatever this says. Default: all in
+    /// development, errors in production.
+    #[arg(long, env = "ACCESS_LOG")]
+    pub access_log: Option<crate::middleware::AccessLog>,
     /// Seconds between SIGTERM and closing the listener: /readyz answers 503 at once while
     /// requests are still served, so load balancers take the instance out before it stops
     /// accepting. Then in-flight requests get SHUTDOWN_GRACE_SECONDS.

@@ -37,12 +37,53 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// ACCESS_LOG: which requests get a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    All,
+    /// Answers of 400 and above.
+    Errors,
+    Off,
+}
+
+impl AccessLog {
+    /// Without ACCESS_LOG: every request in development, errors in production.
+    pub fn default_for(env: otp_shared::config::AppEnv) -> Self {
+        match env {
+            otp_shared::config::AppEnv::Development => Self::All,
+            otp_shared::config::AppEnv::Production => Self::Errors,
+        }
+    }
+
+    fn logs(self, status: StatusCode) -> bool {
+        match self {
+            Self::All => true,
+            Self::Errors => status.as_u16() >= 400,
+            Self::Off => false,
+        }
+    }
+}
+
+impl std::str::FromStr for AccessLog {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(Self::All),
+            "errors" => Ok(Self::Errors),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("'{s}' is not one of all, errors or off")),
+        }
+    }
+}
+
 /// What every request is wrapped with.
 pub struct Around {
     pub metrics: Arc<ApiMetrics>,
     pub callers: Arc<Callers>,
     pub cors: Cors,
     pub body_timeout: Duration,
+    pub access_log: AccessLog,
 }
 
 /// Wraps every request: request id, span (continuing a caller's trace), the caller's key on
@@ -58,6 +99,7 @@ pub async fn around<E: Endpoint>(
         callers,
         cors,
         body_timeout,
+        access_log,
     } = &*around;
     let request_id = req
         .headers()
@@ -128,11 +170,13 @@ pub async fn around<E: Endpoint>(
         }
         let elapsed = started.elapsed();
         metrics.observe_request(route, resp.status().as_u16(), client, elapsed);
-        tracing::info!(
-            status = resp.status().as_u16(),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request finished"
-        );
+        if access_log.logs(resp.status()) {
+            tracing::info!(
+                status = resp.status().as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request finished"
+            );
+        }
         Ok(resp)
     }
     .instrument(span)
@@ -188,4 +232,30 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
     ApiError::Internal(anyhow::anyhow!("handler panicked"))
         .into_response()
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use otp_shared::config::AppEnv;
+
+    use super::*;
+
+    #[test]
+    fn the_access_log_setting_picks_which_answers_are_logged() {
+        let ok = StatusCode::ACCEPTED;
+        let refused = StatusCode::TOO_MANY_REQUESTS;
+        let failed = StatusCode::SERVICE_UNAVAILABLE;
+        let all: AccessLog = "ALL".parse().unwrap();
+        assert!(all.logs(ok) && all.logs(refused) && all.logs(failed));
+        let errors: AccessLog = "errors".parse().unwrap();
+        assert!(!errors.logs(ok) && errors.logs(refused) && errors.logs(failed));
+        let off: AccessLog = " off ".parse().unwrap();
+        assert!(!off.logs(ok) && !off.logs(failed));
+        assert!("some".parse::<AccessLog>().is_err());
+        assert_eq!(
+            AccessLog::default_for(AppEnv::Production),
+            AccessLog::Errors
+        );
+        assert_eq!(AccessLog::default_for(AppEnv::Development), AccessLog::All);
+    }
 }

@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     events::{EmbeddedEvents, Events},
     metrics::ApiMetrics,
-    middleware::{Around, around, panic_response},
+    middleware::{AccessLog, Around, around, panic_response},
     queue::{AmqpPublisher, JobQueue},
     routes::{HealthApi, OtpApi},
     server::{ConnectionLimits, serve},
@@ -76,6 +76,10 @@ impl Application {
             "SMS templates checked"
         );
         let body_timeout = Duration::from_secs(config.http.body_read_timeout_seconds);
+        let access_log = config
+            .http
+            .access_log
+            .unwrap_or(AccessLog::default_for(config.process.app_env));
         let callers = Arc::new(Callers::load(&config.access, config.process.app_env)?);
         let metrics = Arc::new(ApiMetrics::with_clients(callers.labels()));
         let verdicts = Arc::new(Verdicts::from_args(&config.tokens, config.process.app_env)?);
@@ -304,6 +308,7 @@ impl Application {
                     callers,
                     cors: crate::cors::Cors::new(&config.cors_allowed_origins),
                     body_timeout,
+                    access_log,
                 });
                 move |ep, req| around(ep, req, around_all.clone())
             })

@@ -58,6 +58,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             http2_cleartext: false,
             http2_max_concurrent_streams: 32,
             docs_enabled: None,
+            access_log: None,
             drain_seconds: 0,
         },
         fraud: crate::fraud::FraudSettings {

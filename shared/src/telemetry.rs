@@ -18,9 +18,14 @@ use tracing_subscriber::{
 
 use crate::config::LogFormat;
 
-/// Flushes spans still buffered for export: call [`TelemetryGuard::shutdown`] at the end of
-/// `main`; dropping the guard flushes too, as a fallback.
-pub struct TelemetryGuard(Option<SdkTracerProvider>);
+/// Flushes spans still buffered for export, and log lines still waiting for the writer thread:
+/// call [`TelemetryGuard::shutdown`] at the end of `main`; dropping the guard flushes too, as a
+/// fallback.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+    /// Dropping it writes out the lines still queued.
+    logs: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
 
 impl TelemetryGuard {
     /// The end of a binary's `main`: flushes spans, prints the error (with its causes) if the
@@ -39,15 +44,16 @@ impl TelemetryGuard {
     /// Exports what is still buffered. The exporter blocks its own thread, so the wait happens
     /// on a blocking thread, never on a runtime worker.
     pub async fn shutdown(mut self) {
-        if let Some(provider) = self.0.take() {
+        if let Some(provider) = self.provider.take() {
             let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         }
+        drop(self.logs.take());
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.0.take() {
+        if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
         }
     }
@@ -104,8 +110,13 @@ fn init_with(service_name: &'static str, format: LogFormat, test_writer: bool) -
         .with_filter(traced_targets());
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Lines go to stdout from a thread of their own: a request formats its line and queues it,
+    // never waiting on the write. Should stdout stall until 128,000 lines wait, further lines
+    // are dropped rather than stalling requests.
+    let (stdout, logs) = tracing_appender::non_blocking(std::io::stdout());
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(stdout)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -114,7 +125,7 @@ fn init_with(service_name: &'static str, format: LogFormat, test_writer: bool) -
         LogFormat::Pretty if test_writer => {
             tracing_subscriber::fmt::layer().with_test_writer().boxed()
         }
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(stdout).boxed(),
     };
     // A second init (tests building several apps) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
@@ -124,7 +135,10 @@ fn init_with(service_name: &'static str, format: LogFormat, test_writer: bool) -
     if let Some(e) = export_error {
         tracing::warn!(error = %e, "OTLP exporter could not be built; spans are not exported");
     }
-    TelemetryGuard(Some(provider))
+    TelemetryGuard {
+        provider: Some(provider),
+        logs: Some(logs),
+    }
 }
 
 /// Makes `span` continue a caller's W3C trace (`traceparent`, `tracestate`), read through `get`

@@ -401,7 +401,9 @@ async fn production_needs_caller_keys_or_public_api() {
         ("API_KEYS", &*format!("web:{digest}")),
     ] {
         let (mut cmd, _cleanup) = otp_api();
-        cmd.envs(production).env(var, value);
+        cmd.envs(production)
+            .env(var, value)
+            .env("ACCESS_LOG", "all");
         let (child, mut lines, port) = start_logged(&mut cmd).await;
         let healthz = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
             .await
@@ -427,6 +429,45 @@ async fn production_needs_caller_keys_or_public_api() {
             });
             let line = logged.await.unwrap_or_default();
             assert!(line.contains(r#""client.id":"web""#), "{line}");
+        }
+        drop(child);
+    }
+}
+
+/// ACCESS_LOG=errors logs a 400 and not a 202; off logs neither. The lines come from the
+/// writer thread, in the order the requests finished.
+#[tokio::test]
+async fn access_log_lines_follow_the_setting() {
+    for setting in ["errors", "off"] {
+        let (mut cmd, _cleanup) = otp_api();
+        cmd.env("ACCESS_LOG", setting);
+        let (child, mut lines, port) = start_logged(&mut cmd).await;
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/api/otp/request");
+        for phone in [PHONE, "not a number"] {
+            client
+                .post(&url)
+                .json(&serde_json::json!({ "phoneNumber": phone }))
+                .send()
+                .await
+                .unwrap();
+        }
+        let mut logged = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("request finished") {
+                    logged.push(line);
+                }
+            }
+        })
+        .await;
+        let statuses: Vec<bool> = logged
+            .iter()
+            .map(|l| l.contains(r#""status":400"#))
+            .collect();
+        match setting {
+            "errors" => assert_eq!(statuses, [true], "{logged:?}"),
+            _ => assert!(logged.is_empty(), "{logged:?}"),
         }
         drop(child);
     }
