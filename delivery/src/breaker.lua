@@ -2,12 +2,27 @@
 -- KEYS: 1 breaker hash
 -- ARGV: 1 op (allow | ok | fail), 2 now (ms), 3 consecutive failures that open it,
 --       4 failure share that opens it (per mille), 5 calls in the window before the share counts,
---       6 window (ms), 7 cool-down (ms), 8 key ttl (s)
+--       6 window (ms), 7 cool-down (ms), 8 key ttl (s), 9 successes the caller saw while the
+--       breaker was closed and reports only now (counted first, whatever the op)
 -- Returns {state, allowed (1/0), changed-to ('' if unchanged)}.
 local key, op, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local threshold, ratio, min_calls = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local window, cooldown = tonumber(ARGV[6]), tonumber(ARGV[7])
+local window, cooldown, earlier = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[9])
 local state = redis.call('HGET', key, 'state') or 'closed'
+
+local function current_window()
+  local started = tonumber(redis.call('HGET', key, 'window_start') or '0')
+  if now - started >= window then
+    redis.call('HSET', key, 'window_start', now, 'calls', 0, 'failures', 0)
+  end
+end
+
+if earlier > 0 then
+  current_window()
+  redis.call('HINCRBY', key, 'calls', earlier)
+  redis.call('HSET', key, 'consecutive', 0)
+  redis.call('EXPIRE', key, ARGV[8])
+end
 
 if op == 'allow' then
   if state == 'closed' then return {state, 1, ''} end
@@ -25,10 +40,7 @@ if op == 'allow' then
   return {state, 0, ''}
 end
 
-local started = tonumber(redis.call('HGET', key, 'window_start') or '0')
-if now - started >= window then
-  redis.call('HSET', key, 'window_start', now, 'calls', 0, 'failures', 0)
-end
+current_window()
 local calls = redis.call('HINCRBY', key, 'calls', 1)
 local changed = ''
 if op == 'ok' then

@@ -147,10 +147,12 @@ impl redis::FromRedisValue for Step {
 /// Where a breaker's state lives: [`RedisBreakerStore`] (shared by every dispatcher, the rules
 /// in `breaker.lua`) or [`MemoryBreakerStore`] (this process, the same rules in Rust).
 pub trait BreakerStore: Send + Sync {
-    /// Runs one step at `now_ms` (on the breaker's clock).
+    /// Runs one step at `now_ms` (on the breaker's clock), after counting `earlier_oks`
+    /// successful calls seen while the breaker was closed and not reported until now.
     fn step(
         &self,
         op: Op,
+        earlier_oks: u64,
         now_ms: u64,
         settings: &BreakerSettings,
     ) -> BoxFuture<'_, Result<Step, Unavailable>>;
@@ -177,6 +179,7 @@ impl BreakerStore for RedisBreakerStore {
     fn step(
         &self,
         op: Op,
+        earlier_oks: u64,
         now_ms: u64,
         s: &BreakerSettings,
     ) -> BoxFuture<'_, Result<Step, Unavailable>> {
@@ -190,7 +193,8 @@ impl BreakerStore for RedisBreakerStore {
             .arg(s.min_calls)
             .arg(s.window.as_millis() as u64)
             .arg(s.cooldown.as_millis() as u64)
-            .arg(ttl);
+            .arg(ttl)
+            .arg(earlier_oks);
         Box::pin(async move { Ok(invocation.invoke_async(&mut self.conn.clone()).await?) })
     }
 
@@ -222,10 +226,21 @@ struct Fields {
 }
 
 impl MemoryBreakerStore {
-    fn step_now(&self, op: Op, now: u64, s: &BreakerSettings) -> Step {
+    fn step_now(&self, op: Op, earlier_oks: u64, now: u64, s: &BreakerSettings) -> Step {
         let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let state = f.state.unwrap_or(State::Closed);
         let cooldown = s.cooldown.as_millis() as u64;
+        let window = s.window.as_millis() as u64;
+        let current_window = |f: &mut Fields| {
+            if now.saturating_sub(f.window_start) >= window {
+                (f.window_start, f.calls, f.failures) = (now, 0, 0);
+            }
+        };
+        if earlier_oks > 0 {
+            current_window(&mut f);
+            f.calls += earlier_oks;
+            f.consecutive = 0;
+        }
         let step = |state, allowed, changed| Step {
             state,
             allowed,
@@ -249,9 +264,7 @@ impl MemoryBreakerStore {
                 State::HalfOpen => step(state, false, None),
             };
         }
-        if now.saturating_sub(f.window_start) >= s.window.as_millis() as u64 {
-            (f.window_start, f.calls, f.failures) = (now, 0, 0);
-        }
+        current_window(&mut f);
         f.calls += 1;
         if op == Op::Ok {
             f.consecutive = 0;
@@ -279,10 +292,11 @@ impl BreakerStore for MemoryBreakerStore {
     fn step(
         &self,
         op: Op,
+        earlier_oks: u64,
         now_ms: u64,
         settings: &BreakerSettings,
     ) -> BoxFuture<'_, Result<Step, Unavailable>> {
-        let step = self.step_now(op, now_ms, settings);
+        let step = self.step_now(op, earlier_oks, now_ms, settings);
         Box::pin(async move { Ok(step) })
     }
 
@@ -302,6 +316,10 @@ pub struct Breaker {
     gauge: IntGauge,
     /// Until when (on `clock`) the last state read is trusted to be `closed`; 0: not closed.
     closed_until_ms: Arc<AtomicU64>,
+    /// Successful calls made while trusted closed, not yet in the store: they go with the next
+    /// step this dispatcher runs (at the latest when the trust lapses, within a second), so a
+    /// success costs no round trip of its own.
+    unreported_oks: Arc<AtomicU64>,
 }
 
 impl Breaker {
@@ -332,13 +350,14 @@ impl Breaker {
             clock,
             gauge,
             closed_until_ms: Arc::default(),
+            unreported_oks: Arc::default(),
         }
     }
 
     /// Whether a call may go to this provider now. Trouble with the store allows it: the
     /// breaker guards against a failing provider, not against our own store.
     pub async fn allows(&self) -> bool {
-        if self.clock.now_ms() < self.closed_until_ms.load(Ordering::Relaxed) {
+        if self.trusted_closed() {
             return true;
         }
         match self.run(Op::Allow).await {
@@ -351,7 +370,13 @@ impl Breaker {
     }
 
     /// Records a call's outcome: `ok` is any answer that shows the provider works.
+    /// A success while the breaker is trusted closed is only counted here, and reported with
+    /// the next step.
     pub async fn record(&self, ok: bool) {
+        if ok && self.trusted_closed() {
+            self.unreported_oks.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if let Err(e) = self.run(if ok { Op::Ok } else { Op::Fail }).await {
             tracing::warn!(provider = self.provider, error = %e, "could not record a call in the circuit breaker");
         }
@@ -362,9 +387,21 @@ impl Breaker {
         self.store.state().await
     }
 
+    fn trusted_closed(&self) -> bool {
+        self.clock.now_ms() < self.closed_until_ms.load(Ordering::Relaxed)
+    }
+
     async fn run(&self, op: Op) -> Result<bool, Unavailable> {
         let now = self.clock.now_ms();
-        let step = self.store.step(op, now, &self.settings).await?;
+        let earlier = self.unreported_oks.swap(0, Ordering::Relaxed);
+        let step = match self.store.step(op, earlier, now, &self.settings).await {
+            Ok(step) => step,
+            Err(e) => {
+                // Reported with a later step instead.
+                self.unreported_oks.fetch_add(earlier, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         self.gauge.set(step.state.gauge());
         let trusted = match step.state {
             State::Closed => now + CLOSED_TRUST.as_millis() as u64,

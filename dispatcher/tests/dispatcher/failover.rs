@@ -203,7 +203,67 @@ async fn in_memory() -> Breakers {
 otp_testkit::conformance!(
     shared: on_redis, in_memory: in_memory;
     the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock,
+    a_success_while_closed_costs_no_step_and_still_breaks_a_run_of_failures,
 );
+
+/// Counts the steps a breaker runs in its store.
+struct Counting(Arc<dyn BreakerStore>, AtomicU64);
+
+impl BreakerStore for Counting {
+    fn step(
+        &self,
+        op: otp_delivery::breaker::Op,
+        earlier_oks: u64,
+        now_ms: u64,
+        settings: &BreakerSettings,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<otp_delivery::breaker::Step, otp_shared::backend::Unavailable>,
+    > {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.step(op, earlier_oks, now_ms, settings)
+    }
+
+    fn state(
+        &self,
+    ) -> futures_util::future::BoxFuture<'_, Result<State, otp_shared::backend::Unavailable>> {
+        self.0.state()
+    }
+}
+
+/// While a dispatcher trusts `closed`, a success is only counted in the process and goes to the
+/// store with the next step: it still resets the run of consecutive failures.
+async fn a_success_while_closed_costs_no_step_and_still_breaks_a_run_of_failures(
+    backend: Breakers,
+) {
+    let store = Arc::new(Counting(backend.store(), AtomicU64::new(0)));
+    let clock = Arc::new(TestClock(AtomicU64::new(1_000_000)));
+    let settings = BreakerSettings {
+        consecutive_failures: 3,
+        failure_ratio: 1.0,
+        min_calls: 1000,
+        window: Duration::from_secs(60),
+        cooldown: Duration::from_secs(30),
+    };
+    let gauge = prometheus::IntGauge::new("g", "g").unwrap();
+    let breaker = Breaker::with_store(store.clone(), "plivo", settings, clock, gauge);
+    breaker.record(false).await;
+    breaker.record(false).await;
+    let steps = store.1.load(Ordering::SeqCst);
+    assert!(breaker.allows().await);
+    breaker.record(true).await;
+    assert_eq!(
+        store.1.load(Ordering::SeqCst),
+        steps,
+        "no step for a success while closed"
+    );
+    // Without the success, this would be the third failure in a row.
+    breaker.record(false).await;
+    breaker.record(false).await;
+    assert_eq!(breaker.state().await.unwrap(), State::Closed);
+    breaker.record(false).await;
+    assert_eq!(breaker.state().await.unwrap(), State::Open);
+}
 
 /// The breaker's rules, on a clock the test moves, whatever store keeps its state.
 async fn the_breaker_opens_cools_down_probes_and_closes_on_a_controlled_clock(backend: Breakers) {
