@@ -126,13 +126,7 @@ pub async fn record<C: redis::aio::ConnectionLike + Send>(
     extra: &[(&str, &str)],
 ) -> redis::RedisResult<()> {
     let key = keys.status(verification_id);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut fields: Vec<(&str, String)> = vec![
-        (FIELD_STATE, state.as_str().to_owned()),
-        (FIELD_ATTEMPTS, attempts.to_string()),
-        (FIELD_UPDATED_AT, now.to_string()),
-    ];
-    fields.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let fields = record_fields(state, attempts, extra);
     redis::pipe()
         .atomic()
         .hset_multiple(&key, &fields)
@@ -141,6 +135,23 @@ pub async fn record<C: redis::aio::ConnectionLike + Send>(
         .ignore()
         .query_async(conn)
         .await
+}
+
+/// The fields [`record`] writes: state, attempts, the time now, then `extra` (for a script that
+/// writes a record as one of its steps, with [`STATUS_TTL_SECONDS`]).
+pub fn record_fields<'a>(
+    state: DeliveryState,
+    attempts: u32,
+    extra: &[(&'a str, &str)],
+) -> Vec<(&'a str, String)> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut fields: Vec<(&str, String)> = vec![
+        (FIELD_STATE, state.as_str().to_owned()),
+        (FIELD_ATTEMPTS, attempts.to_string()),
+        (FIELD_UPDATED_AT, now.to_string()),
+    ];
+    fields.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    fields
 }
 
 /// A Lua script that reads or writes delivery records, preceded by what they share: the field

@@ -1,9 +1,12 @@
 -- The number's side of issuing a code, in the number's hash tag: the resend cooldown and the
 -- hourly limit, then the code's digest replaces any previous code. The all-traffic side
 -- (budgets, fraud guard) ran before, in guard.lua.
--- KEYS: 1 cooldown, 2 hourly counter, 3 code hash, 4 failures
+-- On a single Redis it also writes the new verification's delivery record (in a Cluster that
+-- key is in another slot, and the caller writes it next).
+-- KEYS: 1 cooldown, 2 hourly counter, 3 code hash, 4 failures, 5 the delivery record (optional)
 -- ARGV: 1 cooldown seconds, 2 hourly limit, 3 verification id, 4 digest, 5 code ttl,
---       6 the send time the fraud guard counted (ms; 0: none)
+--       6 the send time the fraud guard counted (ms; 0: none), then with KEYS[5]: 7 the
+--       record's ttl (s), 8... its field/value pairs
 -- Returns {outcome, limit, remaining, reset, replaced}: outcome is ok / cooldown / hourly; the
 -- next three describe the hourly limit (for RateLimit-* headers, limit 0 when off) or the
 -- refusing one; replaced is the verification id of the code this one replaced ('' if none).
@@ -44,4 +47,8 @@ if ARGV[6] ~= '0' then redis.call('HSET', KEYS[3], 'fgs', ARGV[6]) end
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 -- Failed attempts survive replacement; keep them at least as long as the new code lives.
 if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('EXPIRE', KEYS[4], ARGV[5], 'GT') end
+if KEYS[5] then
+  redis.call('HSET', KEYS[5], unpack(ARGV, 8))
+  redis.call('EXPIRE', KEYS[5], ARGV[7])
+end
 return {'ok', rate[1], rate[2], rate[3], old}

@@ -359,8 +359,11 @@ impl CodeStore for RedisStore {
             }
 
             // (3) The number's limits and its code.
-            let number: redis::RedisResult<NumberIssued> = ISSUE
-                .key(self.keys.cooldown(e164))
+            // (3 and 4 on a single Redis: the record is written by the same script.)
+            let number_field = [(status::FIELD_NUMBER, phone.as_e164())];
+            let record_in_script = matches!(self.conn, RedisConn::Single(_));
+            let mut issue = ISSUE.key(self.keys.cooldown(e164));
+            issue
                 .key(self.keys.sends_per_hour(e164))
                 .key(self.keys.code(e164))
                 .key(self.keys.failures(e164))
@@ -369,9 +372,19 @@ impl CodeStore for RedisStore {
                 .arg(&vid)
                 .arg(digest)
                 .arg(p.code_ttl_seconds)
-                .arg(sent_ms)
-                .invoke_async(&mut self.conn.clone())
-                .await;
+                .arg(sent_ms);
+            if record_in_script {
+                issue
+                    .key(self.keys.status(verification_id))
+                    .arg(status::STATUS_TTL_SECONDS)
+                    .arg(status::record_fields(
+                        DeliveryState::Queued,
+                        0,
+                        &number_field,
+                    ));
+            }
+            let number: redis::RedisResult<NumberIssued> =
+                issue.invoke_async(&mut self.conn.clone()).await;
             // Refused, or not known to be issued: give back what (2) spent.
             let issued = matches!(&number, Ok(n) if n.refused.is_none());
             if !issued && let Err(e) = self.unguard(phone, budget, verification_id, sent_ms).await {
@@ -383,17 +396,23 @@ impl CodeStore for RedisStore {
                 return Ok(IssueOutcome::Limited(limit, number_rate));
             }
 
-            // (4) The delivery record, and the replaced code's sealed job (never resent now).
+            // (4) The delivery record (in a Cluster), and the replaced code's sealed job (never
+            // resent now).
             let mut conn = self.conn.clone();
-            let number_field = [(status::FIELD_NUMBER, phone.as_e164())];
-            let record = status::record(
-                &mut conn,
-                &self.keys,
-                verification_id,
-                DeliveryState::Queued,
-                0,
-                &number_field,
-            );
+            let record = async {
+                if record_in_script {
+                    return Ok(());
+                }
+                status::record(
+                    &mut conn,
+                    &self.keys,
+                    verification_id,
+                    DeliveryState::Queued,
+                    0,
+                    &number_field,
+                )
+                .await
+            };
             let drop_replaced = async {
                 match number.replaced {
                     Some(old) => self.del(self.keys.sealed_job(old)).await,
