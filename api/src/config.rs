@@ -300,7 +300,7 @@ pub struct HttpLimits {
     /// Metrics and traces count every request whatever this says. Default: all in
     /// development, errors in production.
     #[arg(long, env = "ACCESS_LOG")]
-    pub access_log: Option<crate::middleware::AccessLog>,
+    pub access_log: Option<AccessLog>,
     /// Seconds between SIGTERM and closing the listener: /readyz answers 503 at once while
     /// requests are still served, so load balancers take the instance out before it stops
     /// accepting. Then in-flight requests get SHUTDOWN_GRACE_SECONDS.
@@ -421,6 +421,22 @@ fn parse_ip_net(value: &str) -> Result<IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_log_setting_picks_which_answers_are_logged() {
+        let (ok, refused, failed) = (202, 429, 503);
+        let all: AccessLog = "ALL".parse().unwrap();
+        assert!(all.logs(ok) && all.logs(refused) && all.logs(failed));
+        let errors: AccessLog = "errors".parse().unwrap();
+        assert!(!errors.logs(ok) && errors.logs(refused) && errors.logs(failed));
+        let off: AccessLog = " off ".parse().unwrap();
+        assert!(!off.logs(ok) && !off.logs(failed));
+        assert!("some".parse::<AccessLog>().is_err());
+        let production = otp_shared::config::AppEnv::Production;
+        assert_eq!(AccessLog::default_for(production), AccessLog::Errors);
+        let development = otp_shared::config::AppEnv::Development;
+        assert_eq!(AccessLog::default_for(development), AccessLog::All);
+    }
     use clap::CommandFactory;
 
     #[test]
@@ -486,6 +502,47 @@ mod tests {
         otp_shared::config::assert_env_example_matches::<Config>(include_str!(
             "../../.env.example"
         ));
+    }
+}
+
+/// ACCESS_LOG: which requests get a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    All,
+    /// Answers of 400 and above.
+    Errors,
+    Off,
+}
+
+impl AccessLog {
+    /// Without ACCESS_LOG: every request in development, errors in production.
+    pub fn default_for(env: otp_shared::config::AppEnv) -> Self {
+        match env {
+            otp_shared::config::AppEnv::Development => Self::All,
+            otp_shared::config::AppEnv::Production => Self::Errors,
+        }
+    }
+
+    /// Whether an answer with `status` gets a line.
+    pub fn logs(self, status: u16) -> bool {
+        match self {
+            Self::All => true,
+            Self::Errors => status >= 400,
+            Self::Off => false,
+        }
+    }
+}
+
+impl std::str::FromStr for AccessLog {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(Self::All),
+            "errors" => Ok(Self::Errors),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("'{s}' is not one of all, errors or off")),
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use otp_shared::telemetry::adopt_remote_context;
 
 use crate::{
     callers::{Caller, Callers},
+    config::AccessLog,
     cors::Cors,
     error::ApiError,
     metrics::{ApiMetrics, Route},
@@ -36,46 +37,6 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The request's id: the caller's X-Request-Id when it is sane, else a new UUID.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
-
-/// ACCESS_LOG: which requests get a log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessLog {
-    All,
-    /// Answers of 400 and above.
-    Errors,
-    Off,
-}
-
-impl AccessLog {
-    /// Without ACCESS_LOG: every request in development, errors in production.
-    pub fn default_for(env: otp_shared::config::AppEnv) -> Self {
-        match env {
-            otp_shared::config::AppEnv::Development => Self::All,
-            otp_shared::config::AppEnv::Production => Self::Errors,
-        }
-    }
-
-    fn logs(self, status: StatusCode) -> bool {
-        match self {
-            Self::All => true,
-            Self::Errors => status.as_u16() >= 400,
-            Self::Off => false,
-        }
-    }
-}
-
-impl std::str::FromStr for AccessLog {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "all" => Ok(Self::All),
-            "errors" => Ok(Self::Errors),
-            "off" => Ok(Self::Off),
-            _ => Err(format!("'{s}' is not one of all, errors or off")),
-        }
-    }
-}
 
 /// What every request is wrapped with.
 pub struct Around {
@@ -170,7 +131,7 @@ pub async fn around<E: Endpoint>(
         }
         let elapsed = started.elapsed();
         metrics.observe_request(route, resp.status().as_u16(), client, elapsed);
-        if access_log.logs(resp.status()) {
+        if access_log.logs(resp.status().as_u16()) {
             tracing::info!(
                 status = resp.status().as_u16(),
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -232,30 +193,4 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
     ApiError::Internal(anyhow::anyhow!("handler panicked"))
         .into_response()
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use otp_shared::config::AppEnv;
-
-    use super::*;
-
-    #[test]
-    fn the_access_log_setting_picks_which_answers_are_logged() {
-        let ok = StatusCode::ACCEPTED;
-        let refused = StatusCode::TOO_MANY_REQUESTS;
-        let failed = StatusCode::SERVICE_UNAVAILABLE;
-        let all: AccessLog = "ALL".parse().unwrap();
-        assert!(all.logs(ok) && all.logs(refused) && all.logs(failed));
-        let errors: AccessLog = "errors".parse().unwrap();
-        assert!(!errors.logs(ok) && errors.logs(refused) && errors.logs(failed));
-        let off: AccessLog = " off ".parse().unwrap();
-        assert!(!off.logs(ok) && !off.logs(failed));
-        assert!("some".parse::<AccessLog>().is_err());
-        assert_eq!(
-            AccessLog::default_for(AppEnv::Production),
-            AccessLog::Errors
-        );
-        assert_eq!(AccessLog::default_for(AppEnv::Development), AccessLog::All);
-    }
 }

@@ -43,6 +43,19 @@ const BUSY_RECHECK_MIN: Duration = Duration::from_millis(50);
 /// Recording an outcome is retried after 1, 2, 3 and 4 times this.
 const RECORD_RETRY_STEP: Duration = Duration::from_millis(200);
 
+/// A send slot reserved ahead of an attempt: when, and what the limiter answered.
+type Reserved = (
+    Instant,
+    Result<Option<Duration>, otp_shared::backend::Unavailable>,
+);
+
+/// An attempt's send slot: one must be free before `deadline` (the code's expiry).
+struct Slot {
+    deadline: Instant,
+    /// Reserved with the job's claim; otherwise reserved by the attempt.
+    reserved: Option<Reserved>,
+}
+
 /// How a job was handled, for recording its outcome.
 struct Sent {
     ledger_id: Entry,
@@ -224,11 +237,27 @@ impl Worker {
             },
         };
         let mut withdrawn = false;
+        // The first claim goes out together with the first attempt's reservation of a send
+        // slot (one round trip for both); a job that turns out not to be ours wastes that slot.
+        let mut first = true;
+        let mut slot: Option<Reserved>;
         loop {
             // A first send also learns, in the same round trip, whether the API withdrew it.
-            let claim = match resend {
-                Some(_) => self.ledger.claim(ledger_id, owner).await,
-                None => self.ledger.claim_send(ledger_id, owner).await,
+            let claim = async {
+                match resend {
+                    Some(_) => self.ledger.claim(ledger_id, owner).await,
+                    None => self.ledger.claim_send(ledger_id, owner).await,
+                }
+            };
+            let claim = if std::mem::take(&mut first) {
+                let max_wait = deadline.saturating_duration_since(Instant::now());
+                let reserve = async { (Instant::now(), self.limiter.reserve(max_wait).await) };
+                let (claim, reserved) = tokio::join!(claim, reserve);
+                slot = Some(reserved);
+                claim
+            } else {
+                slot = None;
+                claim.await
             };
             let wait = match claim {
                 Ok(Claim::Claimed) => break,
@@ -282,8 +311,11 @@ impl Worker {
         let route = self.router.route_avoiding(resend.as_deref());
         // A first send's claim marked its record `sending` for attempt 1.
         let marked = resend.is_none();
+        let slot = std::sync::Mutex::new(slot.filter(|_| live));
         let attempts = run_attempts(&self.policy, deadline, |n| {
-            self.attempt(job, content, n, marked, deadline, &route)
+            let reserved = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let slot = Slot { deadline, reserved };
+            self.attempt(job, content, n, marked, &route, slot)
         });
         let outcome = tokio::select! {
             outcome = attempts => outcome,
@@ -349,8 +381,8 @@ impl Worker {
         content: &JobContent,
         n: u32,
         marked: bool,
-        deadline: Instant,
         route: &JobRoute,
+        slot: Slot,
     ) -> Attempt {
         if n > 1 {
             self.metrics.send_retries.inc();
@@ -359,7 +391,18 @@ impl Worker {
             self.set_state(job, DeliveryState::Sending, n, &[]).await;
         }
         let waited = Instant::now();
-        let slot = self.limiter.acquire(deadline).await;
+        let Slot { deadline, reserved } = slot;
+        let slot = match reserved {
+            // Reserved with the claim: the wait counts from then.
+            Some((at, Ok(Some(wait)))) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep_until(at + wait).await;
+                }
+                Ok(true)
+            }
+            Some((_, reserved)) => reserved.map(|_| false),
+            None => self.limiter.acquire(deadline).await,
+        };
         self.metrics
             .rate_wait
             .observe(waited.elapsed().as_secs_f64());
