@@ -17,8 +17,8 @@ use lapin::{
     BasicProperties, Channel, Connection,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions,
+        BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions,
     },
     types::FieldTable,
 };
@@ -36,7 +36,12 @@ use otp_shared::{
     urls::AmqpUrl,
 };
 
-use crate::{agreement::Agreement, depths::DepthWatch, events::AmqpEvents};
+use crate::{
+    acks::{Acks, Flushed},
+    agreement::Agreement,
+    depths::DepthWatch,
+    events::AmqpEvents,
+};
 use otp_delivery::{
     metrics::DeliveryMetrics,
     outcome::Settle,
@@ -63,8 +68,9 @@ pub struct Consumer {
     pub events: AmqpEvents,
 }
 
-/// The connection and channel in-flight jobs ack through after consuming stopped.
-pub struct Open(Connection, Channel);
+/// The connection and channel in-flight jobs ack through after consuming stopped, and the
+/// task that sends their acks.
+pub struct Open(Connection, Channel, Flushed);
 
 impl JobSource for Consumer {
     type Held = Open;
@@ -93,8 +99,9 @@ impl JobSource for Consumer {
         })
     }
 
-    fn release(Open(connection, channel): Open) -> BoxFuture<'static, ()> {
+    fn release(Open(connection, channel, acks): Open) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            acks.wait(CLOSE_TIMEOUT).await;
             close(connection, Some(channel)).await;
         })
     }
@@ -148,9 +155,11 @@ impl Consumer {
         self.connected.store(true, Ordering::SeqCst);
         let depths = tokio::spawn(self.depths.clone().run(connection.create_channel().await));
         self.events.use_channel(Some(channel.clone()));
+        let (acks, flushed) = Acks::start();
         let ended = self
-            .consume(&channel, worker, tag, stop, abort, tracker)
+            .consume(&channel, &acks, worker, tag, stop, abort, tracker)
             .await;
+        drop(acks);
         if ended.is_err() {
             self.events.use_channel(None);
         }
@@ -158,7 +167,7 @@ impl Consumer {
         self.depths.clear();
         self.connected.store(false, Ordering::SeqCst);
         match ended {
-            Ok(()) => Ok(Session::Stopped(Some(Open(connection, channel)))),
+            Ok(()) => Ok(Session::Stopped(Some(Open(connection, channel, flushed)))),
             Err(e) => {
                 tracing::warn!(error = %e, "the RabbitMQ connection failed");
                 close(connection, Some(channel)).await;
@@ -169,9 +178,12 @@ impl Consumer {
 
     /// Consumes on `channel` while the settings agree, until `stop` (`Ok`) or the channel
     /// fails (`Err`).
+    // Each argument is what one consuming session works with.
+    #[allow(clippy::too_many_arguments)]
     async fn consume(
         &self,
         channel: &Channel,
+        acks: &Acks,
         worker: &Arc<Worker>,
         tag: &str,
         stop: &CancellationToken,
@@ -211,7 +223,7 @@ impl Consumer {
                             .context("pausing the consumer")?;
                     }
                     next = deliveries.next() => match next {
-                        Some(Ok(delivery)) => self.dispatch(delivery, channel, worker, abort, tracker),
+                        Some(Ok(delivery)) => self.dispatch(delivery, channel, acks, worker, abort, tracker),
                         Some(Err(e)) => return Err(e.into()),
                         None if pausing => break,
                         None => anyhow::bail!("the broker cancelled the consumer"),
@@ -227,12 +239,15 @@ impl Consumer {
         &self,
         delivery: Delivery,
         channel: &Channel,
+        acks: &Acks,
         worker: &Arc<Worker>,
         abort: &CancellationToken,
         tracker: &TaskTracker,
     ) {
         let (worker, channel, abort) = (worker.clone(), channel.clone(), abort.clone());
         let (topology, agreement) = (self.topology.clone(), self.agreement.clone());
+        acks.delivered(delivery.delivery_tag);
+        let acks = acks.clone();
         tracker.spawn(async move {
             if !agreement.admits_job().await {
                 let back = BasicNackOptions {
@@ -242,6 +257,7 @@ impl Consumer {
                 if let Err(e) = delivery.nack(back).await {
                     tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
                 }
+                acks.settled(delivery.delivery_tag);
                 return;
             }
             let header = |name: &str| header_str(&delivery.properties, name);
@@ -251,7 +267,7 @@ impl Consumer {
                 header: &header,
             };
             let outcome = worker.handle(incoming, abort).await;
-            settle(&channel, &topology, &delivery, outcome).await;
+            settle(&channel, &topology, &acks, &delivery, outcome).await;
         });
     }
 
@@ -267,29 +283,40 @@ impl Consumer {
     }
 }
 
-/// Does what the worker said with a delivery: the only place that acks, rejects or
-/// dead-letters.
-async fn settle(channel: &Channel, topology: &Topology, delivery: &Delivery, settle: Settle) {
+/// Does what the worker said with a delivery: the only place that acks (through [`Acks`]),
+/// rejects or dead-letters.
+async fn settle(
+    channel: &Channel,
+    topology: &Topology,
+    acks: &Acks,
+    delivery: &Delivery,
+    settle: Settle,
+) {
+    let tag = delivery.delivery_tag;
     match settle {
-        Settle::Ack => ack(delivery).await,
+        Settle::Ack => acks.ack(tag, delivery.acker.clone()),
         Settle::DeadLetter { reason, attempts } => {
-            dead_letter(channel, topology, delivery, &reason, attempts).await
+            if dead_letter(channel, topology, delivery, &reason, attempts).await {
+                acks.ack(tag, delivery.acker.clone());
+            } else {
+                acks.settled(tag);
+            }
         }
-        Settle::Leave => {}
+        Settle::Leave => acks.left(tag),
     }
 }
 
 /// Copies the message to the dead-letter queue with reason, time (unix seconds) and
-/// provider-attempt headers, then acks it. If that publish fails, the message is rejected
-/// instead, so the queue's own dead-letter exchange takes it (without our reason): it never
-/// loops.
+/// provider-attempt headers; true when that copy is confirmed (the original is then acked). If
+/// that publish fails, the message is rejected instead, so the queue's own dead-letter exchange
+/// takes it (without our reason): it never loops.
 async fn dead_letter(
     channel: &Channel,
     topology: &Topology,
     delivery: &Delivery,
     reason: &str,
     attempts: u32,
-) {
+) -> bool {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(DEAD_REASON_HEADER.into(), long_string(reason));
     let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -309,7 +336,7 @@ async fn dead_letter(
             .await
     };
     match tokio::time::timeout(DEAD_LETTER_CONFIRM_TIMEOUT, published).await {
-        Ok(Ok(confirm)) if confirm.is_ack() => ack(delivery).await,
+        Ok(Ok(confirm)) if confirm.is_ack() => true,
         other => {
             tracing::warn!(
                 ?other,
@@ -322,13 +349,7 @@ async fn dead_letter(
             if let Err(e) = delivery.nack(reject).await {
                 tracing::warn!(error = %e, "reject failed; the broker will redeliver");
             }
+            false
         }
-    }
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        // The channel is gone; the broker redelivers and the ledger makes that a no-op.
-        tracing::warn!(error = %e, "ack failed; the job will be redelivered and skipped");
     }
 }

@@ -10,6 +10,7 @@
 //!   not consume while they differ.
 //! - [`consumer`]: the AMQP `JobSource`: connection, prefetch, one task per delivery,
 //!   reconnects; acks, rejects and dead-letter copies (the only module that does).
+//! - [`acks`]: the consumer's acks, sent in batches (`multiple`) over runs of finished jobs.
 //! - [`events`]: the `sent` and `failed` verification events, on the consumer's channel.
 //! - [`depths`]: the queue-depth gauges, exported by one dispatcher per queue (a Redis lease).
 //! - [`dlq`]: reading, replaying and removing dead letters in RabbitMQ (`DeadLetters`).
@@ -17,6 +18,7 @@
 //! - [`webhooks`]: verification events delivered as signed POSTs (EVENTS_WEBHOOK_URL).
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 
+pub mod acks;
 pub mod agreement;
 pub mod cli;
 pub mod config;

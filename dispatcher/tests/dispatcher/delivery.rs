@@ -262,3 +262,28 @@ async fn two_dispatchers_on_one_queue_send_each_job_once() {
     assert_eq!((before, dsts.len()), (30, 30));
     plivo.verify().await;
 }
+
+/// Acks go in batches (`multiple`) over runs of finished jobs: after a graceful stop every job
+/// was acked, so nothing comes back to the queue when the connection closes.
+#[tokio::test]
+async fn jobs_finishing_out_of_order_are_all_acked_by_the_batches() {
+    let plivo = MockServer::start().await;
+    plivo_call()
+        .respond_with(accepted("m").set_delay(Duration::from_millis(30)))
+        .expect(40)
+        .mount(&plivo)
+        .await;
+    let (world, dispatcher) = start(&plivo).await;
+    for i in 0..40 {
+        let phone = format!("+1415555{:04}", 2700 + i);
+        world
+            .publish(&world.job(&phone, "444444", time::Duration::minutes(5)))
+            .await;
+    }
+    dispatcher.wait_handled(40).await;
+    dispatcher.stop().await;
+    // Unacked messages would be ready again once the connection is closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.ready_messages().await, 0);
+    plivo.verify().await;
+}
