@@ -4,7 +4,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bytes::Bytes;
-use otp_shared::config::AppEnv;
+use otp_shared::{config::AppEnv, events::NoEvents};
 use poem::{
     EndpointExt, Route,
     http::header::CACHE_CONTROL,
@@ -88,8 +88,11 @@ impl Application {
         let (stores, queue, events, publisher_task, delivery_metrics) = if config.embedded {
             let env = config.process.app_env;
             config.webhooks.check(env).map_err(anyhow::Error::msg)?;
-            let events: Arc<dyn Events> =
-                Arc::new(EmbeddedEvents::start(&config.webhooks, background.clone())?);
+            let events: Arc<dyn Events> = if config.webhooks.events_enabled {
+                Arc::new(EmbeddedEvents::start(&config.webhooks, background.clone())?)
+            } else {
+                Arc::new(NoEvents)
+            };
             let embedded = crate::embedded::start(&config, background.clone(), events.clone())?;
             let queue: Arc<dyn JobQueue> = Arc::new(embedded.queue);
             (
@@ -131,7 +134,11 @@ impl Application {
                     .clone()
                     .watch_manual_blocks(MANUAL_BLOCKS_REFRESH, background.clone()),
             );
-            let events: Arc<dyn Events> = Arc::new(publisher.clone());
+            let events: Arc<dyn Events> = if config.webhooks.events_enabled {
+                Arc::new(publisher.clone())
+            } else {
+                Arc::new(NoEvents)
+            };
             let queue: Arc<dyn JobQueue> = Arc::new(publisher);
             (Stores::of(store), queue, events, task, None)
         };

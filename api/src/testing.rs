@@ -81,6 +81,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             events_webhook_url: None,
             events_webhook_secret: None,
             events_webhook_max_age_hours: 24,
+            events_enabled: true,
         },
         captcha: crate::config::CaptchaArgs {
             captcha_provider: crate::config::Provider::Off,

@@ -20,6 +20,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
+    /// Publish verification events to the `otp.events` exchange. Off saves RabbitMQ the work
+    /// of two messages per code when nothing consumes them; EVENTS_WEBHOOK_URL needs it on
+    #[arg(long, env = "EVENTS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events_enabled: bool,
     /// Deliver every verification event as a signed POST to this URL (https outside
     /// development, plain http to this host excepted). Unset: no webhooks
     #[arg(long, env = "EVENTS_WEBHOOK_URL")]
@@ -39,6 +43,9 @@ impl WebhookArgs {
         let Some(url) = &self.events_webhook_url else {
             return Ok(());
         };
+        if !self.events_enabled {
+            return Err("EVENTS_WEBHOOK_URL needs EVENTS_ENABLED=true".into());
+        }
         url::Url::parse(url).map_err(|_| "EVENTS_WEBHOOK_URL is not a URL".to_owned())?;
         let secret = self.events_webhook_secret.as_ref();
         if secret.is_none_or(|s| s.expose_secret().trim().is_empty()) {
@@ -157,5 +164,20 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(v1, expected);
+    }
+
+    #[test]
+    fn a_webhook_needs_the_events() {
+        let mut args = WebhookArgs {
+            events_enabled: true,
+            events_webhook_url: Some("http://127.0.0.1:9/hook".into()),
+            events_webhook_secret: Some("s3cret".to_owned().into()),
+            events_webhook_max_age_hours: 24,
+        };
+        let dev = otp_shared::config::AppEnv::Development;
+        assert_eq!(args.check(dev), Ok(()));
+        args.events_enabled = false;
+        let refused = args.check(dev).unwrap_err();
+        assert!(refused.contains("EVENTS_ENABLED"), "{refused}");
     }
 }

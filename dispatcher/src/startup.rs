@@ -88,8 +88,10 @@ impl Application {
             agreement.clone(),
             metrics.clone(),
         );
-        let worker =
-            redis_worker(&config, &redis, &metrics)?.with_events(Arc::new(consumer.events.clone()));
+        let mut worker = redis_worker(&config, &redis, &metrics)?;
+        if config.webhooks.events_enabled {
+            worker = worker.with_events(Arc::new(consumer.events.clone()));
+        }
         let connected = consumer.connected.clone();
         let bind = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), config.dispatcher_http_port);
         let health = TcpListener::bind(bind)

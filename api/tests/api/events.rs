@@ -243,3 +243,42 @@ async fn the_embedded_mode_delivers_events_to_the_webhook() {
     assert_eq!(kinds, ["requested", "sent"]);
     drop(child);
 }
+
+/// EVENTS_ENABLED=false: nothing is published, for any step.
+#[tokio::test]
+async fn events_off_publishes_nothing() {
+    let app = spawn_with(|c| c.webhooks.events_enabled = false).await;
+    let queue = bind_events(&app).await;
+    let resp = app.request_otp(PHONE).await;
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let vid = body["verificationId"].as_str().unwrap().to_owned();
+    let (_, content) = app.next_job().await;
+    let verify = json!({ "phoneNumber": PHONE, "otp": content.code, "verificationId": vid });
+    assert_eq!(
+        app.post_json("/api/otp/verify", &verify).await.status(),
+        200
+    );
+    // Other tests publish to the exchange too: only this verification's events count.
+    let mine = async {
+        loop {
+            let got = app
+                .channel
+                .basic_get(
+                    queue.as_str().into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap();
+            match got {
+                Some(message) if String::from_utf8_lossy(&message.delivery.data).contains(&vid) => {
+                    return message.delivery.routing_key.to_string();
+                }
+                Some(_) => {}
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    let published = tokio::time::timeout(Duration::from_secs(2), mine).await;
+    assert!(published.is_err(), "published {published:?}");
+}

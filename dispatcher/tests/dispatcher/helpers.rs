@@ -208,6 +208,7 @@ impl World {
                 events_webhook_url: None,
                 events_webhook_secret: None,
                 events_webhook_max_age_hours: 24,
+                events_enabled: true,
             },
             process: otp_shared::config::ProcessArgs {
                 app_env: otp_shared::config::AppEnv::Development,
