@@ -21,6 +21,8 @@
 # (a copy of the previous head's release build, to alternate with it in the same hour).
 # BENCH_RUST_LOG (default warn) and BENCH_ACCESS_LOG (default errors, the production default)
 # set the services' RUST_LOG and ACCESS_LOG.
+# BENCH_FRAUD_GUARD (default off) sets FRAUD_GUARD: enforce adds the guard's work (production's
+# default) to every request.
 # BENCH_API_KEY=true declares a caller key and sends it with every request.
 # BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
 # declare (declared first, with pika; the services then use it as it is, with a warning).
@@ -42,7 +44,7 @@ bin=${BENCH_BIN:-target/$profile}
 
 set -a
 . ./.env.example
-LOG_FORMAT=json RUST_LOG=${BENCH_RUST_LOG:-warn} APP_ENV=development FRAUD_GUARD=off
+LOG_FORMAT=json RUST_LOG=${BENCH_RUST_LOG:-warn} APP_ENV=development FRAUD_GUARD=${BENCH_FRAUD_GUARD:-off}
 SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
 MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
 MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 MAX_VERIFIES_PER_IP_PER_MINUTE=0 OTP_MAX_ATTEMPTS=100

@@ -58,6 +58,20 @@ use super::{
 static GUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("guard.lua")));
 static UNGUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unguard.lua")));
 static ISSUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("issue.lua")));
+/// `guard.lua`, `issue.lua` and `unguard.lua` as local functions of one script, and
+/// `guard_and_issue.lua` calling them: the single-Redis way to issue (see the script).
+static GUARD_AND_ISSUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local function guard(KEYS, ARGV)\n{}\nend\nlocal function issue(KEYS, ARGV)\n{}\nend\n\
+         local function unguard(KEYS, ARGV)\n{}\nend\n{}",
+        include_str!("guard.lua"),
+        include_str!("issue.lua"),
+        include_str!("unguard.lua"),
+        include_str!("guard_and_issue.lua"),
+    ))
+});
+/// `guard.lua`'s arguments before the number's prefixes.
+const GUARD_FIXED_ARGS: usize = 17;
 static CONVERTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("converted.lua")));
 /// Sets one field of a hash only while it exists (a delivery record is never re-created).
 static ANNOTATE: LazyLock<Script> = LazyLock::new(|| {
@@ -214,12 +228,27 @@ impl RedisStore {
         vid: &str,
         trickle: u32,
     ) -> Result<Guarded, StoreError> {
+        let mut call = GUARD.prepare_invoke();
+        self.guard_args(&mut call, phone, requester, vid, trickle);
+        Ok(call.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Appends `guard.lua`'s keys and arguments to `call`; returns how many arguments.
+    fn guard_args(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
+        phone: &PhoneNumber,
+        requester: Requester<'_>,
+        vid: &str,
+        trickle: u32,
+    ) -> usize {
         let (p, fraud) = (&self.policy, &self.policy.fraud);
         let budget = requester.budget.unwrap_or(NO_KEY_BUDGET);
         let country_limit = p.max_sends_per_country_per_hour.limit_for(phone.country());
         let destination = fraud.destination(phone);
-        Ok(GUARD
-            .key(self.keys.sends_all())
+        let prefixes = crate::fraud::prefixes_of(phone);
+        let count = GUARD_FIXED_ARGS + prefixes.len();
+        call.key(self.keys.sends_all())
             .key(self.keys.sends_country(&country_of(phone)))
             .key(self.keys.fraud_sends(&destination.prefix))
             .key(self.keys.fraud_verified(&destination.prefix))
@@ -248,9 +277,48 @@ impl RedisStore {
             .arg(trickle)
             .arg(requester.client)
             .arg(budget.per_hour)
-            .arg(crate::fraud::prefixes_of(phone))
-            .invoke_async(&mut self.conn.clone())
-            .await?)
+            .arg(prefixes);
+        count
+    }
+
+    /// Appends `issue.lua`'s keys and arguments to `call`; with `record` (a single Redis), the
+    /// new delivery record's too, with these extra fields.
+    fn issue_args(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
+        phone: &PhoneNumber,
+        vid: &str,
+        digest: &str,
+        sent_ms: i64,
+        record: Option<&[(&str, &str)]>,
+    ) {
+        let (e164, p) = (phone.as_e164(), &self.policy);
+        call.key(self.keys.cooldown(e164))
+            .key(self.keys.sends_per_hour(e164))
+            .key(self.keys.code(e164))
+            .key(self.keys.failures(e164))
+            .arg(p.resend_cooldown_seconds)
+            .arg(p.max_sends_per_number_per_hour)
+            .arg(vid)
+            .arg(digest)
+            .arg(p.code_ttl_seconds)
+            .arg(sent_ms);
+        if let Some(extra) = record {
+            let vid = Uuid::parse_str(vid).expect("a verification id");
+            call.key(self.keys.status(vid))
+                .arg(status::STATUS_TTL_SECONDS)
+                .arg(status::record_fields(DeliveryState::Queued, 0, extra));
+        }
+    }
+
+    /// What `unguard.lua` would give back for a request: (send budgets, the caller key's
+    /// budget), or `None` when nothing was spent.
+    fn spent(&self, phone: &PhoneNumber, budget: Option<KeyBudget<'_>>) -> Option<(bool, bool)> {
+        let p = &self.policy;
+        let budget = budget.is_some_and(|b| b.per_hour > 0);
+        let budgets = p.max_sends_per_hour > 0
+            || p.max_sends_per_country_per_hour.limit_for(phone.country()) > 0;
+        (budgets || budget || p.fraud.fraud_guard.enabled()).then_some((budgets, budget))
     }
 
     /// Gives back what `guard.lua` spent for `verification_id` (see the module docs).
@@ -262,12 +330,9 @@ impl RedisStore {
         sent_ms: i64,
     ) -> Result<(), StoreError> {
         let p = &self.policy;
-        let budget = budget.filter(|b| b.per_hour > 0);
-        let budgets = p.max_sends_per_hour > 0
-            || p.max_sends_per_country_per_hour.limit_for(phone.country()) > 0;
-        if !budgets && budget.is_none() && !p.fraud.fraud_guard.enabled() {
+        let Some((budgets, key_budget)) = self.spent(phone, budget) else {
             return Ok(());
-        }
+        };
         let destination = p.fraud.destination(phone);
         let _: i64 = UNGUARD
             .key(self.keys.sends_all())
@@ -276,7 +341,7 @@ impl RedisStore {
             .key(self.keys.fraud_country(&destination.country))
             .key(self.keys.sends_key(budget.unwrap_or(NO_KEY_BUDGET).key))
             .arg(u8::from(budgets))
-            .arg(u8::from(budget.is_some()))
+            .arg(u8::from(key_budget))
             .arg(verification_id.to_string())
             .arg(sent_ms)
             .invoke_async(&mut self.conn.clone())
@@ -325,7 +390,6 @@ impl CodeStore for RedisStore {
                 count_ip,
                 budget,
             } = requester;
-            let e164 = phone.as_e164();
             let p = &self.policy;
             let vid = verification_id.to_string();
 
@@ -341,55 +405,74 @@ impl CodeStore for RedisStore {
                 }
             }
 
-            // (2) Manual blocks, send budgets and fraud guard, over all traffic.
-            let guarded = if self.guarded(phone, budget) {
-                let trickle = p.fraud.fraud_guard_blocked_sends_per_hour;
-                self.guard(phone, requester, &vid, trickle).await?
+            // (2) Manual blocks, send budgets and fraud guard, over all traffic; (3) the number's
+            // limits and its code. On a single Redis both go in one script, which also writes
+            // the delivery record (4) and gives back what (2) spent if (3) refuses.
+            let single = matches!(self.conn, RedisConn::Single(_));
+            let number_field = [(status::FIELD_NUMBER, phone.as_e164())];
+            let record = single.then_some(&number_field[..]);
+            let trickle = p.fraud.fraud_guard_blocked_sends_per_hour;
+            let (guarded, number) = if single && self.guarded(phone, budget) {
+                let mut call = GUARD_AND_ISSUE.prepare_invoke();
+                let guard_args = self.guard_args(&mut call, phone, requester, &vid, trickle);
+                self.issue_args(&mut call, phone, &vid, digest, 0, record);
+                let (give_back, key_budget) = match self.spent(phone, budget) {
+                    Some((budgets, key_budget)) => (1, (budgets, key_budget)),
+                    None => (0, (false, false)),
+                };
+                call.arg(give_back)
+                    .arg(u8::from(key_budget.0))
+                    .arg(u8::from(key_budget.1))
+                    .arg(guard_args);
+                let reply: redis::RedisResult<(Guarded, Option<NumberIssued>)> =
+                    call.invoke_async(&mut self.conn.clone()).await;
+                match reply {
+                    Ok((guarded, number)) => (guarded, number.map(Ok)),
+                    Err(e) => {
+                        // Not known to have run: give back what it may have spent.
+                        if let Err(e) = self.unguard(phone, budget, verification_id, 0).await {
+                            tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
+                        }
+                        return Err(e.into());
+                    }
+                }
             } else {
-                Guarded::pass()
+                let guarded = if self.guarded(phone, budget) {
+                    self.guard(phone, requester, &vid, trickle).await?
+                } else {
+                    Guarded::pass()
+                };
+                let number = if guarded.verdict == GuardVerdict::Pass {
+                    let mut call = ISSUE.prepare_invoke();
+                    self.issue_args(&mut call, phone, &vid, digest, guarded.sent_ms, record);
+                    let number: redis::RedisResult<NumberIssued> =
+                        call.invoke_async(&mut self.conn.clone()).await;
+                    // Refused, or not known to be issued: give back what (2) spent.
+                    let issued = matches!(&number, Ok(n) if n.refused.is_none());
+                    let sent_ms = guarded.sent_ms;
+                    if !issued
+                        && let Err(e) = self.unguard(phone, budget, verification_id, sent_ms).await
+                    {
+                        tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
+                    }
+                    Some(number)
+                } else {
+                    None
+                };
+                (guarded, number)
             };
-            let (signal, sent_ms) = (guarded.signal, guarded.sent_ms);
-            match guarded.verdict {
-                GuardVerdict::Pass => {}
-                GuardVerdict::Blocked => return Ok(IssueOutcome::Blocked(signal)),
-                GuardVerdict::Refused(limit) => {
+            let signal = guarded.signal;
+            let number = match (guarded.verdict, number) {
+                (GuardVerdict::Pass, Some(number)) => number,
+                (GuardVerdict::Blocked, _) => return Ok(IssueOutcome::Blocked(signal)),
+                (GuardVerdict::Refused(limit), _) => {
                     let refused = rate(guarded.limit, 0, guarded.reset);
                     return Ok(IssueOutcome::Limited(limit, refused));
                 }
-            }
-
-            // (3) The number's limits and its code.
-            // (3 and 4 on a single Redis: the record is written by the same script.)
-            let number_field = [(status::FIELD_NUMBER, phone.as_e164())];
-            let record_in_script = matches!(self.conn, RedisConn::Single(_));
-            let mut issue = ISSUE.key(self.keys.cooldown(e164));
-            issue
-                .key(self.keys.sends_per_hour(e164))
-                .key(self.keys.code(e164))
-                .key(self.keys.failures(e164))
-                .arg(p.resend_cooldown_seconds)
-                .arg(p.max_sends_per_number_per_hour)
-                .arg(&vid)
-                .arg(digest)
-                .arg(p.code_ttl_seconds)
-                .arg(sent_ms);
-            if record_in_script {
-                issue
-                    .key(self.keys.status(verification_id))
-                    .arg(status::STATUS_TTL_SECONDS)
-                    .arg(status::record_fields(
-                        DeliveryState::Queued,
-                        0,
-                        &number_field,
-                    ));
-            }
-            let number: redis::RedisResult<NumberIssued> =
-                issue.invoke_async(&mut self.conn.clone()).await;
-            // Refused, or not known to be issued: give back what (2) spent.
-            let issued = matches!(&number, Ok(n) if n.refused.is_none());
-            if !issued && let Err(e) = self.unguard(phone, budget, verification_id, sent_ms).await {
-                tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
-            }
+                (GuardVerdict::Pass, None) => {
+                    return Err(StoreError::Corrupt("no reply from issue.lua".into()));
+                }
+            };
             let number = number?;
             let number_rate = rate(number.limit, number.remaining, number.reset);
             if let Some(limit) = number.refused {
@@ -400,7 +483,7 @@ impl CodeStore for RedisStore {
             // resent now).
             let mut conn = self.conn.clone();
             let record = async {
-                if record_in_script {
+                if single {
                     return Ok(());
                 }
                 status::record(
