@@ -21,6 +21,7 @@
 # (a copy of the previous head's release build, to alternate with it in the same hour).
 # BENCH_RUST_LOG (default warn) and BENCH_ACCESS_LOG (default errors, the production default)
 # set the services' RUST_LOG and ACCESS_LOG.
+# BENCH_EVENTS=false sets EVENTS_ENABLED=false (no verification events).
 # BENCH_FRAUD_GUARD (default off) sets FRAUD_GUARD: enforce adds the guard's work (production's
 # default) to every request.
 # BENCH_API_KEY=true declares a caller key and sends it with every request.
@@ -49,7 +50,7 @@ SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
 MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
 MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 MAX_VERIFIES_PER_IP_PER_MINUTE=0 OTP_MAX_ATTEMPTS=100
 PORT=3900 ADMIN_PORT=3905 DRAIN_SECONDS=0 DISPATCHER_HTTP_PORT=3901 FAKE_PLIVO_PORT=3902 PLIVO_BASE_URL=http://127.0.0.1:3902
-ACCESS_LOG=${BENCH_ACCESS_LOG:-errors} FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 SMS_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
+ACCESS_LOG=${BENCH_ACCESS_LOG:-errors} EVENTS_ENABLED=${BENCH_EVENTS:-true} FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 SMS_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false
 set +a
 # BENCH_API_KEY=true: the API requires a caller key and every request sends one (the cost of
 # the key check).
