@@ -139,8 +139,14 @@ scenario_request() {
   start_plivo 0
   start_api
   echo "== POST /api/otp/request alone (no dispatcher; jobs pile up), ${secs}s, 32 connections"
-  local result line
+  local result line procs=("$api" "$(redis_pid)" "$(rabbit_pid)") before=() i per="" n0 n
+  for i in "${!procs[@]}"; do before[i]=$(cpu_us "${procs[i]}"); done
+  n0=$(issued)
   result=$(load 32 "$secs" | wrk_summary)
+  n=$(($(issued) - n0))
+  for i in 0 1 2; do per="$per $((($(cpu_us "${procs[i]}") - before[i]) / (n > 0 ? n : 1)))"; done
+  read -r api_us redis_us rabbit_us <<<"$per"
+  result="$result; CPU µs per request: otp-api $api_us, redis $redis_us, rabbitmq $rabbit_us"
   echo "$result"
   line="alone: $result"
   stop_pid "$plivo"
