@@ -354,7 +354,14 @@ impl Application {
     /// Serves until `shutdown` resolves, then lets in-flight requests finish within the grace
     /// period and closes the broker connection.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.addr, admin = %self.admin_addr, "otp-api listening");
+        let runtime = tokio::runtime::Handle::current();
+        tracing::info!(
+            addr = %self.addr,
+            admin = %self.admin_addr,
+            runtime = ?runtime.runtime_flavor(),
+            worker_threads = runtime.metrics().num_workers(),
+            "otp-api listening"
+        );
         let admin_stop = CancellationToken::new();
         let admin = tokio::spawn(
             poem::Server::new_with_acceptor(self.admin).run_with_graceful_shutdown(

@@ -105,6 +105,7 @@ pub fn api_config(key_prefix: &str, queue: &str) -> Config {
             app_env: otp_shared::config::AppEnv::Development,
             log_format: LogFormat::Pretty,
             shutdown_grace_seconds: 2,
+            worker_threads: 1,
         },
         embedded: false,
         embedded_trial: false,

@@ -81,12 +81,55 @@ pub struct ProcessArgs {
     /// after SIGINT/SIGTERM; a dispatcher leaves unfinished jobs for redelivery.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+    /// Threads that run the service. 1: everything on one thread, the least CPU per request
+    /// (BENCHMARKS.md); run more processes (replicas) to use more cores. More: a multi-threaded
+    /// runtime with that many workers, for one process on several cores.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
 }
 
 impl ProcessArgs {
+    /// Runs a binary's `main` on the runtime WORKER_THREADS asks for.
+    pub fn block_on(
+        self,
+        main: impl std::future::Future<Output = std::process::ExitCode>,
+    ) -> std::process::ExitCode {
+        match self.runtime() {
+            Ok(runtime) => runtime.block_on(main),
+            Err(e) => {
+                eprintln!("Error: starting the runtime: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// The Tokio runtime the process runs on: a current-thread runtime for one worker thread
+    /// (no hand-offs between threads), else a multi-threaded one.
+    fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.worker_threads {
+            0 | 1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(n.into());
+                builder
+            }
+        };
+        builder.enable_all().build()
+    }
+
     pub fn grace(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_grace_seconds)
     }
+}
+
+/// The runtime of the operator tools (`dlq`, `fraud`, `config check`, `healthcheck`): one
+/// thread.
+pub fn tool_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime starts")
 }
 
 /// Delivery reports, which both binaries read: the dispatcher gives the providers the callback

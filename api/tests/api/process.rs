@@ -443,6 +443,7 @@ async fn access_log_lines_follow_the_setting() {
         cmd.env("ACCESS_LOG", setting);
         let (child, mut lines, port) = start_logged(&mut cmd).await;
         let client = reqwest::Client::new();
+        wait_ready(&client, &format!("http://127.0.0.1:{port}")).await;
         let url = format!("http://127.0.0.1:{port}/api/otp/request");
         for phone in [PHONE, "not a number"] {
             client
@@ -455,7 +456,7 @@ async fn access_log_lines_follow_the_setting() {
         let mut logged = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("request finished") {
+                if line.contains("request finished") && line.contains("/api/otp/request") {
                     logged.push(line);
                 }
             }
@@ -780,4 +781,44 @@ async fn config_check_lists_every_error_and_shows_no_secret() {
     );
     assert!(stdout.contains("REDIS_URL=<redacted>"), "{stdout}");
     assert!(!format!("{stdout}{stderr}").contains("hunter2-secret"));
+}
+
+/// WORKER_THREADS: one thread runs everything by default; more start a multi-threaded
+/// runtime with that many workers (the start line says which). Both serve.
+#[tokio::test]
+async fn worker_threads_pick_the_runtime() {
+    for (threads, flavor, workers) in [(None, "CurrentThread", 1), (Some("3"), "MultiThread", 3)] {
+        let (mut cmd, _cleanup) = otp_api();
+        if let Some(threads) = threads {
+            cmd.env("WORKER_THREADS", threads);
+        }
+        let mut child = cmd
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("otp-api listening") {
+                    return serde_json::from_str::<serde_json::Value>(&line).unwrap();
+                }
+            }
+            panic!("otp-api exited before listening");
+        })
+        .await
+        .unwrap();
+        assert_eq!(started["runtime"], flavor, "{started}");
+        assert_eq!(started["worker_threads"], workers, "{started}");
+        let addr: std::net::SocketAddr = started["addr"].as_str().unwrap().parse().unwrap();
+        let healthz = reqwest::get(format!("http://127.0.0.1:{}/healthz", addr.port()))
+            .await
+            .unwrap();
+        assert_eq!(healthz.status(), 200);
+        drop(child);
+    }
+    let (mut cmd, _cleanup) = otp_api();
+    let out = cmd.env("WORKER_THREADS", "0").output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WORKER_THREADS"));
 }

@@ -214,6 +214,7 @@ impl World {
                 app_env: otp_shared::config::AppEnv::Development,
                 log_format: LogFormat::Pretty,
                 shutdown_grace_seconds: 5,
+                worker_threads: 1,
             },
         }
     }
