@@ -105,28 +105,39 @@ pub async fn start_with_admin(
     u16,
     u16,
 ) {
+    let (child, lines, started) = start_listening(cmd).await;
+    let port = |field: &str| {
+        let addr = started[field].as_str().unwrap();
+        addr.parse::<std::net::SocketAddr>().unwrap().port()
+    };
+    (child, lines, port("addr"), port("admin"))
+}
+
+/// Starts `cmd` logging JSON, and waits for its `otp-api listening` line, which it returns.
+async fn start_listening(
+    cmd: &mut Command,
+) -> (
+    tokio::process::Child,
+    Lines<BufReader<ChildStdout>>,
+    serde_json::Value,
+) {
     let mut child = cmd
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .spawn()
         .expect("otp-api starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(Duration::from_secs(10), async {
+    let started = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains("otp-api listening") {
-                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let port = |field: &str| {
-                    let addr = event[field].as_str().unwrap();
-                    addr.parse::<std::net::SocketAddr>().unwrap().port()
-                };
-                return (port("addr"), port("admin"));
+                return serde_json::from_str(&line).unwrap();
             }
         }
         panic!("otp-api exited before listening");
     })
     .await
     .expect("otp-api did not start");
-    (child, lines, port.0, port.1)
+    (child, lines, started)
 }
 
 /// Waits until the API at `base` answers /readyz with 200 (its Redis and broker connections up).
@@ -792,22 +803,7 @@ async fn worker_threads_pick_the_runtime() {
         if let Some(threads) = threads {
             cmd.env("WORKER_THREADS", threads);
         }
-        let mut child = cmd
-            .env("LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let started = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("otp-api listening") {
-                    return serde_json::from_str::<serde_json::Value>(&line).unwrap();
-                }
-            }
-            panic!("otp-api exited before listening");
-        })
-        .await
-        .unwrap();
+        let (child, _lines, started) = start_listening(&mut cmd).await;
         assert_eq!(started["runtime"], flavor, "{started}");
         assert_eq!(started["worker_threads"], workers, "{started}");
         let addr: std::net::SocketAddr = started["addr"].as_str().unwrap().parse().unwrap();
