@@ -192,9 +192,9 @@ impl Ledger {
     }
 
     /// Records an accepted send: outcome, lease freed, the sealed job kept for a resend and the
-    /// delivery record moved to `sent` (one script under the verification's tag), and beside it
-    /// the provider's message id mapped to the verification (a key of its own, so a report can
-    /// find it by message id alone).
+    /// delivery record moved to `sent` (one script under the verification's tag), and the
+    /// provider's message id mapped to the verification (a key of its own, so a report can find
+    /// it by message id alone): in the same script on a single Redis, beside it in a Cluster.
     async fn finish_sent_with(
         &self,
         job: Entry,
@@ -202,6 +202,12 @@ impl Ledger {
         outcome: &JobOutcome,
         sent: &SentRecord,
     ) -> redis::RedisResult<()> {
+        let mapping_key = self
+            .keys
+            .provider_message(sent.provider, &sent.provider_message_id);
+        let mapping_ttl = sent.mapping_ttl_seconds.max(1);
+        let vid = job.verification_id.to_string();
+        let map_here = matches!(self.conn, RedisConn::Single(_));
         let mut finish = FINISH_SENT.prepare_invoke();
         finish
             .key(self.keys.job_outcome(job.verification_id, job.job_id))
@@ -211,20 +217,26 @@ impl Ledger {
             .arg(outcome.encode())
             .arg(OUTCOME_TTL_SECONDS)
             .arg(sent.sealed.as_deref().unwrap_or_default())
-            .arg(sent.sealed_ttl_seconds.max(1));
+            .arg(sent.sealed_ttl_seconds.max(1))
+            .arg(if map_here { mapping_ttl } else { 0 })
+            .arg(&vid);
+        if map_here {
+            finish.key(&mapping_key);
+        }
         if let Some(fields) = &sent.status {
             finish.key(self.keys.status(job.verification_id));
             let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
             status::advance_args(&mut finish, DeliveryState::Sent, &fields);
         }
+        if map_here {
+            let _: i64 = finish.invoke_async(&mut self.conn.clone()).await?;
+            return Ok(());
+        }
         let mapping = redis::cmd("SET")
-            .arg(
-                self.keys
-                    .provider_message(sent.provider, &sent.provider_message_id),
-            )
-            .arg(job.verification_id.to_string())
+            .arg(&mapping_key)
+            .arg(&vid)
             .arg("EX")
-            .arg(sent.mapping_ttl_seconds.max(1))
+            .arg(mapping_ttl)
             .to_owned();
         let (mut a, mut b) = (self.conn.clone(), self.conn.clone());
         let (finished, mapped) = tokio::join!(
