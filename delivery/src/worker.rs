@@ -237,29 +237,21 @@ impl Worker {
             },
         };
         let mut withdrawn = false;
+        // A first send also learns, in the same round trip, whether the API withdrew it.
+        let claim = || async {
+            match resend {
+                Some(_) => self.ledger.claim(ledger_id, owner).await,
+                None => self.ledger.claim_send(ledger_id, owner).await,
+            }
+        };
         // The first claim goes out together with the first attempt's reservation of a send
         // slot (one round trip for both); a job that turns out not to be ours wastes that slot.
-        let mut first = true;
-        let mut slot: Option<Reserved>;
+        let max_wait = deadline.saturating_duration_since(Instant::now());
+        let reserve = async { (Instant::now(), self.limiter.reserve(max_wait).await) };
+        let (mut claimed, reserved) = tokio::join!(claim(), reserve);
+        let mut slot = Some(reserved);
         loop {
-            // A first send also learns, in the same round trip, whether the API withdrew it.
-            let claim = async {
-                match resend {
-                    Some(_) => self.ledger.claim(ledger_id, owner).await,
-                    None => self.ledger.claim_send(ledger_id, owner).await,
-                }
-            };
-            let claim = if std::mem::take(&mut first) {
-                let max_wait = deadline.saturating_duration_since(Instant::now());
-                let reserve = async { (Instant::now(), self.limiter.reserve(max_wait).await) };
-                let (claim, reserved) = tokio::join!(claim, reserve);
-                slot = Some(reserved);
-                claim
-            } else {
-                slot = None;
-                claim.await
-            };
-            let wait = match claim {
+            let wait = match claimed {
                 Ok(Claim::Claimed) => break,
                 Ok(Claim::Withdrawn) => {
                     withdrawn = true;
@@ -282,6 +274,9 @@ impl Worker {
                 _ = abort.cancelled() => return Settle::Leave,
                 _ = tokio::time::sleep(wait) => {}
             }
+            // A reservation made before waiting is stale now.
+            slot = None;
+            claimed = claim().await;
         }
 
         // The API writes a delivery record before publishing and deletes it when the publish was
@@ -311,10 +306,11 @@ impl Worker {
         let route = self.router.route_avoiding(resend.as_deref());
         // A first send's claim marked its record `sending` for attempt 1.
         let marked = resend.is_none();
-        let slot = std::sync::Mutex::new(slot.filter(|_| live));
         let attempts = run_attempts(&self.policy, deadline, |n| {
-            let reserved = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let slot = Slot { deadline, reserved };
+            let slot = Slot {
+                deadline,
+                reserved: slot.take(),
+            };
             self.attempt(job, content, n, marked, &route, slot)
         });
         let outcome = tokio::select! {

@@ -287,7 +287,7 @@ impl RedisStore {
         &self,
         call: &mut redis::ScriptInvocation<'_>,
         phone: &PhoneNumber,
-        vid: &str,
+        verification_id: Uuid,
         digest: &str,
         sent_ms: i64,
         record: Option<&[(&str, &str)]>,
@@ -299,13 +299,12 @@ impl RedisStore {
             .key(self.keys.failures(e164))
             .arg(p.resend_cooldown_seconds)
             .arg(p.max_sends_per_number_per_hour)
-            .arg(vid)
+            .arg(verification_id.to_string())
             .arg(digest)
             .arg(p.code_ttl_seconds)
             .arg(sent_ms);
         if let Some(extra) = record {
-            let vid = Uuid::parse_str(vid).expect("a verification id");
-            call.key(self.keys.status(vid))
+            call.key(self.keys.status(verification_id))
                 .arg(status::STATUS_TTL_SECONDS)
                 .arg(status::record_fields(DeliveryState::Queued, 0, extra));
         }
@@ -415,14 +414,12 @@ impl CodeStore for RedisStore {
             let (guarded, number) = if single && self.guarded(phone, budget) {
                 let mut call = GUARD_AND_ISSUE.prepare_invoke();
                 let guard_args = self.guard_args(&mut call, phone, requester, &vid, trickle);
-                self.issue_args(&mut call, phone, &vid, digest, 0, record);
-                let (give_back, key_budget) = match self.spent(phone, budget) {
-                    Some((budgets, key_budget)) => (1, (budgets, key_budget)),
-                    None => (0, (false, false)),
-                };
-                call.arg(give_back)
-                    .arg(u8::from(key_budget.0))
-                    .arg(u8::from(key_budget.1))
+                self.issue_args(&mut call, phone, verification_id, digest, 0, record);
+                let spent = self.spent(phone, budget);
+                let (budgets, key_budget) = spent.unwrap_or_default();
+                call.arg(u8::from(spent.is_some()))
+                    .arg(u8::from(budgets))
+                    .arg(u8::from(key_budget))
                     .arg(guard_args);
                 let reply: redis::RedisResult<(Guarded, Option<NumberIssued>)> =
                     call.invoke_async(&mut self.conn.clone()).await;
@@ -444,7 +441,14 @@ impl CodeStore for RedisStore {
                 };
                 let number = if guarded.verdict == GuardVerdict::Pass {
                     let mut call = ISSUE.prepare_invoke();
-                    self.issue_args(&mut call, phone, &vid, digest, guarded.sent_ms, record);
+                    self.issue_args(
+                        &mut call,
+                        phone,
+                        verification_id,
+                        digest,
+                        guarded.sent_ms,
+                        record,
+                    );
                     let number: redis::RedisResult<NumberIssued> =
                         call.invoke_async(&mut self.conn.clone()).await;
                     // Refused, or not known to be issued: give back what (2) spent.
