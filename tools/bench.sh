@@ -24,6 +24,9 @@
 # BENCH_EVENTS=false sets EVENTS_ENABLED=false (no verification events).
 # BENCH_FRAUD_GUARD (default off) sets FRAUD_GUARD: enforce adds the guard's work (production's
 # default) to every request.
+# BENCH_IP_LIMIT=N sets MAX_REQUESTS_PER_IP_PER_MINUTE (default 0, off): wrk's requests all
+# come from 127.0.0.1, so a production value would refuse them; a limit above the run's
+# requests (1000000000) counts every request without refusing any.
 # BENCH_API_KEY=true declares a caller key and sends it with every request.
 # BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
 # declare (declared first, with pika; the services then use it as it is, with a warning).
@@ -47,7 +50,7 @@ set -a
 . ./.env.example
 LOG_FORMAT=json RUST_LOG=${BENCH_RUST_LOG:-warn} APP_ENV=development FRAUD_GUARD=${BENCH_FRAUD_GUARD:-off}
 SMS_QUEUE=bench.sms.$$ REDIS_KEY_PREFIX=bench:$$:
-MAX_REQUESTS_PER_IP_PER_MINUTE=0 RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
+MAX_REQUESTS_PER_IP_PER_MINUTE=${BENCH_IP_LIMIT:-0} RESEND_COOLDOWN_SECONDS=0 MAX_SENDS_PER_NUMBER_PER_HOUR=0
 MAX_VERIFIES_PER_NUMBER_PER_15_MINUTES=0 MAX_VERIFIES_PER_IP_PER_MINUTE=0 OTP_MAX_ATTEMPTS=100
 PORT=3900 ADMIN_PORT=3905 DRAIN_SECONDS=0 DISPATCHER_HTTP_PORT=3901 FAKE_PLIVO_PORT=3902 PLIVO_BASE_URL=http://127.0.0.1:3902
 ACCESS_LOG=${BENCH_ACCESS_LOG:-errors} EVENTS_ENABLED=${BENCH_EVENTS:-true} FAKE_PLIVO_PRINT=false FAKE_PLIVO_LATENCY_MS=0 SMS_MAX_RPS=100000 RESEND_ON_UNDELIVERED=false

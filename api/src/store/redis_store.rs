@@ -9,7 +9,9 @@
 //!   delivery record and the replaced code's sealed job, in the verifications' tags. A request
 //!   refused at (2) or (3) still counted at (1): the per-IP limit counts attempts. One refused
 //!   at (3) gives back what (2) spent (`unguard.lua`); if that call fails, a budget is one send
-//!   too low for the rest of its hour, which only ever refuses more, never less.
+//!   too low for the rest of its hour, which only ever refuses more, never less. On a single
+//!   Redis (no Cluster, so no slots to respect) (1) to (4) are one script, `guard_and_issue.lua`
+//!   (`hit.lua`, `guard.lua`, `issue.lua` and `unguard.lua` as its functions): one round trip.
 //! - **Verify**: (1) the per-IP verify counter, (2) `verify_begin.lua` and (3)
 //!   `verify_finish.lua` in the number's tag, which decide; then (4) the consumed code's sealed
 //!   job is removed and the fraud guard counts the conversion. A failure at (4) can leave a
@@ -58,12 +60,14 @@ use super::{
 static GUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("guard.lua")));
 static UNGUARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unguard.lua")));
 static ISSUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("issue.lua")));
-/// `guard.lua`, `issue.lua` and `unguard.lua` as local functions of one script, and
+/// `hit.lua`, `guard.lua`, `issue.lua` and `unguard.lua` as local functions of one script, and
 /// `guard_and_issue.lua` calling them: the single-Redis way to issue (see the script).
 static GUARD_AND_ISSUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "local function guard(KEYS, ARGV)\n{}\nend\nlocal function issue(KEYS, ARGV)\n{}\nend\n\
+        "local function hit(KEYS, ARGV)\n{}\nend\n\
+         local function guard(KEYS, ARGV)\n{}\nend\nlocal function issue(KEYS, ARGV)\n{}\nend\n\
          local function unguard(KEYS, ARGV)\n{}\nend\n{}",
+        include_str!("hit.lua"),
         include_str!("guard.lua"),
         include_str!("issue.lua"),
         include_str!("unguard.lua"),
@@ -92,16 +96,7 @@ static VERIFY_BEGIN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_begin.lua")));
 static VERIFY_FINISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("verify_finish.lua")));
-/// One call counted against a fixed window (ARGV[1] seconds); returns {count, ttl}.
-static HIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "local n = redis.call('INCR', KEYS[1]) \
-         if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end \
-         local t = redis.call('TTL', KEYS[1]) \
-         if t < 0 then t = tonumber(ARGV[1]) end \
-         return {n, t}",
-    )
-});
+static HIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("hit.lua")));
 static IDEMPOTENCY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("idempotency.lua")));
 
@@ -180,18 +175,12 @@ impl RedisStore {
     /// Counts one call against `key`'s fixed window of `seconds`, and says whether it went
     /// over `limit`, with the limit's state.
     async fn hit(&self, key: String, limit: u32, seconds: u64) -> Result<HitOutcome, StoreError> {
-        let (n, reset): (i64, i64) = HIT
+        let counted: (i64, i64) = HIT
             .key(key)
             .arg(seconds)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let limit = i64::from(limit);
-        let rate = rate(limit, limit - n, reset);
-        Ok(if n > limit {
-            HitOutcome::Over(rate)
-        } else {
-            HitOutcome::Under(rate)
-        })
+        Ok(HitOutcome::of(counted, limit))
     }
 
     /// Sets a single-use mark for [`REPORT_NONCE_TTL`]; false when it was set already.
@@ -354,6 +343,22 @@ enum HitOutcome {
     Over(RateLimit),
 }
 
+/// The per-IP limits' window, in seconds.
+const PER_IP_WINDOW_SECONDS: u64 = 60;
+
+impl HitOutcome {
+    /// `hit.lua`'s reply (the count and the seconds left) against `limit`.
+    fn of((n, reset): (i64, i64), limit: u32) -> Self {
+        let limit = i64::from(limit);
+        let rate = rate(limit, limit - n, reset);
+        if n > limit {
+            Self::Over(rate)
+        } else {
+            Self::Under(rate)
+        }
+    }
+}
+
 impl CodeStore for RedisStore {
     fn hit_request_ip<'a>(
         &'a self,
@@ -366,7 +371,11 @@ impl CodeStore for RedisStore {
             }
             Ok(
                 match self
-                    .hit(self.keys.requests_per_ip(client), limit, 60)
+                    .hit(
+                        self.keys.requests_per_ip(client),
+                        limit,
+                        PER_IP_WINDOW_SECONDS,
+                    )
                     .await?
                 {
                     HitOutcome::Over(rate) => Some(rate),
@@ -392,49 +401,80 @@ impl CodeStore for RedisStore {
             let p = &self.policy;
             let vid = verification_id.to_string();
 
-            // (1) The client's per-IP limit: counts attempts, whatever happens next.
-            let mut best = None;
-            if count_ip && p.max_requests_per_ip_per_minute > 0 {
-                let key = self.keys.requests_per_ip(client);
-                match self.hit(key, p.max_requests_per_ip_per_minute, 60).await? {
-                    HitOutcome::Over(rate) => {
-                        return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate));
-                    }
-                    HitOutcome::Under(rate) => best = tighter(best, rate),
-                }
-            }
-
-            // (2) Manual blocks, send budgets and fraud guard, over all traffic; (3) the number's
-            // limits and its code. On a single Redis both go in one script, which also writes
-            // the delivery record (4) and gives back what (2) spent if (3) refuses.
+            // (1) The client's per-IP limit: counts attempts, whatever happens next. (2) Manual
+            // blocks, send budgets and fraud guard, over all traffic; (3) the number's limits and
+            // its code. On a single Redis the three go in one script, which also writes the
+            // delivery record (4) and gives back what (2) spent if (3) refuses.
             let single = matches!(self.conn, RedisConn::Single(_));
+            let ip_limit = if count_ip {
+                p.max_requests_per_ip_per_minute
+            } else {
+                0
+            };
+            let guarded = self.guarded(phone, budget);
             let number_field = [(status::FIELD_NUMBER, phone.as_e164())];
             let record = single.then_some(&number_field[..]);
             let trickle = p.fraud.fraud_guard_blocked_sends_per_hour;
-            let (guarded, number) = if single && self.guarded(phone, budget) {
+            let mut best = None;
+            let (guarded, number) = if single && (ip_limit > 0 || guarded) {
                 let mut call = GUARD_AND_ISSUE.prepare_invoke();
-                let guard_args = self.guard_args(&mut call, phone, requester, &vid, trickle);
+                if ip_limit > 0 {
+                    call.key(self.keys.requests_per_ip(client));
+                }
+                let guard_argc = if guarded {
+                    self.guard_args(&mut call, phone, requester, &vid, trickle)
+                } else {
+                    0
+                };
                 self.issue_args(&mut call, phone, verification_id, digest, 0, record);
-                let spent = self.spent(phone, budget);
+                let spent = self.spent(phone, budget).filter(|_| guarded);
                 let (budgets, key_budget) = spent.unwrap_or_default();
                 call.arg(u8::from(spent.is_some()))
                     .arg(u8::from(budgets))
                     .arg(u8::from(key_budget))
-                    .arg(guard_args);
-                let reply: redis::RedisResult<(Guarded, Option<NumberIssued>)> =
+                    .arg(ip_limit)
+                    .arg(PER_IP_WINDOW_SECONDS)
+                    .arg(guard_argc);
+                type Reply = (Option<(i64, i64)>, Option<Guarded>, Option<NumberIssued>);
+                let reply: redis::RedisResult<Reply> =
                     call.invoke_async(&mut self.conn.clone()).await;
                 match reply {
-                    Ok((guarded, number)) => (guarded, number.map(Ok)),
+                    Ok((counted, guard_reply, number)) => {
+                        if let Some(counted) = counted {
+                            match HitOutcome::of(counted, ip_limit) {
+                                HitOutcome::Over(rate) => {
+                                    return Ok(IssueOutcome::Limited(
+                                        LimitKind::RequestsPerIp,
+                                        rate,
+                                    ));
+                                }
+                                HitOutcome::Under(rate) => best = tighter(best, rate),
+                            }
+                        }
+                        let guarded = guard_reply.unwrap_or_else(Guarded::pass);
+                        (guarded, number.map(Ok))
+                    }
                     Err(e) => {
                         // Not known to have run: give back what it may have spent.
-                        if let Err(e) = self.unguard(phone, budget, verification_id, 0).await {
+                        if spent.is_some()
+                            && let Err(e) = self.unguard(phone, budget, verification_id, 0).await
+                        {
                             tracing::warn!(error = %e, "could not give back the send budgets of a request not issued");
                         }
                         return Err(e.into());
                     }
                 }
             } else {
-                let guarded = if self.guarded(phone, budget) {
+                if ip_limit > 0 {
+                    let key = self.keys.requests_per_ip(client);
+                    match self.hit(key, ip_limit, PER_IP_WINDOW_SECONDS).await? {
+                        HitOutcome::Over(rate) => {
+                            return Ok(IssueOutcome::Limited(LimitKind::RequestsPerIp, rate));
+                        }
+                        HitOutcome::Under(rate) => best = tighter(best, rate),
+                    }
+                }
+                let guarded = if guarded {
                     self.guard(phone, requester, &vid, trickle).await?
                 } else {
                     Guarded::pass()
@@ -556,7 +596,10 @@ impl CodeStore for RedisStore {
             let mut best = None;
             if p.max_verifies_per_ip_per_minute > 0 {
                 let key = self.keys.verifies_per_ip(client);
-                match self.hit(key, p.max_verifies_per_ip_per_minute, 60).await? {
+                match self
+                    .hit(key, p.max_verifies_per_ip_per_minute, PER_IP_WINDOW_SECONDS)
+                    .await?
+                {
                     HitOutcome::Over(rate) => {
                         return Ok(VerifyLookup::Limited(LimitKind::VerifiesPerIp, rate));
                     }

@@ -116,6 +116,7 @@ otp_testkit::conformance!(
     a_wrong_verification_id_never_consumes,
     request_and_verify_limits_say_when_to_retry,
     send_limits_say_when_to_retry,
+    the_per_ip_limit_counts_attempts_and_spends_no_budget,
     the_cooldown_ends_with_its_window,
     revoke_gives_back_what_issue_took,
     idempotency_claims_replays_and_conflicts,
@@ -393,6 +394,60 @@ async fn send_limits_say_when_to_retry(mut backend: impl Backend) {
         IssueOutcome::Limited(LimitKind::TotalSendsPerHour, rate) => {
             assert_retry(rate, 3, 3600);
         }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The per-IP limit with the guard's budgets on (one script on a single Redis): every attempt
+/// counts against the client, one refused later gives back its budget, and one the client's
+/// limit refuses never reaches the budgets.
+async fn the_per_ip_limit_counts_attempts_and_spends_no_budget(mut backend: impl Backend) {
+    let store = backend.store(StorePolicy {
+        max_requests_per_ip_per_minute: 3,
+        max_sends_per_hour: 3,
+        resend_cooldown_seconds: 60,
+        ..policy()
+    });
+    let request = |number: &'static str, client: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .issue(
+                    &phone(number),
+                    Requester::network(client, true),
+                    Uuid::new_v4(),
+                    "d",
+                )
+                .await
+                .unwrap()
+        }
+    };
+    match request(NUMBER, "ip-a").await {
+        // The tighter of the client's limit (2 left) and the number's (off).
+        IssueOutcome::Issued(rate, _) => assert_eq!((rate.limit, rate.remaining), (3, 2)),
+        other => panic!("{other:?}"),
+    }
+    // Refused by the number's cooldown: counted for ip-a, the send budget given back.
+    assert!(matches!(
+        request(NUMBER, "ip-a").await,
+        IssueOutcome::Limited(LimitKind::ResendCooldown, _)
+    ));
+    assert!(matches!(
+        request(OTHER, "ip-a").await,
+        IssueOutcome::Issued(..)
+    ));
+    // ip-a's fourth attempt of the minute: refused before any budget is spent.
+    match request(THIRD, "ip-a").await {
+        IssueOutcome::Limited(LimitKind::RequestsPerIp, rate) => assert_retry(rate, 3, 60),
+        other => panic!("{other:?}"),
+    }
+    // Two of the three sends are spent, so another client gets exactly one.
+    assert!(matches!(
+        request(THIRD, "ip-b").await,
+        IssueOutcome::Issued(..)
+    ));
+    match request("+14155552674", "ip-b").await {
+        IssueOutcome::Limited(LimitKind::TotalSendsPerHour, rate) => assert_retry(rate, 3, 3600),
         other => panic!("{other:?}"),
     }
 }

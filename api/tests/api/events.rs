@@ -82,8 +82,14 @@ pub async fn events_for(
     seen
 }
 
-/// Up to `wanted` events of type `kind` on `queue`, from whichever verification (5 s at most).
-pub async fn events_of_type(app: &TestApp, queue: &str, kind: &str, wanted: usize) -> Vec<Value> {
+/// Up to `wanted` events on `queue` that `wanted_event` accepts, from whichever verification
+/// (5 s at most); other tests publish too, so the predicate picks this test's.
+pub async fn events_where(
+    app: &TestApp,
+    queue: &str,
+    wanted: usize,
+    wanted_event: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     let mut found = Vec::new();
     for _ in 0..50 {
         while let Ok(Some(message)) = app
@@ -95,7 +101,7 @@ pub async fn events_of_type(app: &TestApp, queue: &str, kind: &str, wanted: usiz
             .await
         {
             let event: Value = serde_json::from_slice(&message.delivery.data).unwrap();
-            if event["type"] == kind {
+            if wanted_event(&event) {
                 found.push(event);
             }
         }
