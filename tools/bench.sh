@@ -27,6 +27,8 @@
 # BENCH_IP_LIMIT=N sets MAX_REQUESTS_PER_IP_PER_MINUTE (default 0, off): wrk's requests all
 # come from 127.0.0.1, so a production value would refuse them; a limit above the run's
 # requests (1000000000) counts every request without refusing any.
+# BENCH_CONCURRENCY=N sets the `system` dispatcher's DISPATCHER_CONCURRENCY, its prefetch
+# (default 64).
 # BENCH_API_KEY=true declares a caller key and sends it with every request.
 # BENCH_QUEUE_TYPE=classic runs it on a classic queue instead of the quorum queue the services
 # declare (declared first, with pika; the services then use it as it is, with a warning).
@@ -174,7 +176,7 @@ scenario_request() {
 scenario_system() {
   start_plivo 0
   start_api
-  start_dispatcher 3901 DISPATCHER_CONCURRENCY=64
+  start_dispatcher 3901 DISPATCHER_CONCURRENCY="${BENCH_CONCURRENCY:-64}"
   local procs=("$api" "$disp" "$(redis_pid)" "$(rabbit_pid)") names=(otp-api otp-dispatcher redis rabbitmq)
   local before=() after=() i
   for i in "${!procs[@]}"; do before[i]=$(cpu_us "${procs[i]}"); done
