@@ -61,7 +61,8 @@ impl PhoneNumber {
             return Err(PhoneNumberError::NotValid);
         }
         // What the crate's E.164 mode writes, without the formatter's search of the national
-        // format patterns that E.164 does not use (~1 µs for a US number, ~4 µs for an Indian one).
+        // format patterns that E.164 does not use (3% of a US number's parse, 32% of an
+        // Indian one's, in instructions).
         let e164 = format!("+{}{}", parsed.code().value(), parsed.national());
         let country = parsed.country().id().map(CountryCode);
         Ok(Self { e164, country })
